@@ -1,0 +1,92 @@
+"""The ``compress`` command line.
+
+Each command lives in its own module under ``compress.cli`` and is imported only when it is
+invoked, so ``compress --help`` and ``compress bench`` start without importing torch.
+Commands parse their options, call one library function and print; the work itself is
+callable from Python.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from compress import __version__
+from compress.errors import CompressError
+
+# name -> "module:attribute"; the order is the order of `compress --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "distill": ("compress.cli.distill:distill", "Distill a teacher into a small student and run the release chain."),
+    "prune": ("compress.cli.prune:prune", "Structurally prune heads, FFN neurons or layers of a model folder."),
+    "export": ("compress.cli.export:export", "Export a Hugging Face model folder to ONNX and check parity."),
+    "quantize": ("compress.cli.quantize:quantize", "Quantize an ONNX model (int8, fp16) or a model folder (bitsandbytes)."),
+    "bench": ("compress.cli.bench:bench", "Benchmark any ONNX model the way a target profile runs it."),
+    "gate": ("compress.cli.gate:gate", "Turn a bench report into a release verdict for a profile."),
+    "package": ("compress.cli.package:package", "Pack a run directory into one verified archive for an edge team."),
+    "verify": ("compress.cli.verify:verify", "Check an archive on the device; optionally re-run bench and gate there."),
+    "profiles": ("compress.cli.profiles:profiles", "List and show target profiles."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module_name, attribute = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help lists every command without importing any of them.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_line) for name, (_, help_line) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="compress")
+@click.option("--debug", is_flag=True, envvar="COMPRESS_DEBUG", help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Compress Hugging Face models for edge devices and gate their release.
+
+    \b
+    Exit codes: 0 ok or gate passed, 1 gate failed, 2 bad input or usage,
+    3 gate unverified (measured on hardware that is not the profile's).
+    """
+    ctx.obj = {"debug": debug}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the CLI and map errors to exit codes."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("COMPRESS_DEBUG"))
+    try:
+        cli.main(args=argv, prog_name="compress", standalone_mode=False)
+    except CompressError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug, not bad input: say so in one line unless asked for more
+        if debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        sys.exit(4)
+    sys.exit(0)

@@ -1,0 +1,226 @@
+"""Target profiles: what a release must satisfy on one kind of device.
+
+A profile is a YAML file. The shipped ones live in ``profiles/`` of a checkout and in
+``export/profile_data/`` of an installed wheel; a path to a user's own file works wherever a
+name does. Every file is validated on load: an unknown key, a wrong type or a negative budget
+is a :class:`~compress.errors.CompressError` naming the file and the key.
+
+Light on purpose (pydantic and pyyaml only): ``bench``, ``gate`` and ``verify`` load profiles
+on the device, where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from compress.errors import CompressError
+
+Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight"]
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in ``"90s"``, ``"10m"``, ``"1.5h"`` or a bare number of seconds."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(text)
+        if not match:
+            raise ValueError(f"{text!r} is not a duration (examples: 90s, 10m, 1.5h)")
+        seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GpuFacts(_Strict):
+    name_pattern: str = Field(description="regex matched against the GPU name the runtime reports")
+    compute_capability: str | None = None
+    fp16_tflops: PositiveFloat | None = None
+    int8_tops: PositiveFloat | None = None
+
+
+class CpuFacts(_Strict):
+    cores: PositiveInt
+    model: str | None = Field(None, description="core type, for people (e.g. Cortex-A76)")
+    model_pattern: str | None = Field(
+        None, description="regex the host's CPU or board name must match for a verified run"
+    )
+    isa: list[str] = Field(
+        default_factory=list, description="CPU flags a matching host must have (avx2, avx512_vnni, asimddp, ...)"
+    )
+    fp32_gflops: PositiveFloat | None = None
+    int8_gops: PositiveFloat | None = None
+
+
+class Hardware(_Strict):
+    device: Literal["cpu", "gpu", "any"]
+    arch: Literal["x86_64", "aarch64", "any"]
+    cpu: CpuFacts | None = None
+    gpu: GpuFacts | None = None
+    memory_gb: PositiveFloat | None = None
+    memory_bandwidth_gbs: PositiveFloat | None = None
+
+
+class Runtime(_Strict):
+    providers: list[str] = Field(min_length=1)
+    intra_op_threads: PositiveInt | None = None
+    inter_op_threads: PositiveInt | None = None
+
+
+class Workload(_Strict):
+    batch_size: PositiveInt = 1
+    sequence_length: PositiveInt = 128
+
+
+class LatencyBudget(_Strict):
+    p50: PositiveFloat | None = None
+    p95: PositiveFloat | None = None
+    p99: PositiveFloat | None = None
+
+
+class QualityBudget(_Strict):
+    # The task's agreement with the teacher on held-out data: mean cosine for embeddings,
+    # argmax agreement for classifiers.
+    min_teacher_agreement: Fraction | None = None
+    # Largest drop in that agreement quantization may cost against the fp32 ONNX model.
+    max_quantization_drop: Fraction = 0.01
+
+
+class Budgets(_Strict):
+    latency_ms: LatencyBudget = LatencyBudget()
+    model_size_mb: PositiveFloat | None = None
+    peak_memory_mb: PositiveFloat | None = None
+    quality: QualityBudget = QualityBudget()
+
+
+class PruneDefaults(_Strict):
+    heads: Fraction = 0.0
+    ffn: Fraction = 0.0
+
+
+class DistillDefaults(_Strict):
+    student: str = Field(description="student spec, as `--student` takes it")
+    why: str = Field(description="one line printed when `--student auto` picks this size")
+    time_budget: str = "10m"
+    prune: PruneDefaults = PruneDefaults()
+
+    @field_validator("time_budget")
+    @classmethod
+    def _valid_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def time_budget_s(self) -> float:
+        return parse_duration(self.time_budget)
+
+
+class Profile(_Strict):
+    """One target device and the budgets a release must meet on it."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    description: str
+    hardware: Hardware
+    runtime: Runtime
+    precision: Precision
+    workload: Workload = Workload()
+    budgets: Budgets = Budgets()
+    distill: DistillDefaults
+    source: Path | None = Field(None, exclude=True, description="file the profile was read from")
+
+    @cached_property
+    def quantization_preset(self) -> str:
+        """The ONNX Runtime quantization preset this target wants (arm64, avx2, avx512_vnni, tensorrt)."""
+        if self.hardware.device == "gpu":
+            return "tensorrt"
+        isa = set(self.hardware.cpu.isa if self.hardware.cpu else [])
+        if self.hardware.arch == "aarch64":
+            return "arm64"
+        if "avx512_vnni" in isa:
+            return "avx512_vnni"
+        return "avx2"
+
+
+def _shipped_dirs() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    # An installed wheel carries the YAML files inside the package; a checkout keeps them at the root.
+    return [p for p in (here / "profile_data", here.parent / "profiles") if p.is_dir()]
+
+
+def _shipped_files() -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for folder in _shipped_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            files.setdefault(path.stem, path)
+    return files
+
+
+def _format_error(path: Path, error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"profile {path}: {key}: {message}{suffix}"
+
+
+def load_profile_file(path: str | Path) -> Profile:
+    """Read and validate one profile YAML file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CompressError(f"profile file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CompressError(f"cannot read profile {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise CompressError(f"profile {path}:{where} is not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise CompressError(f"profile {path}: expected a mapping of keys at the top level")
+    if "source" in raw:
+        raise CompressError(f"profile {path}: source: unknown key")
+    try:
+        return Profile.model_validate({**raw, "source": path})
+    except ValidationError as exc:
+        raise CompressError(_format_error(path, exc)) from None
+
+
+def list_profiles() -> list[Profile]:
+    """Every shipped profile, sorted by name."""
+    return [load_profile_file(path) for path in _shipped_files().values()]
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """A shipped profile by name or alias, or a user's YAML file by path."""
+    text = str(name_or_path)
+    candidate = Path(text)
+    if text.endswith((".yaml", ".yml")) or candidate.is_file():
+        return load_profile_file(candidate)
+    shipped = _shipped_files()
+    if text in shipped:
+        return load_profile_file(shipped[text])
+    for profile in list_profiles():
+        if text in profile.aliases:
+            return profile
+    names = ", ".join(sorted(shipped))
+    raise CompressError(f"unknown profile {text!r}; shipped profiles: {names} (or pass a YAML file)")

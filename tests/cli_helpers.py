@@ -1,0 +1,25 @@
+"""Run the CLI the way the console script does, exit codes and error lines included."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner, Result
+
+from compress.cli import cli, main
+
+
+def run_cli(args: list[str]) -> Result:
+    """Invoke ``compress ARGS`` through ``main`` (so CompressError maps to exit 2) and capture output."""
+    runner = CliRunner()
+    return runner.invoke(_Entry(), args, catch_exceptions=False)
+
+
+class _Entry:
+    """Adapter: CliRunner wants a click command; ``main`` does the error mapping around ``cli``."""
+
+    name = "compress"
+
+    def main(self, args=None, prog_name=None, **_: object) -> None:
+        main(list(args or []))
+
+    def __getattr__(self, item: str):
+        return getattr(cli, item)
