@@ -51,7 +51,8 @@ def detect_task(model_dir: Path, override: str | None = None) -> Task:
     config = read_config(model_dir)
     for architecture in config.get("architectures") or []:
         for suffix, task in _ARCHITECTURE_SUFFIX.items():
-            if architecture.endswith(suffix):
+            # "GPT2LMHeadModel" ends in "Model" but generates text; it is not an encoder.
+            if architecture.endswith(suffix) and not (suffix == "Model" and "LMHead" in architecture):
                 return task
     found = ", ".join(config.get("architectures") or []) or "none"
     raise CompressError(

@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and map errors to exit codes."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("COMPRESS_DEBUG"))
     try:
-        cli.main(args=argv, prog_name="compress", standalone_mode=False)
+        # Without standalone mode, click returns ctx.exit()'s code instead of exiting with it.
+        code = cli.main(args=argv, prog_name="compress", standalone_mode=False)
     except CompressError as exc:
         if debug:
             raise
@@ -89,4 +90,4 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
         sys.exit(4)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,4 +1,42 @@
-from compress.cli import COMMANDS
-from compress.cli.not_yet import not_implemented
+"""`compress export MODEL_DIR --out DIR`: ONNX export with a parity check on real text."""
 
-export = not_implemented("export", COMMANDS["export"][1])
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from compress.tasks import SUPPORTED_TASKS
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder to write model.onnx, the tokenizer, config and stage.json into (replaced atomically).")
+@click.option("--task", type=click.Choice(("auto",) + SUPPORTED_TASKS), default="auto", show_default=True,
+              help="What the model does; auto reads it from the config's architecture.")
+@click.option("--opset", type=click.IntRange(11, 21), default=None, help="ONNX opset (default: the exporter's).")
+@click.option("--samples", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Texts for the parity check (.txt one per line, .jsonl/.csv/.tsv with a text field); "
+                   "default: held-out sentences of the default corpus.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
+def export(model_dir: Path, out_dir: Path, task: str, opset: int | None, samples: Path | None, as_json: bool) -> None:
+    """Export a Hugging Face model folder to ONNX and check parity with PyTorch.
+
+    Sentence encoders (sentence-transformers folders) get pooling and normalisation inside the
+    graph: the output `sentence_embedding` is the embedding to use. Classifiers output `logits`.
+    The export fails, writing nothing, when the ONNX model does not match PyTorch on real text.
+    """
+    from export.onnx_export import export_model
+
+    click.echo(f"exporting {model_dir} ...", err=True)
+    result = export_model(model_dir, out_dir, task=task, opset=opset, samples=samples)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    parity = result.parity
+    click.echo(f"wrote {result.onnx_path} ({result.size_bytes / 2**20:.1f} MiB, {result.task}, opset {result.opset})")
+    click.echo(f"inputs: {', '.join(s.name for s in result.inputs)}; outputs: {', '.join(s.name for s in result.outputs)}")
+    click.echo(f"parity on {parity.samples} texts ({parity.sample_source}): {parity.metric} {parity.agreement:.6f}, "
+               f"max abs diff {parity.max_abs_diff:.2e} on {parity.output}")

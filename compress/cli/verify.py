@@ -1,4 +1,54 @@
-from compress.cli import COMMANDS
-from compress.cli.not_yet import not_implemented
+"""`compress verify ARCHIVE [--gate]`: check a release archive on the device."""
 
-verify = not_implemented("verify", COMMANDS["verify"][1])
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command()
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--gate", "run_gate", is_flag=True,
+              help="Also benchmark here and gate against the archive's profile; exit code follows the verdict.")
+@click.option("--profile", default=None, help="With --gate: gate against this profile (name or YAML) instead.")
+@click.option("--runs", default=100, show_default=True, type=int, help="With --gate: timed benchmark runs.")
+@click.option("--warmup", default=10, show_default=True, type=int, help="With --gate: warm-up runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verification report as JSON on stdout.")
+def verify(archive: str, run_gate: bool, profile: str | None, runs: int, warmup: int, as_json: bool) -> None:
+    """Check ARCHIVE: safe extraction, every file's sha256, the model's signature and a reference output.
+
+    \b
+    Exit codes: 0 verified (and, with --gate, gate passed), 1 gate failed,
+    2 the archive is damaged, tampered with or unsafe, 3 gate unverified on this hardware.
+    """
+    from export.verify import verify_archive
+
+    report = verify_archive(archive, gate=run_gate, profile=profile, runs=runs, warmup=warmup)
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        example = report.example
+        click.echo(f"{report.name} {report.version} ({report.task}, {report.precision}, profile {report.profile})")
+        click.echo(f"archive sha256 {report.archive_sha256}")
+        click.echo(f"files: {report.files_checked} match manifest.json ({report.bytes_checked:,} bytes, sha256 checked)")
+        click.echo(f"model: loads on {', '.join(example.providers_used)}; inputs and outputs match the manifest")
+        click.echo(f"reference output: cosine {example.cosine_to_reference:.6f} to the build host's "
+                   f"(>= {example.min_cosine} required)")
+        if example.pair_cosine is not None:
+            click.echo(f"example: cosine between the two example sentences {example.pair_cosine:.4f}")
+        if example.top_label is not None:
+            click.echo(f"example: top label {example.top_label}")
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
+        if report.gate is not None:
+            gate = report.gate
+            click.echo(f"gate {gate['profile']}: {gate['verdict'].upper()} (measured on {gate['bench']['host']})")
+            for check in gate["checks"]:
+                measured = "-" if check["measured"] is None else f"{check['measured']:.4g}"
+                budget = "-" if check["budget"] is None else f"{check['comparison']} {check['budget']:g}"
+                click.echo(f"  {check['name']:<32} {measured:>10} {check['unit']:<12} {budget:<14} {check['status']}")
+            for reason in gate["reasons"]:
+                click.echo(f"  - {reason}")
+    if report.exit_code:
+        sys.exit(report.exit_code)

@@ -1,0 +1,52 @@
+"""`compress gate REPORT.json --profile P`: the release verdict, as an exit code for CI."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("report_path", metavar="REPORT.json", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--profile", "profile_name", required=True, help="Target profile (name, alias or YAML file).")
+@click.option("--quality", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Quality evidence JSON (teacher_agreement, metric, quantization_drop; a stage.json works).")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the gate report JSON here (atomically).")
+@click.option("--junit", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write JUnit XML here: one testcase per budget.")
+@click.option("--json", "as_json", is_flag=True, help="Print the gate report JSON on stdout instead of the table.")
+def gate(report_path: Path, profile_name: str, quality: Path | None, output: Path | None, junit: Path | None,
+         as_json: bool) -> None:
+    """Check a bench report against a profile's budgets.
+
+    \b
+    Exit codes: 0 pass, 1 fail (a budget missed), 2 bad input,
+    3 unverified (measured on hardware that is not the profile's: verify on the target).
+    Budgets the evidence cannot speak to (quality without --quality) are "not checked", never passed.
+    """
+    from export.bench import ComparisonReport, read_report
+    from export.gate import QualityEvidence, gate as run_gate, print_gate, write_junit
+    from export.profiles import load_profile
+
+    report = read_report(report_path)
+    if isinstance(report, ComparisonReport):
+        click.echo(f"gating {Path(report.model.model.path).name}, the first model of the comparison", err=True)
+        report = report.model
+    profile = load_profile(profile_name)
+    evidence = QualityEvidence.from_json(quality) if quality is not None else None
+    verdict = run_gate(report, profile, evidence)
+    if output is not None:
+        verdict.to_json(output)
+    if junit is not None:
+        write_junit(verdict, junit)
+    if as_json:
+        click.echo(verdict.to_json())
+    else:
+        print_gate(verdict)
+    # sys.exit, not ctx.exit: main() runs click with standalone_mode=False, where click turns
+    # ctx.exit(n) into a return value that main() does not pass on.
+    sys.stdout.flush()
+    sys.exit(verdict.exit_code)

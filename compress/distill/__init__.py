@@ -1,0 +1,78 @@
+"""Knowledge distillation: a Hugging Face teacher into a small student, scored on held-out text.
+
+Public API::
+
+    from compress.distill import DistillConfig, distill, run_distill_stage
+
+    result = distill(DistillConfig(max_steps=500), work_dir)          # -> DistillResult
+    record = run_distill_stage(run_dir, DistillConfig(), profile)      # -> StageRecord (RUN_DIR/distill)
+
+Recovery after pruning: ``DistillConfig(init_student=pruned_folder, ...)`` trains an existing
+student folder against the teacher with the same loop.
+
+Heavy libraries (torch, transformers) are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "DistillConfig",
+    "DistillInterrupted",
+    "DistillResult",
+    "QualityReport",
+    "Reporter",
+    "StepReport",
+    "StudentSpec",
+    "TEACHERS",
+    "TeacherSummary",
+    "TrainingReport",
+    "default_corpus",
+    "distill",
+    "load_corpus",
+    "parse_student_spec",
+    "resolve_teacher",
+    "run_distill_stage",
+    "split_corpus",
+]
+
+_WHERE = {
+    "DistillConfig": "compress.distill.config",
+    "DistillInterrupted": "compress.distill.trainer",
+    "DistillResult": "compress.distill.engine",
+    "QualityReport": "compress.distill.quality",
+    "Reporter": "compress.distill.progress",
+    "StepReport": "compress.distill.progress",
+    "StudentSpec": "compress.distill.student",
+    "TEACHERS": "compress.distill.teacher",
+    "TeacherSummary": "compress.distill.engine",
+    "TrainingReport": "compress.distill.trainer",
+    "default_corpus": "compress.distill.corpus",
+    "distill": "compress.distill.engine",
+    "load_corpus": "compress.distill.corpus",
+    "parse_student_spec": "compress.distill.student",
+    "resolve_teacher": "compress.distill.teacher",
+    "run_distill_stage": "compress.distill.stage",
+    "split_corpus": "compress.distill.corpus",
+}
+
+if TYPE_CHECKING:
+    from compress.distill.config import DistillConfig
+    from compress.distill.corpus import default_corpus, load_corpus, split_corpus
+    from compress.distill.engine import DistillResult, TeacherSummary, distill
+    from compress.distill.progress import Reporter, StepReport
+    from compress.distill.quality import QualityReport
+    from compress.distill.stage import run_distill_stage
+    from compress.distill.student import StudentSpec, parse_student_spec
+    from compress.distill.teacher import TEACHERS, resolve_teacher
+    from compress.distill.trainer import DistillInterrupted, TrainingReport
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import compress.distill` stays cheap; the submodule loads on first use.
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'compress.distill' has no attribute {name!r}")

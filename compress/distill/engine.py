@@ -1,0 +1,376 @@
+"""``distill()``: from a config to a saved, scored student.
+
+Order of work, chosen so that peak memory is one teacher plus the student:
+
+1. resolve the device, the teacher, the task, the data, and the held-out split;
+2. load the full-precision teacher: build (or load) the student from it and compute the
+   reference outputs on the held-out split;
+3. with ``teacher_quant``, swap in the bitsandbytes teacher and score it against the reference;
+4. train (:class:`~compress.distill.trainer.Trainer`), then score the student on the held-out split
+   against the full-precision teacher and save the student, the loss history and the curve.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compress.distill.batching import encode, label_ids
+from compress.distill.config import DEFAULT_BATCH_SIZE, DEFAULT_TIME_BUDGET_S, DistillConfig, cpu_threads, resolve_device
+from compress.distill.corpus import Corpus, Example, load_corpus, split_corpus
+from compress.distill.curve import plot_loss_curve
+from compress.distill.losses import LossSettings
+from compress.distill.progress import Reporter
+from compress.distill.quality import QualityReport, compare, held_out_outputs
+from compress.distill.schedule import Schedule
+from compress.distill.student import (Student, StudentPlan, build_student, check_sentence_transformer_teacher,
+                                      load_student, parse_student_spec, plan_student, save_student)
+from compress.distill.teacher import TEACHER_QUANTS, load_model, load_teacher, resolve_task, resolve_teacher
+from compress.distill.trainer import LoopSettings, Trainer, TrainingReport
+from compress.errors import CompressError
+from compress.files import atomic_write_json, atomic_write_text
+from compress.tasks import Task
+
+STUDENT_DIR = "student"
+CHECKPOINT_DIR = "checkpoints/last"
+HISTORY_FILE = "loss_history.json"
+CURVE_FILE = "loss_curve.png"
+HELD_OUT_FILE = "held_out.jsonl"
+# Time kept back from the budget for the final evaluation and saving the student.
+_FINISH_RESERVE_S = 30.0
+
+
+@dataclass
+class TeacherSummary:
+    """The teacher as used: where from, how big, and (when quantized) how far from full precision."""
+
+    name: str
+    path: str
+    task: Task
+    parameters: int
+    layers: int
+    hidden: int
+    memory_footprint_bytes: int  # of the teacher used for training (the quantized one with teacher_quant)
+    quant: str | None = None
+    fp_memory_footprint_bytes: int | None = None
+    quant_quality: QualityReport | None = None  # quantized teacher vs full-precision teacher, held-out
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill` produced and measured."""
+
+    student_dir: Path
+    task: Task
+    student_spec: str
+    student_description: str
+    student_parameters: int
+    student_layers: int
+    student_hidden: int
+    teacher: TeacherSummary
+    quality: QualityReport  # student vs the full-precision teacher on the held-out split
+    initial_quality: QualityReport | None  # the student before training (None when resumed)
+    training: TrainingReport
+    device: str
+    precision: str  # bf16-autocast or fp32
+    threads: int | None
+    batch_size: int
+    corpus: str
+    train_examples: int
+    held_out_examples: int
+    history_path: Path
+    curve_path: Path
+    held_out_path: Path
+    checkpoint_dir: Path
+    warnings: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        """The flat metrics recorded in ``stage.json``."""
+        q = self.quality
+        metrics: dict[str, Any] = {
+            "task": self.task,
+            "teacher_agreement": q.teacher_agreement,
+            "teacher_agreement_metric": q.metric,
+            "neighbour_agreement": q.neighbour_agreement,
+            "accuracy": q.accuracy,
+            "teacher_accuracy": q.teacher_accuracy,
+            "initial_teacher_agreement": self.initial_quality.teacher_agreement if self.initial_quality else None,
+            "agreement_by_step": [{"step": e["step"], "teacher_agreement": e["teacher_agreement"]}
+                                  for e in self.training.history if e.get("teacher_agreement") is not None],
+            "held_out_examples": self.held_out_examples,
+            "train_examples": self.train_examples,
+            "corpus": self.corpus,
+            "steps": self.training.steps,
+            "epochs": self.training.epochs,
+            "samples_seen": self.training.samples_seen,
+            "samples_per_s": self.training.samples_per_s,
+            "train_time_s": self.training.train_time_s,
+            "stopped_by": self.training.stopped_by,
+            "resumed_from_step": self.training.resumed_from_step,
+            "teacher_outputs": self.training.teacher_cache,
+            "teacher_parameters": self.teacher.parameters,
+            "teacher_layers": self.teacher.layers,
+            "teacher_hidden": self.teacher.hidden,
+            "student_parameters": self.student_parameters,
+            "parameter_ratio": round(self.student_parameters / self.teacher.parameters, 4),
+            "student_layers": self.student_layers,
+            "student_hidden": self.student_hidden,
+            "student": self.student_description,
+            "device": self.device,
+            "precision": self.precision,
+            "threads": self.threads,
+            "batch_size": self.batch_size,
+            "teacher_memory_footprint_bytes": self.teacher.memory_footprint_bytes,
+            "teacher_quant": self.teacher.quant,
+        }
+        if self.teacher.quant_quality is not None:
+            metrics["teacher_fp_memory_footprint_bytes"] = self.teacher.fp_memory_footprint_bytes
+            metrics["teacher_quant_agreement"] = self.teacher.quant_quality.teacher_agreement
+            metrics["teacher_quant_neighbour_agreement"] = self.teacher.quant_quality.neighbour_agreement
+        return metrics
+
+
+def config_fingerprint(config: DistillConfig, teacher_dir: Path, corpus: Corpus, init_student: Path | None) -> str:
+    """What a checkpoint must match to be resumed: the settings, the teacher folder, the data."""
+    from compress.files import sha256_tree
+
+    key = {
+        "params": config.params(),
+        "teacher": str(teacher_dir),
+        "teacher_config": (teacher_dir / "config.json").read_text() if (teacher_dir / "config.json").is_file() else "",
+        "data": corpus.sha256,
+        "init_student": sha256_tree(init_student) if init_student else None,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _examples_for_task(examples: list[Example], task: Task, reporter: Reporter, warnings: list[str]) -> list[Example]:
+    """Sentence encoders embed each text of a pair on its own and take no labels."""
+    if task != "feature-extraction":
+        return examples
+    if any(e.label is not None for e in examples):
+        note = "labels are ignored for feature-extraction (embeddings are distilled from the teacher alone)"
+        reporter.warning(note)
+        warnings.append(note)
+    out: list[Example] = []
+    for example in examples:
+        out.append(Example(example.text))
+        if example.text_pair:
+            out.append(Example(example.text_pair))
+    return out
+
+
+def resolve_student_text(config: DistillConfig, profile: Any) -> tuple[str, str | None]:
+    """(student spec, why) with ``auto`` replaced by the profile's choice."""
+    if config.student != "auto":
+        return config.student, None
+    if profile is None:
+        from export.profiles import load_profile
+
+        profile = load_profile("host")
+    return profile.distill.student, f"{profile.name}: {profile.distill.why}"
+
+
+def distill(config: DistillConfig, work_dir: Path, profile: Any = None, reporter: Reporter | None = None,
+            on_step: Any = None) -> DistillResult:
+    """Distil a teacher into a student under ``work_dir`` (student/, checkpoints/, history, curve).
+
+    ``profile`` (an ``export.profiles.Profile``) fills ``student="auto"`` and the default time
+    budget; None means the ``host`` profile. ``on_step`` is called with a
+    :class:`~compress.distill.progress.StepReport` after every optimizer step.
+    """
+    import torch
+
+    started = time.perf_counter()
+    reporter = reporter or Reporter()
+    work_dir = Path(work_dir)
+    warnings: list[str] = []
+    config.validate()
+    if config.teacher_quant is not None and config.teacher_quant not in TEACHER_QUANTS:
+        raise CompressError(f"--teacher-quant must be one of {', '.join(TEACHER_QUANTS)}")
+
+    device, device_warning = resolve_device(config.device)
+    if device_warning:
+        reporter.warning(device_warning)
+        warnings.append(device_warning)
+    threads = None
+    if device == "cpu":
+        threads = config.threads or cpu_threads()
+        torch.set_num_threads(threads)
+
+    teacher_name, teacher_dir = resolve_teacher(config.teacher)
+    task = resolve_task(teacher_dir, config.task)
+    if task == "feature-extraction":
+        check_sentence_transformer_teacher(teacher_dir)
+
+    corpus = load_corpus(config.data)
+    if corpus.bad_rows_message():
+        reporter.warning(corpus.bad_rows_message())  # type: ignore[arg-type]
+        warnings.append(corpus.bad_rows_message())  # type: ignore[arg-type]
+    split = split_corpus(_examples_for_task(corpus.examples, task, reporter, warnings), config.split_seed)
+    reporter.message(f"data: {corpus.description}; {len(split.train)} for training, "
+                     f"{len(split.held_out)} held out (never trained on)")
+
+    # Full-precision teacher: the student's initial weights and the reference outputs.
+    attention = "eager" if config.attention_weight > 0 else None
+    teacher = load_teacher(teacher_dir, task, device=device, trust_remote_code=config.trust_remote_code,
+                           attn_implementation=attention)
+    teacher.name = teacher_name
+    student_text, why = resolve_student_text(config, profile)
+    student, plan = _make_student(config, student_text, teacher.model, task, teacher_dir)
+    if attention:
+        student.model.set_attn_implementation("eager")
+    if not config.dropout:
+        for module in student.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    for module in student.modules():
+        module.to(device)
+    reporter.message(f"teacher: {teacher_name} ({teacher.num_layers} layers, hidden {teacher.hidden_size}, "
+                     f"{teacher.parameters / 1e6:.1f}M parameters), task {task}")
+    reporter.message(f"student: {student_text} -> {_describe(student, plan)}, "
+                     f"{student.parameters / 1e6:.1f}M parameters" + (f"  [{why}]" if why else ""))
+
+    tokenizer = teacher.tokenizer
+    train_labels, problems = label_ids(split.train, task, teacher.model.config)
+    held_labels, held_problems = label_ids(split.held_out, task, teacher.model.config)
+    if problems or held_problems:
+        all_problems = problems + held_problems
+        note = (f"{len(all_problems)} label(s) did not fit the teacher and were dropped (texts kept): "
+                + "; ".join(all_problems[:5]) + ("; ..." if len(all_problems) > 5 else ""))
+        reporter.warning(note)
+        warnings.append(note)
+    train_set = encode(split.train, train_labels, tokenizer, task, config.max_length)
+    held_set = encode(split.held_out, held_labels, tokenizer, task, config.max_length)
+    cuda_dtype = torch.bfloat16 if device == "cuda" else None
+    reference = held_out_outputs(teacher.model, held_set, task, pooling=teacher.pooling, device=device,
+                                 autocast_dtype=cuda_dtype)
+
+    summary = TeacherSummary(name=teacher_name, path=str(teacher_dir), task=task, parameters=teacher.parameters,
+                             layers=teacher.num_layers, hidden=teacher.hidden_size,
+                             memory_footprint_bytes=teacher.memory_footprint_bytes)
+    training_teacher = teacher.model
+    if config.teacher_quant:
+        summary.fp_memory_footprint_bytes = teacher.memory_footprint_bytes
+        teacher.model = training_teacher = None  # free the full-precision weights before loading the quantized ones
+        gc.collect()
+        quantized = load_model(teacher_dir, task, device=device, quant=config.teacher_quant,  # type: ignore[arg-type]
+                               trust_remote_code=config.trust_remote_code, attn_implementation=attention)
+        for parameter in quantized.parameters():
+            parameter.requires_grad_(False)
+        summary.quant = config.teacher_quant
+        summary.memory_footprint_bytes = int(quantized.get_memory_footprint())
+        summary.quant_quality = compare(task, reference, held_out_outputs(
+            quantized, held_set, task, pooling=teacher.pooling, device=device), len(held_set))
+        reporter.message(f"teacher {config.teacher_quant}: {summary.memory_footprint_bytes / 2**20:.1f} MiB "
+                         f"(full precision {summary.fp_memory_footprint_bytes / 2**20:.1f} MiB); "
+                         f"{summary.quant_quality.metric} to the full-precision teacher "
+                         f"{summary.quant_quality.teacher_agreement:.4f} on held-out")
+        training_teacher = quantized
+
+    batch_size = config.batch_size or DEFAULT_BATCH_SIZE[device]
+    schedule, stop_label = _schedule(config, profile, len(train_set), batch_size, time.perf_counter() - started)
+    fingerprint = config_fingerprint(config, teacher_dir, corpus, config.init_student)
+    checkpoint_dir = work_dir / CHECKPOINT_DIR
+    if config.resume and not (checkpoint_dir / "state.json").is_file():
+        raise CompressError(f"--resume: no checkpoint in {checkpoint_dir}")
+    loop = LoopSettings(
+        task=task,
+        losses=LossSettings(task=task, embedding_loss=config.embedding_loss,  # type: ignore[arg-type]
+                            alpha=config.alpha, temperature=config.temperature,
+                            hidden_weight=config.hidden_weight, attention_weight=config.attention_weight),
+        batch_size=batch_size, seed=config.seed, device=device, schedule=schedule,
+        weight_decay=config.weight_decay, fingerprint=fingerprint, checkpoint_dir=checkpoint_dir,
+        resume=config.resume, eval_points=config.eval_points, checkpoint_every_s=config.checkpoint_every_s,
+        checkpoint_every_steps=config.checkpoint_every_steps, log_every=config.log_every,
+        teacher_cache_bytes=config.teacher_cache_bytes, max_length=config.max_length, stop_label=stop_label,
+    )
+    trainer = Trainer(loop, teacher_model=training_teacher, pooling=teacher.pooling,
+                      teacher_autocast=config.teacher_quant is None, student=student, train=train_set,
+                      held_out=held_set, reference=reference, reporter=reporter)
+    plan_text = (f"{schedule.total_steps} steps" if schedule.total_steps else "") + \
+        (" or " if schedule.total_steps and schedule.budget_s else "") + \
+        (f"{schedule.budget_s:.0f} s of training" if schedule.budget_s else "")
+    where = "cuda, bf16 autocast" if device == "cuda" else f"cpu, fp32, {threads} threads"
+    reporter.message(f"training on {where}, batch {batch_size}, "
+                     f"lr {config.lr:g}, {plan_text}")
+    training = trainer.run(on_step=on_step)
+
+    quality = trainer.evaluate()
+    initial = None
+    if training.resumed_from_step is None and training.history and training.history[0].get("step") == 0:
+        first = training.history[0]
+        initial = QualityReport(task=task, metric=quality.metric, teacher_agreement=first["teacher_agreement"],
+                                neighbour_agreement=first.get("neighbour_agreement"), accuracy=first.get("accuracy"),
+                                teacher_accuracy=None, examples=len(held_set))
+    if training.history and training.history[-1]["step"] == training.steps:
+        training.history[-1].update({"teacher_agreement": quality.teacher_agreement,
+                                     **({"neighbour_agreement": quality.neighbour_agreement}
+                                        if quality.neighbour_agreement is not None else {})})
+
+    for module in student.modules():
+        module.eval()
+    student_dir = save_student(student, tokenizer, work_dir / STUDENT_DIR, task=task, teacher_dir=teacher_dir,
+                               pooling=teacher.pooling)
+    history_path = atomic_write_json(work_dir / HISTORY_FILE, training.history)
+    curve_path = plot_loss_curve(training.history, work_dir / CURVE_FILE, metric=quality.metric,
+                                 title=f"{teacher_name} -> {student_text} ({task})")
+    held_out_path = atomic_write_text(work_dir / HELD_OUT_FILE, "".join(
+        json.dumps({k: v for k, v in asdict(e).items() if v is not None}) + "\n" for e in split.held_out))
+    return DistillResult(
+        student_dir=student_dir, task=task, student_spec=student_text, student_description=_describe(student, plan),
+        student_parameters=student.parameters, student_layers=int(student.model.config.num_hidden_layers),
+        student_hidden=int(student.model.config.hidden_size), teacher=summary, quality=quality,
+        initial_quality=initial, training=training, device=device,
+        precision="bf16-autocast" if device == "cuda" else "fp32", threads=threads, batch_size=batch_size,
+        corpus=corpus.description, train_examples=len(train_set), held_out_examples=len(held_set),
+        history_path=history_path, curve_path=curve_path, held_out_path=held_out_path,
+        checkpoint_dir=checkpoint_dir, warnings=warnings,
+    )
+
+
+def _make_student(config: DistillConfig, student_text: str, teacher_model: Any, task: Task,
+                  teacher_dir: Path) -> tuple[Student, StudentPlan | None]:
+    if config.init_student is not None:
+        student = load_student(Path(config.init_student), task, int(teacher_model.config.hidden_size),
+                               int(teacher_model.config.num_hidden_layers))
+        vocab = int(student.model.config.vocab_size)
+        if vocab != int(teacher_model.config.vocab_size):
+            raise CompressError(f"{config.init_student}: vocabulary size {vocab} differs from the teacher's "
+                                f"{teacher_model.config.vocab_size}; the student must keep the teacher's tokenizer")
+        return student, None
+    plan = plan_student(parse_student_spec(student_text), teacher_model.config)
+    return build_student(teacher_model, plan), plan
+
+
+def _describe(student: Student, plan: StudentPlan | None) -> str:
+    if plan is not None:
+        return plan.describe()
+    config = student.model.config
+    return f"{config.num_hidden_layers} layers, hidden {config.hidden_size} (from an existing student)"
+
+
+def _schedule(config: DistillConfig, profile: Any, train_size: int, batch_size: int,
+              setup_s: float) -> tuple[Schedule, str]:
+    """The step plan and time budget (see DistillConfig), and what hitting the step plan is called."""
+    from compress.distill.batching import batches_per_epoch
+
+    total: int | None = None
+    label = "max_steps"
+    if config.epochs is not None:
+        total = max(1, round(config.epochs * batches_per_epoch(train_size, batch_size)))
+        label = "epochs"
+    if config.max_steps is not None and (total is None or config.max_steps < total):
+        total, label = config.max_steps, "max_steps"
+    budget = config.time_budget_s
+    if budget is None and total is None:
+        budget = profile.distill.time_budget_s if profile is not None else DEFAULT_TIME_BUDGET_S
+    if budget is not None:
+        # The budget covers the whole stage: what setup used and what finishing needs come off it.
+        budget = max(budget - setup_s - min(_FINISH_RESERVE_S, 0.05 * budget), 0.1 * budget)
+    return Schedule(config.lr, config.warmup_fraction, total, budget), label

@@ -1,0 +1,284 @@
+"""Release archives: byte-reproducible ``.tar.gz`` writing, and extraction that trusts nothing.
+
+Writing: entries sorted, one fixed mtime, uid/gid 0, empty owner names, modes 0o644/0o755 and
+a gzip header without a time or a file name, so the same inputs give the same bytes.
+
+Reading: an archive arrives from elsewhere. Every entry is checked before a byte of it is
+written: regular files and folders only (no symlinks, hardlinks, devices, FIFOs, sparse
+files), relative names without ``..``, one top-level folder, no duplicates, and caps on the
+entry count, each file's size and the total. Decompressed bytes are counted as they are read,
+so a header that lies about sizes (or a gzip bomb) is cut off at the cap too. Files are created
+with ``O_EXCL | O_NOFOLLOW`` inside a fresh folder. Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+import stat
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from compress.errors import CompressError
+
+_CHUNK = 1 << 20
+_FILE_MODE = 0o644
+_EXEC_MODE = 0o755
+
+
+class UnsafeArchiveError(CompressError):
+    """The archive holds something that extraction refuses (bad path, link, device, too large)."""
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    """One file to put into an archive: its name inside the archive and where its bytes come from."""
+
+    name: str  # posix path inside the archive, e.g. "model-1.0-rpi5/model/model.onnx"
+    source: Path | None = None  # a file on disk ...
+    data: bytes | None = None  # ... or bytes in memory
+    executable: bool = False
+
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else Path(self.source).stat().st_size  # type: ignore[arg-type]
+
+    def open(self) -> io.BufferedIOBase:
+        return io.BytesIO(self.data) if self.data is not None else open(self.source, "rb")  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Caps on what extraction accepts. Edge models are tens to hundreds of MB; these leave room."""
+
+    max_entries: int = 1000
+    max_file_bytes: int = 4 << 30
+    max_total_bytes: int = 8 << 30
+
+
+@dataclass(frozen=True)
+class ExtractedFile:
+    """A regular file extraction wrote, with the sha256 of the bytes actually written."""
+
+    name: str  # path relative to the archive's top-level folder
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """What :func:`safe_extract` produced."""
+
+    root: Path  # the archive's top-level folder, inside the destination
+    top_level: str
+    files: dict[str, ExtractedFile]  # by name relative to ``root``
+
+
+def write_archive(path: str | Path, entries: Iterable[ArchiveEntry], *, mtime: int = 0) -> Path:
+    """Write a reproducible ``.tar.gz`` atomically (temporary sibling, fsync, rename).
+
+    Parent folders get their own entries (mode 0o755) so that ``tar xzf`` recreates them with
+    sane permissions whatever the extracting user's umask.
+    """
+    target = Path(path)
+    entries = sorted(entries, key=lambda e: e.name)
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate archive entry names")
+    folders = sorted({str(p) for name in names for p in PurePosixPath(name).parents if str(p) != "."})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            # filename="" and mtime=0 keep the gzip header free of anything that varies between runs.
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as zipped:
+                with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for folder in folders:
+                        tar.addfile(_info(folder + "/", tarfile.DIRTYPE, 0, _EXEC_MODE, mtime))
+                    for entry in entries:
+                        info = _info(entry.name, tarfile.REGTYPE, entry.size(), _EXEC_MODE if entry.executable else _FILE_MODE, mtime)
+                        with entry.open() as handle:
+                            tar.addfile(info, handle)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def _info(name: str, kind: bytes, size: int, mode: int, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = size
+    info.mode = mode
+    info.mtime = mtime
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def check_member_name(name: str) -> PurePosixPath:
+    """The entry's name as a relative posix path, or UnsafeArchiveError saying what is wrong with it."""
+    if not name or "\x00" in name:
+        raise UnsafeArchiveError(f"archive entry {name!r}: empty name or NUL byte")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchiveError(f"archive entry {name!r}: absolute path")
+    if "\\" in name:
+        raise UnsafeArchiveError(f"archive entry {name!r}: backslash in path")
+    parts = PurePosixPath(name).parts
+    if ".." in parts:
+        raise UnsafeArchiveError(f"archive entry {name!r}: '..' component (path traversal)")
+    clean = [p for p in parts if p not in ("", ".")]
+    if not clean:
+        raise UnsafeArchiveError(f"archive entry {name!r}: names no file")
+    return PurePosixPath(*clean)
+
+
+def _check_member_kind(member: tarfile.TarInfo) -> None:
+    name = member.name
+    if member.issym():
+        raise UnsafeArchiveError(f"archive entry {name!r}: symbolic link (to {member.linkname!r}) refused")
+    if member.islnk():
+        raise UnsafeArchiveError(f"archive entry {name!r}: hard link (to {member.linkname!r}) refused")
+    if member.ischr() or member.isblk():
+        raise UnsafeArchiveError(f"archive entry {name!r}: device file refused")
+    if member.isfifo():
+        raise UnsafeArchiveError(f"archive entry {name!r}: FIFO refused")
+    if member.issparse():
+        raise UnsafeArchiveError(f"archive entry {name!r}: sparse file refused")
+    if not (member.isfile() or member.isdir()):
+        raise UnsafeArchiveError(f"archive entry {name!r}: unsupported entry type {member.type!r}")
+
+
+class _CappedReader(io.RawIOBase):
+    """Decompressed bytes, with a hard cap: a lying header or a gzip bomb stops at the limit."""
+
+    def __init__(self, inner: io.BufferedIOBase, cap: int, archive: Path) -> None:
+        self._inner = inner
+        self._left = cap
+        self._archive = archive
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._inner.read(len(buffer))
+        self._left -= len(data)
+        if self._left < 0:
+            raise UnsafeArchiveError(f"{self._archive}: expands beyond the size cap while decompressing")
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def safe_extract(archive: str | Path, destination: str | Path, limits: ExtractLimits = ExtractLimits()) -> Extracted:
+    """Extract ``archive`` into the empty folder ``destination``, refusing anything unsafe.
+
+    The archive must hold exactly one top-level folder. Returns the files written with their
+    sha256 (of the bytes written, not of anything the archive claims).
+    """
+    archive = Path(archive)
+    destination = Path(destination).resolve()
+    if not archive.is_file():
+        raise CompressError(f"archive not found: {archive}")
+    if any(destination.iterdir()):
+        raise ValueError(f"extraction target {destination} is not empty")
+    # Headers, PAX records and block padding add to the payload (at most ~3 KiB an entry, plus the
+    # final 10 KiB record): allow for them in the cap on decompressed bytes.
+    stream_cap = limits.max_total_bytes + 3072 * (limits.max_entries + 1) + 20480
+    top_level: str | None = None
+    seen: set[str] = set()
+    files: dict[str, ExtractedFile] = {}
+    total = 0
+    count = 0
+    try:
+        with gzip.open(archive, "rb") as zipped:
+            capped = io.BufferedReader(_CappedReader(zipped, stream_cap, archive), _CHUNK)
+            with tarfile.open(fileobj=capped, mode="r|") as tar:
+                for member in tar:
+                    count += 1
+                    if count > limits.max_entries:
+                        raise UnsafeArchiveError(f"{archive}: more than {limits.max_entries} entries")
+                    relative = check_member_name(member.name)
+                    _check_member_kind(member)
+                    key = relative.as_posix()
+                    if key in seen:
+                        raise UnsafeArchiveError(f"archive entry {member.name!r}: appears twice")
+                    seen.add(key)
+                    if top_level is None:
+                        top_level = relative.parts[0]
+                    elif relative.parts[0] != top_level:
+                        raise UnsafeArchiveError(
+                            f"archive entry {member.name!r}: outside the archive's one top-level folder {top_level!r}"
+                        )
+                    if member.isdir():
+                        _make_dirs(destination, relative)
+                        continue
+                    if len(relative.parts) < 2:
+                        raise UnsafeArchiveError(f"archive entry {member.name!r}: a file outside the top-level folder")
+                    if member.size > limits.max_file_bytes:
+                        raise UnsafeArchiveError(
+                            f"archive entry {member.name!r}: {member.size} bytes, over the per-file cap of {limits.max_file_bytes}"
+                        )
+                    total += member.size
+                    if total > limits.max_total_bytes:
+                        raise UnsafeArchiveError(f"{archive}: expands to more than the cap of {limits.max_total_bytes} bytes")
+                    inner = PurePosixPath(*relative.parts[1:]).as_posix()
+                    files[inner] = _write_member(tar, member, destination, relative, inner, limits)
+    except CompressError:
+        raise
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise CompressError(f"{archive}: not a readable .tar.gz archive ({exc})") from None
+    except OSError as exc:
+        raise CompressError(f"{archive}: extraction into {destination} failed: {exc}") from None
+    if top_level is None:
+        raise CompressError(f"{archive}: the archive is empty")
+    return Extracted(root=destination / top_level, top_level=top_level, files=files)
+
+
+def _make_dirs(destination: Path, relative: PurePosixPath) -> Path:
+    current = destination
+    for part in relative.parts:
+        current = current / part
+        try:
+            os.mkdir(current, 0o755)
+        except FileExistsError:
+            # Only a folder we made ourselves can be here (links are never created); check anyway.
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                raise UnsafeArchiveError(f"archive entry {relative.as_posix()!r}: a file and a folder share a name") from None
+    return current
+
+
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, destination: Path, relative: PurePosixPath,
+                  inner: str, limits: ExtractLimits) -> ExtractedFile:
+    parent = _make_dirs(destination, relative.parent)
+    target = parent / relative.name
+    if not str(target.resolve(strict=False)).startswith(str(destination) + os.sep):
+        raise UnsafeArchiveError(f"archive entry {member.name!r}: resolves outside the extraction folder")
+    source = tar.extractfile(member)
+    if source is None:
+        raise UnsafeArchiveError(f"archive entry {member.name!r}: has no data")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(target, flags, _FILE_MODE)
+    except FileExistsError:
+        raise UnsafeArchiveError(f"archive entry {member.name!r}: a file and a folder share a name") from None
+    digest = hashlib.sha256()
+    written = 0
+    with os.fdopen(fd, "wb") as out:
+        while chunk := source.read(_CHUNK):
+            written += len(chunk)
+            if written > limits.max_file_bytes:
+                raise UnsafeArchiveError(f"archive entry {member.name!r}: over the per-file cap of {limits.max_file_bytes}")
+            digest.update(chunk)
+            out.write(chunk)
+    return ExtractedFile(name=inner, path=target, size=written, sha256=digest.hexdigest())

@@ -1,0 +1,1025 @@
+"""Benchmark an ONNX model the way a target profile runs it.
+
+``run_bench`` opens an ONNX Runtime session with the profile's execution providers and threads,
+feeds it inputs built from the model's own signature (or real samples), and measures: session
+load time, first-run latency, latency percentiles over timed runs, throughput, memory, and the
+model's size on disk (external data files included). It records what really ran: the providers
+the session *used* (a CUDA request on a machine without CUDA silently runs on the CPU), the host
+CPU/GPU and the library versions. ``compare_bench`` measures two models in one process with their
+runs interleaved, so that thermal or background drift hits both alike.
+
+How the numbers are taken
+- Timed region: only ``session.run`` between two ``time.perf_counter_ns`` calls. Memory sampling,
+  progress-bar refreshes and bookkeeping happen between runs, outside it; the progress bar never
+  refreshes from a background thread (that would compete with ORT's threads on a small CPU);
+  Python's garbage collector is paused during the runs.
+- Memory: resident set size (RSS) of this process, in MiB (2**20 bytes). ``baseline_rss_mb`` is
+  taken after onnxruntime and numpy are imported and before the session is created;
+  ``peak_rss_mb`` is the highest RSS seen from session creation to the last run: sampled after
+  load, after each warm-up run and after the last timed run (never between timed runs: a /proc
+  read there slows the next run), and the kernel's high-water mark ``VmHWM`` where Linux lets us
+  reset it, which catches peaks inside any run. ``session_peak_mb = peak_rss_mb - baseline_rss_mb``: what
+  loading and running this model adds to a process, the number ``peak_memory_mb`` budgets gate.
+  GPU memory is not included.
+- Sizes: ``*_mb`` fields are MiB; byte counts are kept beside them.
+
+No torch, no transformers, not even onnx: this runs on the device with onnxruntime and numpy. The
+few facts it needs from the file (external data files, opset, producer, embedding vocabulary)
+come from a small reader of ONNX's protobuf wire format that skips the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import gc
+import io
+import json
+import logging
+import os
+import sys
+import time
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from compress.errors import CompressError
+from compress.files import atomic_write_json, sha256_file
+from export.host import HostInfo, detect_host, has_nvidia_gpu
+from export.inputs import (InputSpec, check_npz_names_used, describe_npz_inputs, id_vocab_sizes, match_npz, read_npz,
+                           synthesize_inputs)
+from export.profiles import Profile
+
+SCHEMA_VERSION = 1
+MIB = 2**20
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------
+# Report dataclasses (JSON round-trip: ``to_json`` / ``from_json``)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class LatencyStats:
+    """Latency over the timed runs, in milliseconds."""
+
+    runs: int
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    samples_ms: list[float] = field(default_factory=list)  # every timed run, in run order (for plots)
+
+    @classmethod
+    def from_samples(cls, seconds: list[float]) -> LatencyStats:
+        """Stats from per-run durations in seconds (linear-interpolated percentiles)."""
+        if not seconds:
+            raise ValueError("no timed runs")
+        ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+        p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
+        return cls(
+            runs=len(ms), mean_ms=float(ms.mean()), std_ms=float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+            min_ms=float(ms.min()), p50_ms=float(p50), p90_ms=float(p90), p95_ms=float(p95), p99_ms=float(p99),
+            max_ms=float(ms.max()), samples_ms=[round(float(x), 6) for x in ms],
+        )
+
+
+@dataclass
+class Throughput:
+    """Sequential throughput over the timed runs (one inference at a time, as the latency runs)."""
+
+    inferences_per_s: float
+    samples_per_s: float  # batch_size * inferences_per_s
+
+
+@dataclass
+class MemoryStats:
+    """Host memory (RSS, MiB) around this model's session; see the module docstring."""
+
+    baseline_rss_mb: float
+    after_load_rss_mb: float
+    peak_rss_mb: float
+    session_peak_mb: float  # peak_rss_mb - baseline_rss_mb: what the model adds to a process
+    method: str  # how the peak was found (RSS samples, plus the kernel high-water mark on Linux)
+    shared_process: bool = False  # True in a comparison: two sessions lived in one process
+    note: str = ""
+
+
+@dataclass
+class DataFile:
+    """One file of the model on disk: the .onnx itself or an external data file it references."""
+
+    path: str
+    bytes: int
+
+
+@dataclass
+class ModelInfo:
+    """The model file(s) measured."""
+
+    path: str
+    sha256: str  # of the .onnx file
+    file_bytes: int  # the .onnx file alone
+    total_bytes: int  # .onnx plus every external data file it references
+    size_mb: float  # total_bytes in MiB: what model_size_mb budgets gate
+    files: list[DataFile] = field(default_factory=list)
+    opset: int | None = None
+    producer: str | None = None
+    inputs: list[InputSpec] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SessionInfo:
+    """How the ONNX Runtime session was set up, and what it really ran on."""
+
+    providers_requested: list[str]  # the profile's list, in order
+    providers_unavailable: list[str]  # requested but not in this onnxruntime build
+    providers_used: list[str]  # session.get_providers(): what actually ran
+    intra_op_threads: int | None  # None: onnxruntime's default (one per physical core)
+    inter_op_threads: int | None
+    graph_optimization: str
+    load_s: float  # InferenceSession(...) wall time
+    first_run_ms: float  # the first session.run, before warm-up (lazy initialisation included)
+
+    @property
+    def gpu_used(self) -> bool:
+        return any(p in GPU_PROVIDERS for p in self.providers_used)
+
+
+@dataclass
+class Workload:
+    """The input shape that was measured."""
+
+    batch_size: int
+    sequence_length: int | None  # None when no input has a sequence axis (or it was fixed by the model)
+    inputs_source: str  # "synthetic (seed 0)" or "npz: PATH"
+
+
+@dataclass
+class BenchReport:
+    """One model measured on one machine with one profile's runtime settings."""
+
+    profile: str
+    model: ModelInfo
+    session: SessionInfo
+    workload: Workload
+    latency: LatencyStats
+    throughput: Throughput
+    memory: MemoryStats
+    host: HostInfo
+    warmup: int
+    created_at: str
+    notes: list[str] = field(default_factory=list)
+    profile_source: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    kind: str = "bench"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The report as JSON text; also written atomically to ``path`` when given."""
+        payload = self.to_dict()
+        if path is not None:
+            atomic_write_json(path, payload)
+        return json.dumps(payload, indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchReport:
+        check_schema(data, "bench")
+        return dataclass_from_dict(cls, data)
+
+    @classmethod
+    def from_json(cls, path_or_text: str | os.PathLike[str]) -> BenchReport:
+        """Read a report back from a file path (or JSON text). Bad input raises CompressError."""
+        return cls.from_dict(read_json_object(path_or_text, "bench report"))
+
+
+@dataclass
+class ComparisonReport:
+    """Two models measured in one process with interleaved runs.
+
+    ``p50_ratio = other.p50 / model.p50``: 3.1 means ``model`` is 3.1x faster than ``other``.
+    """
+
+    model: BenchReport
+    other: BenchReport
+    p50_ratio: float
+    mean_ratio: float
+    interleaved: bool = True
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+    kind: str = "comparison"
+
+    @property
+    def summary(self) -> str:
+        """``"model.int8.onnx is 3.10x faster than model.onnx (p50)"``."""
+        a, b = Path(self.model.model.path).name, Path(self.other.model.path).name
+        if self.p50_ratio >= 1:
+            return f"{a} is {self.p50_ratio:.2f}x faster than {b} (p50)"
+        return f"{a} is {1 / self.p50_ratio:.2f}x slower than {b} (p50)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "summary": self.summary}
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        payload = self.to_dict()
+        if path is not None:
+            atomic_write_json(path, payload)
+        return json.dumps(payload, indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ComparisonReport:
+        check_schema(data, "comparison")
+        return dataclass_from_dict(cls, data)
+
+    @classmethod
+    def from_json(cls, path_or_text: str | os.PathLike[str]) -> ComparisonReport:
+        return cls.from_dict(read_json_object(path_or_text, "comparison report"))
+
+
+def read_report(path_or_text: str | os.PathLike[str]) -> BenchReport | ComparisonReport:
+    """A bench or comparison report, whichever the file holds."""
+    data = read_json_object(path_or_text, "bench report")
+    if data.get("kind") == "comparison":
+        return ComparisonReport.from_dict(data)
+    return BenchReport.from_dict(data)
+
+
+def read_json_object(path_or_text: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """A JSON object from a file path (or JSON text); CompressError naming ``what`` otherwise."""
+    text = str(path_or_text)
+    source = "text"
+    if not text.lstrip().startswith("{"):
+        path = Path(path_or_text)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CompressError(f"{what} not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CompressError(f"cannot read {what} {path}: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CompressError(f"{what} {source} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise CompressError(f"{what} {source} is not a JSON object")
+    return data
+
+
+def check_schema(data: dict[str, Any], kind: str) -> None:
+    """Refuse a report of another kind, or one written by a newer schema than this code reads."""
+    if data.get("kind") != kind:
+        raise CompressError(f"expected a {kind} report, found kind={data.get('kind')!r}")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise CompressError(f"{kind} report has schema_version {version!r}; this compress reads up to {SCHEMA_VERSION}")
+
+
+def dataclass_from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass ``cls`` (nested dataclasses, lists, optionals) from parsed JSON.
+
+    Unknown keys are ignored (a newer writer may add fields); a missing required key or a
+    value of the wrong shape raises CompressError naming the key.
+    """
+    if not isinstance(data, dict):
+        raise CompressError(f"report: {where or cls.__name__}: expected an object")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = f"{where}.{f.name}" if where else f.name
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise CompressError(f"report: missing key {key}")
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], data[f.name], key)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return _coerce(options[0], value, where) if len(options) == 1 else value
+    if dataclasses.is_dataclass(hint):
+        return dataclass_from_dict(hint, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise CompressError(f"report: {where}: expected a list")
+        return [_coerce(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)] if args else value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CompressError(f"report: {where}: expected a number, found {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CompressError(f"report: {where}: expected an integer, found {value!r}")
+        return value
+    if hint is str and not isinstance(value, str):
+        raise CompressError(f"report: {where}: expected a string, found {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The model on disk
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _GraphFacts:
+    files: list[DataFile]
+    opset: int | None
+    producer: str | None
+    vocab_sizes: dict[str, int]
+
+
+# A minimal reader of ONNX's protobuf wire format. bench runs on devices where the onnx package is
+# not installed, yet it must count external data files toward the model size (a size budget must
+# never pass on a partial count) and find the embedding table's vocabulary. It walks only the
+# fields below and skips weight bytes without reading them (the file is memory-mapped).
+# Field numbers from onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto, TensorProto).
+_MODEL_PRODUCER, _MODEL_GRAPH, _MODEL_OPSET = 2, 7, 8
+_OPSET_DOMAIN, _OPSET_VERSION = 1, 2
+_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_SPARSE_INITIALIZER = 1, 5, 11, 15
+_NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE = 1, 2, 4, 5
+_ATTR_TENSOR, _ATTR_GRAPH, _ATTR_TENSORS, _ATTR_GRAPHS = 5, 6, 10, 11
+_TENSOR_DIMS, _TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 1, 8, 13, 14
+_SPARSE_VALUES, _SPARSE_INDICES = 1, 2
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
+_VALUE_INFO_NAME, _VALUE_INFO_TYPE, _TYPE_TENSOR, _TENSOR_TYPE_ELEM = 1, 2, 1, 1
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+_INTEGER_ELEM_TYPES = {6, 7}  # INT32, INT64: what token ids come as
+
+
+class _WireError(ValueError):
+    pass
+
+
+def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _WireError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: Any, start: int, end: int):
+    """(field number, wire type, value) for one message; length-delimited values are (start, end)."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+        elif wire == 2:
+            length, pos = _varint(buf, pos, end)
+            if pos + length > end:
+                raise _WireError("field runs past its message")
+            value, pos = (pos, pos + length), pos + length
+        elif wire == 1:
+            value, pos = None, pos + 8
+        elif wire == 5:
+            value, pos = None, pos + 4
+        else:
+            raise _WireError(f"wire type {wire}")
+        if number == 0 or pos > end:
+            raise _WireError("bad field")
+        yield number, wire, value
+
+
+def _text(buf: Any, span: tuple[int, int]) -> str:
+    return bytes(buf[span[0]:span[1]]).decode("utf-8", errors="replace")
+
+
+@dataclass
+class _Tensor:
+    name: str = ""
+    dims: list[int] = field(default_factory=list)
+    external_locations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Node:
+    op_type: str = ""
+    input: list[str] = field(default_factory=list)
+    output: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Graph:
+    """The parts of an ONNX graph bench needs, with onnx's attribute names (id_vocab_sizes takes either)."""
+
+    node: list[_Node] = field(default_factory=list)
+    initializer: list[_Tensor] = field(default_factory=list)
+    integer_inputs: list[str] = field(default_factory=list)
+    external_locations: set[str] = field(default_factory=set)  # this graph's and its subgraphs'
+
+
+def _read_tensor(buf: Any, span: tuple[int, int]) -> _Tensor:
+    tensor, external, entries = _Tensor(), False, []
+    for number, wire, value in _fields(buf, *span):
+        if number == _TENSOR_DIMS and wire == 0:
+            tensor.dims.append(value)
+        elif number == _TENSOR_DIMS and wire == 2:  # packed
+            pos = value[0]
+            while pos < value[1]:
+                dim, pos = _varint(buf, pos, value[1])
+                tensor.dims.append(dim)
+        elif number == _TENSOR_NAME and wire == 2:
+            tensor.name = _text(buf, value)
+        elif number == _TENSOR_DATA_LOCATION and wire == 0:
+            external = value == _EXTERNAL
+        elif number == _TENSOR_EXTERNAL_DATA and wire == 2:
+            entry = {k: _text(buf, v) for k, w, v in _fields(buf, *value) if w == 2}
+            if entry.get(_ENTRY_KEY) == "location" and _ENTRY_VALUE in entry:
+                entries.append(entry[_ENTRY_VALUE])
+    tensor.external_locations = entries if external else []
+    return tensor
+
+
+def _read_graph(buf: Any, span: tuple[int, int]) -> _Graph:
+    graph = _Graph()
+
+    def take(tensor: _Tensor) -> _Tensor:
+        graph.external_locations.update(tensor.external_locations)
+        return tensor
+
+    def sub(span: tuple[int, int]) -> None:
+        graph.external_locations.update(_read_graph(buf, span).external_locations)
+
+    for number, wire, value in _fields(buf, *span):
+        if wire != 2:
+            continue
+        if number == _GRAPH_INITIALIZER:
+            graph.initializer.append(take(_read_tensor(buf, value)))
+        elif number == _GRAPH_SPARSE_INITIALIZER:
+            for n, w, v in _fields(buf, *value):
+                if w == 2 and n in (_SPARSE_VALUES, _SPARSE_INDICES):
+                    take(_read_tensor(buf, v))
+        elif number == _GRAPH_INPUT:
+            name, elem = "", None
+            for n, w, v in _fields(buf, *value):
+                if n == _VALUE_INFO_NAME and w == 2:
+                    name = _text(buf, v)
+                elif n == _VALUE_INFO_TYPE and w == 2:
+                    for tn, tw, tv in _fields(buf, *v):
+                        if tn == _TYPE_TENSOR and tw == 2:
+                            elem = next((ev for en, ew, ev in _fields(buf, *tv) if en == _TENSOR_TYPE_ELEM and ew == 0), None)
+            if elem in _INTEGER_ELEM_TYPES:
+                graph.integer_inputs.append(name)
+        elif number == _GRAPH_NODE:
+            node = _Node()
+            for n, w, v in _fields(buf, *value):
+                if w != 2:
+                    continue
+                if n == _NODE_INPUT:
+                    node.input.append(_text(buf, v))
+                elif n == _NODE_OUTPUT:
+                    node.output.append(_text(buf, v))
+                elif n == _NODE_OP_TYPE:
+                    node.op_type = _text(buf, v)
+                elif n == _NODE_ATTRIBUTE:
+                    for an, aw, av in _fields(buf, *v):
+                        if aw == 2 and an in (_ATTR_TENSOR, _ATTR_TENSORS):
+                            take(_read_tensor(buf, av))
+                        elif aw == 2 and an in (_ATTR_GRAPH, _ATTR_GRAPHS):
+                            sub(av)
+            graph.node.append(node)
+    return graph
+
+
+def _inspect_model_file(path: Path) -> _GraphFacts:
+    """Size on disk (external data included), opset, producer, and embedding vocabulary sizes."""
+    import mmap
+
+    files = [DataFile(str(path), path.stat().st_size)]
+    if files[0].bytes == 0:
+        raise CompressError(f"{path} is not an ONNX model (the file is empty)")
+    opset: int | None = None
+    producer: str | None = None
+    graph: _Graph | None = None
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            for number, wire, value in _fields(buf, 0, len(buf)):
+                if number == _MODEL_GRAPH and wire == 2:
+                    graph = _read_graph(buf, value)
+                elif number == _MODEL_PRODUCER and wire == 2:
+                    producer = _text(buf, value) or None
+                elif number == _MODEL_OPSET and wire == 2:
+                    entry = {n: v for n, w, v in _fields(buf, *value)}
+                    domain = _text(buf, entry[_OPSET_DOMAIN]) if _OPSET_DOMAIN in entry else ""
+                    if domain in ("", "ai.onnx") and isinstance(entry.get(_OPSET_VERSION), int):
+                        opset = entry[_OPSET_VERSION]
+    except (_WireError, IndexError) as exc:
+        raise CompressError(f"{path} is not an ONNX model (unreadable protobuf: {exc})") from None
+    except OSError as exc:
+        raise CompressError(f"cannot read {path}: {exc}") from None
+    if graph is None or opset is None:
+        raise CompressError(f"{path} is not an ONNX model (no graph or no opset in it)")
+    for location in sorted(graph.external_locations):
+        data_path = path.parent / location
+        if not data_path.is_file():
+            raise CompressError(f"{path} references external data {location} that is not beside it ({data_path})")
+        files.append(DataFile(str(data_path), data_path.stat().st_size))
+    return _GraphFacts(files, opset, producer, id_vocab_sizes(graph, graph.integer_inputs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------
+
+def _rss_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        statm = Path("/proc/self/statm")
+        if statm.exists():
+            return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _reset_high_water_mark() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _high_water_mark_bytes() is not None
+    except OSError:
+        return False
+
+
+def _high_water_mark_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _release_freed_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS, so the baseline is this process's real floor."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """Keep onnxruntime's provider-fallback chatter off stdout (``--json`` owns stdout) and off the
+    terminal; what really ran is read back from the session and recorded instead."""
+    import onnxruntime as ort
+
+    captured = io.StringIO()
+    quiet = not os.environ.get("COMPRESS_DEBUG")
+    if quiet:
+        ort.set_default_logger_severity(4)
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        if quiet:
+            ort.set_default_logger_severity(2)
+        if captured.getvalue().strip():
+            _log.debug("onnxruntime said: %s", captured.getvalue().strip())
+
+
+_dlls_preloaded = False
+
+
+def _preload_gpu_libraries(requested: list[str]) -> None:
+    """With onnxruntime-gpu, load the CUDA/cuDNN libraries from the nvidia-* wheels (without torch)."""
+    global _dlls_preloaded
+    if _dlls_preloaded or not any(p in GPU_PROVIDERS for p in requested) or not has_nvidia_gpu():
+        return
+    import onnxruntime as ort
+
+    _dlls_preloaded = True
+    if hasattr(ort, "preload_dlls"):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+            ort.preload_dlls()
+
+
+@dataclass
+class _Opened:
+    path: Path
+    facts: _GraphFacts
+    session: Any
+    info: SessionInfo
+    feeds: dict[str, np.ndarray]
+    specs: list[InputSpec]
+    workload: Workload
+    notes: list[str]
+    rss_before: int
+    rss_after_first_run: int
+
+
+def _open_session(path: Path, providers: list[str], intra: int | None, inter: int | None) -> tuple[Any, float, list[str]]:
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    usable = [p for p in providers if p in available]
+    unavailable = [p for p in providers if p not in available]
+    if not usable:
+        usable = ["CPUExecutionProvider"]
+    _preload_gpu_libraries(usable)
+    options = ort.SessionOptions()
+    if intra is not None:
+        options.intra_op_num_threads = intra
+    if inter is not None:
+        options.inter_op_num_threads = inter
+    start = time.perf_counter()
+    try:
+        with _quiet_onnxruntime():
+            session = ort.InferenceSession(str(path), options, providers=usable)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph/... types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompressError(f"onnxruntime cannot load {path}: {first}") from None
+    return session, time.perf_counter() - start, unavailable
+
+
+def _describe_feeds(feeds: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in feeds.items())
+
+
+def _open(path: Path, profile: Profile, *, batch_size: int, sequence_length: int,
+          npz: dict[str, np.ndarray] | None, npz_path: Path | None, threads: int | None) -> _Opened:
+    """Inspect the file, create the session (timed), build the feeds and do the first run (timed)."""
+    if not path.exists():
+        raise CompressError(f"model not found: {path}")
+    if not path.is_file():
+        raise CompressError(f"{path} is not a file (bench takes an .onnx file)")
+    facts = _inspect_model_file(path)
+    _release_freed_memory()
+    rss_before = _rss_bytes()
+    intra = threads if threads is not None else profile.runtime.intra_op_threads
+    inter = profile.runtime.inter_op_threads
+    session, load_s, unavailable = _open_session(path, list(profile.runtime.providers), intra, inter)
+    signature = session.get_inputs()
+    notes: list[str] = []
+    if npz is not None:
+        feeds = match_npz(npz, signature, npz_path)
+        specs = describe_npz_inputs(feeds, signature)
+        first = feeds[signature[0].name] if signature else None
+        batch = int(first.shape[0]) if first is not None and first.ndim else 1
+        ids = next((feeds[a.name] for a in signature if feeds[a.name].ndim >= 2 and feeds[a.name].dtype.kind in "iu"), None)
+        workload = Workload(batch, int(ids.shape[1]) if ids is not None else None, f"npz: {npz_path}")
+    else:
+        feeds, specs, knobs = synthesize_inputs(signature, batch_size=batch_size, sequence_length=sequence_length,
+                                                vocab_sizes=facts.vocab_sizes)
+        workload = Workload(batch_size if knobs["batch"] else _leading_dim(feeds), sequence_length if knobs["sequence"] else None,
+                            "synthetic (seed 0)")
+        if not knobs["batch"] and batch_size != 1:
+            notes.append(f"the model has a fixed batch dimension; --batch-size {batch_size} was not applied")
+        if knobs["image"]:
+            notes.append("dynamic height/width axes were set to 224")
+    providers_used = list(session.get_providers())
+    if unavailable:
+        notes.append(f"not in this onnxruntime build: {', '.join(unavailable)}")
+    fell_back = [p for p in profile.runtime.providers if p not in unavailable and p not in providers_used]
+    if fell_back:
+        notes.append(f"requested but not running (fell back): {', '.join(fell_back)}")
+    if any(p in GPU_PROVIDERS for p in providers_used):
+        notes.append("a GPU provider ran: latency includes host<->device copies of inputs and outputs; "
+                     "memory is host RSS only (GPU memory is not measured)")
+    usable_cores = detect_host().usable_cores
+    if intra is not None and intra > usable_cores:
+        notes.append(f"{intra} intra-op threads on {usable_cores} usable cores: oversubscribed, latency is pessimistic")
+    start = time.perf_counter()
+    try:
+        session.run(None, feeds)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompressError(f"onnxruntime failed to run {path} on {_describe_feeds(feeds)}: {first}; "
+                            "pass real samples with --inputs FILE.npz") from None
+    first_run_ms = (time.perf_counter() - start) * 1000.0
+    level = session.get_session_options().graph_optimization_level
+    info = SessionInfo(
+        providers_requested=list(profile.runtime.providers), providers_unavailable=unavailable,
+        providers_used=providers_used, intra_op_threads=intra, inter_op_threads=inter,
+        graph_optimization=getattr(level, "name", str(level)), load_s=load_s, first_run_ms=first_run_ms,
+    )
+    return _Opened(path, facts, session, info, feeds, specs, workload, notes, rss_before, _rss_bytes())
+
+
+def _memory_method(timings: _Timings) -> str:
+    sampled = "RSS sampled after load, each warm-up run and the last timed run"
+    return sampled + " + kernel high-water mark (VmHWM)" if timings.high_water_mark_used else sampled
+
+
+def _leading_dim(feeds: dict[str, np.ndarray]) -> int:
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Timed runs
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Timings:
+    samples: list[list[float]]  # per model, seconds
+    peak_rss: int
+    high_water_mark_used: bool
+
+
+def _time_runs(opened: list[_Opened], runs: int, warmup: int, progress: bool, label: str) -> _Timings:
+    """Warm-up then timed runs, interleaved across models (A, B, A, B, ...).
+
+    Between timed runs nothing touches the kernel: even one /proc read between two runs made the
+    next run of a small model ~20 us slower here (ORT's spinning worker threads cool down). So RSS
+    is sampled after every warm-up run and after the last timed run, and the kernel's high-water
+    mark (reset before the first run) catches any peak in between.
+    """
+    samples: list[list[float]] = [[] for _ in opened]
+    peak = _rss_bytes()
+    hwm_ok = _reset_high_water_mark()
+    display = _RunProgress((warmup + runs) * len(opened), label) if progress else None
+    clock = time.perf_counter_ns
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(warmup):
+            for model in opened:
+                model.session.run(None, model.feeds)
+                peak = max(peak, _rss_bytes())
+                if display:
+                    display.advance()
+        for _ in range(runs):
+            for index, model in enumerate(opened):
+                run, feeds = model.session.run, model.feeds
+                start = clock()
+                run(None, feeds)
+                elapsed = clock() - start
+                samples[index].append(elapsed / 1e9)
+                if display:
+                    display.advance()
+        peak = max(peak, _rss_bytes())
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompressError(f"onnxruntime failed during the timed runs: {first}") from None
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        if display:
+            display.close()
+    if hwm_ok:
+        peak = max(peak, _high_water_mark_bytes() or 0)
+    return _Timings(samples, peak, hwm_ok)
+
+
+class _RunProgress:
+    """A rich progress bar on stderr, refreshed by hand between runs (never from a thread)."""
+
+    def __init__(self, total: int, label: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=Console(stderr=True), auto_refresh=False,
+                                  transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task(label, total=total)
+        self._last = 0.0
+
+    def advance(self) -> None:
+        self._progress.advance(self._task)
+        now = time.monotonic()
+        if now - self._last > 0.1:
+            self._last = now
+            self._progress.refresh()
+
+    def close(self) -> None:
+        self._progress.refresh()
+        self._progress.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _model_info(opened: _Opened) -> ModelInfo:
+    total = sum(f.bytes for f in opened.facts.files)
+    return ModelInfo(
+        path=str(opened.path), sha256=sha256_file(opened.path), file_bytes=opened.facts.files[0].bytes,
+        total_bytes=total, size_mb=total / MIB, files=opened.facts.files,
+        opset=opened.facts.opset,
+        producer=opened.facts.producer, inputs=opened.specs,
+        outputs=[o.name for o in opened.session.get_outputs()],
+    )
+
+
+def _report(opened: _Opened, profile: Profile, latency_s: list[float], memory: MemoryStats, warmup: int) -> BenchReport:
+    latency = LatencyStats.from_samples(latency_s)
+    per_s = len(latency_s) / sum(latency_s)
+    return BenchReport(
+        profile=profile.name, profile_source=str(profile.source) if profile.source else None,
+        model=_model_info(opened), session=opened.info, workload=opened.workload, latency=latency,
+        throughput=Throughput(inferences_per_s=per_s, samples_per_s=per_s * opened.workload.batch_size),
+        memory=memory, host=detect_host(), warmup=warmup, created_at=_now(), notes=opened.notes,
+    )
+
+
+def _validate_counts(runs: int, warmup: int, batch_size: int | None, sequence_length: int | None,
+                     threads: int | None, inputs: Path | None) -> None:
+    if runs < 1:
+        raise CompressError("--runs must be at least 1")
+    if warmup < 0:
+        raise CompressError("--warmup cannot be negative")
+    for name, value in (("--batch-size", batch_size), ("--sequence-length", sequence_length), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise CompressError(f"{name} must be at least 1")
+    if inputs is not None and (batch_size is not None or sequence_length is not None):
+        raise CompressError("--inputs fixes the input shapes; drop --batch-size/--sequence-length")
+
+
+def run_bench(model: str | os.PathLike[str], profile: Profile, *, batch_size: int | None = None,
+              sequence_length: int | None = None, runs: int = 100, warmup: int = 10,
+              inputs: str | os.PathLike[str] | None = None, threads: int | None = None,
+              progress: bool = True) -> BenchReport:
+    """Benchmark one ONNX model with ``profile``'s providers, threads and workload.
+
+    ``batch_size``/``sequence_length`` default to the profile's workload; ``inputs`` is an .npz of
+    real samples (one array per model input) that replaces the synthetic feeds; ``threads``
+    overrides the profile's intra-op thread count. Raises CompressError for bad input (missing
+    file, not ONNX, a model onnxruntime refuses, a bad npz).
+    """
+    path = Path(model)
+    _validate_counts(runs, warmup, batch_size, sequence_length, threads, Path(inputs) if inputs else None)
+    npz = read_npz(Path(inputs)) if inputs is not None else None
+    opened = _open(path, profile, batch_size=batch_size or profile.workload.batch_size,
+                   sequence_length=sequence_length or profile.workload.sequence_length, npz=npz,
+                   npz_path=Path(inputs) if inputs else None, threads=threads)
+    if npz is not None:
+        check_npz_names_used(npz, [opened.session.get_inputs()], Path(inputs))
+    after_load = opened.rss_after_first_run
+    timings = _time_runs([opened], runs, warmup, progress, f"bench {path.name}")
+    peak = max(timings.peak_rss, after_load)
+    memory = MemoryStats(
+        baseline_rss_mb=opened.rss_before / MIB, after_load_rss_mb=after_load / MIB, peak_rss_mb=peak / MIB,
+        session_peak_mb=(peak - opened.rss_before) / MIB,
+        method=_memory_method(timings),
+    )
+    return _report(opened, profile, timings.samples[0], memory, warmup)
+
+
+def compare_bench(model: str | os.PathLike[str], other: str | os.PathLike[str], profile: Profile, *,
+                  batch_size: int | None = None, sequence_length: int | None = None, runs: int = 100,
+                  warmup: int = 10, inputs: str | os.PathLike[str] | None = None, threads: int | None = None,
+                  progress: bool = True) -> ComparisonReport:
+    """Benchmark ``model`` against ``other`` in one process, runs interleaved (A, B, A, B, ...).
+
+    Both see the same workload, seed and settings. ``p50_ratio = other.p50 / model.p50``.
+    Memory per model is what its session creation and first run added to the process
+    (``shared_process=True``); the joint peak of both sessions is in the note.
+    """
+    paths = [Path(model), Path(other)]
+    _validate_counts(runs, warmup, batch_size, sequence_length, threads, Path(inputs) if inputs else None)
+    npz = read_npz(Path(inputs)) if inputs is not None else None
+    opened = [
+        _open(p, profile, batch_size=batch_size or profile.workload.batch_size,
+              sequence_length=sequence_length or profile.workload.sequence_length, npz=npz,
+              npz_path=Path(inputs) if inputs else None, threads=threads)
+        for p in paths
+    ]
+    if npz is not None:
+        check_npz_names_used(npz, [o.session.get_inputs() for o in opened], Path(inputs))
+    baseline = opened[0].rss_before
+    timings = _time_runs(opened, runs, warmup, progress, f"compare {paths[0].name} vs {paths[1].name}")
+    method = _memory_method(timings)
+    reports = []
+    for item, samples in zip(opened, timings.samples):
+        own = item.rss_after_first_run - item.rss_before
+        memory = MemoryStats(
+            baseline_rss_mb=item.rss_before / MIB, after_load_rss_mb=item.rss_after_first_run / MIB,
+            peak_rss_mb=timings.peak_rss / MIB, session_peak_mb=own / MIB, method=method, shared_process=True,
+            note=(f"two sessions in one process: session_peak_mb is this model's load + first run; "
+                  f"both together peaked {(timings.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
+        )
+        report = _report(item, profile, samples, memory, warmup)
+        report.notes.append("measured interleaved with another model (compare)")
+        reports.append(report)
+    a, b = reports
+    return ComparisonReport(
+        model=a, other=b, p50_ratio=b.latency.p50_ms / a.latency.p50_ms,
+        mean_ratio=b.latency.mean_ms / a.latency.mean_ms, created_at=_now(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Display (rich is imported here only)
+# ---------------------------------------------------------------------------------------------
+
+def _fmt_mb(value: float) -> str:
+    return f"{value:,.1f} MiB"
+
+
+def _latency_rows(r: BenchReport) -> list[tuple[str, str]]:
+    lat = r.latency
+    return [
+        ("p50 / p90 / p95 / p99", f"{lat.p50_ms:.3f} / {lat.p90_ms:.3f} / {lat.p95_ms:.3f} / {lat.p99_ms:.3f} ms"),
+        ("mean ± std", f"{lat.mean_ms:.3f} ± {lat.std_ms:.3f} ms"),
+        ("min / max", f"{lat.min_ms:.3f} / {lat.max_ms:.3f} ms"),
+        ("throughput", f"{r.throughput.inferences_per_s:,.1f} inferences/s, {r.throughput.samples_per_s:,.1f} samples/s"),
+    ]
+
+
+def render_bench(report: BenchReport) -> Any:
+    """A rich table for one bench report."""
+    from rich.table import Table
+
+    s, m, w = report.session, report.model, report.workload
+    table = Table(title=f"bench {Path(m.path).name} · profile {report.profile}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    files = f" ({len(m.files)} files)" if len(m.files) > 1 else ""
+    table.add_row("model", f"{m.path}{files}")
+    table.add_row("size", f"{m.size_mb:,.2f} MiB{files}")
+    table.add_row("providers used", ", ".join(s.providers_used) + f"  (requested {', '.join(s.providers_requested)})")
+    table.add_row("threads", f"intra {s.intra_op_threads or 'ORT default'}, inter {s.inter_op_threads or 'ORT default'}")
+    seq = f" × seq {w.sequence_length}" if w.sequence_length else ""
+    table.add_row("workload", f"batch {w.batch_size}{seq}, {w.inputs_source}")
+    table.add_row("session load", f"{s.load_s * 1000:.1f} ms")
+    table.add_row("first run", f"{s.first_run_ms:.3f} ms")
+    table.add_row("runs", f"{report.latency.runs} timed after {report.warmup} warm-up")
+    for name, value in _latency_rows(report):
+        table.add_row(name, value)
+    mem = report.memory
+    table.add_row("memory", f"session peak {_fmt_mb(mem.session_peak_mb)} (process RSS {_fmt_mb(mem.baseline_rss_mb)} → "
+                            f"peak {_fmt_mb(mem.peak_rss_mb)})")
+    table.add_row("host", report.host.describe())
+    flags = ", ".join(report.host.relevant_flags) or "-"
+    table.add_row("cpu flags", flags)
+    for note in report.notes:
+        table.add_row("note", note)
+    return table
+
+
+def render_comparison(report: ComparisonReport) -> Any:
+    """A rich table with both models side by side and the speed ratio."""
+    from rich.table import Table
+
+    a, b = report.model, report.other
+    table = Table(title=f"compare · profile {a.profile} · interleaved runs", title_justify="left")
+    table.add_column("")
+    table.add_column(Path(a.model.path).name, justify="right")
+    table.add_column(Path(b.model.path).name, justify="right")
+    table.add_column("ratio (other / model)", justify="right")
+
+    def row(name: str, x: float, y: float, fmt: str) -> None:
+        table.add_row(name, format(x, fmt), format(y, fmt), f"{y / x:.2f}x" if x else "-")
+
+    row("p50 ms", a.latency.p50_ms, b.latency.p50_ms, ".3f")
+    row("p95 ms", a.latency.p95_ms, b.latency.p95_ms, ".3f")
+    row("p99 ms", a.latency.p99_ms, b.latency.p99_ms, ".3f")
+    row("mean ms", a.latency.mean_ms, b.latency.mean_ms, ".3f")
+    row("size MiB", a.model.size_mb, b.model.size_mb, ".2f")
+    row("load + first run MiB", a.memory.session_peak_mb, b.memory.session_peak_mb, ".1f")
+    table.add_row("providers used", ", ".join(a.session.providers_used), ", ".join(b.session.providers_used), "")
+    table.caption = f"{report.summary} · {a.latency.runs} runs each on {a.host.describe()}"
+    return table
+
+
+def print_report(report: BenchReport | ComparisonReport) -> None:
+    """Print the human table for a bench or comparison report on stdout."""
+    from rich.console import Console
+
+    console = Console()
+    if isinstance(report, ComparisonReport):
+        console.print(render_comparison(report))
+    else:
+        console.print(render_bench(report))

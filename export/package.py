@@ -1,0 +1,455 @@
+"""``compress package``: one reproducible, self-describing archive from a finished run directory.
+
+``NAME-VERSION-PROFILE.tar.gz`` holds one folder of the same name::
+
+    manifest.json        every file's sha256 and size, the model's signature, tokenizer settings,
+                         teacher, quality, bench headline, gate verdicts, tool version, run id
+    MODEL_CARD.md        the release explained to a person
+    profile.yaml         the target profile the release was gated against (verify --gate uses it)
+    model/               model.onnx (+ external data), tokenizer files, config.json
+    reports/             bench.json, gate.json, junit.xml, latency.png, training_curve.png
+    example/             run_model.py (onnxruntime + numpy + tokenizers) and README.md
+
+Packaging the same run twice gives byte-identical archives (see export.archive and export.plots).
+A run whose gate failed is refused unless ``allow_failed``; then the manifest and the model card
+say so. Host side: reads the model with onnx and onnxruntime; never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from compress.errors import CompressError
+from compress.files import sha256_file
+from compress.stage import StageRecord
+from export.archive import ArchiveEntry, write_archive
+from export.manifest import (MANIFEST_FILE, BenchSummary, FileRecord, GateSummary, Manifest, ModelInfo, OutputInfo,
+                             ReferenceOutput, RunRef, SpecialToken, TeacherRef, TokenizerInfo, minimum_onnxruntime,
+                             read_onnx_versions, read_signature)
+from export.run_summary import RunSummary, read_run_summary
+
+EXAMPLE_DIR = Path(__file__).resolve().parent / "example"
+REFERENCE_SENTENCE = "Edge devices run this model on text they see for the first time."
+# Files beside the model that a caller needs at run time (tokenizer formats of the common families).
+RUNTIME_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
+    "added_tokens.json", "sentencepiece.bpe.model", "spiece.model", "config.json", "sentence_bert_config.json",
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+# Position-embedding tables of these families start with padding_idx + 1 = 2 offset rows.
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+_SPECIAL_ROLES = ("cls", "sep", "pad", "unk", "mask", "bos", "eos")
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    """What ``package_run`` wrote."""
+
+    path: Path
+    size: int
+    sha256: str
+    manifest: Manifest
+
+    def to_json(self) -> dict[str, Any]:
+        verdicts = {profile: gate.verdict for profile, gate in self.manifest.gates.items()}
+        return {"path": str(self.path), "size": self.size, "sha256": self.sha256, "name": self.manifest.name,
+                "version": self.manifest.version, "profile": self.manifest.profile, "gates": verdicts,
+                "released_despite_failed_gate": self.manifest.released_despite_failed_gate}
+
+
+def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = None, version: str | None = None,
+                allow_failed: bool = False) -> PackageResult:
+    """Pack ``run_dir`` into ``out_dir/NAME-VERSION-PROFILE.tar.gz`` (atomically) and return its path, size and sha256.
+
+    ``name`` defaults to the teacher's name with ``-distilled``; ``version`` to the run's date
+    (``YYYY.MM.DD``). Raises CompressError for a run directory that is incomplete or whose gate
+    failed (unless ``allow_failed``).
+    """
+    run_dir = Path(run_dir)
+    summary = read_run_summary(run_dir)
+    profile = _load_profile(run_dir, summary)
+    model_path = _existing(run_dir, summary.final_model, "final_model")
+    if model_path.suffix != ".onnx":
+        raise CompressError(f"run.json: final_model {summary.final_model!r} is not an .onnx file")
+    gate_report = _read_gate(run_dir, summary)
+    verdict = gate_report.verdict if gate_report else summary.verdict
+    if verdict == "fail" and not allow_failed:
+        reasons = "; ".join(gate_report.reasons) if gate_report else "see run.json"
+        raise CompressError(f"{run_dir}: the gate verdict is fail ({reasons}); not packaging a failed release "
+                            "(pass --allow-failed to package it anyway, marked as failed)")
+    name = _check_name("name", name or _default_name(summary))
+    version = _check_name("version", version or _default_version(summary))
+    top = f"{name}-{version}-{summary.profile}"
+    _check_name("archive name", top)
+
+    archive_name = f"{top}.tar.gz"
+    model_dir = model_path.parent
+    versions = read_onnx_versions(model_path)
+    min_ort, min_ort_note = minimum_onnxruntime(versions.opset, versions.ir_version, known_good=_ort_version())
+    signature = read_signature(model_path)
+    tokenizer = _tokenizer_info(model_dir)
+    output = _output_info(summary.task, signature, model_dir)
+
+    entries: dict[str, ArchiveEntry] = {}
+
+    def add(relative: str, *, source: Path | None = None, data: bytes | None = None, executable: bool = False) -> None:
+        entries[relative] = ArchiveEntry(f"{top}/{relative}", source=source, data=data, executable=executable)
+
+    add("model/model.onnx", source=model_path)
+    for location in versions.external_data:
+        add(f"model/{location}", source=model_dir / location)
+    for file_name in RUNTIME_FILES:
+        if (model_dir / file_name).is_file():
+            add(f"model/{file_name}", source=model_dir / file_name)
+    if profile.source is not None:
+        add("profile.yaml", source=Path(profile.source))
+
+    bench = _read_bench(run_dir, summary)
+    reports = summary.reports
+    for key, file_name in (("bench", "bench.json"), ("gate", "gate.json"), ("junit", "junit.xml")):
+        relative = getattr(reports, key)
+        if relative is not None:
+            add(f"reports/{file_name}", source=_existing(run_dir, relative, f"reports.{key}"))
+    from export import plots  # matplotlib: only packaging draws
+
+    if bench is not None:
+        budgets = {k: v for k, v in profile.budgets.latency_ms.model_dump().items() if v is not None}
+        samples = getattr(bench.latency, "samples_ms", None)  # per-run latencies, when the report carries them
+        percentiles = {"p50": bench.latency.p50_ms, "p95": bench.latency.p95_ms, "p99": bench.latency.p99_ms}
+        add("reports/latency.png", data=plots.latency_png(
+            samples_ms=samples, percentiles_ms=percentiles, budgets_ms=budgets,
+            title=f"{name} {version} on {bench.host.describe()}"[:90]))
+    history = _read_loss_history(run_dir, summary)
+    if history:
+        add("reports/training_curve.png", data=plots.training_curve_png(history, title=f"distillation of {name}"))
+
+    manifest = Manifest(
+        name=name, version=version, profile=summary.profile, task=summary.task, precision=summary.precision,
+        model=ModelInfo(
+            path="model/model.onnx", opset=versions.opset, ir_version=versions.ir_version,
+            other_opsets=versions.other_opsets, min_onnxruntime=min_ort, min_onnxruntime_note=min_ort_note,
+            external_data=[f"model/{location}" for location in versions.external_data], signature=signature,
+        ),
+        tokenizer=tokenizer, output=output,
+        reference=ReferenceOutput(sentence=REFERENCE_SENTENCE, values=[]),
+        teacher=TeacherRef(name=summary.teacher.name, weights_sha256=summary.teacher.weights_sha256,
+                           params=summary.teacher.params),
+        student=asdict(summary.student), quality=asdict(summary.quality),
+        bench=_bench_summary(bench) if bench is not None else None,
+        gates=_gates(gate_report, summary, archive_name),
+        providers=list(profile.runtime.providers), tool_version=summary.tool_version,
+        run=RunRef(run_id=summary.run_id, created_at=summary.created_at), files=[],
+        released_despite_failed_gate=verdict == "fail",
+    )
+    manifest.reference = _reference_output(model_dir, model_path, manifest)
+
+    readme = _render_readme(manifest, profile)
+    add("example/README.md", data=readme.encode("utf-8"))
+    add("example/run_model.py", source=EXAMPLE_DIR / "run_model.py", executable=True)
+    from export.model_card import render_model_card
+
+    card = render_model_card(manifest, profile=profile, stages=_read_stages(run_dir, summary),
+                             archive_name=archive_name, has_training_curve=bool(history))
+    add("MODEL_CARD.md", data=card.encode("utf-8"))
+
+    manifest.files = [_file_record(relative, entry) for relative, entry in sorted(entries.items())]
+    add(MANIFEST_FILE, data=manifest.dumps().encode("utf-8"))
+
+    out_path = Path(out_dir) / archive_name
+    write_archive(out_path, entries.values(), mtime=summary.created_timestamp())
+    return PackageResult(path=out_path, size=out_path.stat().st_size, sha256=sha256_file(out_path), manifest=manifest)
+
+
+# -- reading the run directory ------------------------------------------------------------------
+
+def _existing(run_dir: Path, relative: str, key: str) -> Path:
+    path = run_dir / relative
+    if not path.is_file():
+        raise CompressError(f"{run_dir / 'run.json'}: {key} names {relative!r}, which is missing from the run directory")
+    return path
+
+
+def _load_profile(run_dir: Path, summary: RunSummary):  # -> Profile (pydantic; imported lazily)
+    from export.profiles import load_profile, load_profile_file
+
+    if summary.profile_file:
+        return load_profile_file(_existing(run_dir, summary.profile_file, "profile_file"))
+    return load_profile(summary.profile)
+
+
+def _read_gate(run_dir: Path, summary: RunSummary):  # -> GateReport | None
+    from export.gate import GateReport
+
+    if summary.reports.gate is None:
+        return None
+    report = GateReport.from_json(_existing(run_dir, summary.reports.gate, "reports.gate"))
+    if summary.verdict is not None and summary.verdict != report.verdict:
+        raise CompressError(f"{run_dir}: run.json says the verdict is {summary.verdict!r} but "
+                            f"{summary.reports.gate} says {report.verdict!r}; re-run the gate")
+    return report
+
+
+def _read_bench(run_dir: Path, summary: RunSummary):  # -> BenchReport | None
+    from export.bench import BenchReport
+
+    if summary.reports.bench is None:
+        return None
+    return BenchReport.from_json(_existing(run_dir, summary.reports.bench, "reports.bench"))
+
+
+def _read_loss_history(run_dir: Path, summary: RunSummary) -> list[dict[str, Any]]:
+    if summary.reports.loss_history is None:
+        return []
+    path = _existing(run_dir, summary.reports.loss_history, "reports.loss_history")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CompressError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "step" in r and "loss" in r for r in rows):
+        raise CompressError(f"{path}: expected a list of objects with step and loss")
+    return rows
+
+
+def _read_stages(run_dir: Path, summary: RunSummary) -> dict[str, StageRecord]:
+    stages: dict[str, StageRecord] = {}
+    for stage, relative in summary.stages.items():
+        path = _existing(run_dir, relative, f"stages.{stage}")
+        try:
+            stages[stage] = StageRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CompressError(f"{path}: not a readable stage record ({exc})") from None
+    return stages
+
+
+def _default_name(summary: RunSummary) -> str:
+    base = summary.teacher.name.rstrip("/").split("/")[-1]
+    slug = re.sub(r"[^a-z0-9._-]+", "-", base.lower()).strip("-._") or "model"
+    return f"{slug}-distilled"
+
+
+def _default_version(summary: RunSummary) -> str:
+    return datetime.fromisoformat(summary.created_at).strftime("%Y.%m.%d")
+
+
+def _check_name(what: str, value: str) -> str:
+    if not _NAME.match(value):
+        raise CompressError(f"{what} {value!r} must be letters, digits, '.', '_', '+' or '-' (at most 100, no '/')")
+    return value
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+# -- describing the model ------------------------------------------------------------------------
+
+def _read_json_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CompressError(f"{path}: not valid JSON ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _lowercases(normalizer: dict[str, Any] | None) -> bool:
+    if not normalizer:
+        return False
+    if normalizer.get("type") == "Lowercase" or normalizer.get("lowercase") is True:
+        return True
+    return any(_lowercases(n) for n in normalizer.get("normalizers", []) or [])
+
+
+def _tokenizer_info(model_dir: Path) -> TokenizerInfo:
+    """Tokenizer settings an integrator needs, read from the files beside the model."""
+    from tokenizers import Tokenizer
+
+    tokenizer_file = model_dir / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise CompressError(f"{model_dir}: no tokenizer.json beside the model (the example and verify need it; "
+                            "save the tokenizer with a fast tokenizer)")
+    raw = _read_json_file(tokenizer_file)
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    settings = _read_json_file(model_dir / "tokenizer_config.json")
+    config = _read_json_file(model_dir / "config.json")
+    limits = []
+    model_max = settings.get("model_max_length")
+    if isinstance(model_max, int) and 0 < model_max <= 1_000_000:  # transformers writes 1e30 for "no limit"
+        limits.append(model_max)
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions - _POSITION_OFFSET.get(config.get("model_type", ""), 0))
+    sentence_config = _read_json_file(model_dir / "sentence_bert_config.json").get("max_seq_length")
+    if isinstance(sentence_config, int) and sentence_config > 0:
+        limits.append(sentence_config)
+    if not limits:
+        raise CompressError(f"{model_dir}: cannot tell the model's maximum sequence length (no model_max_length "
+                            "in tokenizer_config.json, no max_position_embeddings in config.json)")
+    special: dict[str, SpecialToken] = {}
+    token_map = _read_json_file(model_dir / "special_tokens_map.json")
+    for role in _SPECIAL_ROLES:
+        value = token_map.get(f"{role}_token", settings.get(f"{role}_token"))
+        text = value.get("content") if isinstance(value, dict) else value
+        if isinstance(text, str) and tokenizer.token_to_id(text) is not None:
+            special[role] = SpecialToken(token=text, id=int(tokenizer.token_to_id(text)))
+    return TokenizerInfo(
+        file="model/tokenizer.json", kind=str((raw.get("model") or {}).get("type") or "unknown"),
+        max_length=min(limits), lowercase=_lowercases(raw.get("normalizer")), template=_wrap_template(raw),
+        special_tokens=special,
+        padding_side=str(settings.get("padding_side") or "right"),
+    )
+
+
+def _output_info(task: str, signature, model_dir: Path) -> OutputInfo:
+    names = [spec.name for spec in signature.outputs]
+    if task == "feature-extraction":
+        if "sentence_embedding" in names:
+            return OutputInfo(primary="sentence_embedding")
+        from compress.tasks import read_pooling
+
+        for candidate in ("last_hidden_state", "token_embeddings"):
+            if candidate in names:
+                pooling = read_pooling(model_dir)
+                return OutputInfo(primary=candidate, pooling=pooling.mode, normalize=pooling.normalize)
+        raise CompressError(f"{model_dir}: a sentence encoder needs a sentence_embedding or last_hidden_state output; "
+                            f"the model has {', '.join(names)}")
+    if task in ("text-classification", "token-classification"):
+        if "logits" not in names:
+            raise CompressError(f"{model_dir}: a classifier needs a logits output; the model has {', '.join(names)}")
+        id2label = _read_json_file(model_dir / "config.json").get("id2label") or {}
+        labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
+        return OutputInfo(primary="logits", labels=labels)
+    raise CompressError(f"run.json: unsupported task {task!r}")
+
+
+def _reference_output(model_dir: Path, model_path: Path, manifest: Manifest) -> ReferenceOutput:
+    """The primary output for the reference sentence on this host (one thread, CPU: reproducible)."""
+    import onnxruntime as ort
+
+    from export.example.run_model import PackagedModel
+
+    # Paths as they are in the run directory; the example reads everything else from the manifest.
+    local = manifest.to_json()
+    local["model"]["path"] = model_path.name
+    local["tokenizer"]["file"] = "tokenizer.json"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    model = PackagedModel(model_dir, providers=["CPUExecutionProvider"], manifest=local, session_options=options)
+    values = model.answer([REFERENCE_SENTENCE])[0].ravel()
+    return ReferenceOutput(sentence=REFERENCE_SENTENCE, values=[round(float(v), 6) for v in values])
+
+
+def _gates(gate_report, summary: RunSummary, archive_name: str) -> dict[str, GateSummary]:  # gate_report: GateReport | None
+    """The verdict per profile; the gate's "verify on the target" advice names this archive."""
+    if gate_report is None:
+        return {summary.profile: GateSummary(summary.profile, summary.verdict)} if summary.verdict else {}
+    reasons = [reason.replace("ARCHIVE", archive_name) for reason in gate_report.reasons]
+    return {gate_report.profile: GateSummary(profile=gate_report.profile, verdict=gate_report.verdict, reasons=reasons,
+                                             measured_on=gate_report.bench.host)}
+
+
+def _bench_summary(bench) -> BenchSummary:  # bench: export.bench.BenchReport
+    host = bench.host
+    return BenchSummary(
+        profile=bench.profile,
+        host={"description": host.describe(), "cpu_model": host.cpu_model, "arch": host.arch, "os": host.os,
+              "board_model": host.board_model, "gpus": list(host.gpus),
+              "onnxruntime": host.versions.get("onnxruntime")},
+        providers=list(bench.session.providers_used), batch_size=bench.workload.batch_size,
+        sequence_length=bench.workload.sequence_length,
+        latency_ms={"p50": bench.latency.p50_ms, "p95": bench.latency.p95_ms, "p99": bench.latency.p99_ms,
+                    "mean": bench.latency.mean_ms},
+        model_size_mb=bench.model.size_mb, peak_memory_mb=bench.memory.session_peak_mb,
+        throughput_per_s=bench.throughput.samples_per_s,
+    )
+
+
+def _file_record(relative: str, entry: ArchiveEntry) -> FileRecord:
+    if entry.data is not None:
+        return FileRecord(path=relative, sha256=hashlib.sha256(entry.data).hexdigest(), size=len(entry.data))
+    return FileRecord(path=relative, sha256=sha256_file(entry.source), size=entry.size())  # type: ignore[arg-type]
+
+
+# -- the README for integrators ------------------------------------------------------------------
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _wrap_template(raw_tokenizer: dict[str, Any]) -> str:
+    """How the tokenizer wraps a single text, e.g. ``[CLS] {text} [SEP]`` (from its post-processor)."""
+    processor = raw_tokenizer.get("post_processor") or {}
+    if processor.get("type") == "Sequence":  # e.g. ByteLevel + TemplateProcessing
+        processor = next((p for p in processor.get("processors", []) if p.get("type") != "ByteLevel"), {})
+    kind = processor.get("type")
+    if kind == "TemplateProcessing":
+        pieces = [item["SpecialToken"]["id"] if "SpecialToken" in item else "{text}"
+                  for item in processor.get("single", []) if "SpecialToken" in item or "Sequence" in item]
+        return " ".join(pieces) or "{text}"
+    if kind in ("BertProcessing", "RobertaProcessing"):
+        return f"{processor['cls'][0]} {{text}} {processor['sep'][0]}"
+    return "{text}"
+
+
+def _render_readme(manifest: Manifest, profile) -> str:
+    signature = manifest.model.signature
+    tokenizer = manifest.tokenizer
+    shape = lambda spec: "[" + ", ".join(str(d) for d in spec.shape) + "]"  # noqa: E731
+    inputs = _table([(f"`{s.name}`", s.dtype, shape(s)) for s in signature.inputs], ("name", "dtype", "shape"))
+    outputs = _table([(f"`{s.name}`", s.dtype, shape(s), "**read this one**" if s.name == manifest.output.primary else "")
+                      for s in signature.outputs], ("name", "dtype", "shape", ""))
+    out = manifest.output
+    if manifest.task == "feature-extraction":
+        if out.pooling is None:
+            howto = (f"`{out.primary}` is the sentence embedding, already pooled and L2-normalised inside the "
+                     "graph: compare two texts with a dot product (= cosine similarity).")
+        else:
+            howto = (f"`{out.primary}` holds one vector per token. Make the sentence embedding by {out.pooling} "
+                     "pooling over the tokens whose attention_mask is 1"
+                     + (", then divide by its L2 norm; compare two texts with a dot product." if out.normalize else "."))
+    elif manifest.task == "text-classification":
+        labels = ", ".join(f"{i} = `{label}`" for i, label in enumerate(out.labels or []))
+        howto = f"`logits` holds one score per class; softmax gives probabilities. Classes: {labels or 'see config.json'}."
+    else:
+        labels = ", ".join(f"{i} = `{label}`" for i, label in enumerate(out.labels or []))
+        howto = (f"`logits` holds one score per token and class; take the argmax per token and skip special tokens "
+                 f"and padding. Classes: {labels or 'see config.json'}.")
+    names = {s.name for s in signature.inputs}
+    token_type = ("`token_type_ids` is 0 for every token of a single text." if "token_type_ids" in names
+                  else "The model takes no `token_type_ids`.")
+    contrib = ""
+    if manifest.model.other_opsets:
+        domains = ", ".join(manifest.model.other_opsets)
+        contrib = (f"\nIt uses onnxruntime's own operators ({domains}): a reduced (mobile) onnxruntime build "
+                   "must include them.")
+    template = string.Template((EXAMPLE_DIR / "README.md").read_text(encoding="utf-8"))
+    return template.substitute(
+        name=manifest.name, version=manifest.version, model_path=manifest.model.path, opset=manifest.model.opset,
+        ir_version=manifest.model.ir_version, min_ort=manifest.model.min_onnxruntime, contrib_note=contrib,
+        profile=manifest.profile, precision=manifest.precision, tokenizer_file=tokenizer.file,
+        tokenizer_kind=tokenizer.kind,
+        lowercase_text=("lowercase the text (the tokenizer file's normaliser also strips control characters)."
+                        if tokenizer.lowercase else "keep the case; the model is case-sensitive."),
+        wrap_text=" + ".join(f"`{piece}`" if piece != "{text}" else "the text's tokens"
+                             for piece in tokenizer.template.split()) + ".",
+        max_length=tokenizer.max_length, padding_side=tokenizer.padding_side,
+        special_tokens_table="\n".join(f"| {role} | `{t.token}` | {t.id} |" for role, t in tokenizer.special_tokens.items()),
+        batch_size=profile.workload.batch_size, sequence_length=profile.workload.sequence_length,
+        inputs_table=inputs, outputs_table=outputs, output_howto=howto, token_type_text=token_type,
+        reference_sentence=manifest.reference.sentence,
+        reference_head=", ".join(f"{v:+.6f}" for v in manifest.reference.values[:8]) + ", ...",
+        reference_min_cosine=manifest.reference.min_cosine,
+    )

@@ -1,0 +1,750 @@
+"""Quantize an ONNX model for a target profile, measuring what it costs and what it buys.
+
+Methods (the profile's ``precision`` is the default):
+
+* ``int8-dynamic``: ONNX Runtime dynamic quantization through optimum's ``ORTQuantizer`` with the
+  profile's ISA preset (``arm64``, ``avx2``, ``avx512_vnni``), weights per channel. CPU targets only.
+* ``int8-static``: calibrated on real text (``--calibration-data`` or the default corpus's
+  training split, never the held-out texts quality is measured on). CPU targets get QOperator
+  graphs with uint8 activations over MatMul/Gemm/Gather: int8 activations in QDQ form were slower
+  than fp32 on x86 CPUs (STACK.md trap 4). TensorRT targets get symmetric int8/int8 QDQ, the form
+  TensorRT consumes.
+* ``fp16``: weights and compute in half precision with fp32 inputs and outputs
+  (``keep_io_types``), for GPU targets. A CPU runs it, mostly no faster.
+* ``int4-weight``: 4-bit block-wise weight-only quantization of MatMul weights (``MatMulNBits``).
+* ``bnb-int8`` / ``bnb-nf4``: bitsandbytes on a Hugging Face folder, for PyTorch on a GPU
+  (:mod:`compress.bnb`); such a folder cannot be exported to ONNX.
+
+Accuracy-aware: the result is compared with the fp32 model on held-out real text (batch 1, each
+text at its own length, as an edge caller runs it). When the drop (``1 - agreement``: mean cosine
+for embeddings, argmax agreement for classifiers) exceeds the profile's
+``budgets.quality.max_quantization_drop``, the quantizable nodes are ranked by how much error
+quantizing each one alone adds to its own output (estimated from the fp32 model's real
+activations on a few texts, with the method's quantization scheme applied in numpy), and the
+most sensitive are excluded, a few more at each retry, until the drop fits the budget or half
+the nodes are excluded. What was excluded and the final drop are reported.
+
+Speed-aware: the result is benchmarked against the fp32 model on this host in the same process,
+runs interleaved (``export.bench.compare_bench``). A quantized model that is not faster here is
+reported as such, with the host it was measured on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.errors import CompressError
+from compress.files import atomic_directory
+from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, write_record
+from export.agreement import argmax_agreement, max_abs_diff, mean_cosine
+from export.profiles import Profile
+from export.samples import (DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVAL_SAMPLES, Feed, Samples, TextEncoder,
+                            model_samples, read_texts, training_texts)
+
+SCHEMA_VERSION = 1
+ONNX_METHODS = ("int8-dynamic", "int8-static", "fp16", "int4-weight")
+BNB_METHODS = ("bnb-int8", "bnb-nf4")
+METHODS = ONNX_METHODS + BNB_METHODS
+# Files that travel with an ONNX model so it can be used without the source folder.
+SIDECAR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
+                 "sentencepiece.bpe.model", "spiece.model", "config.json")
+# Ops whose presence means the graph is already quantized.
+_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                  "MatMulNBits", "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+                  "QEmbedLayerNormalization", "DynamicQuantizeLSTM"}
+SENSITIVITY_SAMPLES = 16
+MAX_EXCLUDED_FRACTION = 0.5
+INT4_BLOCK_SIZE = 32
+DEFAULT_COMPARE_RUNS = 50
+DEFAULT_COMPARE_WARMUP = 5
+# Speed-ups within this band of 1.0 are measurement noise on a shared machine, not a difference.
+SPEED_NOISE = 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# Report dataclasses
+
+
+@dataclass
+class ExcludedNode:
+    """A node left in fp32 because quantizing it cost too much quality."""
+
+    name: str
+    op_type: str
+    sensitivity: float  # relative squared error quantizing it alone adds to its output
+
+
+@dataclass
+class Attempt:
+    """One quantization tried during the accuracy-aware search."""
+
+    excluded: int
+    quality_drop: float
+
+
+@dataclass
+class SpeedComparison:
+    """The quantized model against its fp32 source on this host, runs interleaved in one process."""
+
+    fp32_p50_ms: float
+    quantized_p50_ms: float
+    speedup: float  # fp32 p50 / quantized p50: 3.0 = three times faster
+    verdict: str  # faster | no faster | slower  (within ±SPEED_NOISE counts as no faster)
+    runs: int
+    providers_used: list[str]
+    host: str
+    workload: str  # "batch 1 x 128 tokens (synthetic (seed 0))"
+
+
+@dataclass
+class QuantizeResult:
+    """What ``quantize_model`` wrote and what it measured."""
+
+    method: str
+    preset: str | None  # arm64 | avx2 | avx512_vnni | tensorrt; None for fp16/int4/bitsandbytes
+    profile: str
+    input_path: Path
+    out_path: Path
+    size_before_bytes: int
+    size_after_bytes: int
+    metric: str  # mean_cosine | argmax_agreement
+    output: str  # the compared output
+    agreement: float  # quantized vs fp32 on held-out samples
+    quality_drop: float  # 1 - agreement
+    max_quantization_drop: float  # the profile's budget
+    within_budget: bool
+    max_abs_diff: float
+    samples: int
+    sample_kind: str  # text | synthetic
+    sample_source: str
+    excluded_nodes: list[ExcludedNode] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    calibration_samples: int = 0
+    calibration_source: str | None = None
+    speed: SpeedComparison | None = None
+    host: str = ""
+    notes: list[str] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def size_ratio(self) -> float:
+        return self.size_before_bytes / max(self.size_after_bytes, 1)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["input_path"], data["out_path"] = str(self.input_path), str(self.out_path)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QuantizeResult:
+        data = dict(data)
+        data["input_path"], data["out_path"] = Path(data["input_path"]), Path(data["out_path"])
+        data["excluded_nodes"] = [ExcludedNode(**n) for n in data.get("excluded_nodes", [])]
+        data["attempts"] = [Attempt(**a) for a in data.get("attempts", [])]
+        data["speed"] = SpeedComparison(**data["speed"]) if data.get("speed") else None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and checking the input
+
+
+def load_onnx(path: Path) -> Any:
+    """The ONNX model at ``path``; CompressError when it is missing or not ONNX."""
+    import onnx
+
+    if not path.is_file():
+        raise CompressError(f"ONNX model not found: {path}" if not path.is_dir() else
+                            f"{path} is a folder; pass the .onnx file (bnb-int8/bnb-nf4 take a model folder)")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError and friends: any failure means "not a model"
+        raise CompressError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+
+
+def quantized_reason(model: Any) -> str | None:
+    """Why ``model`` is already quantized or half precision (None for an fp32 graph)."""
+    from onnx import TensorProto
+
+    ops = {node.op_type for node in model.graph.node}
+    found = sorted(op for op in ops if op in _QUANTIZED_OPS or op.startswith("QLinear"))
+    if found:
+        return f"it already has quantized ops ({', '.join(found[:4])})"
+    low_bit = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4}
+    if any(init.data_type in low_bit for init in model.graph.initializer):
+        return "it already has int8/uint8 weights"
+    floats = [init for init in model.graph.initializer if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+    if floats and sum(i.data_type == TensorProto.FLOAT16 for i in floats) > len(floats) / 2:
+        return "its weights are already fp16"
+    return None
+
+
+def check_fp32_model(path: Path) -> Any:
+    """Load ``path`` and refuse a graph that is already quantized (quantizing twice compounds error)."""
+    model = load_onnx(path)
+    reason = quantized_reason(model)
+    if reason:
+        raise CompressError(f"{path} is already quantized: {reason}; quantize the fp32 model it came from")
+    return model
+
+
+def resolve_method(profile: Profile, method: str | None) -> str:
+    """The method to run: ``method``, else the profile's precision."""
+    chosen = method or profile.precision
+    if chosen == "fp32":
+        raise CompressError(f"profile {profile.name} asks for fp32: there is nothing to quantize "
+                            f"(pass --method {'|'.join(ONNX_METHODS)})")
+    if chosen not in METHODS:
+        raise CompressError(f"unknown quantization method {chosen!r}; choose one of {', '.join(METHODS)}")
+    if chosen == "int8-dynamic" and profile.quantization_preset == "tensorrt":
+        raise CompressError(f"int8-dynamic runs on CPUs only; profile {profile.name} targets a GPU "
+                            "(use int8-static for TensorRT, or fp16)")
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing outputs
+
+
+@dataclass
+class OutputView:
+    """Which output of a model is compared, and how."""
+
+    output: str
+    metric: str  # mean_cosine | argmax_agreement
+
+    @classmethod
+    def of(cls, output_names: Sequence[str]) -> OutputView:
+        if "sentence_embedding" in output_names:
+            return cls("sentence_embedding", "mean_cosine")
+        if "logits" in output_names:
+            return cls("logits", "argmax_agreement")
+        return cls(output_names[0], "mean_cosine")
+
+    def rows(self, outputs: Sequence[np.ndarray], feeds: Sequence[Feed]) -> np.ndarray:
+        """Stack per-feed outputs into rows: one per text, or one per real token for token-level outputs."""
+        rows = []
+        for out, feed in zip(outputs, feeds):
+            out = np.asarray(out, dtype=np.float32)
+            mask = feed.get("attention_mask")
+            if out.ndim == 3 and mask is not None and mask.shape == out.shape[:2]:
+                rows.append(out[mask.astype(bool)])
+            else:
+                rows.append(out.reshape(out.shape[0], -1) if out.ndim != 2 else out)
+        return np.concatenate(rows, axis=0)
+
+    def agreement(self, reference: np.ndarray, candidate: np.ndarray) -> float:
+        if self.metric == "argmax_agreement":
+            return argmax_agreement(reference, candidate)
+        return mean_cosine(reference, candidate)
+
+
+def open_session(model: str | Path | bytes, threads: int = 2) -> Any:
+    """A quiet CPU session (quality checks run on the CPU whatever the target)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unloadable graphs
+        where = "the model" if isinstance(model, bytes) else str(model)
+        raise CompressError(f"onnxruntime cannot load {where}: {str(exc).splitlines()[0]}") from None
+
+
+def run_outputs(session: Any, feeds: Sequence[Feed], output: str) -> list[np.ndarray]:
+    return [session.run([output], feed)[0] for feed in feeds]
+
+
+# ---------------------------------------------------------------------------------------------
+# The quantization schemes, as numpy emulations (for ranking nodes) and as ORT runs
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How one method quantizes a node's operands (for the sensitivity estimate)."""
+
+    activations: str  # dynamic-u8 | static-u8 | static-s8 | fp16 | none
+    weights: str  # s8 | u8 | int4-block | fp16
+    per_channel: bool = True
+
+
+def _fake_quant_activation(x: np.ndarray, scheme: Scheme, value_range: tuple[float, float] | None) -> np.ndarray:
+    if scheme.activations == "none":
+        return x
+    if scheme.activations == "fp16":
+        return x.astype(np.float16).astype(np.float32)
+    low, high = value_range if value_range is not None else (float(x.min()), float(x.max()))
+    low, high = min(low, 0.0), max(high, 0.0)
+    if scheme.activations == "static-s8":
+        scale = max(abs(low), abs(high)) / 127.0 or 1.0
+        return np.clip(np.round(x / scale), -127, 127) * scale
+    scale = (high - low) / 255.0 or 1.0
+    zero = np.clip(np.round(-low / scale), 0, 255)
+    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def _fake_quant_weight(w: np.ndarray, scheme: Scheme, per_channel: bool) -> np.ndarray:
+    if scheme.weights == "fp16":
+        return w.astype(np.float16).astype(np.float32)
+    if scheme.weights == "int4-block" and w.ndim == 2:
+        k = w.shape[0]
+        pad = (-k) % INT4_BLOCK_SIZE
+        blocks = np.pad(w, ((0, pad), (0, 0))).reshape(-1, INT4_BLOCK_SIZE, w.shape[1])
+        scale = np.abs(blocks).max(axis=1, keepdims=True) / 7.0
+        scale[scale == 0] = 1.0
+        return (np.clip(np.round(blocks / scale), -8, 7) * scale).reshape(-1, w.shape[1])[:k]
+    levels = 127.0 if scheme.weights == "s8" else 127.5
+    if per_channel and w.ndim == 2:
+        scale = np.abs(w).max(axis=0, keepdims=True) / levels
+    else:
+        scale = np.array(np.abs(w).max() / levels)
+    scale = np.where(scale == 0, 1.0, scale)
+    return np.clip(np.round(w / scale), -levels, levels) * scale
+
+
+@dataclass
+class Candidate:
+    """A node the method would quantize, and its operands."""
+
+    name: str
+    op_type: str
+    activation_inputs: list[str]  # tensors produced at run time (captured from the fp32 model)
+    weights: dict[str, np.ndarray]  # initializer operands by input name
+    node: Any
+
+
+def candidate_nodes(model: Any, method: str) -> list[Candidate]:
+    """The nodes ``method`` quantizes and whose exclusion can buy back quality."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    ops = {"int8-dynamic": ("MatMul", "Gather"), "int8-static": ("MatMul", "Gemm", "Gather"),
+           "int4-weight": ("MatMul",), "fp16": ("MatMul", "Gemm")}[method]
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in ops or not node.name:
+            continue
+        weights = {name: numpy_helper.to_array(initializers[name]).astype(np.float32)
+                   for name in node.input[:2] if name in initializers and
+                   initializers[name].data_type == 1}  # float32 initializers only
+        activations = [name for name in node.input[:2] if name and name not in initializers]
+        if node.op_type == "Gather":
+            if node.input[0] not in weights:
+                continue  # a Gather over shapes or ids, not an embedding table
+        elif method == "int4-weight" and not (len(node.input) > 1 and node.input[1] in weights
+                                               and weights[node.input[1]].ndim == 2):
+            continue
+        found.append(Candidate(node.name, node.op_type, activations, weights, node))
+    return found
+
+
+def _capture(model: Any, tensor_names: list[str], feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
+    """The fp32 model's intermediate tensors ``tensor_names`` for each feed."""
+    import onnx
+    from onnx import helper
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    for name in tensor_names:
+        if name not in existing:
+            copy.graph.output.append(helper.make_empty_tensor_value_info(name))
+    session = open_session(copy.SerializeToString())
+    names = list(tensor_names)
+    return [dict(zip(names, session.run(names, feed))) for feed in feeds]
+
+
+def rank_sensitivity(model: Any, candidates: list[Candidate], feeds: Sequence[Feed], scheme: Scheme,
+                     ranges: dict[str, tuple[float, float]] | None = None) -> list[tuple[Candidate, float]]:
+    """Candidates with the relative squared error quantizing each alone adds to its output, worst first."""
+    needed = sorted({name for c in candidates for name in c.activation_inputs})
+    captures = _capture(model, needed, feeds) if needed else [{} for _ in feeds]
+    scored = []
+    for candidate in candidates:
+        errors = []
+        for tensors in captures:
+            operands = [tensors.get(name) if name in tensors else candidate.weights.get(name)
+                        for name in candidate.node.input[:2]]
+            if any(op is None for op in operands):
+                continue
+            errors.append(_node_error(candidate, operands, scheme, ranges))
+        scored.append((candidate, float(np.mean(errors)) if errors else 0.0))
+    return sorted(scored, key=lambda item: item[1], reverse=True)
+
+
+def _node_error(candidate: Candidate, operands: list[np.ndarray], scheme: Scheme,
+                ranges: dict[str, tuple[float, float]] | None) -> float:
+    names = list(candidate.node.input[:2])
+
+    def quantized(index: int) -> np.ndarray:
+        name, value = names[index], operands[index].astype(np.float32)
+        if name in candidate.weights:
+            return _fake_quant_weight(value, scheme, scheme.per_channel and candidate.op_type != "Gather")
+        return _fake_quant_activation(value, scheme, (ranges or {}).get(name))
+
+    if candidate.op_type == "Gather":
+        table, ids = operands[0].astype(np.float32), operands[1].astype(np.int64)
+        exact, approx = table[ids], quantized(0)[ids]
+    else:
+        a, b = operands[0].astype(np.float32), operands[1].astype(np.float32)
+        qa, qb = quantized(0), quantized(1)
+        if candidate.op_type == "Gemm":
+            attrs = {attr.name: attr.i for attr in candidate.node.attribute}
+            if attrs.get("transA"):
+                a, qa = a.T, qa.T
+            if attrs.get("transB"):
+                b, qb = b.T, qb.T
+        exact, approx = a @ b, qa @ qb
+        if scheme.activations.startswith("static") and candidate.node.output[0] in (ranges or {}):
+            # Static QOperator/QDQ graphs also requantize the node's output with its calibrated range.
+            approx = _fake_quant_activation(approx, scheme, ranges[candidate.node.output[0]])
+    power = float(np.sum(exact.astype(np.float64) ** 2))
+    return float(np.sum((approx.astype(np.float64) - exact) ** 2) / max(power, 1e-30))
+
+
+def scheme_for(method: str, preset: str | None) -> Scheme:
+    if method == "int8-dynamic":
+        return Scheme("dynamic-u8", "u8" if preset == "avx2" else "s8")
+    if method == "int8-static":
+        return Scheme("static-s8" if preset == "tensorrt" else "static-u8", "s8")
+    if method == "int4-weight":
+        return Scheme("none", "int4-block", per_channel=False)
+    return Scheme("fp16", "fp16")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime's quantizer logs and prints a lot; keep it off the user's terminal."""
+    root = logging.getLogger()
+    loggers = [root] + [logging.getLogger(name) for name in ("optimum", "onnxruntime")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def int8_config(method: str, preset: str, exclude: Sequence[str]) -> Any:
+    """The optimum QuantizationConfig for ``method`` on a target with ``preset``."""
+    from onnxruntime.quantization import QuantFormat, QuantizationMode, QuantType
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig, QuantizationConfig
+
+    if method == "int8-dynamic":
+        factory = {"arm64": AutoQuantizationConfig.arm64, "avx2": AutoQuantizationConfig.avx2,
+                   "avx512_vnni": AutoQuantizationConfig.avx512_vnni}[preset]
+        return factory(is_static=False, per_channel=True, nodes_to_exclude=list(exclude))
+    if preset == "tensorrt":
+        return AutoQuantizationConfig.tensorrt(per_channel=True, nodes_to_exclude=list(exclude))
+    # CPU static: QOperator with uint8 activations on the ops that carry the FLOPs (STACK.md trap 4).
+    return QuantizationConfig(
+        is_static=True, format=QuantFormat.QOperator, mode=QuantizationMode.QLinearOps,
+        activations_dtype=QuantType.QUInt8, activations_symmetric=False, weights_dtype=QuantType.QInt8,
+        weights_symmetric=True, per_channel=True, reduce_range=False, nodes_to_exclude=list(exclude),
+        operators_to_quantize=["MatMul", "Gemm", "Gather"],
+    )
+
+
+def calibrate(source: Path, feeds: Sequence[Feed], config: Any, work_dir: Path) -> Any:
+    """MinMax activation ranges of the fp32 model at ``source`` over ``feeds`` (batch-1 feeds)."""
+    from onnxruntime.quantization import CalibrationMethod
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import CalibrationConfig
+
+    # A CalibrationConfig built directly plus a list of dicts needs no `datasets` (STACK.md trap 6).
+    calibration = CalibrationConfig(dataset_name="texts", dataset_config_name="texts", dataset_split="calibration",
+                                    dataset_num_samples=len(feeds), method=CalibrationMethod.MinMax)
+    rows = [{name: array[0] for name, array in feed.items()} for feed in feeds]
+    with _quiet():
+        quantizer = ORTQuantizer.from_pretrained(source.parent, file_name=source.name)
+        return quantizer.fit(dataset=rows, calibration_config=calibration,
+                             onnx_augmented_model_name=str(work_dir / "augmented.onnx"),
+                             operators_to_quantize=config.operators_to_quantize,
+                             force_symmetric_range=config.activations_symmetric)
+
+
+def _ranges_dict(ranges: Any) -> dict[str, tuple[float, float]]:
+    if ranges is None:
+        return {}
+    data = getattr(ranges, "data", ranges)
+    out = {}
+    for name, value in data.items():
+        pair = getattr(value, "range_value", value)
+        out[name] = (float(np.asarray(pair[0]).min()), float(np.asarray(pair[1]).max()))
+    return out
+
+
+def quantize_file(source: Path, target: Path, method: str, preset: str | None, exclude: Sequence[str],
+                  ranges: Any = None) -> None:
+    """Write ``source`` quantized with ``method`` to ``target``, leaving the nodes in ``exclude`` as they are."""
+    import onnx
+
+    with _quiet():
+        if method in ("int8-dynamic", "int8-static"):
+            from optimum.onnxruntime import ORTQuantizer
+
+            assert preset is not None
+            quantizer = ORTQuantizer.from_pretrained(source.parent, file_name=source.name)
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize.") as scratch:
+                # ORTQuantizer.quantize writes a folder (STACK.md trap 5): take the one file we want from it.
+                folder = quantizer.quantize(int8_config(method, preset, exclude), scratch,
+                                            calibration_tensors_range=ranges)
+                written = list(Path(folder).glob("*.onnx"))
+                if len(written) != 1:
+                    raise CompressError(f"the quantizer wrote {len(written)} ONNX files for {source}")
+                os.replace(written[0], target)
+        elif method == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True,
+                                             node_block_list=list(exclude) or None)
+            onnx.save(model, str(target))
+        elif method == "int4-weight":
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+            quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=4, block_size=INT4_BLOCK_SIZE,
+                                             is_symmetric=True, accuracy_level=4,
+                                             nodes_to_exclude=list(exclude))
+            quantizer.process()
+            quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+        else:  # pragma: no cover - resolve_method guards this
+            raise CompressError(f"unknown method {method}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole step
+
+
+def _copy_sidecars(source_dir: Path, target_dir: Path) -> list[str]:
+    copied = []
+    if source_dir.resolve() == target_dir.resolve():
+        return copied
+    for name in SIDECAR_FILES:
+        if (source_dir / name).is_file():
+            shutil.copyfile(source_dir / name, target_dir / name)
+            copied.append(name)
+    return copied
+
+
+def _exclusion_schedule(count: int) -> list[int]:
+    """How many of the most sensitive nodes each retry leaves out: 1, 2, 3, 4, 6, 8, 12, ... up to the cap."""
+    cap = max(1, math.floor(count * MAX_EXCLUDED_FRACTION))
+    steps, k = [], 1
+    while k < cap:
+        steps.append(k)
+        k = k + 1 if k < 4 else int(k * 1.5)
+    steps.append(cap)
+    return sorted(set(steps))
+
+
+def compare_speed(model: Path, fp32: Path, profile: Profile, *, runs: int = DEFAULT_COMPARE_RUNS,
+                  warmup: int = DEFAULT_COMPARE_WARMUP, progress: bool = False) -> SpeedComparison:
+    """``model`` against ``fp32`` on this host, same process, runs interleaved."""
+    from export.bench import compare_bench
+
+    report = compare_bench(model, fp32, profile, runs=runs, warmup=warmup, progress=progress)
+    speedup = report.p50_ratio
+    verdict = "faster" if speedup > 1 + SPEED_NOISE else "slower" if speedup < 1 - SPEED_NOISE else "no faster"
+    workload = report.model.workload
+    shape = f"batch {workload.batch_size}" + (f" x {workload.sequence_length} tokens" if workload.sequence_length else "")
+    return SpeedComparison(
+        fp32_p50_ms=report.other.latency.p50_ms, quantized_p50_ms=report.model.latency.p50_ms, speedup=speedup,
+        verdict=verdict, runs=runs, providers_used=list(report.model.session.providers_used),
+        host=report.model.host.describe(), workload=f"{shape} ({workload.inputs_source})",
+    )
+
+
+def quantize_model(model: str | os.PathLike[str], profile: Profile, out: str | os.PathLike[str], *,
+                   method: str | None = None, calibration_data: str | os.PathLike[str] | None = None,
+                   compare: bool = True, eval_samples: int = DEFAULT_EVAL_SAMPLES,
+                   calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES, compare_runs: int = DEFAULT_COMPARE_RUNS,
+                   accuracy_aware: bool = True, progress: bool = False,
+                   log: Callable[[str], None] | None = None) -> QuantizeResult:
+    """Quantize the ONNX model ``model`` for ``profile`` into exactly the file ``out``.
+
+    Tokenizer and config files beside the input are copied beside ``out``. ``method`` defaults
+    to the profile's precision; ``bnb-int8``/``bnb-nf4`` take a Hugging Face folder and write a
+    folder (see :func:`compress.bnb.quantize_bnb`). ``calibration_data`` (int8-static only) is a
+    .txt/.jsonl/.csv/.tsv file of texts. ``compare=False`` skips the speed comparison.
+    Raises CompressError for bad input; nothing is left at ``out`` on failure.
+    """
+    source, target = Path(model), Path(out)
+    chosen = resolve_method(profile, method)
+    if chosen in BNB_METHODS:
+        from compress.bnb import quantize_bnb
+
+        return quantize_bnb(source, target, chosen, profile=profile, compare=compare, eval_samples=eval_samples)
+    say = log or (lambda message: None)
+    if calibration_data is not None and chosen != "int8-static":
+        raise CompressError(f"--calibration-data is used by int8-static only, not {chosen}")
+    if target.suffix != ".onnx":
+        raise CompressError(f"--out {target} must name an .onnx file")
+    if target.exists() and target.resolve() == source.resolve():
+        raise CompressError(f"--out {target} is the input model; choose another file name")
+    fp32_model = check_fp32_model(source)
+    preset = profile.quantization_preset if chosen.startswith("int8") else None
+    budget = profile.budgets.quality.max_quantization_drop
+
+    fp32_session = open_session(source)
+    inputs = fp32_session.get_inputs()
+    view = OutputView.of([o.name for o in fp32_session.get_outputs()])
+    evaluation = model_samples(source, inputs, count=eval_samples)
+    calibration: Samples | None = None
+    if chosen == "int8-static":
+        texts = read_texts(calibration_data)[:calibration_samples] if calibration_data else None
+        if texts is not None and TextEncoder.from_folder(source.parent) is None:
+            raise CompressError(f"--calibration-data needs the model's tokenizer.json next to {source}")
+        calibration = model_samples(
+            source, inputs, texts=texts if texts is not None else training_texts(calibration_samples),
+            source=str(calibration_data) if calibration_data else "default corpus, training split",
+            count=calibration_samples,
+        )
+    reference = view.rows(run_outputs(fp32_session, evaluation.feeds, view.output), evaluation.feeds)
+    del fp32_session
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
+        work = Path(scratch)
+        ranges = None
+        if calibration is not None:
+            say(f"calibrating on {len(calibration.feeds)} {calibration.kind} samples")
+            ranges = calibrate(source, calibration.feeds, int8_config(chosen, preset or "avx2", []), work)
+
+        def attempt(exclude: Sequence[str]) -> tuple[Path, float, float, float]:
+            candidate_path = work / f"attempt-{len(exclude)}.onnx"
+            quantize_file(source, candidate_path, chosen, preset, exclude, ranges)
+            session = open_session(candidate_path)
+            rows = view.rows(run_outputs(session, evaluation.feeds, view.output), evaluation.feeds)
+            agreement = view.agreement(reference, rows)
+            return candidate_path, agreement, 1.0 - agreement, max_abs_diff(reference, rows)
+
+        say(f"quantizing {source.name} ({chosen}{', ' + preset if preset else ''})")
+        best_path, agreement, drop, diff = attempt([])
+        attempts = [Attempt(0, drop)]
+        excluded: list[ExcludedNode] = []
+        if drop > budget and accuracy_aware:
+            candidates = candidate_nodes(fp32_model, chosen)
+            say(f"quality drop {drop:.4f} exceeds the budget {budget:.4f}: ranking {len(candidates)} nodes")
+            ranked = rank_sensitivity(fp32_model, candidates, evaluation.feeds[:SENSITIVITY_SAMPLES],
+                                      scheme_for(chosen, preset), _ranges_dict(ranges))
+            for count in _exclusion_schedule(len(ranked)) if ranked else []:
+                names = [c.name for c, _ in ranked[:count]]
+                path, a, d, m = attempt(names)
+                attempts.append(Attempt(count, d))
+                say(f"  excluding {count} node(s): drop {d:.4f}")
+                if d < drop:
+                    best_path, agreement, drop, diff = path, a, d, m
+                    excluded = [ExcludedNode(c.name, c.op_type, s) for c, s in ranked[:count]]
+                if d <= budget:
+                    break
+            if drop > budget:
+                notes.append(f"the quality drop stays above the budget ({drop:.4f} > {budget:.4f}): no node to "
+                             "leave unquantized" if not ranked else
+                             f"the quality drop stays above the budget ({drop:.4f} > {budget:.4f}) even with "
+                             f"{attempts[-1].excluded} of {len(ranked)} nodes left unquantized; the best "
+                             "attempt was kept")
+        # Exactly the requested file appears, in one rename, only once it is complete.
+        os.replace(best_path, target)
+    sidecars = _copy_sidecars(source.parent, target.parent)
+    if evaluation.kind == "synthetic":
+        notes.append("no tokenizer.json beside the model: quality measured on synthetic inputs built from its "
+                     "signature, not on real text")
+    if sidecars:
+        notes.append(f"copied beside the output: {', '.join(sidecars)}")
+
+    result = QuantizeResult(
+        method=chosen, preset=preset, profile=profile.name, input_path=source, out_path=target,
+        size_before_bytes=source.stat().st_size, size_after_bytes=target.stat().st_size, metric=view.metric,
+        output=view.output, agreement=agreement, quality_drop=drop, max_quantization_drop=budget,
+        within_budget=drop <= budget, max_abs_diff=diff, samples=len(evaluation.feeds),
+        sample_kind=evaluation.kind, sample_source=evaluation.source, excluded_nodes=excluded, attempts=attempts,
+        calibration_samples=len(calibration.feeds) if calibration else 0,
+        calibration_source=calibration.source if calibration else None, notes=notes,
+    )
+    if compare:
+        say(f"timing {target.name} against {source.name} on this host")
+        result.speed = compare_speed(target, source, profile, runs=compare_runs, progress=progress)
+        result.host = result.speed.host
+        if result.speed.verdict != "faster":
+            result.notes.append(f"not faster on this host ({result.speed.host}): {result.speed.speedup:.2f}x; "
+                                f"{_target_hint(chosen, profile)}")
+    else:
+        from export.host import detect_host
+
+        result.host = detect_host().describe()
+    return result
+
+
+def _target_hint(method: str, profile: Profile) -> str:
+    if method == "fp16":
+        return "fp16 is meant for GPUs; measure on the target with `compress bench`"
+    if profile.quantization_preset == "tensorrt":
+        return "QDQ int8 is meant for TensorRT; measure on the target with `compress bench`"
+    return "measure on the target with `compress bench` before relying on it"
+
+
+def output_name(method: str) -> str:
+    """The file name a quantize stage writes: ``model.int8-dynamic.onnx``, ``model.fp16.onnx``..."""
+    return f"model.{method}.onnx" if method in ONNX_METHODS else f"model-{method}"
+
+
+def quantize_stage(model: str | os.PathLike[str], profile: Profile, stage_dir: str | os.PathLike[str], *,
+                   method: str | None = None, calibration_data: str | os.PathLike[str] | None = None,
+                   compare: bool = True, resume: bool = True, progress: bool = False,
+                   log: Callable[[str], None] | None = None) -> QuantizeResult:
+    """The quantize stage of a run: ``stage_dir/model.<method>.onnx`` (+ tokenizer files) and ``stage.json``.
+
+    With ``resume`` a stage whose input, profile and parameters are unchanged is not run again.
+    """
+    source, stage_dir = Path(model), Path(stage_dir)
+    chosen = resolve_method(profile, method)
+    inputs = {"model": FileRef.of(source)}
+    if calibration_data:
+        inputs["calibration"] = FileRef.of(calibration_data)
+    planned = StageRecord(stage="quantize", inputs=inputs, params={
+        "method": chosen, "profile": profile.name, "preset": profile.quantization_preset,
+        "max_quantization_drop": profile.budgets.quality.max_quantization_drop, "compare": compare,
+    })
+    if resume and (previous := is_up_to_date(stage_dir, planned)) is not None:
+        return QuantizeResult.from_json(previous.metrics["result"])
+    name = output_name(chosen)
+    with StageTimer(planned) as record, atomic_directory(stage_dir) as tmp:
+        result = quantize_model(source, profile, tmp / name, method=chosen, calibration_data=calibration_data,
+                                compare=compare, progress=progress, log=log)
+        result.out_path = stage_dir / name
+        record.outputs = {"model": name}
+        record.metrics = {"result": result.to_json()}
+        write_record(tmp, record)
+    return result
+
+
+def read_quantize(stage_dir: str | os.PathLike[str]) -> QuantizeResult:
+    """The result recorded in a quantize stage folder."""
+    path = Path(stage_dir) / "stage.json"
+    if not path.is_file():
+        raise CompressError(f"{stage_dir} is not a quantize stage folder (no stage.json)")
+    return QuantizeResult.from_json(json.loads(path.read_text())["metrics"]["result"])

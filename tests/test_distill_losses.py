@@ -1,0 +1,120 @@
+"""Loss terms, the learning-rate schedule and length-bucketed batches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from compress.distill.batching import TeacherCache, batches_per_epoch, epoch_batches
+from compress.distill.losses import (IGNORE_LABEL, LossSettings, attention_loss, embedding_loss, hard_label_loss,
+                                     hidden_state_loss, soft_label_loss)
+from compress.distill.schedule import Schedule
+from compress.errors import CompressError
+
+
+def test_embedding_losses_vanish_on_agreement_and_grow_with_disagreement() -> None:
+    import torch
+
+    a = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    for kind in ("cosine", "mse", "cosine+mse"):
+        assert embedding_loss(a, a, kind).item() == pytest.approx(0.0, abs=1e-6)
+        assert embedding_loss(a, -a, kind).item() >= 4.0 / 16 - 1e-6  # mse: |2a|^2 / dim
+    assert embedding_loss(a, -a, "cosine").item() == pytest.approx(2.0, abs=1e-5)
+
+
+def test_soft_label_loss_is_kl_times_t_squared_and_masks_tokens() -> None:
+    import torch
+
+    student, teacher = torch.randn(4, 5), torch.randn(4, 5)
+    t = 3.0
+    expected = torch.nn.functional.kl_div(torch.log_softmax(student / t, -1), torch.softmax(teacher / t, -1),
+                                          reduction="batchmean") * t * t
+    assert soft_label_loss(student, teacher, t).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert soft_label_loss(teacher, teacher, t).item() == pytest.approx(0.0, abs=1e-6)
+    # Token level: a masked-out position changes nothing.
+    s_tok, t_tok = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    changed = s_tok.clone()
+    changed[0, 2] += 100
+    assert soft_label_loss(s_tok, t_tok, 2.0, mask).item() == pytest.approx(
+        soft_label_loss(changed, t_tok, 2.0, mask).item())
+
+
+def test_hard_label_loss_ignores_unlabelled_positions() -> None:
+    import torch
+
+    logits = torch.tensor([[10.0, 0.0], [0.0, 10.0]])
+    assert hard_label_loss(logits, torch.tensor([0, IGNORE_LABEL])).item() < 1e-3
+    assert hard_label_loss(logits, torch.tensor([1, IGNORE_LABEL])).item() > 5
+
+
+def test_hidden_and_attention_losses() -> None:
+    import torch
+
+    states = tuple(torch.randn(2, 4, 8) for _ in range(5))
+    mask = torch.ones(2, 4, dtype=torch.long)
+    assert hidden_state_loss(states[:3], states, (0, 1), mask).item() == pytest.approx(0.0)
+    assert hidden_state_loss(states[:3], states, (2, 3), mask).item() > 0.5
+    projection = torch.nn.Linear(8, 8)
+    assert hidden_state_loss(states[:3], states, (0, 1), mask, projection).requires_grad
+    attn = torch.softmax(torch.randn(2, 4, 4, 4), -1)
+    other = torch.softmax(torch.randn(2, 2, 4, 4), -1)  # fewer heads: compared head-averaged
+    assert attention_loss(attn, attn, mask).item() == pytest.approx(0.0, abs=1e-5)
+    assert attention_loss(other, attn, mask).item() > 0
+
+
+def test_loss_settings_validate() -> None:
+    with pytest.raises(CompressError, match="alpha"):
+        LossSettings(task="text-classification", alpha=1.5)
+    with pytest.raises(CompressError, match="embedding loss"):
+        LossSettings(task="feature-extraction", embedding_loss="l1")  # type: ignore[arg-type]
+
+
+def test_schedule_warms_up_then_decays_to_zero() -> None:
+    schedule = Schedule(base_lr=1.0, warmup_fraction=0.1, total_steps=100, budget_s=None)
+    lrs = [schedule.lr(schedule.progress(step, 0.0)) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-9) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert schedule.finished(99, 0.0) is None and schedule.finished(100, 0.0) == "max_steps"
+
+
+def test_time_schedule_follows_the_clock() -> None:
+    schedule = Schedule(base_lr=1.0, warmup_fraction=0.0, total_steps=None, budget_s=100.0)
+    assert schedule.progress(10, 50.0) == pytest.approx(0.55)  # 50 s spent + one more 5 s step
+    assert schedule.lr(0.5) == pytest.approx(0.5)
+    assert schedule.finished(10, 90.0) is None and schedule.finished(10, 96.0) == "time_budget"
+    both = Schedule(base_lr=1.0, warmup_fraction=0.0, total_steps=1000, budget_s=10.0)
+    assert both.finished(5, 9.9) == "time_budget"
+    with pytest.raises(ValueError):
+        Schedule(1.0, 0.0, None, None)
+
+
+def test_epoch_batches_are_deterministic_bucketed_and_cover_every_example() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 120, size=1000)
+    batches = epoch_batches(lengths, 16, seed=3, epoch=0)
+    assert [b.tolist() for b in batches] == [b.tolist() for b in epoch_batches(lengths, 16, seed=3, epoch=0)]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert len(batches) == batches_per_epoch(1000, 16)
+    assert [b.tolist() for b in epoch_batches(lengths, 16, seed=3, epoch=1)] != [b.tolist() for b in batches]
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    naive = sum(len(b) * lengths[b].max() for b in np.array_split(rng.permutation(1000), math.ceil(1000 / 16)))
+    assert padded < 0.75 * naive  # bucketing removes most of the padding
+
+
+def test_teacher_cache_round_trips_through_fp16() -> None:
+    import torch
+
+    cache = TeacherCache(size=10, max_bytes=1 << 20)
+    index = torch.tensor([1, 4])
+    assert cache.lookup(index) is None
+    values = torch.randn(2, 6)
+    stored = cache.store(index, values)
+    assert torch.equal(stored, values.half().float())
+    assert torch.equal(cache.lookup(index), stored)
+    assert cache.lookup(torch.tensor([1, 2])) is None
+    tiny = TeacherCache(size=10, max_bytes=8)
+    tiny.store(index, values)
+    assert tiny.disabled_reason and tiny.lookup(index) is None

@@ -1,0 +1,142 @@
+"""Student specs, construction from the teacher's weights, and the saved folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compress.distill.student import (StudentSpec, build_student, evenly_spaced_layers, load_student,
+                                      parse_student_spec, plan_student, save_student)
+from compress.distill.teacher import TEACHERS, load_teacher, resolve_teacher
+from compress.errors import CompressError
+from compress.tasks import read_pooling
+
+
+def test_spec_forms_parse() -> None:
+    assert parse_student_spec("layers=3") == StudentSpec("layers=3", num_layers=3)
+    assert parse_student_spec("layers=0,2,5").teacher_layers == (0, 2, 5)
+    narrow = parse_student_spec("layers=4,hidden=256,heads=4,ffn=1024")
+    assert (narrow.num_layers, narrow.hidden, narrow.heads, narrow.ffn) == (4, 256, 4, 1024)
+    mixed = parse_student_spec("layers=0,3, hidden=16")
+    assert mixed.teacher_layers == (0, 3) and mixed.hidden == 16
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("depth=3", "unknown key"), ("layers=three", "whole numbers"), ("hidden=8,8", "cannot read"),
+    ("layers=2,layers=3", "given twice"), ("", "empty"),
+])
+def test_bad_specs_name_the_problem(bad: str, message: str) -> None:
+    with pytest.raises(CompressError, match=message):
+        parse_student_spec(bad)
+
+
+def test_evenly_spaced_layers_keep_the_last_one() -> None:
+    assert evenly_spaced_layers(6, 3) == (1, 3, 5)
+    assert evenly_spaced_layers(12, 4) == (2, 5, 8, 11)
+    assert evenly_spaced_layers(4, 1) == (3,)
+    assert evenly_spaced_layers(4, 4) == (0, 1, 2, 3)
+
+
+def test_plan_rejects_impossible_shapes(tiny_encoder: Path) -> None:
+    teacher = load_teacher(tiny_encoder)
+    config = teacher.model.config
+    for spec, message in [("layers=5", "between 1"), ("layers=0,9", "no layer 9"), ("layers=2,1", "increasing"),
+                          ("hidden=30,heads=4", "multiple of heads")]:
+        with pytest.raises(CompressError, match=message):
+            plan_student(parse_student_spec(spec), config)
+
+
+def test_layer_student_copies_the_chosen_teacher_layers(tiny_encoder: Path) -> None:
+    import torch
+
+    teacher = load_teacher(tiny_encoder)
+    student = build_student(teacher.model, plan_student(parse_student_spec("layers=0,3"), teacher.model.config))
+    assert student.projection is None and student.teacher_layers == (0, 3)
+    t, s = teacher.model.encoder.layer, student.model.encoder.layer
+    assert len(s) == 2
+    assert torch.equal(s[0].attention.self.query.weight, t[0].attention.self.query.weight)
+    assert torch.equal(s[1].output.dense.weight, t[3].output.dense.weight)
+    assert torch.equal(student.model.embeddings.word_embeddings.weight, teacher.model.embeddings.word_embeddings.weight)
+
+
+def test_narrower_student_starts_from_teacher_slices_with_a_projection(tiny_encoder: Path) -> None:
+    import torch
+
+    teacher = load_teacher(tiny_encoder)
+    plan = plan_student(parse_student_spec("layers=2,hidden=16,heads=2,ffn=32"), teacher.model.config)
+    student = build_student(teacher.model, plan)
+    config = student.model.config
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (2, 16, 2, 32)
+    t_weight = teacher.model.encoder.layer[plan.teacher_layers[1]].intermediate.dense.weight
+    assert torch.equal(student.model.encoder.layer[1].intermediate.dense.weight, t_weight[:32, :16])
+    assert student.projection.in_features == 16 and student.projection.out_features == 32
+    # Starts as the identity onto the teacher's leading units.
+    x = torch.randn(3, 16)
+    assert torch.allclose(student.projection(x)[:, :16], x) and torch.all(student.projection(x)[:, 16:] == 0)
+
+
+def test_student_from_a_config_json_file(tiny_encoder: Path, tmp_path: Path) -> None:
+    path = tmp_path / "student.json"
+    path.write_text(json.dumps({"num_hidden_layers": 2, "intermediate_size": 48, "hidden_dropout_prob": 0.0,
+                                "model_type": "bert"}))
+    spec = parse_student_spec(str(path))
+    assert spec.num_layers == 2 and spec.ffn == 48 and spec.config_overrides == {"hidden_dropout_prob": 0.0}
+    teacher = load_teacher(tiny_encoder)
+    student = build_student(teacher.model, plan_student(spec, teacher.model.config))
+    assert student.model.config.intermediate_size == 48 and student.model.config.hidden_dropout_prob == 0.0
+    with pytest.raises(CompressError, match="not found"):
+        parse_student_spec(str(tmp_path / "missing.json"))
+
+
+def test_saved_student_loads_like_the_teacher_with_sentence_transformers_files(tiny_encoder: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    teacher = load_teacher(tiny_encoder)
+    plan = plan_student(parse_student_spec("layers=2,hidden=16,heads=2,ffn=32"), teacher.model.config)
+    student = build_student(teacher.model, plan)
+    with torch.no_grad():
+        student.projection.weight.add_(0.01)
+    folder = save_student(student, teacher.tokenizer, tmp_path / "student", task="feature-extraction",
+                          teacher_dir=tiny_encoder, pooling=teacher.pooling)
+    assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
+    modules = json.loads((folder / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    assert json.loads((folder / "1_Pooling" / "config.json").read_text())["word_embedding_dimension"] == 16
+    assert read_pooling(folder) == teacher.pooling
+    AutoModel.from_pretrained(folder, use_safetensors=True)
+    AutoTokenizer.from_pretrained(folder)
+    reloaded = load_student(folder, "feature-extraction", teacher_hidden=32, teacher_num_layers=4)
+    assert torch.equal(reloaded.projection.weight, student.projection.weight)
+
+
+def test_sentence_transformers_loads_the_student(tiny_encoder: Path, tmp_path: Path) -> None:
+    st = pytest.importorskip("sentence_transformers")
+    teacher = load_teacher(tiny_encoder)
+    plan = plan_student(parse_student_spec("layers=2,hidden=16,heads=2,ffn=32"), teacher.model.config)
+    folder = save_student(build_student(teacher.model, plan), teacher.tokenizer, tmp_path / "student",
+                          task="feature-extraction", teacher_dir=tiny_encoder, pooling=teacher.pooling)
+    model = st.SentenceTransformer(str(folder), device="cpu")
+    embeddings = model.encode(["a short sentence", "another one"])
+    assert embeddings.shape == (2, 32)  # the projection keeps the teacher's dimension
+
+
+def test_teacher_registry_and_errors(tmp_path: Path) -> None:
+    assert "all-minilm-l6-v2" in TEACHERS
+    name, folder = resolve_teacher(None)
+    assert name == "all-minilm-l6-v2" and (folder / "config.json").is_file()
+    with pytest.raises(CompressError, match="known"):
+        resolve_teacher("no-such-teacher")
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    with pytest.raises(CompressError, match="safetensors"):
+        load_teacher(tmp_path)
+
+
+def test_unsupported_teacher_task_names_the_supported_ones(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(CompressError, match="feature-extraction, text-classification, token-classification"):
+        load_teacher(tmp_path)
+    with pytest.raises(CompressError, match="unsupported task"):
+        load_teacher(tmp_path, "summarization")
