@@ -643,7 +643,8 @@ class _Opened:
     rss_after_first_run: int
 
 
-def _open_session(path: Path, providers: list[str], intra: int | None, inter: int | None) -> tuple[Any, float, list[str]]:
+def _open_session(path: Path, providers: list[str], intra: int | None, inter: int | None,
+                  spinning: bool = True) -> tuple[Any, float, list[str]]:
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
@@ -657,6 +658,8 @@ def _open_session(path: Path, providers: list[str], intra: int | None, inter: in
         options.intra_op_num_threads = intra
     if inter is not None:
         options.inter_op_num_threads = inter
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     start = time.perf_counter()
     try:
         with _quiet_onnxruntime():
@@ -672,7 +675,8 @@ def _describe_feeds(feeds: dict[str, np.ndarray]) -> str:
 
 
 def _open(path: Path, profile: Profile, *, batch_size: int, sequence_length: int,
-          npz: dict[str, np.ndarray] | None, npz_path: Path | None, threads: int | None) -> _Opened:
+          npz: dict[str, np.ndarray] | None, npz_path: Path | None, threads: int | None,
+          spinning: bool = True) -> _Opened:
     """Inspect the file, create the session (timed), build the feeds and do the first run (timed)."""
     if not path.exists():
         raise CompressError(f"model not found: {path}")
@@ -683,7 +687,7 @@ def _open(path: Path, profile: Profile, *, batch_size: int, sequence_length: int
     rss_before = _rss_bytes()
     intra = threads if threads is not None else profile.runtime.intra_op_threads
     inter = profile.runtime.inter_op_threads
-    session, load_s, unavailable = _open_session(path, list(profile.runtime.providers), intra, inter)
+    session, load_s, unavailable = _open_session(path, list(profile.runtime.providers), intra, inter, spinning)
     signature = session.get_inputs()
     notes: list[str] = []
     if npz is not None:
@@ -913,7 +917,7 @@ def compare_bench(model: str | os.PathLike[str], other: str | os.PathLike[str], 
     opened = [
         _open(p, profile, batch_size=batch_size or profile.workload.batch_size,
               sequence_length=sequence_length or profile.workload.sequence_length, npz=npz,
-              npz_path=Path(inputs) if inputs else None, threads=threads)
+              npz_path=Path(inputs) if inputs else None, threads=threads, spinning=False)
         for p in paths
     ]
     if npz is not None:
@@ -931,7 +935,8 @@ def compare_bench(model: str | os.PathLike[str], other: str | os.PathLike[str], 
                   f"both together peaked {(timings.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
         )
         report = _report(item, profile, samples, memory, warmup)
-        report.notes.append("measured interleaved with another model (compare)")
+        report.notes.append("measured interleaved with another model (compare), intra-op spinning off so that "
+                            "one session's idle threads do not steal the other's cores")
         reports.append(report)
     a, b = reports
     return ComparisonReport(

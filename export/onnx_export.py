@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,6 +269,9 @@ def _run_main_export(model_dir: Path, out: Path, task: Task, library: str, opset
 
 def _ensure_tokenizer(model_dir: Path, out: Path) -> None:
     """The ONNX side tokenizes with ``tokenizer.json`` alone: make sure it is there."""
+    # sentence-transformers' own settings (max_seq_length) tell a caller where to truncate.
+    if (model_dir / "sentence_bert_config.json").is_file() and not (out / "sentence_bert_config.json").exists():
+        shutil.copy2(model_dir / "sentence_bert_config.json", out / "sentence_bert_config.json")
     if (out / "tokenizer.json").is_file():
         return
     from compress.distill.teacher import load_tokenizer

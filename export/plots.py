@@ -67,9 +67,12 @@ def latency_png(*, samples_ms: Sequence[float] | None, percentiles_ms: Mapping[s
 
 def training_curve_png(history: Sequence[Mapping[str, Any]], *, title: str) -> bytes:
     """Distillation loss (and held-out cosine to the teacher when recorded) against step."""
-    steps = [int(row["step"]) for row in history]
-    losses = [float(row["loss"]) for row in history]
-    held = [(int(row["step"]), float(row["heldout_cosine"])) for row in history if row.get("heldout_cosine") is not None]
+    # Step 0 has no loss yet (only the held-out measurement before training).
+    trained = [row for row in history if row.get("loss") is not None]
+    steps = [int(row["step"]) for row in trained]
+    losses = [float(row["loss"]) for row in trained]
+    held = [(int(row["step"]), float(row["teacher_agreement"])) for row in history
+            if row.get("teacher_agreement") is not None]
 
     def draw(figure: Any) -> None:
         axes = figure.add_subplot(1, 1, 1)
@@ -82,8 +85,8 @@ def training_curve_png(history: Sequence[Mapping[str, Any]], *, title: str) -> b
         if held:
             twin = axes.twinx()
             twin.plot([s for s, _ in held], [c for _, c in held], color="#2b8a3e", marker="o", markersize=3,
-                      linewidth=1.2, label="held-out cosine to teacher")
-            twin.set_ylabel("cosine")
+                      linewidth=1.2, label="held-out agreement with teacher")
+            twin.set_ylabel("agreement")
             twin.grid(False)
             more_handles, more_labels = twin.get_legend_handles_labels()
             handles, labels = handles + more_handles, labels + more_labels

@@ -109,8 +109,9 @@ class Budgets(_Strict):
 
 
 class PruneDefaults(_Strict):
-    heads: Fraction = 0.0
-    ffn: Fraction = 0.0
+    heads: Fraction = 0.0  # fraction of attention heads the chain removes after distillation
+    ffn: Fraction = 0.0  # fraction of FFN neurons
+    recover_steps: Annotated[int, Field(ge=0)] = 100  # recovery distillation after pruning
 
 
 class DistillDefaults(_Strict):
@@ -203,6 +204,12 @@ def load_profile_file(path: str | Path) -> Profile:
         return Profile.model_validate({**raw, "source": path})
     except ValidationError as exc:
         raise CompressError(_format_error(path, exc)) from None
+
+
+def is_shipped(path: str | Path) -> bool:
+    """Whether ``path`` is one of the profile files this package ships."""
+    resolved = Path(path).resolve()
+    return any(resolved == shipped.resolve() for shipped in _shipped_files().values())
 
 
 def list_profiles() -> list[Profile]:

@@ -62,7 +62,7 @@ BNB_METHODS = ("bnb-int8", "bnb-nf4")
 METHODS = ONNX_METHODS + BNB_METHODS
 # Files that travel with an ONNX model so it can be used without the source folder.
 SIDECAR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
-                 "sentencepiece.bpe.model", "spiece.model", "config.json")
+                 "sentencepiece.bpe.model", "spiece.model", "config.json", "sentence_bert_config.json")
 # Ops whose presence means the graph is already quantized.
 _QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
                   "MatMulNBits", "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",

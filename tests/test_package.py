@@ -74,7 +74,7 @@ def _build_base_run(run: Path, encoder: Path) -> None:
                              quantization_drop=1.0 - agreement, heldout_samples=len(held_out))
 
     history = [{"step": s, "loss": 2.0 / (1 + s / 10), "lr": 5e-4, "samples_per_s": 180.0, "elapsed_s": s * 0.1,
-                **({"heldout_cosine": 0.6 + s / 250} if s % 20 == 0 else {})} for s in range(0, 81, 4)]
+                **({"teacher_agreement": 0.6 + s / 250} if s % 20 == 0 else {})} for s in range(0, 81, 4)]
     (run / "distill").mkdir()
     (run / "distill" / "loss_history.json").write_text(json.dumps(history))
     record = StageRecord(stage="distill", inputs={"teacher": FileRef.of(encoder / "model.safetensors")},
@@ -255,7 +255,7 @@ def test_plots_are_deterministic_pngs() -> None:
 
     kwargs = dict(samples_ms=None, percentiles_ms={"p50": 1.5, "p95": 2.0, "p99": 2.5}, budgets_ms={"p95": 3.0}, title="x")
     assert latency_png(**kwargs) == latency_png(**kwargs)
-    history = [{"step": i, "loss": 1.0 / (i + 1), "heldout_cosine": 0.5 + i / 20} for i in range(10)]
+    history = [{"step": i, "loss": 1.0 / (i + 1), "teacher_agreement": 0.5 + i / 20} for i in range(10)]
     png = training_curve_png(history, title="t")
     assert png == training_curve_png(history, title="t")
     assert png.startswith(b"\x89PNG") and b"Software" not in png and b"matplotlib" not in png

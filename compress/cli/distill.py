@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
 
-STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")
+STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")  # compress.pipeline.STAGES, without importing it
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight")
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
@@ -42,8 +44,9 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
 @click.option("--epochs", type=float, default=None, help="Stop after this many passes over the training data.")
 @click.option("--time-budget", "time_budget", callback=_duration, default=None, metavar="DURATION",
-              help="Wall-clock budget for the stage, e.g. 90s, 10m, 1h. Default: the profile's "
-                   "(10m) unless --max-steps or --epochs is given.")
+              help="Wall-clock budget for the whole chain, e.g. 90s, 10m, 1h; distillation gets what the "
+                   "later stages leave (about 2 min). Default: the profile's (10m) unless --max-steps or "
+                   "--epochs is given.")
 @click.option("--batch-size", type=int, default=None, help="Examples per step. Default: 64 on CUDA, 32 on CPU.")
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (warm-up, then cosine decay).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order.")
@@ -63,22 +66,37 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
               help="auto: CUDA when available, else the CPU with a warning. cuda without a GPU is an error.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch. Default: all the cores this process may use.")
 @click.option("--resume", is_flag=True, help="Continue a stopped run from its last checkpoint.")
-@click.option("--stop-after", type=click.Choice(STAGES), default="distill", show_default=True,
+@click.option("--prune-heads", type=float, default=None, metavar="F",
+              help="Fraction of attention heads to prune after distillation. Default: the profile's (0).")
+@click.option("--prune-ffn", type=float, default=None, metavar="F",
+              help="Fraction of FFN neurons to prune after distillation. Default: the profile's (0).")
+@click.option("--recover-steps", type=int, default=None,
+              help="Recovery distillation steps after pruning. Default: the profile's (100).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Release precision. Default: the profile's.")
+@click.option("--stop-after", type=click.Choice(STAGES), default="gate", show_default=True,
               help="Last stage of the chain to run.")
-@click.option("--json", "as_json", is_flag=True, help="Print the stage record as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print what the chain did and found as JSON on stdout.")
 def distill(profile_name: str, teacher: str | None, task: str, student: str, data: Path | None, run_dir: Path | None,
             max_steps: int | None, epochs: float | None, time_budget: float | None, batch_size: int | None,
             lr: float, seed: int, embedding_loss: str, hidden_weight: float, attention_weight: float, alpha: float,
             temperature: float, teacher_quant: str | None, trust_remote_code: bool, device: str,
-            threads: int | None, resume: bool, stop_after: str, as_json: bool) -> None:
-    """Distil a teacher into a small student for a target profile.
+            threads: int | None, resume: bool, prune_heads: float | None, prune_ffn: float | None,
+            recover_steps: int | None, precision: str | None, stop_after: str, as_json: bool) -> None:
+    """Distil a teacher into a small student for a target profile, then run the release chain.
 
     \b
+    distill -> prune -> export -> quantize -> bench -> gate, each into its own
+    folder of RUN_DIR with a stage.json; run.json names them all and the verdict.
     With no options: all-MiniLM-L6-v2 -> the profile's student (layers=3), on the
-    default corpus, within the profile's time budget. Writes RUN_DIR/distill/:
-    student/ (HF folder, safetensors), checkpoints/, loss_history.json,
-    loss_curve.png, held_out.jsonl, stage.json. Quality is measured on a seeded
-    held-out split that is never trained on.
+    default corpus, the whole chain within the profile's time budget. It ends
+    with a table: teacher vs student, both as ONNX, timed side by side on this
+    machine, and the gate's verdict for the profile. Quality is measured on a
+    seeded held-out split that is never trained on.
+
+    \b
+    Re-running the same command skips every stage whose inputs and settings are
+    unchanged, so an interrupted run picks up where it stopped.
 
     \b
     Default corpus (no download): the prose of Python's own documentation
@@ -88,10 +106,15 @@ def distill(profile_name: str, teacher: str | None, task: str, student: str, dat
 
     \b
     Ctrl-C finishes the step, saves a checkpoint and exits; --resume continues it.
+
+    \b
+    Exit code: the gate's (0 pass, 1 fail, 3 unverified: measured on hardware
+    that is not the profile's); 0 when the chain stops before the gate.
     """
     # Threads that spin while waiting crawl on a shared or busy CPU; must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from compress.distill import DistillConfig, run_distill_stage
+    from compress.distill import DistillConfig
+    from compress.pipeline import ChainOptions, PruneOptions, run_chain
     from export.profiles import load_profile
 
     profile = load_profile(profile_name)
@@ -102,46 +125,16 @@ def distill(profile_name: str, teacher: str | None, task: str, student: str, dat
         teacher_quant=teacher_quant, trust_remote_code=trust_remote_code, device=device, threads=threads,
         resume=resume,
     )
-    run_dir = run_dir or Path("runs") / profile.name
-    record = run_distill_stage(run_dir, config, profile)
-    if stop_after != "distill":
-        click.echo(f"note: the stages after distill are not part of this command yet; stopped after distill "
-                   f"(asked for {stop_after})", err=True)
+    defaults = profile.distill.prune
+    prune = PruneOptions(heads=defaults.heads if prune_heads is None else prune_heads,
+                         ffn=defaults.ffn if prune_ffn is None else prune_ffn,
+                         recover_steps=defaults.recover_steps if recover_steps is None else recover_steps)
+    options = ChainOptions(stop_after=stop_after, prune=prune, precision=precision)
+    result = run_chain(run_dir or Path("runs") / profile.name, config, profile, options)
     if as_json:
-        click.echo(json.dumps(record.to_json(), indent=2, default=str))
-        return
-    _print_summary(record, run_dir)
+        click.echo(json.dumps(result.to_json(), indent=2, default=str))
+    else:
+        from compress.cli.chain_report import print_chain
 
-
-def _print_summary(record, run_dir: Path) -> None:  # record: compress.stage.StageRecord
-    from rich.console import Console
-    from rich.table import Table
-
-    m = record.metrics
-    console = Console(stderr=False, highlight=False)
-    table = Table(title=f"distill: {m.get('student', '')}", title_justify="left")
-    table.add_column("")
-    table.add_column("teacher", justify="right")
-    table.add_column("student", justify="right")
-    table.add_row("parameters", f"{m['teacher_parameters'] / 1e6:.1f}M", f"{m['student_parameters'] / 1e6:.1f}M")
-    table.add_row("layers / hidden", f"{m.get('teacher_layers', '')} / {m.get('teacher_hidden', '')}",
-                  f"{m['student_layers']} / {m['student_hidden']}")
-    metric = m["teacher_agreement_metric"]
-    start = m.get("initial_teacher_agreement")
-    table.add_row(f"held-out {metric} to teacher", "1.0000",
-                  f"{m['teacher_agreement']:.4f}" + (f" (start {start:.4f})" if start is not None else ""))
-    if m.get("neighbour_agreement") is not None:
-        table.add_row("top-10 neighbour agreement", "1.0000", f"{m['neighbour_agreement']:.4f}")
-    if m.get("accuracy") is not None:
-        table.add_row("accuracy on labels", f"{m['teacher_accuracy']:.4f}", f"{m['accuracy']:.4f}")
-    if m.get("teacher_quant"):
-        table.add_row(f"teacher {m['teacher_quant']} vs full precision", f"{m['teacher_quant_agreement']:.4f}", "")
-        table.add_row("teacher memory", f"{m['teacher_memory_footprint_bytes'] / 2**20:.1f} MiB "
-                      f"(fp {m['teacher_fp_memory_footprint_bytes'] / 2**20:.1f})", "")
-    console.print(table)
-    by_step = ", ".join(f"{e['step']}: {e['teacher_agreement']:.3f}" for e in m.get("agreement_by_step", []))
-    console.print(f"{metric} by step: {by_step}")
-    console.print(f"{m['steps']} steps ({m['epochs']:.2f} epochs, {m['samples_seen']} samples) in {m['train_time_s']:.0f} s "
-                  f"on {m['device']} ({m['precision']}), {m['samples_per_s']:.1f} samples/s; stopped by {m['stopped_by']}; "
-                  f"{m['held_out_examples']} held-out examples")
-    console.print(f"student: {Path(run_dir) / 'distill' / record.outputs.get('student', 'student')}")
+        print_chain(result)
+    sys.exit(result.gate_exit_code)

@@ -1,0 +1,133 @@
+"""The default job's released student against its teacher: latency ratio and quality retained.
+
+Runs ``compress distill --profile PROFILE --out RUN_DIR`` (the whole chain, in a child process so
+that torch never loads into the measuring process), unless ``--no-chain`` reuses RUN_DIR as it
+is. Then, on this host, in one process with runs interleaved (``compare_bench``):
+
+* the released student (RUN_DIR/run.json's final model, at the profile's precision) vs the
+  teacher's fp32 ONNX export (RUN_DIR/teacher/model.onnx);
+* the student's own fp32 export (RUN_DIR/export/model.onnx) vs the same teacher,
+
+both at batch 1, 128 tokens, CPU provider, ``--threads`` intra-op threads. Quality: mean cosine
+and top-10 neighbour agreement with the teacher's embeddings on the distillation's held-out
+split (never trained on), each model fed through its own tokenizer, one text at a time.
+
+    python benchmarks/default_job.py --profile x86-avx512-vnni       # ~11 minutes here
+    python benchmarks/default_job.py --profile jetson --no-chain --run runs/jetson-orin-nano
+
+Prints a table and writes benchmarks/results/default_job-PROFILE.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compress.evaluate import agreement_with_teacher  # noqa: E402
+from compress.files import atomic_write_json  # noqa: E402
+from export.bench import compare_bench  # noqa: E402
+from export.host import detect_host  # noqa: E402
+from export.profiles import load_profile  # noqa: E402
+from export.run_summary import read_run_summary  # noqa: E402
+from export.samples import read_texts  # noqa: E402
+
+
+def run_chain(profile: str, run_dir: Path) -> float:
+    """The default job as a user runs it; returns its wall time in seconds."""
+    started = time.perf_counter()
+    command = [sys.executable, "-c", "from compress.cli import main; main()", "distill", "--profile", profile,
+               "--out", str(run_dir)]
+    code = subprocess.run(command, cwd=ROOT).returncode
+    if code not in (0, 1, 3):  # 1 and 3 are verdicts (fail, unverified), not crashes
+        raise SystemExit(f"the chain failed with exit code {code}")
+    return time.perf_counter() - started
+
+
+def measure(model: Path, teacher: Path, threads: int, runs: int) -> dict:
+    base = load_profile("host")
+    profile = base.model_copy(update={"runtime": base.runtime.model_copy(
+        update={"providers": ["CPUExecutionProvider"], "intra_op_threads": threads})})
+    report = compare_bench(model, teacher, profile, batch_size=1, sequence_length=128, runs=runs, warmup=20,
+                           progress=False)
+    return {"model": str(model), "size_mb": round(report.model.model.size_mb, 2),
+            "p50_ms": round(report.model.latency.p50_ms, 3), "p95_ms": round(report.model.latency.p95_ms, 3),
+            "teacher_p50_ms": round(report.other.latency.p50_ms, 3),
+            "teacher_p95_ms": round(report.other.latency.p95_ms, 3),
+            "teacher_size_mb": round(report.other.model.size_mb, 2),
+            "speedup_p50": round(report.p50_ratio, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="x86-avx512-vnni")
+    parser.add_argument("--run", type=Path, default=None, help="run directory (default: runs/PROFILE)")
+    parser.add_argument("--no-chain", action="store_true", help="measure RUN_DIR as it is")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=300, help="timed runs per model (interleaved)")
+    args = parser.parse_args()
+
+    profile = load_profile(args.profile)
+    run_dir = args.run or ROOT / "runs" / profile.name
+    chain_s = None if args.no_chain else run_chain(args.profile, run_dir)
+    summary = read_run_summary(run_dir)
+    teacher = run_dir / "teacher" / "model.onnx"
+    held_out = run_dir / "distill" / "held_out.jsonl"
+    texts = read_texts(held_out)
+    stage = json.loads((run_dir / "distill" / "stage.json").read_text())["metrics"]
+
+    rows = {}
+    for label, model in (("released", run_dir / summary.final_model), ("fp32 student", run_dir / "export" / "model.onnx")):
+        print(f"measuring {label} ({model.name}) against the teacher ...", file=sys.stderr)
+        row = measure(model, teacher, args.threads, args.runs)
+        quality = agreement_with_teacher(model, teacher, texts, source="distill/held_out.jsonl")
+        row.update(cosine=round(quality.teacher_agreement, 4), neighbours=round(quality.neighbour_agreement or 0, 4))
+        rows[label] = row
+
+    host = detect_host()
+    payload = {
+        "schema_version": 1, "kind": "default_job",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu_model": host.cpu_model, "usable_cores": host.usable_cores, "arch": host.arch,
+                    "flags": host.relevant_flags, "versions": host.versions},
+        "command": "python benchmarks/default_job.py " + " ".join(sys.argv[1:]),
+        "profile": profile.name, "precision": summary.precision, "verdict": summary.verdict,
+        "chain_wall_s": round(chain_s, 1) if chain_s is not None else None,
+        "student": {"spec": stage.get("student"), "parameters": summary.student.params,
+                    "teacher_parameters": summary.teacher.params, "steps": stage["steps"],
+                    "train_time_s": stage["train_time_s"], "device": stage["device"]},
+        "workload": {"batch_size": 1, "sequence_length": 128, "threads": args.threads, "runs": args.runs},
+        "held_out_texts": len(texts),
+        "results": rows,
+    }
+    out = ROOT / "benchmarks" / "results" / f"default_job-{profile.name}.json"
+    atomic_write_json(out, payload)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"default job, {profile.name} · {host.describe()} · batch 1 × 128 tokens, "
+                        f"{args.threads} threads", title_justify="left")
+    for column in ("model", "size MB", "p50 ms", "p95 ms", "vs teacher p50", "cosine", "top-10 nbrs"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    first = next(iter(rows.values()))
+    table.add_row("teacher (fp32)", f"{first['teacher_size_mb']:.1f}", f"{first['teacher_p50_ms']:.2f}",
+                  f"{first['teacher_p95_ms']:.2f}", "1.00x", "1.0000", "1.0000")
+    for label, r in rows.items():
+        name = f"{label} ({summary.precision})" if label == "released" else label
+        table.add_row(name, f"{r['size_mb']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
+                      f"{r['speedup_p50']:.2f}x", f"{r['cosine']:.4f}", f"{r['neighbours']:.4f}")
+    Console().print(table)
+    print(f"wrote {out.relative_to(ROOT)}; chain wall time {payload['chain_wall_s']} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
