@@ -21,7 +21,6 @@ machine (labelled as such; a datasheet CPU peak is higher).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile

@@ -12,13 +12,10 @@ made for CUDA, and the speed measured on a CPU host is reported as such.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import shutil
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ import numpy as np
 
 from compress.errors import CompressError
 from compress.files import atomic_directory
+from compress.quiet import quiet_libraries
 from compress.tasks import detect_task, read_config, read_pooling
 from export.agreement import argmax_agreement, max_abs_diff, mean_cosine
 from export.profiles import Profile, QualityBudget
@@ -40,20 +38,9 @@ _ST_ITEMS = ("modules.json", "sentence_bert_config.json", "config_sentence_trans
 SPEED_ROUNDS = 10
 
 
-@contextlib.contextmanager
 def _quiet():
     # bitsandbytes warns on every CPU matmul that it casts inputs; transformers warns about dtypes.
-    loggers = [logging.getLogger(name) for name in ("transformers", "bitsandbytes", "accelerate")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    return quiet_libraries("transformers", "bitsandbytes", "accelerate", stdout=False)
 
 
 def _weights_bytes(folder: Path) -> int:

@@ -113,7 +113,7 @@ class ChainResult:
         return dataclasses.asdict(self)
 
 
-def run_chain(run_dir: str | Path, config: DistillConfig, profile: Any, options: ChainOptions = ChainOptions(),
+def run_chain(run_dir: str | Path, config: DistillConfig, profile: Any, options: ChainOptions | None = None,
               reporter: Reporter | None = None) -> ChainResult:
     """Run the chain for ``profile`` into ``run_dir`` up to ``options.stop_after`` and return what it found.
 
@@ -124,12 +124,16 @@ def run_chain(run_dir: str | Path, config: DistillConfig, profile: Any, options:
     from compress.distill.stage import run_distill_stage
     from compress.distill.teacher import resolve_teacher
 
+    options = options or ChainOptions()
     options.check()
     reporter = reporter or Reporter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     result = ChainResult(run_dir=run_dir, profile=profile.name, stages={})
     last = STAGES.index(options.stop_after)
+
+    def reaches(stage: str) -> bool:
+        return STAGES.index(stage) <= last
 
     config = _with_chain_budget(config, profile)
     before = read_record(run_dir / "distill")
@@ -139,7 +143,7 @@ def run_chain(run_dir: str | Path, config: DistillConfig, profile: Any, options:
     teacher_name, teacher_dir = resolve_teacher(config.teacher)
     student_dir = run_dir / "distill" / distill_record.outputs["student"]
     held_out = run_dir / "distill" / distill_record.outputs["held_out"]
-    if last == 0:
+    if not reaches("prune"):
         return result
 
     prune = options.prune or PruneOptions(**profile.distill.prune.model_dump())
@@ -150,13 +154,13 @@ def run_chain(run_dir: str | Path, config: DistillConfig, profile: Any, options:
                                           reporter, result)
     else:
         result.stages["prune"] = "not needed"
-    if last == 1:
+    if not reaches("export"):
         return result
 
     export = _export(model_dir, run_dir / "export", held_out, options, reporter, result, "export")
     teacher_export = _export(teacher_dir, run_dir / "teacher", held_out, options, reporter, result, "teacher")
     result.final_model, result.precision = export.onnx_path, "fp32"
-    if last >= 3:
+    if reaches("quantize"):
         _quantize(export.onnx_path, run_dir / "quantize", profile, options, config, reporter, result)
 
     student_params, student_layers, student_hidden = _student_size(distill_record, prune_metrics)
@@ -164,7 +168,7 @@ def run_chain(run_dir: str | Path, config: DistillConfig, profile: Any, options:
                                teacher_export.onnx_path.stat().st_size)
     result.student = ModelSide(result.final_model, student_params, result.final_model.stat().st_size)
     bench_report = gate_report = quality = None
-    if last >= 4:
+    if reaches("bench"):
         bench_report, comparison = _bench(result.final_model, teacher_export.onnx_path, run_dir / "bench", profile,
                                           options, reporter, result)
         result.student.p50_ms, result.student.p95_ms = comparison.model.latency.p50_ms, comparison.model.latency.p95_ms
@@ -172,7 +176,7 @@ def run_chain(run_dir: str | Path, config: DistillConfig, profile: Any, options:
         result.speedup = comparison.p50_ratio
         result.host = comparison.model.host.describe()
         result.workload = (comparison.model.workload.batch_size, comparison.model.workload.sequence_length)
-    if last >= 5:
+    if reaches("gate"):
         quality, gate_report = _gate(result.final_model, teacher_export.onnx_path, held_out, bench_report,
                                      run_dir / "gate", profile, options, reporter, result)
         result.metric = quality["metric"]

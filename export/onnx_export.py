@@ -22,14 +22,10 @@ export fails with a CompressError and nothing is left at the output path.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
-import logging
 import os
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +34,7 @@ import numpy as np
 
 from compress.errors import CompressError
 from compress.files import atomic_directory
+from compress.quiet import quiet_libraries
 from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, write_record
 from compress.tasks import Task, detect_task, is_sentence_transformer, read_config, read_pooling
 from export.agreement import argmax_agreement, max_abs_diff, mean_cosine
@@ -234,20 +231,9 @@ def _describe_tolerance(metric: str, tolerance: ParityTolerance) -> str:
     return f"{metric} >= {floor}, max abs diff <= {tolerance.max_abs_diff:g}"
 
 
-@contextlib.contextmanager
 def _quiet_export():
     """Keep the exporter's tracer warnings and info logs off the user's terminal."""
-    loggers = [logging.getLogger(name) for name in ("optimum", "transformers", "sentence_transformers")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    return quiet_libraries("optimum", "transformers", "sentence_transformers")
 
 
 def _run_main_export(model_dir: Path, out: Path, task: Task, library: str, opset: int | None) -> None:

@@ -31,16 +31,12 @@ reported as such, with the host it was measured on.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
-import logging
 import math
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +46,7 @@ import numpy as np
 
 from compress.errors import CompressError
 from compress.files import atomic_directory
+from compress.quiet import quiet_libraries
 from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, write_record
 from export.agreement import argmax_agreement, max_abs_diff, mean_cosine
 from export.profiles import Profile
@@ -431,21 +428,9 @@ def scheme_for(method: str, preset: str | None) -> Scheme:
     return Scheme("fp16", "fp16")
 
 
-@contextlib.contextmanager
 def _quiet():
     """onnxruntime's quantizer logs and prints a lot; keep it off the user's terminal."""
-    root = logging.getLogger()
-    loggers = [root] + [logging.getLogger(name) for name in ("optimum", "onnxruntime")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    return quiet_libraries("optimum", "onnxruntime", root=True)
 
 
 def int8_config(method: str, preset: str, exclude: Sequence[str]) -> Any:
