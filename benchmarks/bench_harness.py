@@ -26,21 +26,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+from record import RESULTS_DIR, ROOT, ResultRecord  # first: puts the checkout on sys.path
 
-import numpy as np  # noqa: E402
+from export.bench import run_bench
+from export.host import detect_host
+from export.inputs import synthesize_inputs
+from export.profiles import load_profile
 
-from compress.files import atomic_write_json  # noqa: E402
-from export.bench import run_bench  # noqa: E402
-from export.host import detect_host  # noqa: E402
-from export.inputs import synthesize_inputs  # noqa: E402
-from export.profiles import load_profile  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results" / "bench_harness.json"
+RESULTS = RESULTS_DIR / "bench_harness.json"
 CACHE = Path(os.environ.get("COMPRESS_CACHE", Path(tempfile.gettempdir()) / "compress-cache"))
 
 EXPORT = """
@@ -127,8 +123,7 @@ def main() -> None:
     parser.add_argument("--sequence-length", type=int, default=128)
     args = parser.parse_args()
 
-    started = time.perf_counter()
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    record = ResultRecord.start("bench_harness")
     cases = [("teacher" if args.model is None else args.model.name, args.model or teacher_onnx(), args.runs)]
     if args.model is None:
         cases.append(("tiny MatMul graph", tiny_onnx(), args.runs * 10))
@@ -139,20 +134,7 @@ def main() -> None:
                                warmup=args.warmup, repeats=args.repeats)
 
     host = detect_host()
-    payload = {
-        "schema_version": 1, "kind": "bench_harness",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu_model": host.cpu_model, "logical_cores": host.logical_cores,
-                    "usable_cores": host.usable_cores, "arch": host.arch, "flags": host.relevant_flags,
-                    "os": host.os, "versions": host.versions, "python": host.python},
-        "command": "python benchmarks/bench_harness.py " + " ".join(sys.argv[1:]),
-        "results": results,
-        "wall_s": round(time.perf_counter() - started, 1),
-        # Other processes on a shared machine move latency far more than the harness does: keep the context.
-        "load_average_1m_before_after": [round(load_before[0], 2) if load_before else None,
-                                         round(os.getloadavg()[0], 2) if load_before else None],
-    }
-    atomic_write_json(RESULTS, payload)
+    record.finish(RESULTS, host, results=results)
 
     from rich.console import Console
     from rich.table import Table
@@ -166,8 +148,6 @@ def main() -> None:
                       f"{statistics.median(r['run_bench_p50_ms']):.3f}", f"{r['overhead_ratio']:.3f}x",
                       f"{r['p50_min_ms']:.3f}–{r['p50_max_ms']:.3f}", f"{r['p50_cv'] * 100:.1f}%")
     Console().print(table)
-    print(f"wrote {RESULTS.relative_to(ROOT)} in {payload['wall_s']} s; 1-minute load average before/after: "
-          f"{payload['load_average_1m_before_after']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

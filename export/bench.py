@@ -32,35 +32,38 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import gc
 import io
-import json
 import logging
 import os
 import sys
 import time
-import types
-import typing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from compress.errors import CompressError
-from compress.files import atomic_write_json, sha256_file
+from compress.files import sha256_file
+from compress.quiet import quiet_onnxruntime
 from export.host import HostInfo, detect_host, has_nvidia_gpu
-from export.inputs import (InputSpec, check_npz_names_used, describe_npz_inputs, id_vocab_sizes, match_npz, read_npz,
-                           synthesize_inputs)
+from export.inputs import (
+    InputSpec,
+    check_npz_names_used,
+    describe_npz_inputs,
+    id_vocab_sizes,
+    match_npz,
+    read_npz,
+    synthesize_inputs,
+)
 from export.profiles import Profile
+from export.report_json import SCHEMA_VERSION, JsonReport, read_json_object
 
-SCHEMA_VERSION = 1
 MIB = 2**20
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +172,7 @@ class Workload:
 
 
 @dataclass
-class BenchReport:
+class BenchReport(JsonReport):
     """One model measured on one machine with one profile's runtime settings."""
 
     profile: str
@@ -187,29 +190,9 @@ class BenchReport:
     schema_version: int = SCHEMA_VERSION
     kind: str = "bench"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
-        """The report as JSON text; also written atomically to ``path`` when given."""
-        payload = self.to_dict()
-        if path is not None:
-            atomic_write_json(path, payload)
-        return json.dumps(payload, indent=2, sort_keys=True, default=str)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BenchReport:
-        check_schema(data, "bench")
-        return dataclass_from_dict(cls, data)
-
-    @classmethod
-    def from_json(cls, path_or_text: str | os.PathLike[str]) -> BenchReport:
-        """Read a report back from a file path (or JSON text). Bad input raises CompressError."""
-        return cls.from_dict(read_json_object(path_or_text, "bench report"))
-
 
 @dataclass
-class ComparisonReport:
+class ComparisonReport(JsonReport):
     """Two models measured in one process with interleaved runs.
 
     ``p50_ratio = other.p50 / model.p50``: 3.1 means ``model`` is 3.1x faster than ``other``.
@@ -235,21 +218,6 @@ class ComparisonReport:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "summary": self.summary}
 
-    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
-        payload = self.to_dict()
-        if path is not None:
-            atomic_write_json(path, payload)
-        return json.dumps(payload, indent=2, sort_keys=True, default=str)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ComparisonReport:
-        check_schema(data, "comparison")
-        return dataclass_from_dict(cls, data)
-
-    @classmethod
-    def from_json(cls, path_or_text: str | os.PathLike[str]) -> ComparisonReport:
-        return cls.from_dict(read_json_object(path_or_text, "comparison report"))
-
 
 def read_report(path_or_text: str | os.PathLike[str]) -> BenchReport | ComparisonReport:
     """A bench or comparison report, whichever the file holds."""
@@ -257,83 +225,6 @@ def read_report(path_or_text: str | os.PathLike[str]) -> BenchReport | Compariso
     if data.get("kind") == "comparison":
         return ComparisonReport.from_dict(data)
     return BenchReport.from_dict(data)
-
-
-def read_json_object(path_or_text: str | os.PathLike[str], what: str) -> dict[str, Any]:
-    """A JSON object from a file path (or JSON text); CompressError naming ``what`` otherwise."""
-    text = str(path_or_text)
-    source = "text"
-    if not text.lstrip().startswith("{"):
-        path = Path(path_or_text)
-        source = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise CompressError(f"{what} not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CompressError(f"cannot read {what} {path}: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CompressError(f"{what} {source} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise CompressError(f"{what} {source} is not a JSON object")
-    return data
-
-
-def check_schema(data: dict[str, Any], kind: str) -> None:
-    """Refuse a report of another kind, or one written by a newer schema than this code reads."""
-    if data.get("kind") != kind:
-        raise CompressError(f"expected a {kind} report, found kind={data.get('kind')!r}")
-    version = data.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise CompressError(f"{kind} report has schema_version {version!r}; this compress reads up to {SCHEMA_VERSION}")
-
-
-def dataclass_from_dict(cls: type[T], data: Any, where: str = "") -> T:
-    """Build dataclass ``cls`` (nested dataclasses, lists, optionals) from parsed JSON.
-
-    Unknown keys are ignored (a newer writer may add fields); a missing required key or a
-    value of the wrong shape raises CompressError naming the key.
-    """
-    if not isinstance(data, dict):
-        raise CompressError(f"report: {where or cls.__name__}: expected an object")
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        key = f"{where}.{f.name}" if where else f.name
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise CompressError(f"report: missing key {key}")
-            continue
-        kwargs[f.name] = _coerce(hints[f.name], data[f.name], key)
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        return _coerce(options[0], value, where) if len(options) == 1 else value
-    if dataclasses.is_dataclass(hint):
-        return dataclass_from_dict(hint, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise CompressError(f"report: {where}: expected a list")
-        return [_coerce(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)] if args else value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CompressError(f"report: {where}: expected a number, found {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise CompressError(f"report: {where}: expected an integer, found {value!r}")
-        return value
-    if hint is str and not isinstance(value, str):
-        raise CompressError(f"report: {where}: expected a string, found {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,26 +484,6 @@ def _release_freed_memory() -> None:
 # Sessions
 # ---------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _quiet_onnxruntime():
-    """Keep onnxruntime's provider-fallback chatter off stdout (``--json`` owns stdout) and off the
-    terminal; what really ran is read back from the session and recorded instead."""
-    import onnxruntime as ort
-
-    captured = io.StringIO()
-    quiet = not os.environ.get("COMPRESS_DEBUG")
-    if quiet:
-        ort.set_default_logger_severity(4)
-    try:
-        with contextlib.redirect_stdout(captured):
-            yield
-    finally:
-        if quiet:
-            ort.set_default_logger_severity(2)
-        if captured.getvalue().strip():
-            _log.debug("onnxruntime said: %s", captured.getvalue().strip())
-
-
 _dlls_preloaded = False
 
 
@@ -662,7 +533,7 @@ def _open_session(path: Path, providers: list[str], intra: int | None, inter: in
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     start = time.perf_counter()
     try:
-        with _quiet_onnxruntime():
+        with quiet_onnxruntime():
             session = ort.InferenceSession(str(path), options, providers=usable)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph/... types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -807,7 +678,13 @@ class _RunProgress:
 
     def __init__(self, total: int, label: str) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), console=Console(stderr=True), auto_refresh=False,

@@ -22,16 +22,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from xml.etree import ElementTree
 
 from compress.errors import CompressError
-from compress.files import atomic_write_bytes, atomic_write_json
-from export.bench import SCHEMA_VERSION, BenchReport, dataclass_from_dict
+from compress.files import atomic_write_bytes
+from export.bench import BenchReport
 from export.host import HostInfo, matches_pattern, normalise_arch
 from export.profiles import Profile
+from export.report_json import SCHEMA_VERSION, JsonReport
 
 Status = Literal["pass", "fail", "not_checked"]
 Verdict = Literal["pass", "fail", "unverified"]
@@ -134,7 +135,7 @@ class BenchSummary:
 
 
 @dataclass
-class GateReport:
+class GateReport(JsonReport):
     """The release verdict for one model on one profile."""
 
     profile: str
@@ -149,24 +150,6 @@ class GateReport:
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
     kind: str = "gate"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
-        """The report as JSON text; also written atomically to ``path`` when given."""
-        payload = self.to_dict()
-        if path is not None:
-            atomic_write_json(path, payload)
-        return json.dumps(payload, indent=2, sort_keys=True, default=str)
-
-    @classmethod
-    def from_json(cls, path_or_text: str | os.PathLike[str]) -> GateReport:
-        from export.bench import check_schema, read_json_object
-
-        data = read_json_object(path_or_text, "gate report")
-        check_schema(data, "gate")
-        return dataclass_from_dict(cls, data)
 
     def check(self, name: str) -> GateCheck:
         """The check called ``name``."""

@@ -35,7 +35,7 @@ import numpy as np
 from compress.errors import CompressError
 from compress.files import atomic_directory
 from compress.quiet import quiet_libraries
-from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, write_record
+from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, read_stage_result, write_record
 from compress.tasks import Task, detect_task, is_sentence_transformer, read_config, read_pooling
 from export.agreement import argmax_agreement, max_abs_diff, mean_cosine
 from export.samples import DEFAULT_MAX_LENGTH, Signature, TextEncoder, held_out_texts, signature
@@ -372,7 +372,4 @@ def check_parity(model_dir: Path, onnx_path: Path, task: Task, texts: list[str],
 
 def read_export(out_dir: str | os.PathLike[str]) -> ExportResult:
     """The result recorded in an export folder's ``stage.json``."""
-    path = Path(out_dir) / "stage.json"
-    if not path.is_file():
-        raise CompressError(f"{out_dir} is not an export folder (no stage.json)")
-    return ExportResult.from_json(json.loads(path.read_text())["metrics"]["result"])
+    return ExportResult.from_json(read_stage_result(out_dir, "export"))

@@ -32,7 +32,6 @@ reported as such, with the host it was measured on.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -47,7 +46,7 @@ import numpy as np
 from compress.errors import CompressError
 from compress.files import atomic_directory
 from compress.quiet import quiet_libraries
-from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, write_record
+from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, read_stage_result, write_record
 from export.agreement import argmax_agreement, max_abs_diff, mean_cosine
 from export.profiles import Profile
 from export.samples import (DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVAL_SAMPLES, Feed, Samples, TextEncoder,
@@ -729,7 +728,4 @@ def quantize_stage(model: str | os.PathLike[str], profile: Profile, stage_dir: s
 
 def read_quantize(stage_dir: str | os.PathLike[str]) -> QuantizeResult:
     """The result recorded in a quantize stage folder."""
-    path = Path(stage_dir) / "stage.json"
-    if not path.is_file():
-        raise CompressError(f"{stage_dir} is not a quantize stage folder (no stage.json)")
-    return QuantizeResult.from_json(json.loads(path.read_text())["metrics"]["result"])
+    return QuantizeResult.from_json(read_stage_result(stage_dir, "quantize"))

@@ -18,12 +18,9 @@ Device side: onnxruntime, numpy and tokenizers (plus pyyaml and pydantic to read
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ import numpy as np
 
 from compress.errors import CompressError
 from compress.files import sha256_file
+from compress.quiet import quiet_onnxruntime
 from export.archive import ExtractedFile, ExtractLimits, safe_extract
 from export.manifest import MANIFEST_FILE, Manifest, read_manifest, signature_of_session
 
@@ -155,7 +153,7 @@ def _check_model(root: Path, manifest: Manifest) -> ExampleCheck:
     from export.example.run_model import DEFAULT_SENTENCES, PackagedModel, cosine
 
     try:
-        with _quiet_onnxruntime():
+        with quiet_onnxruntime():
             model = PackagedModel(root, manifest=manifest.to_json())
     except Exception as exc:  # onnxruntime and tokenizers raise their own types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -192,22 +190,6 @@ def _check_model(root: Path, manifest: Manifest) -> ExampleCheck:
     elif manifest.task == "text-classification" and manifest.output.labels:
         check.top_label = manifest.output.labels[int(np.argmax(values))]
     return check
-
-
-@contextlib.contextmanager
-def _quiet_onnxruntime() -> Iterator[None]:
-    """onnxruntime logs an error for every listed provider this machine cannot start (CUDA without
-    its libraries) and then runs on the next one; verify reports the providers really used instead."""
-    import onnxruntime as ort
-
-    quiet = not os.environ.get("COMPRESS_DEBUG")
-    if quiet:
-        ort.set_default_logger_severity(4)
-    try:
-        yield
-    finally:
-        if quiet:
-            ort.set_default_logger_severity(2)
 
 
 def _real_text_inputs(root: Path, manifest: Manifest, profile: Any) -> tuple[Path, str]:

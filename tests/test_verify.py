@@ -20,7 +20,7 @@ import pytest
 
 from compress.errors import CompressError
 from tests.cli_helpers import run_cli
-from tests.test_package import base_run
+from tests.test_package import base_run, copy_run, regate
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = "enc-1.0-host"
@@ -106,6 +106,21 @@ def test_verify_json_report(release_archive: Path, scratch: Path) -> None:
     assert example["output"] == "sentence_embedding" and example["shape"] == [32]
     assert example["cosine_to_reference"] >= 0.99
     assert -1.0 <= example["pair_cosine"] <= 1.0
+
+
+def test_verify_json_stays_clean_where_the_profile_wants_a_missing_gpu(tmp_path_factory: pytest.TempPathFactory,
+                                                                       tiny_encoder: Path, scratch: Path) -> None:
+    # onnxruntime-gpu prints "EP Error ... Falling back" to stdout when TensorRT/CUDA cannot start;
+    # --json must still be one JSON document, and the report names the provider that really ran.
+    from export.package import package_run
+
+    run = copy_run(base_run(tmp_path_factory, tiny_encoder), tmp_path_factory.mktemp("gpu-run"))
+    assert regate(run, "jetson") == "unverified"
+    archive = package_run(run, tmp_path_factory.mktemp("gpu-release"), name="enc", version="1.0").path
+    result = run_cli(["verify", str(archive), "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert "CPUExecutionProvider" in report["example"]["providers_used"]
 
 
 def test_verify_gate_passes_on_a_matching_host(release_archive: Path, scratch: Path) -> None:

@@ -15,7 +15,6 @@ helps the compressed size on disk: onnxruntime on a CPU gets no speed from it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -31,7 +30,7 @@ from compress.prune.importance import (Batch, TaskModel, head_importance, layer_
 from compress.prune.magnitude import MagnitudeReport, compressed_size, zero_smallest
 from compress.prune.structured import (count_parameters, encoder_layers, ffn_size, head_counts, keep_layers,
                                        prune_ffn, prune_heads)
-from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, write_record
+from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, read_stage_result, write_record
 from compress.tasks import Task, detect_task, read_config, read_pooling
 
 SCHEMA_VERSION = 1
@@ -416,7 +415,4 @@ def prune_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
 
 def read_prune(out_dir: str | os.PathLike[str]) -> PruneResult:
     """The result recorded in a prune folder's ``stage.json``."""
-    path = Path(out_dir) / "stage.json"
-    if not path.is_file():
-        raise CompressError(f"{out_dir} is not a prune folder (no stage.json)")
-    return PruneResult.from_json(json.loads(path.read_text())["metrics"]["result"])
+    return PruneResult.from_json(read_stage_result(out_dir, "prune"))
