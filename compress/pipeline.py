@@ -29,7 +29,8 @@ from compress.distill.config import DistillConfig
 from compress.distill.progress import Reporter
 from compress.errors import CompressError
 from compress.files import atomic_directory, atomic_write_json, sha256_file, sha256_tree
-from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, read_record, write_record
+from compress.stage import (FileRef, StageRecord, StageTimer, is_up_to_date, read_record, stage_status,
+                            write_record)
 
 STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")
 # What the stages after distillation take on this CPU with the default teacher (measured: about
@@ -138,7 +139,7 @@ def run_chain(run_dir: str | Path, config: DistillConfig, profile: Any, options:
     config = _with_chain_budget(config, profile)
     before = read_record(run_dir / "distill")
     distill_record = run_distill_stage(run_dir, config, profile, reporter)
-    result.stages["distill"] = _status(before, distill_record)
+    result.stages["distill"] = stage_status(before, distill_record)
     result.distill = distill_record
     teacher_name, teacher_dir = resolve_teacher(config.teacher)
     student_dir = run_dir / "distill" / distill_record.outputs["student"]
@@ -213,7 +214,7 @@ def _prune(student_dir: Path, out: Path, teacher_dir: Path, config: DistillConfi
                                                        teacher=str(teacher_dir), recover_steps=prune.recover_steps,
                                                        compare=False),
                          profile=profile, resume=True, log=lambda text: reporter.message(f"prune: {text}"))
-    result.stages["prune"] = _status(before, read_record(out))
+    result.stages["prune"] = stage_status(before, read_record(out))
     if result.stages["prune"] == "skipped":
         reporter.message(f"prune: up to date in {out}; skipped")
     return out, {"params": pruned.params_after, "layers": pruned.layers_after}
@@ -227,7 +228,7 @@ def _export(model_dir: Path, out: Path, held_out: Path, options: ChainOptions, r
     what = "the teacher" if name == "teacher" else "the student"
     reporter.message(f"{name}: exporting {what} to ONNX and checking parity with PyTorch")
     exported = export_model(model_dir, out, opset=options.opset, samples=held_out, resume=True)
-    result.stages[name] = _status(before, read_record(out))
+    result.stages[name] = stage_status(before, read_record(out))
     reporter.message(f"{name}: {out / 'model.onnx'} ({exported.parity.metric} {exported.parity.agreement:.6f} "
                      f"to PyTorch, {result.stages[name]})")
     return exported
@@ -251,7 +252,7 @@ def _quantize(fp32: Path, stage_dir: Path, profile: Any, options: ChainOptions, 
     quantized = quantize_stage(fp32, profile, stage_dir, method=method,
                                calibration_data=config.data if method == "int8-static" else None,
                                log=lambda text: reporter.message(f"quantize: {text}"))
-    result.stages["quantize"] = _status(before, read_record(stage_dir))
+    result.stages["quantize"] = stage_status(before, read_record(stage_dir))
     keep, why = choose_release(quantized, profile, match_hardware(
         profile, detect_host(), quantized.speed.providers_used if quantized.speed else ["CPUExecutionProvider"]
     ).matched, fp32.stat().st_size)
@@ -374,13 +375,6 @@ def _profile_input(profile: Any) -> dict[str, FileRef]:
     return {"profile": FileRef.of(profile.source)} if profile.source is not None else {}
 
 
-def _status(before: StageRecord | None, after: StageRecord | None) -> str:
-    """``skipped`` when the stage's record is the one that was on disk before it was called."""
-    unchanged = before is not None and after is not None and before.fingerprint == after.fingerprint \
-        and before.finished_at == after.finished_at
-    return "skipped" if unchanged else "ran"
-
-
 def _student_size(distill_record: StageRecord, prune_metrics: dict[str, Any] | None) -> tuple[int, int, int]:
     metrics = distill_record.metrics
     if prune_metrics is not None:
@@ -405,7 +399,7 @@ def _write_summary(run_dir: Path, profile: Any, teacher_name: str, teacher_dir: 
     from export.run_summary import (QualitySummary, ReportPaths, RunSummary, StudentInfo, TeacherInfo,
                                     write_run_summary)
 
-    profile_file = _copy_user_profile(run_dir, profile)
+    profile_file = copy_user_profile(run_dir, profile)
     stages = {name: f"{folder}/stage.json" for name, folder in
               (("distill", "distill"), ("prune", "prune"), ("export", "export"), ("teacher", "teacher"),
                ("quantize", "quantize"), ("bench", "bench"), ("gate", "gate"))
@@ -441,7 +435,7 @@ def _write_summary(run_dir: Path, profile: Any, teacher_name: str, teacher_dir: 
     write_run_summary(run_dir, summary)
 
 
-def _copy_user_profile(run_dir: Path, profile: Any) -> str | None:
+def copy_user_profile(run_dir: Path, profile: Any) -> str | None:
     """A user's own profile file travels with the run (package and verify gate against it)."""
     from export.profiles import is_shipped
 

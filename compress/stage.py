@@ -77,6 +77,14 @@ class StageRecord:
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
+    def finish(self) -> None:
+        """Stamp the end time and duration, once (a record is written inside its ``StageTimer``)."""
+        if not self.finished_at:
+            self.finished_at = _now()
+            started = getattr(self, "_clock", None)
+            if started is not None:
+                self.duration_s = round(time.perf_counter() - started, 3)
+
     def to_json(self) -> dict[str, Any]:
         payload = dataclasses.asdict(self)
         payload["fingerprint"] = self.fingerprint
@@ -119,25 +127,31 @@ def is_up_to_date(stage_dir: Path, planned: StageRecord) -> StageRecord | None:
     return previous
 
 
+def stage_status(before: StageRecord | None, after: StageRecord | None) -> str:
+    """``skipped`` when the stage's record is the one that was on disk before it was called, else ``ran``."""
+    unchanged = before is not None and after is not None and before.fingerprint == after.fingerprint \
+        and before.finished_at == after.finished_at
+    return "skipped" if unchanged else "ran"
+
+
 class StageTimer:
     """Fills a record's timestamps around the stage's work."""
 
     def __init__(self, record: StageRecord) -> None:
         self.record = record
-        self._start = 0.0
 
     def __enter__(self) -> StageRecord:
-        self._start = time.perf_counter()
         self.record.started_at = _now()
+        self.record._clock = time.perf_counter()  # type: ignore[attr-defined]  # not a field: never serialised
         return self.record
 
     def __exit__(self, *exc: object) -> None:
-        self.record.finished_at = _now()
-        self.record.duration_s = round(time.perf_counter() - self._start, 3)
+        self.record.finish()
 
 
 def write_record(stage_dir: Path, record: StageRecord) -> Path:
     """Write ``stage.json`` last and atomically, marking the stage complete."""
+    record.finish()
     return atomic_write_json(Path(stage_dir) / "stage.json", record.to_json())
 
 

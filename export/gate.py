@@ -1,7 +1,13 @@
 """Turn a bench report into a release verdict for a target profile.
 
 One check per budget the profile declares (latency p50/p95/p99, model size, peak memory, teacher
-agreement, quantization drop), each ``pass``, ``fail`` or ``not_checked``. A budget the evidence
+agreement, quantization drop), each ``pass``, ``fail`` or ``not_checked``. A causal LM's
+generation bench report (export/generation_bench.py) is gated on ``budgets.generation`` instead of
+the latency budgets: ``generation.ttft_ms.p95`` and ``generation.tpot_ms.p95`` (p95 over the timed
+runs: a budget a user should almost never see exceeded), ``generation.tokens_per_s`` (a floor),
+and model size / peak memory against ``budgets.generation``'s own values when it sets them (an LM
+is several times an encoder's size), else the top-level ones; quality works the same (e.g. next-
+token agreement as ``teacher_agreement``). A budget the evidence
 cannot speak to is ``not_checked``, never ``pass``: quality without a quality file, a budget the
 profile leaves empty, and latency or memory measured on hardware that is not the profile's.
 
@@ -30,6 +36,7 @@ from xml.etree import ElementTree
 from compress.errors import CompressError
 from compress.files import atomic_write_bytes
 from export.bench import BenchReport
+from export.generation_bench import GenerationBenchReport
 from export.host import HostInfo, matches_pattern, normalise_arch
 from export.profiles import Profile
 from export.report_json import SCHEMA_VERSION, JsonReport
@@ -205,8 +212,16 @@ def match_hardware(profile: Profile, host: HostInfo, providers_used: list[str]) 
     return HardwareMatch(matched=not reasons, reasons=reasons, notes=notes)
 
 
-def _workload_reasons(report: BenchReport, profile: Profile) -> list[str]:
+def _workload_reasons(report: BenchReport | GenerationBenchReport, profile: Profile) -> list[str]:
     """Latency budgets are for the profile's workload; a measurement at another shape is not evidence."""
+    if isinstance(report, GenerationBenchReport):
+        gen = profile.workload.generation_or_default
+        reasons = []
+        if report.prompt_length != gen.prompt_length:
+            reasons.append(f"measured with a {report.prompt_length}-token prompt, the profile budgets {gen.prompt_length}")
+        if report.new_tokens != gen.new_tokens:
+            reasons.append(f"measured generating {report.new_tokens} tokens, the profile budgets {gen.new_tokens}")
+        return reasons
     want, got = profile.workload, report.workload
     reasons = []
     if got.batch_size != want.batch_size:
@@ -231,24 +246,63 @@ def _compare(name: str, budget: float | None, measured: float | None, unit: str,
     return GateCheck(name, budget, measured, unit, comparison, status, hardware_dependent)
 
 
-def gate(report: BenchReport, profile: Profile, quality: QualityEvidence | None = None) -> GateReport:
-    """The release verdict for ``report`` against ``profile``'s budgets (see the module docstring)."""
-    from datetime import datetime, timezone
+def read_gate_input(path_or_text: str | os.PathLike[str]) -> BenchReport | GenerationBenchReport:
+    """The report ``gate`` takes from a bench JSON of any kind: an encoder's or a causal LM's bench,
+    or the first model of either kind of comparison."""
+    from export.bench import read_report
+    from export.generation_bench import read_generation_report
+    from export.report_json import read_json_object
 
-    hardware = match_hardware(profile, report.host, report.session.providers_used)
-    workload_reasons = _workload_reasons(report, profile)
-    on_target = hardware.matched and not workload_reasons
+    kind = read_json_object(path_or_text, "bench report").get("kind")
+    report: Any = read_generation_report(path_or_text) if str(kind).startswith("generation") else read_report(path_or_text)
+    return report if isinstance(report, (BenchReport, GenerationBenchReport)) else report.model
+
+
+def _speed_checks(report: BenchReport | GenerationBenchReport, profile: Profile,
+                  on_target: bool) -> tuple[list[GateCheck], float | None, float | None]:
+    """The speed checks, and the size and memory budgets that apply to this kind of model."""
     budgets = profile.budgets
-    no_quality = "no --quality evidence given"
+    if isinstance(report, GenerationBenchReport):
+        gen = budgets.generation
+        checks = [
+            _compare("generation.ttft_ms.p95", gen.ttft_ms, report.ttft_ms.p95, "ms", "<=",
+                     hardware_dependent=True, on_target=on_target, missing_note=""),
+            _compare("generation.tpot_ms.p95", gen.tpot_ms, report.tpot_ms.p95, "ms", "<=",
+                     hardware_dependent=True, on_target=on_target, missing_note=""),
+            _compare("generation.tokens_per_s", gen.tokens_per_s, report.tokens_per_s, "tokens/s", ">=",
+                     hardware_dependent=True, on_target=on_target, missing_note=""),
+        ]
+        return (checks, gen.model_size_mb if gen.model_size_mb is not None else budgets.model_size_mb,
+                gen.peak_memory_mb if gen.peak_memory_mb is not None else budgets.peak_memory_mb)
     checks = [
         _compare(f"latency_ms.{p}", getattr(budgets.latency_ms, p), getattr(report.latency, f"{p}_ms"), "ms", "<=",
                  hardware_dependent=True, on_target=on_target, missing_note="")
         for p in ("p50", "p95", "p99")
     ]
-    checks.append(_compare("model_size_mb", budgets.model_size_mb, report.model.size_mb, "MiB", "<=",
+    return checks, budgets.model_size_mb, budgets.peak_memory_mb
+
+
+def gate(report: BenchReport | GenerationBenchReport, profile: Profile,
+         quality: QualityEvidence | None = None) -> GateReport:
+    """The release verdict for ``report`` (an encoder's or a causal LM's bench) against ``profile``'s
+    budgets (see the module docstring)."""
+    from datetime import datetime, timezone
+
+    generation = isinstance(report, GenerationBenchReport)
+    hardware = match_hardware(profile, report.host, report.session.providers_used)
+    workload_reasons = _workload_reasons(report, profile)
+    on_target = hardware.matched and not workload_reasons
+    budgets = profile.budgets
+    no_quality = "no --quality evidence given"
+    checks, size_budget, memory_budget = _speed_checks(report, profile, on_target)
+    checks.append(_compare("model_size_mb", size_budget, report.model.size_mb, "MiB", "<=",
                            hardware_dependent=False, on_target=True, missing_note=""))
-    checks.append(_compare("peak_memory_mb", budgets.peak_memory_mb, report.memory.session_peak_mb, "MiB", "<=",
+    checks.append(_compare("peak_memory_mb", memory_budget, report.memory.session_peak_mb, "MiB", "<=",
                            hardware_dependent=True, on_target=on_target, missing_note=""))
+    if generation:
+        for check, own in ((checks[-2], budgets.generation.model_size_mb), (checks[-1], budgets.generation.peak_memory_mb)):
+            if own is not None:
+                check.note = (check.note + "; " if check.note else "") + "budgets.generation's budget"
     checks.append(_compare("quality.min_teacher_agreement", budgets.quality.min_teacher_agreement,
                            quality.teacher_agreement if quality else None, quality.metric if quality else "agreement",
                            ">=", hardware_dependent=False, on_target=True, missing_note=no_quality))
@@ -287,11 +341,15 @@ def gate(report: BenchReport, profile: Profile, quality: QualityEvidence | None 
         reasons.append(f"not checked: {names}")
     if report.profile != profile.name:
         hardware.notes.append(f"benchmarked with profile {report.profile}'s runtime settings, gated against {profile.name}")
-    seq = f" × seq {report.workload.sequence_length}" if report.workload.sequence_length else ""
+    if isinstance(report, GenerationBenchReport):
+        workload = f"prompt {report.prompt_length} tokens + {report.new_tokens} new tokens"
+    else:
+        seq = f" × seq {report.workload.sequence_length}" if report.workload.sequence_length else ""
+        workload = f"batch {report.workload.batch_size}{seq}"
     summary = BenchSummary(
         model=report.model.path, sha256=report.model.sha256, size_mb=report.model.size_mb,
         host=report.host.describe(), providers_used=list(report.session.providers_used), profile=report.profile,
-        workload=f"batch {report.workload.batch_size}{seq}", created_at=report.created_at,
+        workload=workload, created_at=report.created_at,
     )
     return GateReport(
         profile=profile.name, verdict=verdict, exit_code=EXIT_CODES[verdict], reasons=reasons, checks=checks,

@@ -127,15 +127,35 @@ class OutputInfo:
     pooling: str | None = None  # embeddings from token states: mean | cls | max (None: pooled in the graph)
     normalize: bool = False  # L2-normalise after pooling
     labels: list[str] | None = None  # classifiers: index -> label
+    eos_token_ids: list[int] | None = None  # text generation: generating one of these ends the answer
 
 
 @dataclass(frozen=True)
 class ReferenceOutput:
     """The primary output for one sentence as computed on the build host; verify recomputes and compares."""
 
-    sentence: str
-    values: list[float]
+    sentence: str  # text generation: the prompt
+    values: list[float]  # text generation: empty (the answer is ``tokens``)
     min_cosine: float = 0.99
+    tokens: list[int] | None = None  # text generation: the greedy answer's token ids (eos included when it ended)
+    text: str | None = None  # text generation: ``tokens`` decoded
+    min_matching_tokens: int | None = None  # text generation: how many leading tokens must be identical
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a causal LM's caller turns a user's text into token ids (text generation only).
+
+    ``prefix + text + suffix`` is the chat template rendered for one user message with the
+    assistant's turn opened; both are empty without a template. Encode that string with the
+    tokenizer, adding its own special tokens only when ``add_special_tokens``.
+    """
+
+    prefix: str
+    suffix: str
+    add_special_tokens: bool
+    chat_template: str | None = None  # the template file in the archive (Jinja), when the model has one
+    max_positions: int | None = None  # prompt + answer tokens the model can see at most
 
 
 @dataclass(frozen=True)
@@ -158,6 +178,12 @@ class BenchSummary:
     model_size_mb: float | None = None
     peak_memory_mb: float | None = None
     throughput_per_s: float | None = None
+    # Text generation (a generation bench): distributions in ms (p50, p95, mean), rates in tokens/s.
+    ttft_ms: dict[str, float] | None = None
+    tpot_ms: dict[str, float] | None = None
+    tokens_per_s: float | None = None
+    prompt_length: int | None = None
+    new_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +198,15 @@ class GateSummary:
 class RunRef:
     run_id: str
     created_at: str
+
+
+# Keys that only a text-generation manifest carries, by section ("" is the top level).
+_GENERATION_ONLY: dict[str, tuple[str, ...]] = {
+    "": ("prompt",),
+    "output": ("eos_token_ids",),
+    "reference": ("tokens", "text", "min_matching_tokens"),
+    "bench": ("ttft_ms", "tpot_ms", "tokens_per_s", "prompt_length", "new_tokens"),
+}
 
 
 @dataclass
@@ -197,10 +232,19 @@ class Manifest:
     run: RunRef
     files: list[FileRecord]
     released_despite_failed_gate: bool = False
+    prompt: PromptFormat | None = None  # text generation: how a prompt becomes token ids
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """A JSON-ready dict; the text-generation fields are left out where they are unset, so an
+        encoder's manifest reads exactly as it did before language models existed."""
+        data = dataclasses.asdict(self)
+        for section, keys in _GENERATION_ONLY.items():
+            block = data if section == "" else data.get(section)
+            for key in keys if isinstance(block, dict) else ():
+                if block.get(key, 0) is None:
+                    del block[key]
+        return data
 
     def dumps(self) -> str:
         """Canonical text (sorted keys, fixed indentation): the same manifest always gives the same bytes."""
@@ -229,6 +273,7 @@ class Manifest:
             data["tokenizer"] = TokenizerInfo(**tokenizer)
             data["output"] = OutputInfo(**data["output"])
             data["reference"] = ReferenceOutput(**data["reference"])
+            data["prompt"] = PromptFormat(**data["prompt"]) if data.get("prompt") else None
             data["teacher"] = TeacherRef(**data["teacher"])
             data["bench"] = BenchSummary(**data["bench"]) if data.get("bench") else None
             data["gates"] = {k: GateSummary(**v) for k, v in data["gates"].items()}

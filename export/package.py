@@ -6,11 +6,14 @@
                          teacher, quality, bench headline, gate verdicts, tool version, run id
     MODEL_CARD.md        the release explained to a person
     profile.yaml         the target profile the release was gated against (verify --gate uses it)
-    model/               model.onnx (+ external data), tokenizer files, config.json
-    reports/             bench.json, gate.json, junit.xml, latency.png, training_curve.png
-    example/             run_model.py (onnxruntime + numpy + tokenizers) and README.md
+    model/               model.onnx (+ external data), tokenizer files, config.json (a language model:
+                         also chat_template.jinja and generation_config.json)
+    reports/             bench.json, gate.json, junit.xml, latency.png (ttft.png), training_curve.png
+    example/             run_model.py (generate.py for a language model: onnxruntime + numpy +
+                         tokenizers) and README.md
 
 Packaging the same run twice gives byte-identical archives (see export.archive and export.plots).
+What differs for a causal language model (task text-generation) is in export.lm_package.
 A run whose gate failed is refused unless ``allow_failed``; then the manifest and the model card
 say so. Host side: reads the model with onnx and onnxruntime; never imports torch.
 """
@@ -33,6 +36,7 @@ from export.archive import ArchiveEntry, write_archive
 from export.manifest import (MANIFEST_FILE, BenchSummary, FileRecord, GateSummary, Manifest, ModelInfo, OutputInfo,
                              ReferenceOutput, RunRef, SpecialToken, TeacherRef, TokenizerInfo, minimum_onnxruntime,
                              read_onnx_versions, read_signature)
+from export import lm_package
 from export.run_summary import RunSummary, read_run_summary
 
 EXAMPLE_DIR = Path(__file__).resolve().parent / "example"
@@ -95,7 +99,9 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     min_ort, min_ort_note = minimum_onnxruntime(versions.opset, versions.ir_version, known_good=_ort_version())
     signature = read_signature(model_path)
     tokenizer = _tokenizer_info(model_dir)
-    output = _output_info(summary.task, signature, model_dir)
+    output = _output_info(summary.task, signature, model_dir, tokenizer)
+    generation = summary.task == lm_package.TASK
+    stages = _read_stages(run_dir, summary)
 
     entries: dict[str, ArchiveEntry] = {}
 
@@ -105,7 +111,7 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     add("model/model.onnx", source=model_path)
     for location in versions.external_data:
         add(f"model/{location}", source=model_dir / location)
-    for file_name in RUNTIME_FILES:
+    for file_name in RUNTIME_FILES + (lm_package.GENERATION_FILES if generation else ()):
         if (model_dir / file_name).is_file():
             add(f"model/{file_name}", source=model_dir / file_name)
     if profile.source is not None:
@@ -119,7 +125,9 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
             add(f"reports/{file_name}", source=_existing(run_dir, relative, f"reports.{key}"))
     from export import plots  # matplotlib: only packaging draws
 
-    if bench is not None:
+    if bench is not None and generation:
+        add("reports/ttft.png", data=lm_package.ttft_png(bench, profile, f"{name} {version} on {bench.host.describe()}"[:90]))
+    elif bench is not None:
         budgets = {k: v for k, v in profile.budgets.latency_ms.model_dump().items() if v is not None}
         samples = getattr(bench.latency, "samples_ms", None)  # per-run latencies, when the report carries them
         percentiles = {"p50": bench.latency.p50_ms, "p95": bench.latency.p95_ms, "p99": bench.latency.p99_ms}
@@ -141,22 +149,29 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
         reference=ReferenceOutput(sentence=REFERENCE_SENTENCE, values=[]),
         teacher=TeacherRef(name=summary.teacher.name, weights_sha256=summary.teacher.weights_sha256,
                            params=summary.teacher.params),
-        student=asdict(summary.student), quality=asdict(summary.quality),
+        student=asdict(summary.student),
+        quality={**asdict(summary.quality), **(lm_package.quality_extras(stages) if generation else {})},
         bench=_bench_summary(bench) if bench is not None else None,
         gates=_gates(gate_report, summary, archive_name),
         providers=list(profile.runtime.providers), tool_version=summary.tool_version,
         run=RunRef(run_id=summary.run_id, created_at=summary.created_at), files=[],
         released_despite_failed_gate=verdict == "fail",
+        prompt=lm_package.prompt_format(model_dir, tokenizer) if generation else None,
     )
-    manifest.reference = _reference_output(model_dir, model_path, manifest)
-
-    readme = _render_readme(manifest, profile)
+    if generation:
+        manifest.reference = lm_package.reference_output(model_dir, model_path, manifest)
+        readme = lm_package.render_readme(manifest, profile, _table)
+        program = lm_package.EXAMPLE_PROGRAM
+    else:
+        manifest.reference = _reference_output(model_dir, model_path, manifest)
+        readme = _render_readme(manifest, profile)
+        program = "run_model.py"
     add("example/README.md", data=readme.encode("utf-8"))
-    add("example/run_model.py", source=EXAMPLE_DIR / "run_model.py", executable=True)
+    add(f"example/{program}", source=EXAMPLE_DIR / program, executable=True)
     from export.model_card import render_model_card
 
-    card = render_model_card(manifest, profile=profile, stages=_read_stages(run_dir, summary),
-                             archive_name=archive_name, has_training_curve=bool(history))
+    card = render_model_card(manifest, profile=profile, stages=stages, archive_name=archive_name,
+                             has_training_curve=bool(history))
     add("MODEL_CARD.md", data=card.encode("utf-8"))
 
     manifest.files = [_file_record(relative, entry) for relative, entry in sorted(entries.items())]
@@ -196,12 +211,19 @@ def _read_gate(run_dir: Path, summary: RunSummary):  # -> GateReport | None
     return report
 
 
-def _read_bench(run_dir: Path, summary: RunSummary):  # -> BenchReport | None
+def _read_bench(run_dir: Path, summary: RunSummary):  # -> BenchReport | GenerationBenchReport | None
     from export.bench import BenchReport
+    from export.generation_bench import GenerationBenchReport
 
     if summary.reports.bench is None:
         return None
-    return BenchReport.from_json(_existing(run_dir, summary.reports.bench, "reports.bench"))
+    path = _existing(run_dir, summary.reports.bench, "reports.bench")
+    if summary.task != lm_package.TASK:
+        return BenchReport.from_json(path)
+    kind = _read_json_file(path).get("kind")
+    if kind != "generation_bench":
+        raise CompressError(f"{path}: a text-generation run needs a generation bench report, found kind {kind!r}")
+    return GenerationBenchReport.from_json(path)
 
 
 def _read_loss_history(run_dir: Path, summary: RunSummary) -> list[dict[str, Any]]:
@@ -212,9 +234,20 @@ def _read_loss_history(run_dir: Path, summary: RunSummary) -> list[dict[str, Any
         rows = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise CompressError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(rows, dict) and isinstance(rows.get("history"), list):  # the language-model trainer's layout
+        rows = [_as_agreement(row) for row in rows["history"]]
+        if not any(isinstance(r, dict) and r.get("loss") is not None for r in rows):
+            return []  # nothing trained yet: no curve to draw
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "step" in r and "loss" in r for r in rows):
         raise CompressError(f"{path}: expected a list of objects with step and loss")
     return rows
+
+
+def _as_agreement(row: Any) -> Any:
+    """A language-model history row with its next-token agreement under the name the plot reads."""
+    if isinstance(row, dict) and row.get("next_token_agreement") is not None and "teacher_agreement" not in row:
+        return {**row, "teacher_agreement": row["next_token_agreement"]}
+    return row
 
 
 def _read_stages(run_dir: Path, summary: RunSummary) -> dict[str, StageRecord]:
@@ -310,8 +343,10 @@ def _tokenizer_info(model_dir: Path) -> TokenizerInfo:
     )
 
 
-def _output_info(task: str, signature, model_dir: Path) -> OutputInfo:
+def _output_info(task: str, signature, model_dir: Path, tokenizer: TokenizerInfo) -> OutputInfo:
     names = [spec.name for spec in signature.outputs]
+    if task == lm_package.TASK:
+        return lm_package.output_info(signature, model_dir, tokenizer)
     if task == "feature-extraction":
         if "sentence_embedding" in names:
             return OutputInfo(primary="sentence_embedding")
@@ -359,13 +394,19 @@ def _gates(gate_report, summary: RunSummary, archive_name: str) -> dict[str, Gat
                                              measured_on=gate_report.bench.host)}
 
 
-def _bench_summary(bench) -> BenchSummary:  # bench: export.bench.BenchReport
-    host = bench.host
+def _host_summary(host) -> dict[str, Any]:  # host: export.host.HostInfo
+    return {"description": host.describe(), "cpu_model": host.cpu_model, "arch": host.arch, "os": host.os,
+            "board_model": host.board_model, "gpus": list(host.gpus), "onnxruntime": host.versions.get("onnxruntime")}
+
+
+def _bench_summary(bench) -> BenchSummary:  # bench: export.bench.BenchReport or GenerationBenchReport
+    from export.generation_bench import GenerationBenchReport
+
+    if isinstance(bench, GenerationBenchReport):
+        return lm_package.bench_summary(bench, _host_summary(bench.host))
     return BenchSummary(
         profile=bench.profile,
-        host={"description": host.describe(), "cpu_model": host.cpu_model, "arch": host.arch, "os": host.os,
-              "board_model": host.board_model, "gpus": list(host.gpus),
-              "onnxruntime": host.versions.get("onnxruntime")},
+        host=_host_summary(bench.host),
         providers=list(bench.session.providers_used), batch_size=bench.workload.batch_size,
         sequence_length=bench.workload.sequence_length,
         latency_ms={"p50": bench.latency.p50_ms, "p95": bench.latency.p95_ms, "p99": bench.latency.p99_ms,

@@ -34,8 +34,11 @@ def _render(draw: Any, size: tuple[float, float] = (6.4, 3.6)) -> bytes:
 
 
 def latency_png(*, samples_ms: Sequence[float] | None, percentiles_ms: Mapping[str, float], budgets_ms: Mapping[str, float],
-                title: str) -> bytes:
-    """A histogram of per-run latencies with percentile and budget lines; or, with no samples, the percentiles as bars."""
+                title: str, xlabel: str | None = None) -> bytes:
+    """A histogram of per-run latencies with percentile and budget lines; or, with no samples, the percentiles as bars.
+
+    ``xlabel`` names what was timed (default: latency per batch).
+    """
 
     def draw(figure: Any) -> None:
         axes = figure.add_subplot(1, 1, 1)
@@ -46,7 +49,7 @@ def latency_png(*, samples_ms: Sequence[float] | None, percentiles_ms: Mapping[s
                 axes.axvline(value, color="#343a40", linestyle=":", linewidth=1)
                 axes.annotate(f"{key} {value:.2f}", (value, 1), xycoords=("data", "axes fraction"), rotation=90,
                               va="top", ha="right", fontsize=7)
-            axes.set_xlabel(f"latency per batch (ms), {len(samples_ms)} runs")
+            axes.set_xlabel(xlabel or f"latency per batch (ms), {len(samples_ms)} runs")
         else:
             keys = sorted(percentiles_ms)
             axes.bar(keys, [percentiles_ms[k] for k in keys], color="#4c6ef5", alpha=0.8)

@@ -82,9 +82,22 @@ class Runtime(_Strict):
     inter_op_threads: PositiveInt | None = None
 
 
+class GenerationWorkload(_Strict):
+    """What a generation bench measures: a prompt of ``prompt_length`` tokens, then ``new_tokens`` greedy tokens."""
+
+    prompt_length: PositiveInt = 128
+    new_tokens: PositiveInt = 64
+
+
 class Workload(_Strict):
     batch_size: PositiveInt = 1
     sequence_length: PositiveInt = 128
+    # Causal LMs (models with a KV cache) are measured by generating; None: GenerationWorkload's defaults.
+    generation: GenerationWorkload | None = None
+
+    @property
+    def generation_or_default(self) -> GenerationWorkload:
+        return self.generation or GenerationWorkload()
 
 
 class LatencyBudget(_Strict):
@@ -95,10 +108,27 @@ class LatencyBudget(_Strict):
 
 class QualityBudget(_Strict):
     # The task's agreement with the teacher on held-out data: mean cosine for embeddings,
-    # argmax agreement for classifiers.
+    # argmax agreement for classifiers, next-token agreement for causal LMs.
     min_teacher_agreement: Fraction | None = None
     # Largest drop in that agreement quantization may cost against the fp32 ONNX model.
     max_quantization_drop: Fraction = 0.01
+
+
+class GenerationBudget(_Strict):
+    """Budgets for a causal LM's generation bench (see export/gate.py for how each is checked).
+
+    ``ttft_ms`` (time to first token: the prompt's prefill) and ``tpot_ms`` (time per output token
+    after the first, a run's mean) are checked at their p95 over the timed runs; ``tokens_per_s``
+    is a floor on new tokens per second of whole generations, prefill included. A language model
+    is several times an encoder student's size, so ``model_size_mb`` / ``peak_memory_mb`` here,
+    when set, replace the top-level ones for generation models.
+    """
+
+    ttft_ms: PositiveFloat | None = None
+    tpot_ms: PositiveFloat | None = None
+    tokens_per_s: PositiveFloat | None = None
+    model_size_mb: PositiveFloat | None = None
+    peak_memory_mb: PositiveFloat | None = None
 
 
 class Budgets(_Strict):
@@ -106,6 +136,7 @@ class Budgets(_Strict):
     model_size_mb: PositiveFloat | None = None
     peak_memory_mb: PositiveFloat | None = None
     quality: QualityBudget = QualityBudget()
+    generation: GenerationBudget = GenerationBudget()
 
 
 class PruneDefaults(_Strict):

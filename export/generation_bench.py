@@ -1,0 +1,460 @@
+"""Benchmark a causal LM's generation the way a target profile runs it.
+
+``run_generation_bench`` opens the decoder (an ONNX export with its KV cache) with the profile's
+providers and threads through :class:`export.generation.OnnxGenerator`, and generates greedily
+from a prompt of the profile's ``workload.generation.prompt_length`` tokens, ``new_tokens`` new
+tokens per run. ``compare_generation_bench`` does the same for two models in one process with
+their runs interleaved (A, B, A, B, ...), so drift hits both alike.
+
+What is measured, per timed run
+- TTFT (time to first token): the prefill ``session.run`` over the whole prompt plus its argmax.
+- TPOT (time per output token): the mean of that run's later decode steps (one token each).
+  ``ttft_ms`` and ``tpot_ms`` are distributions over the runs (p50, p95, ...).
+- ``tokens_per_s``: all new tokens over the summed wall time of whole generations (prefill
+  included): the rate a user sees. ``decode_tokens_per_s`` counts decode steps only.
+- End-of-sequence tokens are ignored so every run generates exactly ``new_tokens`` tokens: runs
+  are comparable and the workload is the profile's.
+Memory, host detection, session opening and progress display are export/bench.py's (same method:
+``session_peak_mb`` is the RSS the session adds over the process's baseline, the kernel's
+high-water mark included). The prompt is real text encoded with the ``tokenizer.json`` beside the
+model when there is one, else token ids drawn with seed 0.
+
+Torch-free: onnxruntime, numpy and tokenizers. This runs on the device.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.errors import CompressError
+from compress.files import sha256_file
+from export.bench import (
+    GPU_PROVIDERS,
+    MIB,
+    MemoryStats,
+    ModelInfo,
+    SessionInfo,
+    _high_water_mark_bytes,
+    _inspect_model_file,
+    _now,
+    _release_freed_memory,
+    _reset_high_water_mark,
+    _rss_bytes,
+    _RunProgress,
+)
+from export.generation import GenerationOutput, OnnxGenerator, load_tokenizer
+from export.host import HostInfo, detect_host
+from export.profiles import Profile
+from export.report_json import SCHEMA_VERSION, JsonReport, read_json_object
+
+# Real English for the prompt, repeated to the prompt length: a tokenizer splits real text the way
+# it splits users' prompts (random ids can hit odd special tokens).
+PROMPT_TEXT = (
+    "The library keeps a small cache of recently used objects, so that a program which asks for the same "
+    "value twice does not pay for it twice. When the cache is full, the entry that was used least recently "
+    "is dropped to make room for the new one. Explain in a few sentences why this policy works well for "
+    "most programs, and describe one kind of workload where it does not. "
+)
+
+
+@dataclass
+class TimingStats:
+    """A distribution over the timed runs, in milliseconds."""
+
+    runs: int
+    mean: float
+    std: float
+    min: float
+    p50: float
+    p95: float
+    max: float
+    samples: list[float] = field(default_factory=list)  # per run, in run order
+
+    @classmethod
+    def from_seconds(cls, seconds: list[float]) -> TimingStats:
+        if not seconds:
+            raise ValueError("no timed runs")
+        ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+        p50, p95 = np.percentile(ms, [50, 95])
+        return cls(runs=len(ms), mean=float(ms.mean()), std=float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+                   min=float(ms.min()), p50=float(p50), p95=float(p95), max=float(ms.max()),
+                   samples=[round(float(x), 6) for x in ms])
+
+
+@dataclass
+class GenerationBenchReport(JsonReport):
+    """One causal LM's generation measured on one machine with one profile's runtime settings."""
+
+    profile: str
+    model: ModelInfo
+    session: SessionInfo
+    prompt_length: int
+    new_tokens: int  # generated per run (end-of-sequence ignored)
+    prompt_source: str
+    runs: int
+    warmup: int
+    ttft_ms: TimingStats  # time to first token, per run
+    tpot_ms: TimingStats  # per run: the mean time of each token after the first
+    tokens_per_s: float  # new tokens / wall time of whole generations (prefill included)
+    decode_tokens_per_s: float  # decode steps only (tokens after the first / their time)
+    memory: MemoryStats
+    host: HostInfo
+    created_at: str
+    sample_tokens: list[int] = field(default_factory=list)  # the first timed run's new tokens
+    notes: list[str] = field(default_factory=list)
+    profile_source: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    kind: str = "generation_bench"
+
+    @property
+    def providers_used(self) -> list[str]:
+        return list(self.session.providers_used)
+
+
+@dataclass
+class GenerationComparison(JsonReport):
+    """Two causal LMs measured in one process with interleaved runs.
+
+    Ratios are "how many times better ``model`` is": ``ttft_ratio = other.ttft.p50 / model.ttft.p50``,
+    ``tpot_ratio`` likewise, ``tokens_per_s_ratio = model.tokens_per_s / other.tokens_per_s``.
+    """
+
+    model: GenerationBenchReport
+    other: GenerationBenchReport
+    ttft_ratio: float
+    tpot_ratio: float
+    tokens_per_s_ratio: float
+    interleaved: bool = True
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+    kind: str = "generation_comparison"
+
+    @property
+    def summary(self) -> str:
+        """``"model.onnx generates 3.10x faster than teacher.onnx (tokens/s)"``."""
+        a, b = Path(self.model.model.path).name, Path(self.other.model.path).name
+        if self.tokens_per_s_ratio >= 1:
+            return f"{a} generates {self.tokens_per_s_ratio:.2f}x faster than {b} (tokens/s)"
+        return f"{a} generates {1 / self.tokens_per_s_ratio:.2f}x slower than {b} (tokens/s)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "summary": self.summary}
+
+
+def read_generation_report(path_or_text: str | os.PathLike[str]) -> GenerationBenchReport | GenerationComparison:
+    """A generation bench or comparison report, whichever the file holds."""
+    data = read_json_object(path_or_text, "generation bench report")
+    if data.get("kind") == "generation_comparison":
+        return GenerationComparison.from_dict(data)
+    return GenerationBenchReport.from_dict(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt
+# ---------------------------------------------------------------------------------------------
+
+def _max_positions(model_dir: Path) -> int | None:
+    """The model's position limit from config.json beside it, when there is one."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for key in ("max_position_embeddings", "n_positions"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def build_prompt(model_path: Path, length: int, vocab_size: int | None) -> tuple[np.ndarray, str]:
+    """``(1, length)`` prompt ids and how they were made (real text when a tokenizer is beside the model)."""
+    tokenizer = load_tokenizer(model_path.parent)
+    if tokenizer is not None:
+        ids = tokenizer.encode(PROMPT_TEXT, add_special_tokens=False).ids
+        if ids:
+            repeated = (ids * (length // len(ids) + 1))[:length]
+            return np.asarray([repeated], dtype=np.int64), "English text via tokenizer.json"
+    if not vocab_size:
+        raise CompressError(f"{model_path}: no tokenizer.json beside it and no static vocabulary size in the "
+                            "logits output; cannot build a prompt")
+    rng = np.random.default_rng(0)
+    return rng.integers(0, vocab_size, size=(1, length), dtype=np.int64), f"token ids in [0, {vocab_size}) (seed 0)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Opened:
+    path: Path
+    generator: OnnxGenerator
+    model: ModelInfo
+    info: SessionInfo
+    prompt: np.ndarray
+    prompt_source: str
+    notes: list[str]
+    rss_before: int
+    rss_after_first_run: int
+
+
+def _open(path: Path, profile: Profile, *, prompt_length: int, new_tokens: int, threads: int | None,
+          spinning: bool) -> _Opened:
+    if not path.exists():
+        raise CompressError(f"model not found: {path}")
+    if not path.is_file():
+        raise CompressError(f"{path} is not a file (bench takes an .onnx file)")
+    facts = _inspect_model_file(path)
+    limit = _max_positions(path.parent)
+    if limit is not None and prompt_length + new_tokens > limit:
+        raise CompressError(f"prompt {prompt_length} + {new_tokens} new tokens exceeds {path.name}'s {limit} positions; "
+                            "lower --prompt-length or --new-tokens")
+    _release_freed_memory()
+    rss_before = _rss_bytes()
+    intra = threads if threads is not None else profile.runtime.intra_op_threads
+    inter = profile.runtime.inter_op_threads
+    generator = OnnxGenerator(path, providers=list(profile.runtime.providers), intra_op_threads=intra,
+                              inter_op_threads=inter, spinning=spinning)
+    logits = next(o for o in generator.session.get_outputs() if o.name == "logits")
+    vocab = logits.shape[-1] if isinstance(logits.shape[-1], int) else max(facts.vocab_sizes.values(), default=None)
+    prompt, source = build_prompt(path, prompt_length, vocab)
+    first = generator.generate(prompt, new_tokens)  # lazy initialisation; not timed into the stats
+    notes: list[str] = []
+    used = generator.providers_used
+    unavailable = generator.providers_unavailable
+    if unavailable:
+        notes.append(f"not in this onnxruntime build: {', '.join(unavailable)}")
+    fell_back = [p for p in profile.runtime.providers if p not in unavailable and p not in used]
+    if fell_back:
+        notes.append(f"requested but not running (fell back): {', '.join(fell_back)}")
+    if any(p in GPU_PROVIDERS for p in used):
+        notes.append("a GPU provider ran: times include the KV cache's host<->device copies each step; "
+                     "memory is host RSS only (GPU memory is not measured)")
+    usable_cores = detect_host().usable_cores
+    if intra is not None and intra > usable_cores:
+        notes.append(f"{intra} intra-op threads on {usable_cores} usable cores: oversubscribed, times are pessimistic")
+    notes.append(f"end-of-sequence ignored: every run generates {new_tokens} tokens greedily after a "
+                 f"{prompt_length}-token prompt")
+    level = generator.session.get_session_options().graph_optimization_level
+    info = SessionInfo(
+        providers_requested=list(profile.runtime.providers), providers_unavailable=unavailable, providers_used=used,
+        intra_op_threads=intra, inter_op_threads=inter, graph_optimization=getattr(level, "name", str(level)),
+        load_s=generator.load_s, first_run_ms=first.ttft_s * 1000.0,
+    )
+    total = sum(f.bytes for f in facts.files)
+    model = ModelInfo(path=str(path), sha256=sha256_file(path), file_bytes=facts.files[0].bytes, total_bytes=total,
+                      size_mb=total / MIB, files=facts.files, opset=facts.opset, producer=facts.producer,
+                      outputs=[o.name for o in generator.session.get_outputs()])
+    return _Opened(path, generator, model, info, prompt, source, notes, rss_before, _rss_bytes())
+
+
+@dataclass
+class _Timings:
+    outputs: list[list[GenerationOutput]]  # per model, the timed runs
+    peak_rss: int
+    high_water_mark_used: bool
+
+
+def _time_runs(opened: list[_Opened], new_tokens: int, runs: int, warmup: int, progress: bool,
+               label: str) -> _Timings:
+    """Warm-up then timed generations, interleaved across models; RSS sampled only between warm-up
+    runs and after the last timed run (see export/bench.py: /proc reads between runs slow the next)."""
+    outputs: list[list[GenerationOutput]] = [[] for _ in opened]
+    peak = _rss_bytes()
+    hwm_ok = _reset_high_water_mark()
+    display = _RunProgress((warmup + runs) * len(opened), label) if progress else None
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(warmup):
+            for model in opened:
+                model.generator.generate(model.prompt, new_tokens)
+                peak = max(peak, _rss_bytes())
+                if display:
+                    display.advance()
+        for _ in range(runs):
+            for index, model in enumerate(opened):
+                outputs[index].append(model.generator.generate(model.prompt, new_tokens))
+                if display:
+                    display.advance()
+        peak = max(peak, _rss_bytes())
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        if display:
+            display.close()
+    if hwm_ok:
+        peak = max(peak, _high_water_mark_bytes() or 0)
+    return _Timings(outputs, peak, hwm_ok)
+
+
+def _memory_method(timings: _Timings) -> str:
+    sampled = "RSS sampled after load, each warm-up run and the last timed run"
+    return sampled + " + kernel high-water mark (VmHWM)" if timings.high_water_mark_used else sampled
+
+
+def _report(opened: _Opened, profile: Profile, outputs: list[GenerationOutput], memory: MemoryStats,
+            prompt_length: int, new_tokens: int, warmup: int) -> GenerationBenchReport:
+    # A one-token generation has no decode step: its TPOT is 0 and its decode rate undefined (0).
+    tpot = [sum(o.step_s) / len(o.step_s) if o.step_s else 0.0 for o in outputs]
+    steps = sum(len(o.step_s) for o in outputs)
+    step_time = sum(sum(o.step_s) for o in outputs)
+    return GenerationBenchReport(
+        profile=profile.name, profile_source=str(profile.source) if profile.source else None, model=opened.model,
+        session=opened.info, prompt_length=prompt_length, new_tokens=new_tokens, prompt_source=opened.prompt_source,
+        runs=len(outputs), warmup=warmup, ttft_ms=TimingStats.from_seconds([o.ttft_s for o in outputs]),
+        tpot_ms=TimingStats.from_seconds(tpot),
+        tokens_per_s=sum(len(o.tokens) for o in outputs) / sum(o.total_s for o in outputs),
+        decode_tokens_per_s=steps / step_time if step_time > 0 else 0.0,
+        memory=memory, host=detect_host(), created_at=_now(), sample_tokens=list(outputs[0].tokens),
+        notes=list(opened.notes),
+    )
+
+
+def _settings(profile: Profile, prompt_length: int | None, new_tokens: int | None, runs: int, warmup: int,
+              threads: int | None) -> tuple[int, int]:
+    if runs < 1:
+        raise CompressError("--runs must be at least 1")
+    if warmup < 0:
+        raise CompressError("--warmup cannot be negative")
+    for name, value in (("--prompt-length", prompt_length), ("--new-tokens", new_tokens), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise CompressError(f"{name} must be at least 1")
+    default = profile.workload.generation_or_default
+    return prompt_length or default.prompt_length, new_tokens or default.new_tokens
+
+
+def run_generation_bench(model: str | os.PathLike[str], profile: Profile, *, prompt_length: int | None = None,
+                         new_tokens: int | None = None, runs: int = 10, warmup: int = 2, threads: int | None = None,
+                         progress: bool = False) -> GenerationBenchReport:
+    """Benchmark greedy generation with ``model`` (an ONNX decoder with KV cache) under ``profile``.
+
+    ``prompt_length`` / ``new_tokens`` default to the profile's ``workload.generation`` (128 / 64);
+    ``threads`` overrides the profile's intra-op threads. Bad input raises CompressError.
+    """
+    path = Path(model)
+    prompt_length, new_tokens = _settings(profile, prompt_length, new_tokens, runs, warmup, threads)
+    opened = _open(path, profile, prompt_length=prompt_length, new_tokens=new_tokens, threads=threads, spinning=True)
+    timings = _time_runs([opened], new_tokens, runs, warmup, progress, f"generate {path.name}")
+    after_load = opened.rss_after_first_run
+    peak = max(timings.peak_rss, after_load)
+    memory = MemoryStats(baseline_rss_mb=opened.rss_before / MIB, after_load_rss_mb=after_load / MIB,
+                         peak_rss_mb=peak / MIB, session_peak_mb=(peak - opened.rss_before) / MIB,
+                         method=_memory_method(timings))
+    return _report(opened, profile, timings.outputs[0], memory, prompt_length, new_tokens, warmup)
+
+
+def compare_generation_bench(model: str | os.PathLike[str], other: str | os.PathLike[str], profile: Profile, *,
+                             prompt_length: int | None = None, new_tokens: int | None = None, runs: int = 10,
+                             warmup: int = 2, threads: int | None = None,
+                             progress: bool = False) -> GenerationComparison:
+    """Benchmark ``model`` against ``other`` in one process, generations interleaved (A, B, A, B, ...).
+
+    Both get the same prompt length, new tokens and settings (each its own tokenizer's prompt);
+    intra-op spinning is off so one session's idle threads do not steal the other's cores. Memory
+    per model is its session creation and first generation (``shared_process=True``).
+    """
+    paths = [Path(model), Path(other)]
+    prompt_length, new_tokens = _settings(profile, prompt_length, new_tokens, runs, warmup, threads)
+    opened = [_open(p, profile, prompt_length=prompt_length, new_tokens=new_tokens, threads=threads, spinning=False)
+              for p in paths]
+    baseline = opened[0].rss_before
+    timings = _time_runs(opened, new_tokens, runs, warmup, progress, f"compare {paths[0].name} vs {paths[1].name}")
+    reports = []
+    for item, outputs in zip(opened, timings.outputs):
+        own = item.rss_after_first_run - item.rss_before
+        memory = MemoryStats(
+            baseline_rss_mb=item.rss_before / MIB, after_load_rss_mb=item.rss_after_first_run / MIB,
+            peak_rss_mb=timings.peak_rss / MIB, session_peak_mb=own / MIB, method=_memory_method(timings),
+            shared_process=True,
+            note=(f"two sessions in one process: session_peak_mb is this model's load + first generation; "
+                  f"both together peaked {(timings.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
+        )
+        report = _report(item, profile, outputs, memory, prompt_length, new_tokens, warmup)
+        report.notes.append("measured interleaved with another model (compare), intra-op spinning off")
+        reports.append(report)
+    a, b = reports
+    return GenerationComparison(
+        model=a, other=b, ttft_ratio=b.ttft_ms.p50 / a.ttft_ms.p50 if a.ttft_ms.p50 else 0.0,
+        tpot_ratio=b.tpot_ms.p50 / a.tpot_ms.p50 if a.tpot_ms.p50 else 0.0,
+        tokens_per_s_ratio=a.tokens_per_s / b.tokens_per_s, created_at=_now(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Display (rich is imported here only)
+# ---------------------------------------------------------------------------------------------
+
+def render_generation_bench(report: GenerationBenchReport) -> Any:
+    """A rich table for one generation bench report."""
+    from rich.table import Table
+
+    s, m = report.session, report.model
+    table = Table(title=f"generation bench {Path(m.path).name} · profile {report.profile}", show_header=False,
+                  title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    files = f" ({len(m.files)} files)" if len(m.files) > 1 else ""
+    table.add_row("model", f"{m.path}{files}")
+    table.add_row("size", f"{m.size_mb:,.2f} MiB")
+    table.add_row("providers used", ", ".join(s.providers_used) + f"  (requested {', '.join(s.providers_requested)})")
+    table.add_row("threads", f"intra {s.intra_op_threads or 'ORT default'}, inter {s.inter_op_threads or 'ORT default'}")
+    table.add_row("workload", f"prompt {report.prompt_length} tokens ({report.prompt_source}), "
+                              f"{report.new_tokens} new tokens, greedy")
+    table.add_row("session load", f"{s.load_s * 1000:.1f} ms")
+    table.add_row("runs", f"{report.runs} timed after {report.warmup} warm-up")
+    t, p = report.ttft_ms, report.tpot_ms
+    table.add_row("time to first token", f"p50 {t.p50:.2f} / p95 {t.p95:.2f} ms (min {t.min:.2f}, max {t.max:.2f})")
+    table.add_row("time per output token", f"p50 {p.p50:.3f} / p95 {p.p95:.3f} ms (min {p.min:.3f}, max {p.max:.3f})")
+    table.add_row("tokens/s", f"{report.tokens_per_s:,.1f} end to end, {report.decode_tokens_per_s:,.1f} decoding")
+    mem = report.memory
+    table.add_row("memory", f"session peak {mem.session_peak_mb:,.1f} MiB (process RSS {mem.baseline_rss_mb:,.1f} → "
+                            f"peak {mem.peak_rss_mb:,.1f} MiB)")
+    table.add_row("host", report.host.describe())
+    for note in report.notes:
+        table.add_row("note", note)
+    return table
+
+
+def render_generation_comparison(report: GenerationComparison) -> Any:
+    """A rich table with both models side by side and the ratios."""
+    from rich.table import Table
+
+    a, b = report.model, report.other
+    table = Table(title=f"compare generation · profile {a.profile} · interleaved runs", title_justify="left")
+    table.add_column("")
+    table.add_column(Path(a.model.path).name, justify="right")
+    table.add_column(Path(b.model.path).name, justify="right")
+    table.add_column("ratio (other / model)", justify="right")
+
+    def row(name: str, x: float, y: float, fmt: str) -> None:
+        table.add_row(name, format(x, fmt), format(y, fmt), f"{y / x:.2f}x" if x else "-")
+
+    row("TTFT p50 ms", a.ttft_ms.p50, b.ttft_ms.p50, ".2f")
+    row("TTFT p95 ms", a.ttft_ms.p95, b.ttft_ms.p95, ".2f")
+    row("TPOT p50 ms", a.tpot_ms.p50, b.tpot_ms.p50, ".3f")
+    row("TPOT p95 ms", a.tpot_ms.p95, b.tpot_ms.p95, ".3f")
+    row("tokens/s", a.tokens_per_s, b.tokens_per_s, ",.1f")
+    row("size MiB", a.model.size_mb, b.model.size_mb, ".2f")
+    row("load + first generation MiB", a.memory.session_peak_mb, b.memory.session_peak_mb, ".1f")
+    table.caption = (f"{report.summary} · prompt {a.prompt_length}, {a.new_tokens} new tokens, {a.runs} runs each "
+                     f"on {a.host.describe()}")
+    return table
+
+
+def print_generation_report(report: GenerationBenchReport | GenerationComparison) -> None:
+    """Print the human table for a generation bench or comparison report on stdout."""
+    from rich.console import Console
+
+    console = Console()
+    if isinstance(report, GenerationComparison):
+        console.print(render_generation_comparison(report))
+    else:
+        console.print(render_generation_bench(report))

@@ -1,0 +1,201 @@
+"""`compress package` and `compress verify` for a causal language model (task text-generation).
+
+One tiny Llama run (distill -> export -> int4 -> generation bench -> gate on the host profile) is
+built per session and packaged once; tests copy or rewrite the archive before changing anything.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.cli_helpers import run_cli
+from tests.conftest import real_sentences
+from tests.test_verify import BLOCKED, rewrite, run_on_device
+
+TOP = "tiny-lm-1.0-host"
+STANDALONE_IMPORTS = {"__future__", "argparse", "json", "re", "sys", "pathlib", "numpy", "onnxruntime", "tokenizers"}
+
+
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
+    """A finished text-generation run directory (host profile, so the gate gives a verdict here)."""
+    from compress.distill.progress import Reporter
+    from compress.lm.chain import run_lm_chain
+    from compress.lm.config import LMDistillConfig
+    from export.profiles import load_profile
+
+    base = tmp_path_factory.mktemp("lm-run")
+    data = base / "texts.txt"
+    data.write_text("\n".join(real_sentences(120)) + "\n")
+    config = LMDistillConfig(teacher=str(tiny_llama), data=data, max_steps=2, batch_size=4, student="layers=2",
+                             max_length=48, threads=1)
+    result = run_lm_chain(base / "run", config, load_profile("host"), reporter=Reporter(show_progress=False))
+    assert result.verdict in ("pass", "fail")
+    return base / "run"
+
+
+@pytest.fixture(scope="session")
+def lm_archive(tmp_path_factory: pytest.TempPathFactory, lm_run: Path) -> Path:
+    from export.package import package_run
+
+    return package_run(lm_run, tmp_path_factory.mktemp("lm-release"), name="tiny-lm", version="1.0",
+                       allow_failed=True).path
+
+
+def read_member(archive: Path, relative: str) -> bytes:
+    with tarfile.open(archive, "r:gz") as tar:
+        return tar.extractfile(f"{TOP}/{relative}").read()
+
+
+def manifest_of(archive: Path) -> dict:
+    return json.loads(read_member(archive, "manifest.json"))
+
+
+def test_the_archive_holds_the_model_folder_reports_and_the_generation_example(lm_archive: Path) -> None:
+    with tarfile.open(lm_archive, "r:gz") as tar:
+        names = {m.name[len(TOP) + 1:] for m in tar.getmembers() if m.isfile()}
+    assert names == {
+        "manifest.json", "MODEL_CARD.md", "profile.yaml", "model/model.onnx", "model/tokenizer.json",
+        "model/tokenizer_config.json", "model/special_tokens_map.json", "model/config.json",
+        "model/chat_template.jinja", "model/generation_config.json", "reports/bench.json", "reports/gate.json",
+        "reports/junit.xml", "reports/ttft.png", "reports/training_curve.png", "example/generate.py",
+        "example/README.md",
+    }
+    manifest = manifest_of(lm_archive)
+    assert manifest["task"] == "text-generation" and manifest["precision"] == "int4-weight"
+    inputs = [spec["name"] for spec in manifest["model"]["signature"]["inputs"]]
+    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"] and "past_key_values.1.value" in inputs
+    assert manifest["output"]["primary"] == "logits" and manifest["output"]["eos_token_ids"] == [2]
+    assert manifest["prompt"] == {"prefix": "<|im_start|>user\n", "suffix": "<|im_end|>\n<|im_start|>assistant\n",
+                                  "add_special_tokens": False, "chat_template": "model/chat_template.jinja",
+                                  "max_positions": 256}
+    assert manifest["bench"]["tokens_per_s"] > 0 and manifest["bench"]["ttft_ms"]["p50"] > 0
+    assert manifest["quality"]["metric"] == "next_token_agreement" and manifest["quality"]["released_perplexity"] > 1
+    card = read_member(lm_archive, "MODEL_CARD.md").decode()
+    for needle in ("text generator", "tokens/s (end to end)", "time to first token p50 / p95", "time per output token",
+                   "next token is the teacher's", "released model perplexity"):
+        assert needle in card, needle
+    readme = read_member(lm_archive, "example/README.md").decode()
+    assert "past_key_values.0.key" in readme and "present.0.key" in readme and "$" not in readme
+
+
+def test_the_reference_tokens_are_the_torch_free_generators(lm_run: Path, lm_archive: Path) -> None:
+    # The example's loop and export.generation's OnnxGenerator give the same greedy tokens.
+    from tokenizers import Tokenizer
+
+    from export.generation import OnnxGenerator
+
+    manifest = manifest_of(lm_archive)
+    reference, prompt = manifest["reference"], manifest["prompt"]
+    assert len(reference["tokens"]) == 16 and reference["min_matching_tokens"] == 8
+    model_dir = lm_run / "quantize"
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    ids = tokenizer.encode(prompt["prefix"] + reference["sentence"] + prompt["suffix"], add_special_tokens=False).ids
+    generated = OnnxGenerator(model_dir / "model.onnx", intra_op_threads=1).generate(np.array([ids]), 16)
+    assert generated.tokens == reference["tokens"]
+
+
+def test_packaging_twice_gives_identical_bytes(lm_run: Path, lm_archive: Path, tmp_path: Path) -> None:
+    result = run_cli(["package", str(lm_run), "--out", str(tmp_path), "--name", "tiny-lm", "--version", "1.0",
+                      "--allow-failed"])
+    assert result.exit_code == 0, result.stderr
+    again = tmp_path / lm_archive.name
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == hashlib.sha256(lm_archive.read_bytes()).hexdigest()
+    assert f"sha256 {hashlib.sha256(again.read_bytes()).hexdigest()}" in result.stdout
+
+
+def test_verify_regenerates_the_reference_answer(lm_archive: Path) -> None:
+    result = run_cli(["verify", str(lm_archive)])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "tiny-lm 1.0 (text-generation, int4-weight, profile host)"
+    assert lines[2].startswith("files: 16 match manifest.json")
+    assert "inputs and outputs match the manifest" in lines[3]
+    assert lines[4] == "reference output: greedy answer 16/16 tokens identical to the build host's (first 8 required)"
+    assert lines[5].startswith("example: 'Explain in one sentence") and " -> " in lines[5]
+    report = json.loads(run_cli(["verify", str(lm_archive), "--json"]).stdout)
+    assert report["example"]["tokens"] == manifest_of(lm_archive)["reference"]["tokens"]
+    assert report["example"]["text"] == manifest_of(lm_archive)["reference"]["text"]
+
+
+def test_verify_gate_on_the_host_gives_a_verdict(lm_archive: Path) -> None:
+    result = run_cli(["verify", str(lm_archive), "--gate", "--runs", "3", "--warmup", "1", "--json"])
+    assert result.exit_code in (0, 1), result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] in ("pass", "fail") and report["bench"]["kind"] == "generation_bench"
+    assert report["bench"]["model"]["path"] == f"{lm_archive.name}:model/model.onnx"
+    assert any(check["name"] == "generation.tokens_per_s" for check in report["gate"]["checks"])
+
+
+def _edit(name: str, change):
+    def apply(items):
+        return [(info, change(data) if info.name == f"{TOP}/{name}" else data) for info, data in items]
+    return apply
+
+
+def test_a_tampered_model_byte_is_refused(lm_archive: Path, tmp_path: Path) -> None:
+    archive = rewrite(lm_archive, tmp_path / "tampered.tar.gz",
+                      _edit("model/model.onnx", lambda data: data[:1000] + bytes([data[1000] ^ 1]) + data[1001:]))
+    result = run_cli(["verify", str(archive)])
+    assert result.exit_code == 2
+    assert "model/model.onnx: sha256" in result.stderr and "changed after packaging" in result.stderr
+
+
+def test_a_different_answer_is_refused(lm_archive: Path, tmp_path: Path) -> None:
+    def other_tokens(data: bytes) -> bytes:
+        manifest = json.loads(data)
+        manifest["reference"]["tokens"][3] += 1
+        return json.dumps(manifest).encode()
+
+    archive = rewrite(lm_archive, tmp_path / "answer.tar.gz", _edit("manifest.json", other_tokens))
+    result = run_cli(["verify", str(archive)])
+    assert result.exit_code == 2
+    assert "differs from the build host's at token 4 (3 identical, 8 required)" in result.stderr
+
+
+def test_verify_and_gate_run_without_torch(lm_archive: Path, tmp_path: Path) -> None:
+    code, loaded, stdout = run_on_device(["verify", str(lm_archive), "--gate", "--runs", "2", "--warmup", "0"],
+                                         tmp_path)
+    assert code in (0, 1), stdout
+    assert "16/16 tokens identical" in stdout and "gate host:" in stdout
+    assert not set(loaded) & set(BLOCKED), loaded
+
+
+def test_the_example_program_runs_on_its_own(lm_archive: Path, tmp_path: Path) -> None:
+    with tarfile.open(lm_archive, "r:gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    program = tmp_path / TOP / "example" / "generate.py"
+    tree = ast.parse(program.read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= STANDALONE_IMPORTS, imported
+    # Run it with this project and torch unimportable, from another folder.
+    blocker = "; ".join(f"sys.modules[{name!r}] = None" for name in (*BLOCKED, "compress", "export"))
+    script = f"import runpy, sys; {blocker}; sys.argv = [{str(program)!r}, '--max-new-tokens', '16']; " \
+             f"runpy.run_path({str(program)!r}, run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    reference = manifest_of(lm_archive)["reference"]
+    assert done.stdout.startswith("tiny-lm 1.0 (text-generation, int4-weight) on ")
+    assert f"prompt: {reference['sentence']}\n" in done.stdout
+    assert f"answer: {reference['text']}\n" in done.stdout
+
+
+def test_a_run_without_a_generation_bench_is_refused(lm_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(lm_run, run, ignore=shutil.ignore_patterns("checkpoint", "teacher_topk"))
+    shutil.copy(run / "bench" / "compare.json", run / "bench" / "bench.json")
+    result = run_cli(["package", str(run), "--out", str(tmp_path / "out"), "--allow-failed"])
+    assert result.exit_code == 2
+    assert "needs a generation bench report, found kind 'generation_comparison'" in result.stderr
