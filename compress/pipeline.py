@@ -289,18 +289,9 @@ def _bench(model: Path, teacher: Path, stage_dir: Path, profile: Any, options: C
            result: ChainResult) -> tuple[Any, Any]:
     from export.bench import BenchReport, ComparisonReport, compare_bench, run_bench
 
-    from export.host import detect_host
-
-    # More threads than this host has cores measure contention, not the model: cap them here.
-    # (On such a host the profile's hardware does not match anyway; the gate says unverified.)
-    threads = profile.runtime.intra_op_threads
-    cores = detect_host().usable_cores
-    if threads is not None and threads > cores:
-        result.notes.append(f"benchmarked with {cores} threads, this host's usable cores "
-                            f"({profile.name} runs {threads})")
-        threads = cores
+    threads = bench_threads(profile, result.notes)
     planned = StageRecord(stage="bench", inputs={"model": FileRef.of(model), "teacher": FileRef.of(teacher),
-                                                 **_profile_input(profile)},
+                                                 **profile_input(profile)},
                           params={"profile": profile.name, "runs": options.bench_runs, "warmup": options.bench_warmup,
                                   "threads": threads})
     if (previous := is_up_to_date(stage_dir, planned)) is not None:
@@ -336,7 +327,7 @@ def _gate(model: Path, teacher: Path, held_out: Path, bench_report: Any, stage_d
     fp32 = None if result.precision == "fp32" else stage_dir.parent / "export" / "model.onnx"
     planned = StageRecord(stage="gate", inputs={
         "model": FileRef.of(model), "teacher": FileRef.of(teacher), "held_out": FileRef.of(held_out),
-        "bench": FileRef.of(bench_report_path(stage_dir)), **_profile_input(profile),
+        "bench": FileRef.of(bench_report_path(stage_dir)), **profile_input(profile),
         **({"fp32": FileRef.of(fp32)} if fp32 is not None else {}),
     }, params={"profile": profile.name, "quality_texts": options.quality_texts})
     if (previous := is_up_to_date(stage_dir, planned)) is not None:
@@ -370,9 +361,25 @@ def bench_report_path(gate_dir: Path) -> Path:
     return gate_dir.parent / "bench" / "bench.json"
 
 
-def _profile_input(profile: Any) -> dict[str, FileRef]:
-    # Budgets live in the profile's file: a changed budget must re-run the gate.
+def profile_input(profile: Any) -> dict[str, FileRef]:
+    """A profile read from a file is a stage input: its budgets live there, so editing it re-runs the stage."""
     return {"profile": FileRef.of(profile.source)} if profile.source is not None else {}
+
+
+def bench_threads(profile: Any, notes: list[str]) -> int | None:
+    """The profile's intra-op threads, capped at this host's usable cores (the cap noted in ``notes``).
+
+    More threads than cores measure contention, not the model; on such a host the profile's
+    hardware does not match anyway, and the gate says unverified.
+    """
+    from export.host import detect_host
+
+    threads = profile.runtime.intra_op_threads
+    cores = detect_host().usable_cores
+    if threads is not None and threads > cores:
+        notes.append(f"benchmarked with {cores} threads, this host's usable cores ({profile.name} runs {threads})")
+        return cores
+    return threads
 
 
 def _student_size(distill_record: StageRecord, prune_metrics: dict[str, Any] | None) -> tuple[int, int, int]:

@@ -27,14 +27,20 @@ def print_chain(result: ChainResult) -> None:
                           f"{result.quality_texts} held-out texts", markup=False)
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
-    if result.verdict is not None:
-        console.print(f"gate ({result.profile}): [{_VERDICT_STYLE[result.verdict]}]{result.verdict}[/]")
-        for reason in result.gate_reasons:
-            console.print(f"  {reason}", markup=False)
+    print_verdict(console, result.profile, result.verdict, result.gate_reasons)
     if (result.run_dir / "run.json").is_file():
         console.print(f"run: {result.run_dir / 'run.json'}", markup=False)
         if result.verdict in ("pass", "unverified"):
             console.print(f"next: compress package {result.run_dir}", markup=False)
+
+
+def print_verdict(console: Any, profile: str, verdict: str | None, reasons: list[str]) -> None:
+    """The gate's verdict for the profile and its reasons (nothing when no gate ran)."""
+    if verdict is None:
+        return
+    console.print(f"gate ({profile}): [{_VERDICT_STYLE[verdict]}]{verdict}[/]")
+    for reason in reasons:
+        console.print(f"  {reason}", markup=False)
 
 
 def print_distill(console: Any, m: dict[str, Any], run_dir: Path) -> None:

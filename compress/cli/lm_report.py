@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from compress.cli.chain_report import print_verdict
 from compress.lm.chain import LMChainResult
-
-_VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "unverified": "bold yellow"}
 
 
 def print_lm_chain(result: LMChainResult) -> None:
@@ -25,10 +24,7 @@ def print_lm_chain(result: LMChainResult) -> None:
                           f"runs interleaved on {result.host}; perplexity on the held-out split", markup=False)
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
-    if result.verdict is not None:
-        console.print(f"gate ({result.profile}): [{_VERDICT_STYLE[result.verdict]}]{result.verdict}[/]")
-        for reason in result.gate_reasons:
-            console.print(f"  {reason}", markup=False)
+    print_verdict(console, result.profile, result.verdict, result.gate_reasons)
 
 
 def _print_distill(console: Any, m: dict[str, Any], run_dir: Path) -> None:

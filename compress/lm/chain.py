@@ -25,6 +25,7 @@ from typing import Any
 from compress.distill.progress import Reporter
 from compress.errors import CompressError
 from compress.lm.config import LMDistillConfig
+from compress.pipeline import bench_threads, copy_user_profile, profile_input
 from compress.stage import (FileRef, StageRecord, StageTimer, is_up_to_date, read_record, stage_status,
                             write_record)
 
@@ -215,15 +216,10 @@ def _quantize(run_dir: Path, profile: Any, options: LMChainOptions, texts: list[
 def _bench(model: Path, teacher: Path, stage_dir: Path, profile: Any, options: LMChainOptions, reporter: Reporter,
            result: LMChainResult) -> Any:
     from export.generation_bench import GenerationComparison, compare_generation_bench
-    from export.host import detect_host
 
-    threads = profile.runtime.intra_op_threads
-    cores = detect_host().usable_cores
-    if threads is not None and threads > cores:
-        result.notes.append(f"benchmarked with {cores} threads, this host's usable cores "
-                            f"({profile.name} runs {threads})")
-        threads = cores
-    planned = StageRecord(stage="bench", inputs={"model": FileRef.of(model), "teacher": FileRef.of(teacher)},
+    threads = bench_threads(profile, result.notes)
+    planned = StageRecord(stage="bench", inputs={"model": FileRef.of(model), "teacher": FileRef.of(teacher),
+                                                 **profile_input(profile)},
                           params={"profile": profile.name, "runs": options.bench_runs,
                                   "warmup": options.bench_warmup, "threads": threads})
     previous = is_up_to_date(stage_dir, planned)
@@ -262,7 +258,7 @@ def _gate(comparison: Any, stage_dir: Path, profile: Any, record: StageRecord, r
     bench_json = result.run_dir / "bench" / "bench.json"
     distill_json = result.run_dir / "distill" / "stage.json"
     planned = StageRecord(stage="gate", inputs={"bench": FileRef.of(bench_json), "distill": FileRef.of(distill_json),
-                                                **_profile_input(profile)},
+                                                **profile_input(profile)},
                           params={"profile": profile.name})
     previous = is_up_to_date(stage_dir, planned)
     if previous is not None:
@@ -293,8 +289,8 @@ def _write_summary(run_dir: Path, profile: Any, teacher_dir: Path, record: Stage
     """``run.json``: what ``compress package`` reads (task ``text-generation``)."""
     from compress import __version__
     from compress.files import sha256_tree
-    from compress.pipeline import copy_user_profile
-    from export.run_summary import QualitySummary, ReportPaths, RunSummary, StudentInfo, TeacherInfo, write_run_summary
+    from export.run_summary import (QualitySummary, ReportPaths, RunSummary, StudentInfo, TeacherInfo,
+                                    write_run_summary)
 
     m = record.metrics
     stages = {name: f"{name}/stage.json" for name in ("distill", "export", "teacher", "quantize", "bench", "gate")
@@ -307,7 +303,8 @@ def _write_summary(run_dir: Path, profile: Any, teacher_dir: Path, record: Stage
         created_at=finished, profile=profile.name, task="text-generation", precision=result.precision or "fp32",
         teacher=TeacherInfo(name=m["teacher"], path=str(teacher_dir), weights_sha256=sha256_tree(teacher_dir),
                             params=int(m["teacher_parameters"])),
-        student=StudentInfo(params=int(m["student_parameters"]), layers=len(m["student_layers"]), hidden=int(m["hidden"])),
+        student=StudentInfo(params=int(m["student_parameters"]), layers=len(m["student_layers"]),
+                            hidden=int(m["hidden"])),
         final_model=str(result.final_model.relative_to(run_dir)),
         quality=QualitySummary(teacher_agreement=quality["next_token_agreement"], metric="next_token_agreement",
                                heldout_samples=quality["samples"]),
@@ -318,11 +315,6 @@ def _write_summary(run_dir: Path, profile: Any, teacher_dir: Path, record: Stage
         verdict=result.verdict,
     )
     write_run_summary(run_dir, summary)
-
-
-def _profile_input(profile: Any) -> dict[str, FileRef]:
-    """A profile read from a file is an input like any other: editing it re-runs the gate."""
-    return {"profile": FileRef.of(profile.source)} if profile.source is not None else {}
 
 
 def _held_out_texts(path: Path) -> list[str]:
