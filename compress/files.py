@@ -40,6 +40,24 @@ def sha256_tree(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def read_json_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` when the file is absent or holds no object.
+
+    For the optional side files of a model folder (``tokenizer_config.json``, ``generation_config.json``
+    ...); a file that is there but is not valid JSON is a CompressError, not silently empty.
+    """
+    from compress.errors import CompressError
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CompressError(f"{path}: not valid JSON ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     target = Path(path)

@@ -36,6 +36,7 @@ import numpy as np
 
 from compress.errors import CompressError
 from compress.files import atomic_directory
+from compress.tasks import read_config
 from compress.quiet import quiet_libraries
 from compress.stage import (
     FileRef,
@@ -140,29 +141,23 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _size_mb(path: Path) -> float:
-    """Size of an ONNX file with its external data files, if any, in MiB."""
+def onnx_size_bytes(path: Path) -> int:
+    """Size of an ONNX file with its external data files, if any."""
     total = path.stat().st_size
     total += sum(p.stat().st_size for p in path.parent.glob(f"{path.name}_data*") if p.is_file())
     total += sum(p.stat().st_size for p in path.parent.glob(f"{path.name}.data") if p.is_file())
-    return total / 1024**2
+    return total
 
 
-def _read_config(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "config.json"
-    if not path.is_file():
-        raise CompressError(f"{model_dir} has no config.json: not a Hugging Face model folder")
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise CompressError(f"{path} is not valid JSON") from None
+def _size_mb(path: Path) -> float:
+    return onnx_size_bytes(path) / 1024**2
 
 
 def check_causal_lm_folder(model_dir: Path) -> dict[str, Any]:
     """The folder's config; CompressError unless it is a causal LM the exporter supports."""
     if not model_dir.is_dir():
         raise CompressError(f"model folder not found: {model_dir}")
-    config = _read_config(model_dir)
+    config = read_config(model_dir)
     architectures = config.get("architectures") or []
     if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
         raise CompressError(f"{model_dir}: architecture {', '.join(architectures) or '?'} is not a causal "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import CompressError
+from compress.files import read_json_dict
 from export.manifest import BenchSummary, Manifest, OutputInfo, PromptFormat, ReferenceOutput, TokenizerInfo
 
 TASK = "text-generation"
@@ -31,16 +32,6 @@ REFERENCE_PROMPT = "Explain in one sentence why a small model is useful on a pho
 REFERENCE_TOKENS = 16  # greedy tokens recorded for the reference prompt (end-of-sequence does not stop them)
 MIN_MATCHING_TOKENS = 8  # verify wants at least these leading tokens identical (kernels differ across CPUs)
 _SENTINEL = "\x00PROMPT\x00"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CompressError(f"{path}: not valid JSON ({exc})") from None
-    return data if isinstance(data, dict) else {}
 
 
 def _ids(value: Any) -> list[int]:
@@ -57,7 +48,7 @@ def _ids(value: Any) -> list[int]:
 def eos_token_ids(model_dir: Path, tokenizer: TokenizerInfo) -> list[int]:
     """The end-of-sequence ids: generation_config.json's, else config.json's, else the tokenizer's eos token."""
     for name in ("generation_config.json", "config.json"):
-        found = _ids(_read_json(model_dir / name).get("eos_token_id"))
+        found = _ids(read_json_dict(model_dir / name).get("eos_token_id"))
         if found:
             return list(dict.fromkeys(found))
     eos = tokenizer.special_tokens.get("eos")
@@ -114,10 +105,10 @@ def render_chat_template(template: str, settings: dict[str, Any], source: Path) 
 
 def prompt_format(model_dir: Path, tokenizer: TokenizerInfo) -> PromptFormat:
     """How the example and integrators turn a user's text into token ids (see :class:`PromptFormat`)."""
-    settings = _read_json(model_dir / "tokenizer_config.json")
+    settings = read_json_dict(model_dir / "tokenizer_config.json")
     template_file = model_dir / "chat_template.jinja"
     template = template_file.read_text(encoding="utf-8") if template_file.is_file() else settings.get("chat_template")
-    positions = _read_json(model_dir / "config.json").get("max_position_embeddings")
+    positions = read_json_dict(model_dir / "config.json").get("max_position_embeddings")
     limit = positions if isinstance(positions, int) and positions > 0 else tokenizer.max_length
     if not isinstance(template, str) or not template.strip():
         return PromptFormat(prefix="", suffix="", add_special_tokens=True, max_positions=limit)

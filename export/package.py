@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import CompressError
-from compress.files import sha256_file
+from compress.files import read_json_dict, sha256_file
 from compress.stage import StageRecord
 from export.archive import ArchiveEntry, write_archive
 from export.manifest import (MANIFEST_FILE, BenchSummary, FileRecord, GateSummary, Manifest, ModelInfo, OutputInfo,
@@ -220,7 +220,7 @@ def _read_bench(run_dir: Path, summary: RunSummary):  # -> BenchReport | Generat
     path = _existing(run_dir, summary.reports.bench, "reports.bench")
     if summary.task != lm_package.TASK:
         return BenchReport.from_json(path)
-    kind = _read_json_file(path).get("kind")
+    kind = read_json_dict(path).get("kind")
     if kind != "generation_bench":
         raise CompressError(f"{path}: a text-generation run needs a generation bench report, found kind {kind!r}")
     return GenerationBenchReport.from_json(path)
@@ -285,16 +285,6 @@ def _ort_version() -> str:
 
 # -- describing the model ------------------------------------------------------------------------
 
-def _read_json_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CompressError(f"{path}: not valid JSON ({exc})") from None
-    return data if isinstance(data, dict) else {}
-
-
 def _lowercases(normalizer: dict[str, Any] | None) -> bool:
     if not normalizer:
         return False
@@ -311,10 +301,10 @@ def _tokenizer_info(model_dir: Path) -> TokenizerInfo:
     if not tokenizer_file.is_file():
         raise CompressError(f"{model_dir}: no tokenizer.json beside the model (the example and verify need it; "
                             "save the tokenizer with a fast tokenizer)")
-    raw = _read_json_file(tokenizer_file)
+    raw = read_json_dict(tokenizer_file)
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    settings = _read_json_file(model_dir / "tokenizer_config.json")
-    config = _read_json_file(model_dir / "config.json")
+    settings = read_json_dict(model_dir / "tokenizer_config.json")
+    config = read_json_dict(model_dir / "config.json")
     limits = []
     model_max = settings.get("model_max_length")
     if isinstance(model_max, int) and 0 < model_max <= 1_000_000:  # transformers writes 1e30 for "no limit"
@@ -322,14 +312,14 @@ def _tokenizer_info(model_dir: Path) -> TokenizerInfo:
     positions = config.get("max_position_embeddings")
     if isinstance(positions, int) and positions > 0:
         limits.append(positions - _POSITION_OFFSET.get(config.get("model_type", ""), 0))
-    sentence_config = _read_json_file(model_dir / "sentence_bert_config.json").get("max_seq_length")
+    sentence_config = read_json_dict(model_dir / "sentence_bert_config.json").get("max_seq_length")
     if isinstance(sentence_config, int) and sentence_config > 0:
         limits.append(sentence_config)
     if not limits:
         raise CompressError(f"{model_dir}: cannot tell the model's maximum sequence length (no model_max_length "
                             "in tokenizer_config.json, no max_position_embeddings in config.json)")
     special: dict[str, SpecialToken] = {}
-    token_map = _read_json_file(model_dir / "special_tokens_map.json")
+    token_map = read_json_dict(model_dir / "special_tokens_map.json")
     for role in _SPECIAL_ROLES:
         value = token_map.get(f"{role}_token", settings.get(f"{role}_token"))
         text = value.get("content") if isinstance(value, dict) else value
@@ -361,7 +351,7 @@ def _output_info(task: str, signature, model_dir: Path, tokenizer: TokenizerInfo
     if task in ("text-classification", "token-classification"):
         if "logits" not in names:
             raise CompressError(f"{model_dir}: a classifier needs a logits output; the model has {', '.join(names)}")
-        id2label = _read_json_file(model_dir / "config.json").get("id2label") or {}
+        id2label = read_json_dict(model_dir / "config.json").get("id2label") or {}
         labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
         return OutputInfo(primary="logits", labels=labels)
     raise CompressError(f"run.json: unsupported task {task!r}")

@@ -138,12 +138,14 @@ def run_lm_chain(run_dir: str | Path, config: LMDistillConfig, profile: Any, opt
     teacher_dir = Path(record.metrics["teacher_path"])
     student_onnx = _export(student_dir, run_dir / "export", held_out, reporter, result, "export")
     teacher_onnx = _export(teacher_dir, run_dir / "teacher", held_out, reporter, result, "teacher")
+    from export.lm_export import onnx_size_bytes
+
     result.final_model, result.precision = student_onnx, "fp32"
-    result.teacher = LMSide(teacher_onnx, record.metrics["teacher_parameters"], _folder_onnx_bytes(teacher_onnx))
+    result.teacher = LMSide(teacher_onnx, record.metrics["teacher_parameters"], onnx_size_bytes(teacher_onnx))
     if reaches("quantize"):
         _quantize(run_dir, profile, options, held_out, reporter, result)
     result.student = LMSide(result.final_model, record.metrics["student_parameters"],
-                            _folder_onnx_bytes(result.final_model))
+                            onnx_size_bytes(result.final_model))
     if reaches("bench"):
         comparison = _bench(result.final_model, teacher_onnx, run_dir / "bench", profile, options, reporter, result)
         if reaches("gate"):
@@ -320,12 +322,3 @@ def _write_summary(run_dir: Path, profile: Any, teacher_dir: Path, record: Stage
 def _held_out_texts(path: Path) -> list[str]:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [(row.get("prompt", "") + row.get("completion", "")).strip() for row in rows]
-
-
-def _folder_onnx_bytes(model: Path) -> int:
-    """The model file and its external data (``*.onnx_data`` / ``*.data`` beside it)."""
-    total = model.stat().st_size
-    for extra in model.parent.iterdir():
-        if extra != model and extra.name.startswith(model.name) and extra.is_file():
-            total += extra.stat().st_size
-    return total
