@@ -22,28 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from record import RESULTS_DIR, ROOT, ResultRecord  # first: puts the checkout on sys.path
+from record import RESULTS_DIR, ROOT, ResultRecord, run_distill  # first: puts the checkout on sys.path
 
 from export.generation_bench import compare_generation_bench
 from export.host import detect_host
 from export.profiles import load_profile
 from export.run_summary import read_run_summary
-
-
-def run_chain(profile: str, run_dir: Path) -> float:
-    """The job as a user runs it; returns its wall time in seconds."""
-    started = time.perf_counter()
-    command = [sys.executable, "-c", "from compress.cli import main; main()", "distill", "--teacher", "smollm2",
-               "--profile", profile, "--out", str(run_dir)]
-    code = subprocess.run(command, cwd=ROOT).returncode
-    if code not in (0, 1, 3):  # 1 and 3 are verdicts (fail, unverified), not crashes
-        raise SystemExit(f"the chain failed with exit code {code}")
-    return time.perf_counter() - started
 
 
 def measure(model: Path, teacher: Path, profile, threads: int, runs: int, new_tokens: int) -> dict:
@@ -71,7 +58,7 @@ def main() -> None:
     record = ResultRecord.start("lm_default_job")
     profile = load_profile(args.profile)
     run_dir = args.run or ROOT / "runs" / profile.name
-    chain_s = None if args.no_chain else run_chain(args.profile, run_dir)
+    chain_s = None if args.no_chain else run_distill("--teacher", "smollm2", "--profile", args.profile, "--out", str(run_dir))
     summary = read_run_summary(run_dir)
     distill = json.loads((run_dir / "distill" / "stage.json").read_text())
     quantize = json.loads((run_dir / "quantize" / "stage.json").read_text())["metrics"]["result"]

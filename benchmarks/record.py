@@ -12,6 +12,7 @@ are the numbers to read.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -67,3 +68,14 @@ class ResultRecord:
         print(f"wrote {path} in {payload['wall_s']} s; 1-minute load average before/after: "
               f"{payload['load_average_1m_before_after']}", file=sys.stderr)
         return payload
+
+
+def run_distill(*args: str) -> float:
+    """``compress distill ARGS`` as a user runs it, in a child process (torch never loads into the
+    measuring one); returns its wall time in seconds. Exit 1 and 3 are verdicts, not crashes."""
+    started = time.perf_counter()
+    command = [sys.executable, "-c", "from compress.cli import main; main()", "distill", *args]
+    code = subprocess.run(command, cwd=ROOT).returncode
+    if code not in (0, 1, 3):
+        raise SystemExit(f"the chain failed with exit code {code}")
+    return time.perf_counter() - started

@@ -12,3 +12,10 @@ class CompressError(Exception):
     """
 
     exit_code = 2
+
+
+def require(checks: list[tuple[bool, str]]) -> None:
+    """Raise CompressError with the message of the first check that fails (each ``(ok, message)``)."""
+    for ok, message in checks:
+        if not ok:
+            raise CompressError(message)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
+from compress.errors import CompressError, require
 
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_TIME_BUDGET_S = 600.0
@@ -76,9 +76,7 @@ class DistillConfig:
             (self.log_every > 0, "log interval must be positive"),
             (self.threads is None or self.threads > 0, "--threads must be positive"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise CompressError(message)
+        require(checks)
         if self.data is not None and not Path(self.data).is_file():
             raise CompressError(f"data file not found: {self.data}")
         if self.init_student is not None and not Path(self.init_student).is_dir():

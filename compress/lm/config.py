@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
+from compress.errors import CompressError, require
 
 DEFAULT_LM_TEACHER = "smollm2"
 LOSSES = ("forward_kl", "reverse_kl", "jsd")
@@ -66,9 +66,7 @@ class LMDistillConfig:
             (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
             (self.threads is None or self.threads > 0, "--threads must be positive"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise CompressError(message)
+        require(checks)
         if self.data is not None and not Path(self.data).is_file():
             raise CompressError(f"data file not found: {self.data}")
 
