@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 from record import RESULTS_DIR, ROOT, ResultRecord  # first: puts the checkout on sys.path
 
-from export.bench import run_bench
-from export.host import detect_host
-from export.inputs import synthesize_inputs
-from export.profiles import load_profile
+from export.runtime.bench import run_bench
+from export.runtime.host import detect_host
+from export.runtime.inputs import synthesize_inputs
+from export.runtime.profiles import load_profile
 
 RESULTS = RESULTS_DIR / "bench_harness.json"
 CACHE = Path(os.environ.get("COMPRESS_CACHE", Path(tempfile.gettempdir()) / "compress-cache"))

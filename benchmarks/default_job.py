@@ -28,11 +28,11 @@ from pathlib import Path
 from record import RESULTS_DIR, ROOT, ResultRecord, run_distill  # first: puts the checkout on sys.path
 
 from compress.evaluate import agreement_with_teacher
-from export.bench import compare_bench
-from export.host import detect_host
-from export.profiles import load_profile
+from export.runtime.bench import compare_bench
+from export.runtime.host import detect_host
+from export.runtime.profiles import load_profile
 from export.run_summary import read_run_summary
-from export.samples import read_texts
+from export.runtime.samples import read_texts
 
 
 def measure(model: Path, teacher: Path, threads: int, runs: int) -> dict:

@@ -126,7 +126,7 @@ def our_loop(data_file: Path, steps: int, batch_size: int, lr: float, device: st
              work: Path) -> dict:
     from compress.distill import DistillConfig, Reporter, distill
     from compress.distill.batching import encode, epoch_batches
-    from compress.distill.corpus import load_corpus, split_corpus
+    from export.base.corpus import load_corpus, split_corpus
     from compress.distill.teacher import load_teacher
 
     config = DistillConfig(data=data_file, student="layers=3", max_steps=steps, batch_size=batch_size, lr=lr,
@@ -163,9 +163,9 @@ def main() -> None:
 
     from compress.distill.batching import batches_per_epoch
     from compress.distill.config import DEFAULT_BATCH_SIZE, cpu_threads
-    from compress.distill.corpus import Example, default_corpus, split_corpus
+    from export.base.corpus import Example, default_corpus, split_corpus
     from compress.distill.teacher import resolve_teacher
-    from compress.files import atomic_write_json
+    from export.base.files import atomic_write_json
 
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     batch_size = args.batch_size or DEFAULT_BATCH_SIZE[device]

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from record import RESULTS_DIR, ROOT, ResultRecord, run_distill  # first: puts the checkout on sys.path
 
-from export.generation_bench import compare_generation_bench
-from export.host import detect_host
-from export.profiles import load_profile
+from export.runtime.generation_bench import compare_generation_bench
+from export.runtime.host import detect_host
+from export.runtime.profiles import load_profile
 from export.run_summary import read_run_summary
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from record import RESULTS_DIR, ResultRecord  # first: puts the checkout on sys.path
 
-from export.host import detect_host
-from export.profiles import load_profile
+from export.runtime.host import detect_host
+from export.runtime.profiles import load_profile
 
 RESULTS = RESULTS_DIR / "pruning.json"
 
@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from compress.prune import PruneConfig, prune_model
-    from export.bench import compare_bench
+    from export.runtime.bench import compare_bench
     from export.onnx_export import export_model
 
     record = ResultRecord.start("pruning")

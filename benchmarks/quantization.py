@@ -23,8 +23,8 @@ from pathlib import Path
 
 from record import RESULTS_DIR, ResultRecord  # first: puts the checkout on sys.path
 
-from export.host import detect_host
-from export.profiles import load_profile
+from export.runtime.host import detect_host
+from export.runtime.profiles import load_profile
 from export.quantize import ONNX_METHODS, quantize_model
 
 RESULTS = RESULTS_DIR / "quantization.json"

@@ -25,8 +25,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from compress.files import atomic_write_json  # noqa: E402
-from export.host import HostInfo, detect_host  # noqa: E402
+from export.base.files import atomic_write_json  # noqa: E402
+from export.runtime.host import HostInfo, detect_host  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 

@@ -1,1 +1,5 @@
-__version__ = "0.1.0"
+"""compress: distill, prune, quantize, export and gate Hugging Face models for edge targets."""
+
+from export.base.version import __version__
+
+__all__ = ["__version__"]

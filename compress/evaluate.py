@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 # Top-k neighbour overlap needs enough rows to mean anything.
 MIN_ROWS_FOR_NEIGHBOURS = 20
@@ -39,9 +39,9 @@ def agreement_with_teacher(model: Path, teacher: Path, texts: Sequence[str], *, 
     Raises CompressError when the two graphs have no common output to compare or their outputs
     do not line up (different widths, or token outputs from tokenizers that split differently).
     """
-    from export.agreement import neighbour_agreement
+    from export.runtime.agreement import neighbour_agreement
     from export.quantize import OutputView, open_session, run_outputs
-    from export.samples import model_samples
+    from export.runtime.samples import model_samples
 
     if not texts:
         raise CompressError(f"no held-out texts to measure quality on ({source})")

@@ -18,12 +18,12 @@ import string
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
-from compress.files import read_json_dict
-from export.manifest import BenchSummary, Manifest, OutputInfo, PromptFormat, ReferenceOutput, TokenizerInfo
+from export.base.errors import CompressError
+from export.base.files import read_json_dict
+from export.runtime.manifest import BenchSummary, Manifest, OutputInfo, PromptFormat, ReferenceOutput, TokenizerInfo
 
 TASK = "text-generation"
-EXAMPLE_DIR = Path(__file__).resolve().parent / "example"
+EXAMPLE_DIR = Path(__file__).resolve().parent / "runtime" / "example"
 EXAMPLE_PROGRAM = "generate.py"
 README_TEMPLATE = "README.generate.md"
 # Beside the model, a language model also needs these at run time.
@@ -125,7 +125,7 @@ def reference_output(model_dir: Path, model_path: Path, manifest: Manifest) -> R
     the archive's own example program."""
     import onnxruntime as ort
 
-    from export.example.generate import Generator
+    from export.runtime.example.generate import Generator
 
     local = manifest.to_json()  # paths as they are in the run directory
     local["model"]["path"] = model_path.name

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from compress.stage import StageRecord
-from export.manifest import Manifest
-from export.profiles import Profile
+from export.base.records import StageRecord
+from export.runtime.manifest import Manifest
+from export.runtime.profiles import Profile
 
 _TASK_WORDS = {
     "feature-extraction": "sentence encoder",

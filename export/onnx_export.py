@@ -14,7 +14,7 @@ without those files exports ``last_hidden_state``; classifiers export ``logits``
 
 Parity is checked on real held-out text (the default corpus's held-out split, or ``--samples
 FILE``), batched with padding so the dynamic axes and masks are exercised, against the PyTorch
-model computing the project's own definition of the output (``compress.distill.forward``:
+model computing the project's own definition of the output (``export.torch_model``:
 pool, project, normalise). The exported ``tokenizer.json`` must also tokenize those texts to the
 same ids as the source folder's tokenizer. Outside tolerance (:class:`ParityTolerance`) the
 export fails with a CompressError and nothing is left at the output path.
@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import CompressError
-from compress.files import atomic_directory
-from compress.quiet import quiet_libraries
-from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, read_stage_result, write_record
-from compress.tasks import Task, detect_task, is_sentence_transformer, read_config, read_pooling
-from export.agreement import argmax_agreement, max_abs_diff, mean_cosine
-from export.samples import DEFAULT_MAX_LENGTH, Signature, TextEncoder, held_out_texts, signature
+from export.base.errors import CompressError
+from export.base.quiet import quiet_libraries
+from export.base.records import FileRef, StageRecord, read_stage_result
+from export.base.stages import StageOutput, run_stage
+from export.base.tasks import Task, detect_task, is_sentence_transformer, read_config, read_pooling
+from export.runtime.agreement import argmax_agreement, max_abs_diff, mean_cosine
+from export.runtime.samples import DEFAULT_MAX_LENGTH, Signature, TextEncoder, held_out_texts, signature
 
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
@@ -197,11 +197,8 @@ def export_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
         "task": resolved_task, "opset": opset, "tolerance": dataclasses.asdict(tolerance),
         "parity_samples": PARITY_SAMPLES,
     })
-    if resume and (previous := is_up_to_date(out_dir, planned)) is not None:
-        return ExportResult.from_json(previous.metrics["result"])
-
-    library = check_exportable(model_dir, resolved_task)
-    with StageTimer(planned) as record, atomic_directory(out_dir) as tmp:
+    def work(tmp: Path) -> StageOutput:
+        library = check_exportable(model_dir, resolved_task)
         _run_main_export(model_dir, tmp, resolved_task, library, opset)
         _ensure_tokenizer(model_dir, tmp)
         onnx_path = tmp / MODEL_FILE
@@ -220,10 +217,10 @@ def export_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
             inputs=inputs_sig, outputs=outputs_sig, parity=parity, size_bytes=onnx_path.stat().st_size,
             model_dir=model_dir,
         )
-        record.outputs = {"model": MODEL_FILE, "tokenizer": "tokenizer.json"}
-        record.metrics = {"result": result.to_json(), "parity": dataclasses.asdict(parity)}
-        write_record(tmp, record)
-    return result
+        return StageOutput({"model": MODEL_FILE, "tokenizer": "tokenizer.json"},
+                           {"result": result.to_json(), "parity": dataclasses.asdict(parity)})
+
+    return ExportResult.from_json(run_stage(out_dir, planned, work, resume=resume).result)
 
 
 def _describe_tolerance(metric: str, tolerance: ParityTolerance) -> str:
@@ -260,7 +257,7 @@ def _ensure_tokenizer(model_dir: Path, out: Path) -> None:
         shutil.copy2(model_dir / "sentence_bert_config.json", out / "sentence_bert_config.json")
     if (out / "tokenizer.json").is_file():
         return
-    from compress.distill.teacher import load_tokenizer
+    from export.torch_model import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     if not getattr(tokenizer, "is_fast", False):
@@ -287,9 +284,9 @@ def _reference_outputs(model_dir: Path, task: Task, batches: list[dict[str, np.n
     """PyTorch's view of the primary output for each batch, by the project's own definitions."""
     import torch
 
-    from compress.distill.forward import embed
-    from compress.distill.student import read_dense
-    from compress.distill.teacher import load_model
+    from export.torch_model import embed
+    from export.torch_model import read_dense
+    from export.torch_model import load_model
 
     model = load_model(model_dir, task)
     pooling = read_pooling(model_dir)
@@ -328,7 +325,7 @@ def check_parity(model_dir: Path, onnx_path: Path, task: Task, texts: list[str],
     """Compare the ONNX model at ``onnx_path`` with the PyTorch folder on ``texts`` (batched, padded)."""
     import onnxruntime as ort
 
-    from compress.distill.teacher import load_tokenizer
+    from export.torch_model import load_tokenizer
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

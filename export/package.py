@@ -12,7 +12,7 @@
     example/             run_model.py (generate.py for a language model: onnxruntime + numpy +
                          tokenizers) and README.md
 
-Packaging the same run twice gives byte-identical archives (see export.archive and export.plots).
+Packaging the same run twice gives byte-identical archives (see export.runtime.archive and export.plots).
 What differs for a causal language model (task text-generation) is in export.lm_package.
 A run whose gate failed is refused unless ``allow_failed``; then the manifest and the model card
 say so. Host side: reads the model with onnx and onnxruntime; never imports torch.
@@ -29,17 +29,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
-from compress.files import read_json_dict, sha256_file
-from compress.stage import StageRecord
-from export.archive import ArchiveEntry, write_archive
-from export.manifest import (MANIFEST_FILE, BenchSummary, FileRecord, GateSummary, Manifest, ModelInfo, OutputInfo,
+from export.base.errors import CompressError
+from export.base.files import read_json_dict, sha256_file
+from export.base.records import StageRecord
+from export.runtime.archive import ArchiveEntry, write_archive
+from export.runtime.manifest import (MANIFEST_FILE, BenchSummary, FileRecord, GateSummary, Manifest, ModelInfo, OutputInfo,
                              ReferenceOutput, RunRef, SpecialToken, TeacherRef, TokenizerInfo, minimum_onnxruntime,
                              read_onnx_versions, read_signature)
 from export import lm_package
 from export.run_summary import RunSummary, read_run_summary
 
-EXAMPLE_DIR = Path(__file__).resolve().parent / "example"
+EXAMPLE_DIR = Path(__file__).resolve().parent / "runtime" / "example"
 REFERENCE_SENTENCE = "Edge devices run this model on text they see for the first time."
 # Files beside the model that a caller needs at run time (tokenizer formats of the common families).
 RUNTIME_FILES = (
@@ -192,7 +192,7 @@ def _existing(run_dir: Path, relative: str, key: str) -> Path:
 
 
 def _load_profile(run_dir: Path, summary: RunSummary):  # -> Profile (pydantic; imported lazily)
-    from export.profiles import load_profile, load_profile_file
+    from export.runtime.profiles import load_profile, load_profile_file
 
     if summary.profile_file:
         return load_profile_file(_existing(run_dir, summary.profile_file, "profile_file"))
@@ -200,7 +200,7 @@ def _load_profile(run_dir: Path, summary: RunSummary):  # -> Profile (pydantic; 
 
 
 def _read_gate(run_dir: Path, summary: RunSummary):  # -> GateReport | None
-    from export.gate import GateReport
+    from export.runtime.gate import GateReport
 
     if summary.reports.gate is None:
         return None
@@ -212,8 +212,8 @@ def _read_gate(run_dir: Path, summary: RunSummary):  # -> GateReport | None
 
 
 def _read_bench(run_dir: Path, summary: RunSummary):  # -> BenchReport | GenerationBenchReport | None
-    from export.bench import BenchReport
-    from export.generation_bench import GenerationBenchReport
+    from export.runtime.bench import BenchReport
+    from export.runtime.generation_bench import GenerationBenchReport
 
     if summary.reports.bench is None:
         return None
@@ -340,7 +340,7 @@ def _output_info(task: str, signature, model_dir: Path, tokenizer: TokenizerInfo
     if task == "feature-extraction":
         if "sentence_embedding" in names:
             return OutputInfo(primary="sentence_embedding")
-        from compress.tasks import read_pooling
+        from export.base.tasks import read_pooling
 
         for candidate in ("last_hidden_state", "token_embeddings"):
             if candidate in names:
@@ -361,7 +361,7 @@ def _reference_output(model_dir: Path, model_path: Path, manifest: Manifest) -> 
     """The primary output for the reference sentence on this host (one thread, CPU: reproducible)."""
     import onnxruntime as ort
 
-    from export.example.run_model import PackagedModel
+    from export.runtime.example.run_model import PackagedModel
 
     # Paths as they are in the run directory; the example reads everything else from the manifest.
     local = manifest.to_json()
@@ -384,13 +384,13 @@ def _gates(gate_report, summary: RunSummary, archive_name: str) -> dict[str, Gat
                                              measured_on=gate_report.bench.host)}
 
 
-def _host_summary(host) -> dict[str, Any]:  # host: export.host.HostInfo
+def _host_summary(host) -> dict[str, Any]:  # host: export.runtime.host.HostInfo
     return {"description": host.describe(), "cpu_model": host.cpu_model, "arch": host.arch, "os": host.os,
             "board_model": host.board_model, "gpus": list(host.gpus), "onnxruntime": host.versions.get("onnxruntime")}
 
 
-def _bench_summary(bench) -> BenchSummary:  # bench: export.bench.BenchReport or GenerationBenchReport
-    from export.generation_bench import GenerationBenchReport
+def _bench_summary(bench) -> BenchSummary:  # bench: export.runtime.bench.BenchReport or GenerationBenchReport
+    from export.runtime.generation_bench import GenerationBenchReport
 
     if isinstance(bench, GenerationBenchReport):
         return lm_package.bench_summary(bench, _host_summary(bench.host))

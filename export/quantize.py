@@ -13,7 +13,7 @@ Methods (the profile's ``precision`` is the default):
   (``keep_io_types``), for GPU targets. A CPU runs it, mostly no faster.
 * ``int4-weight``: 4-bit block-wise weight-only quantization of MatMul weights (``MatMulNBits``).
 * ``bnb-int8`` / ``bnb-nf4``: bitsandbytes on a Hugging Face folder, for PyTorch on a GPU
-  (:mod:`compress.bnb`); such a folder cannot be exported to ONNX.
+  (:mod:`export.bnb`); such a folder cannot be exported to ONNX.
 
 Accuracy-aware: the result is compared with the fp32 model on held-out real text (batch 1, each
 text at its own length, as an edge caller runs it). When the drop (``1 - agreement``: mean cosine
@@ -25,7 +25,7 @@ most sensitive are excluded, a few more at each retry, until the drop fits the b
 the nodes are excluded. What was excluded and the final drop are reported.
 
 Speed-aware: the result is benchmarked against the fp32 model on this host in the same process,
-runs interleaved (``export.bench.compare_bench``). A quantized model that is not faster here is
+runs interleaved (``export.runtime.bench.compare_bench``). A quantized model that is not faster here is
 reported as such, with the host it was measured on.
 """
 
@@ -43,13 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import CompressError
-from compress.files import atomic_directory
-from compress.quiet import quiet_libraries
-from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, read_stage_result, write_record
-from export.agreement import argmax_agreement, max_abs_diff, mean_cosine
-from export.profiles import Profile
-from export.samples import (DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVAL_SAMPLES, Feed, Samples, TextEncoder,
+from export.base.errors import CompressError
+from export.base.files import atomic_directory
+from export.base.quiet import quiet_libraries
+from export.base.records import FileRef, StageRecord, read_stage_result
+from export.base.stages import StageOutput, run_stage
+from export.runtime.agreement import argmax_agreement, max_abs_diff, mean_cosine
+from export.runtime.profiles import Profile
+from export.runtime.samples import (DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVAL_SAMPLES, Feed, Samples, TextEncoder,
                             model_samples, read_texts, training_texts)
 
 SCHEMA_VERSION = 1
@@ -547,7 +548,7 @@ def _exclusion_schedule(count: int) -> list[int]:
 def compare_speed(model: Path, fp32: Path, profile: Profile, *, runs: int = DEFAULT_COMPARE_RUNS,
                   warmup: int = DEFAULT_COMPARE_WARMUP, progress: bool = False) -> SpeedComparison:
     """``model`` against ``fp32`` on this host, same process, runs interleaved."""
-    from export.bench import compare_bench
+    from export.runtime.bench import compare_bench
 
     report = compare_bench(model, fp32, profile, runs=runs, warmup=warmup, progress=progress)
     speedup = report.p50_ratio
@@ -571,14 +572,14 @@ def quantize_model(model: str | os.PathLike[str], profile: Profile, out: str | o
 
     Tokenizer and config files beside the input are copied beside ``out``. ``method`` defaults
     to the profile's precision; ``bnb-int8``/``bnb-nf4`` take a Hugging Face folder and write a
-    folder (see :func:`compress.bnb.quantize_bnb`). ``calibration_data`` (int8-static only) is a
+    folder (see :func:`export.bnb.quantize_bnb`). ``calibration_data`` (int8-static only) is a
     .txt/.jsonl/.csv/.tsv file of texts. ``compare=False`` skips the speed comparison.
     Raises CompressError for bad input; nothing is left at ``out`` on failure.
     """
     source, target = Path(model), Path(out)
     chosen = resolve_method(profile, method)
     if chosen in BNB_METHODS:
-        from compress.bnb import quantize_bnb
+        from export.bnb import quantize_bnb
 
         return quantize_bnb(source, target, chosen, profile=profile, compare=compare, eval_samples=eval_samples)
     say = log or (lambda message: None)
@@ -677,7 +678,7 @@ def quantize_model(model: str | os.PathLike[str], profile: Profile, out: str | o
             result.notes.append(f"not faster on this host ({result.speed.host}): {result.speed.speedup:.2f}x; "
                                 f"{_target_hint(chosen, profile)}")
     else:
-        from export.host import detect_host
+        from export.runtime.host import detect_host
 
         result.host = detect_host().describe()
     return result
@@ -713,17 +714,15 @@ def quantize_stage(model: str | os.PathLike[str], profile: Profile, stage_dir: s
         "method": chosen, "profile": profile.name, "preset": profile.quantization_preset,
         "max_quantization_drop": profile.budgets.quality.max_quantization_drop, "compare": compare,
     })
-    if resume and (previous := is_up_to_date(stage_dir, planned)) is not None:
-        return QuantizeResult.from_json(previous.metrics["result"])
     name = output_name(chosen)
-    with StageTimer(planned) as record, atomic_directory(stage_dir) as tmp:
+
+    def work(tmp: Path) -> StageOutput:
         result = quantize_model(source, profile, tmp / name, method=chosen, calibration_data=calibration_data,
                                 compare=compare, progress=progress, log=log)
         result.out_path = stage_dir / name
-        record.outputs = {"model": name}
-        record.metrics = {"result": result.to_json()}
-        write_record(tmp, record)
-    return result
+        return StageOutput({"model": name}, {"result": result.to_json()})
+
+    return QuantizeResult.from_json(run_stage(stage_dir, planned, work, resume=resume).result)
 
 
 def read_quantize(stage_dir: str | os.PathLike[str]) -> QuantizeResult:

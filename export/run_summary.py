@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 SCHEMA_VERSION = 1
 RUN_SUMMARY_FILE = "run.json"
@@ -29,7 +29,7 @@ class TeacherInfo:
 
     name: str  # e.g. "sentence-transformers/all-MiniLM-L6-v2"
     path: str  # where it was read on the build host (informational; never needed to run the student)
-    weights_sha256: str  # sha256 of its weights file(s), compress.files.sha256_tree of the weights
+    weights_sha256: str  # sha256 of its weights file(s), export.base.files.sha256_tree of the weights
     params: int
 
 
@@ -47,7 +47,7 @@ class QualitySummary:
     """The student's (final, quantized) agreement with the teacher on held-out text.
 
     ``metric`` names what ``teacher_agreement`` is: ``mean_cosine`` for embeddings,
-    ``argmax_agreement`` for classifiers (see export.agreement).
+    ``argmax_agreement`` for classifiers (see export.runtime.agreement).
     """
 
     teacher_agreement: float | None
@@ -74,7 +74,7 @@ class RunSummary:
     run_id: str
     created_at: str  # ISO 8601 with a timezone, e.g. "2025-01-31T12:00:00+00:00"
     profile: str  # profile name (not alias)
-    task: str  # compress.tasks.Task
+    task: str  # export.base.tasks.Task
     precision: str  # fp32 | fp16 | int8-dynamic | int8-static | int4-weight
     teacher: TeacherInfo
     student: StudentInfo
@@ -160,7 +160,7 @@ def read_run_summary(run_dir: str | Path) -> RunSummary:
 
 def write_run_summary(run_dir: str | Path, summary: RunSummary) -> Path:
     """Validate and write ``RUN_DIR/run.json`` atomically."""
-    from compress.files import atomic_write_json
+    from export.base.files import atomic_write_json
 
     summary.validate()
     return atomic_write_json(Path(run_dir) / RUN_SUMMARY_FILE, summary.to_json())

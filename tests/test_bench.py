@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from compress.errors import CompressError
-from compress.files import sha256_file
-from export.bench import BenchReport, ComparisonReport, compare_bench, read_report, run_bench
-from export.inputs import id_vocab_sizes, synthesize_inputs
-from export.profiles import load_profile
+from export.base.errors import CompressError
+from export.base.files import sha256_file
+from export.runtime.bench import BenchReport, ComparisonReport, compare_bench, read_report, run_bench
+from export.runtime.inputs import id_vocab_sizes, synthesize_inputs
+from export.runtime.profiles import load_profile
 from tests.cli_helpers import run_cli
 from tests.conftest import build_tiny_onnx, real_sentences
 
@@ -91,7 +91,7 @@ def test_bench_real_teacher_export(teacher_onnx: Path, host, tmp_path: Path) -> 
 def test_vocabulary_is_read_from_the_embedding_gather(teacher_onnx: Path) -> None:
     import onnx
 
-    from export.bench import _inspect_model_file
+    from export.runtime.bench import _inspect_model_file
 
     model = onnx.load(str(teacher_onnx), load_external_data=False)
     sizes = id_vocab_sizes(model.graph, ["input_ids", "token_type_ids", "attention_mask"])

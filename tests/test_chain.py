@@ -11,8 +11,10 @@ import yaml
 
 from compress.distill import DistillConfig
 from compress.distill.progress import Reporter
-from compress.pipeline import ChainOptions, PruneOptions, choose_release, run_chain
-from export.profiles import load_profile
+from compress.chain import ChainOptions, PruneOptions, run_chain
+from compress.families import EncoderFamily
+from compress.families.encoder import choose_release
+from export.runtime.profiles import load_profile
 from export.run_summary import read_run_summary
 from tests.cli_helpers import run_cli
 from tests.conftest import real_sentences
@@ -77,14 +79,14 @@ def test_the_chain_through_the_cli_ends_with_the_table_and_a_packagable_run(
 
 def test_an_interrupted_chain_resumes_at_the_stage_it_stopped_in(
         tiny_encoder: Path, text_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import export.bench
+    import export.runtime.bench
 
     run = tmp_path / "run"
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export.bench, "run_bench", interrupted)
+    monkeypatch.setattr(export.runtime.bench, "run_bench", interrupted)
     first = run_cli(_args(tiny_encoder, text_file, run))
     assert first.exit_code == 130 and "interrupted" in first.stderr
     assert not (run / "bench").exists() and not (run / "run.json").exists()  # nothing half-written
@@ -122,10 +124,10 @@ def test_a_user_profile_travels_with_the_run_and_pruning_runs_when_asked(
     profile = load_profile(profile_file)
     run = tmp_path / "run"
     config = DistillConfig(teacher=str(tiny_classifier), data=text_file, max_steps=2, batch_size=16, threads=1)
-    result = run_chain(run, config, profile, ChainOptions(), QUIET)
+    result = run_chain(run, EncoderFamily(), config, profile, ChainOptions(), QUIET)
 
     assert result.stages["prune"] == "ran" and result.stages["quantize"] == "not needed"
-    assert result.precision == "fp32" and result.metric == "argmax_agreement"
+    assert result.precision == "fp32" and result.quality["metric"] == "argmax_agreement"
     summary = read_run_summary(run)
     assert summary.profile_file == "profile.yaml" and (run / "profile.yaml").read_text() == profile_file.read_text()
     assert summary.final_model == "export/model.onnx" and summary.quality.quantization_drop == 0.0
@@ -138,7 +140,7 @@ def test_a_user_profile_travels_with_the_run_and_pruning_runs_when_asked(
     # A changed budget in the user's file re-runs bench and gate and nothing before them.
     raw["budgets"]["quality"]["min_teacher_agreement"] = 0.51
     profile_file.write_text(yaml.safe_dump(raw))
-    changed = run_chain(run, config, load_profile(profile_file), ChainOptions(), QUIET)
+    changed = run_chain(run, EncoderFamily(), config, load_profile(profile_file), ChainOptions(), QUIET)
     assert changed.stages["bench"] == "ran" and changed.stages["gate"] == "ran"
     assert changed.stages["export"] == "skipped" and changed.stages["prune"] == "skipped"
 

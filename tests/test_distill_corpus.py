@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from compress.distill.corpus import (DEFAULT_CORPUS_NAME, Example, default_corpus, held_out_size, load_corpus,
+from export.base.corpus import (DEFAULT_CORPUS_NAME, Example, default_corpus, held_out_size, load_corpus,
                                      split_corpus, wordnet_texts)
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 
 def test_txt_one_text_a_line_skips_empty_lines(tmp_path: Path) -> None:

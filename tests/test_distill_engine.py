@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from compress.distill import DistillConfig, DistillInterrupted, Reporter, distill, run_distill_stage
-from compress.errors import CompressError
-from compress.stage import read_record
+from export.base.errors import CompressError
+from export.base.records import read_record
 from tests.conftest import build_tiny_bert, real_sentences
 
 QUIET = Reporter(show_progress=False)
@@ -217,7 +217,9 @@ def test_bitsandbytes_teacher_on_cpu(tiny_encoder: Path, text_file: Path, tmp_pa
 
 def test_stage_writes_its_record_and_skips_when_up_to_date(tiny_encoder: Path, text_file: Path, tmp_path: Path) -> None:
     config = _config(tiny_encoder, text_file, max_steps=2)
-    record = run_distill_stage(tmp_path, config, None, QUIET)
+    run = run_distill_stage(tmp_path, config, None, QUIET)
+    assert run.status == "ran"
+    record = run.record
     on_disk = read_record(tmp_path / "distill")
     assert on_disk is not None and on_disk.fingerprint == record.fingerprint
     assert set(record.inputs) == {"teacher", "data"}
@@ -226,9 +228,9 @@ def test_stage_writes_its_record_and_skips_when_up_to_date(tiny_encoder: Path, t
                 "student_parameters", "teacher_parameters", "device", "agreement_by_step"):
         assert key in record.metrics
     again = run_distill_stage(tmp_path, config, None, QUIET)
-    assert again.started_at == record.started_at  # skipped
+    assert again.status == "skipped" and again.record.started_at == record.started_at
     changed = run_distill_stage(tmp_path, _config(tiny_encoder, text_file, max_steps=3), None, QUIET)
-    assert changed.metrics["steps"] == 3
+    assert changed.status == "ran" and changed.record.metrics["steps"] == 3
 
 
 @pytest.mark.slow

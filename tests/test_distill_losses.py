@@ -11,7 +11,7 @@ from compress.distill.batching import TeacherCache, batches_per_epoch, epoch_bat
 from compress.distill.losses import (IGNORE_LABEL, LossSettings, attention_loss, embedding_loss, hard_label_loss,
                                      hidden_state_loss, soft_label_loss)
 from compress.distill.schedule import Schedule
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 
 def test_embedding_losses_vanish_on_agreement_and_grow_with_disagreement() -> None:

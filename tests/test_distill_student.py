@@ -10,8 +10,8 @@ import pytest
 from compress.distill.student import (StudentSpec, build_student, evenly_spaced_layers, load_student,
                                       parse_student_spec, plan_student, save_student)
 from compress.distill.teacher import TEACHERS, load_teacher, resolve_teacher
-from compress.errors import CompressError
-from compress.tasks import read_pooling
+from export.base.errors import CompressError
+from export.base.tasks import read_pooling
 
 
 def test_spec_forms_parse() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 from tests.cli_helpers import run_cli
 
 
@@ -23,8 +23,9 @@ def test_encoder_export_has_sentence_embedding_with_parity(exported_encoder, tin
     import onnxruntime as ort
     import torch
 
-    from compress.tasks import pool, read_pooling
-    from export.samples import TextEncoder
+    from export.base.tasks import read_pooling
+    from export.torch_model import pool
+    from export.runtime.samples import TextEncoder
 
     result = exported_encoder
     assert result.task == "feature-extraction" and result.library == "sentence_transformers"
@@ -186,7 +187,7 @@ def test_student_with_dense_projection_exports_projected_embedding(tiny_encoder,
 
 
 def test_text_encoder_pads_to_the_longest_text_not_the_saved_length(exported_encoder, sentences):
-    from export.samples import TextEncoder, text_feeds
+    from export.runtime.samples import TextEncoder, text_feeds
 
     encoder = TextEncoder(exported_encoder.onnx_path.parent / "tokenizer.json")
     batch = encoder.encode(["Short text.", sentences[0]])

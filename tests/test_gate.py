@@ -10,10 +10,10 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
-from export.bench import BenchReport, run_bench
-from export.gate import GateReport, QualityEvidence, gate, match_hardware
-from export.host import HostInfo
-from export.profiles import load_profile
+from export.runtime.bench import BenchReport, run_bench
+from export.runtime.gate import GateReport, QualityEvidence, gate, match_hardware
+from export.runtime.host import HostInfo
+from export.runtime.profiles import load_profile
 from tests.cli_helpers import run_cli
 from tests.test_bench import assert_one_line_error
 
@@ -200,7 +200,7 @@ def test_bad_inputs_are_one_line_exit_2(report_file: Path, tmp_path: Path) -> No
 
 
 def test_a_comparison_report_gates_its_first_model(tiny_onnx: Path, tmp_path: Path) -> None:
-    from export.bench import compare_bench
+    from export.runtime.bench import compare_bench
 
     comparison = compare_bench(tiny_onnx, tiny_onnx, load_profile("host"), runs=5, warmup=1, progress=False)
     path = tmp_path / "compare.json"

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
-from compress.errors import CompressError
-from export.gate import QualityEvidence, gate, read_gate_input
-from export.generation import OnnxGenerator, is_generation_model
-from export.generation_bench import (GenerationBenchReport, GenerationComparison, compare_generation_bench,
+from export.base.errors import CompressError
+from export.runtime.gate import QualityEvidence, gate, read_gate_input
+from export.runtime.generation import OnnxGenerator, is_generation_model
+from export.runtime.generation_bench import (GenerationBenchReport, GenerationComparison, compare_generation_bench,
                                      read_generation_report, run_generation_bench)
-from export.profiles import list_profiles, load_profile
+from export.runtime.profiles import list_profiles, load_profile
 from tests.cli_helpers import run_cli
 from tests.conftest import build_tiny_onnx
 
@@ -35,7 +35,7 @@ def _sharpen_and_export(source: Path, folder: Path) -> Path:
     from optimum.exporters.onnx import main_export
     from transformers import AutoModelForCausalLM
 
-    from compress.quiet import quiet_onnxruntime
+    from export.base.quiet import quiet_onnxruntime
 
     model = AutoModelForCausalLM.from_pretrained(source).eval()
     torch.manual_seed(1)
@@ -148,7 +148,7 @@ def test_bench_report_fields(bench_report: GenerationBenchReport, lms: dict[str,
     assert r.host.usable_cores >= 1
     assert any("end-of-sequence ignored" in n for n in r.notes)
     # The prompt the bench used gives the same greedy tokens outside it.
-    from export.generation_bench import build_prompt
+    from export.runtime.generation_bench import build_prompt
 
     prompt, _ = build_prompt(lms["llama"], 32, None)
     assert OnnxGenerator(lms["llama"]).generate(prompt, 12).tokens == r.sample_tokens
@@ -287,10 +287,10 @@ def test_cli_bench_refuses_mismatched_flags(lms: dict[str, Path], tmp_path: Path
 PROBE = """
 import json, sys
 import numpy as np
-from export.generation import OnnxGenerator
-from export.generation_bench import run_generation_bench
-from export.gate import gate
-from export.profiles import load_profile
+from export.runtime.generation import OnnxGenerator
+from export.runtime.generation_bench import run_generation_bench
+from export.runtime.gate import gate
+from export.runtime.profiles import load_profile
 tokens = OnnxGenerator(sys.argv[1]).generate(np.array([[5, 6, 7]]), 4).tokens
 report = run_generation_bench(sys.argv[1], load_profile("host"), prompt_length=8, new_tokens=3, runs=1, warmup=0)
 gate(report, load_profile("host"))

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import json, sys
-import export.bench, export.gate, export.host, export.inputs, export.profiles, compress.cli
+import export.runtime.bench, export.runtime.gate, export.runtime.host, export.runtime.inputs, export.runtime.profiles, compress.cli
 from tests.cli_helpers import run_cli
 results = {}
 for args in (["bench", "--help"], ["gate", "--help"], ["profiles", "list"]):

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from compress.distill.progress import Reporter
-from compress.lm.chain import LMChainOptions, release_precision, run_lm_chain
+from compress.chain import ChainOptions, run_chain
+from compress.families import CausalLMFamily
+from compress.families.causal_lm import release_precision
 from compress.lm.config import LMDistillConfig, resolve_lm_student
-from compress.errors import CompressError
-from export.profiles import load_profile
+from export.base.errors import CompressError
+from export.runtime.profiles import load_profile
 from tests.cli_helpers import run_cli
 from tests.conftest import real_sentences
 
@@ -60,8 +62,8 @@ def test_the_lm_chain_through_the_cli(tiny_llama: Path, lm_text: Path, tmp_path:
 def test_stop_after_export_and_fp32_release(tiny_gpt2: Path, lm_text: Path, tmp_path: Path) -> None:
     config = LMDistillConfig(teacher=str(tiny_gpt2), data=lm_text, max_steps=2, batch_size=4, student="layers=2",
                              max_length=48, threads=1)
-    result = run_lm_chain(tmp_path / "run", config, load_profile("host"), LMChainOptions(stop_after="export"),
-                          reporter=QUIET)
+    result = run_chain(tmp_path / "run", CausalLMFamily(), config, load_profile("host"),
+                       ChainOptions(stop_after="export"), reporter=QUIET)
     assert set(result.stages) == {"distill", "export", "teacher"}
     assert result.final_model is not None and result.final_model.is_file() and result.precision == "fp32"
     assert not (tmp_path / "run" / "quantize").exists()

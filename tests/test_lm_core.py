@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 from compress.lm.data import (EncodedLM, LMExample, collate_lm, default_prompts, encode_examples, load_lm_examples,
                               render_prompt, split_lm_examples)
 from compress.lm.student import build_lm_student, plan_lm_student, save_lm_student, spread_layers
@@ -210,7 +210,7 @@ def test_load_causal_lm_errors(tmp_path: Path, tiny_llama: Path) -> None:
         load_causal_lm(tmp_path / "missing")
     with pytest.raises(CompressError, match="CUDA|unknown"):
         load_causal_lm(tiny_llama, quant="8bit", device="cpu")
-    with pytest.raises(CompressError, match="unknown teacher quantization"):
+    with pytest.raises(CompressError, match="unknown --teacher-quant"):
         load_causal_lm(tiny_llama, quant="3bit", device="cuda")
     pickled = tmp_path / "pickled"
     pickled.mkdir()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 from export.lm_export import (
     LMExportResult,
     LMQuantizeResult,

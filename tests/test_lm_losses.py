@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 from compress.lm.data import LMExample, collate_lm, default_prompts, encode_examples, prompt_ids
 from compress.lm.losses import LOSS_KINDS, TopK, lm_distillation_loss, next_token_loss
 from compress.lm.sequence import GenerationSettings, teacher_answers

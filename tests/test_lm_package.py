@@ -30,16 +30,18 @@ STANDALONE_IMPORTS = {"__future__", "argparse", "json", "re", "sys", "pathlib", 
 def lm_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
     """A finished text-generation run directory (host profile, so the gate gives a verdict here)."""
     from compress.distill.progress import Reporter
-    from compress.lm.chain import run_lm_chain
+    from compress.chain import run_chain
+    from compress.families import CausalLMFamily
     from compress.lm.config import LMDistillConfig
-    from export.profiles import load_profile
+    from export.runtime.profiles import load_profile
 
     base = tmp_path_factory.mktemp("lm-run")
     data = base / "texts.txt"
     data.write_text("\n".join(real_sentences(120)) + "\n")
     config = LMDistillConfig(teacher=str(tiny_llama), data=data, max_steps=2, batch_size=4, student="layers=2",
                              max_length=48, threads=1)
-    result = run_lm_chain(base / "run", config, load_profile("host"), reporter=Reporter(show_progress=False))
+    result = run_chain(base / "run", CausalLMFamily(), config, load_profile("host"),
+                       reporter=Reporter(show_progress=False))
     assert result.verdict in ("pass", "fail")
     return base / "run"
 
@@ -90,10 +92,10 @@ def test_the_archive_holds_the_model_folder_reports_and_the_generation_example(l
 
 
 def test_the_reference_tokens_are_the_torch_free_generators(lm_run: Path, lm_archive: Path) -> None:
-    # The example's loop and export.generation's OnnxGenerator give the same greedy tokens.
+    # The example's loop and export.runtime.generation's OnnxGenerator give the same greedy tokens.
     from tokenizers import Tokenizer
 
-    from export.generation import OnnxGenerator
+    from export.runtime.generation import OnnxGenerator
 
     manifest = manifest_of(lm_archive)
     reference, prompt = manifest["reference"], manifest["prompt"]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from compress.distill.progress import Reporter, StepReport
-from compress.errors import CompressError
+from export.base.errors import CompressError
 from compress.lm.data import LMExample, collate_lm, encode_examples
 from compress.lm.quality import LMQuality, greedy_continuation, lm_quality
 from compress.lm.student import build_lm_student, plan_lm_student

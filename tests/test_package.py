@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.errors import CompressError
-from compress.stage import FileRef, StageRecord, write_record
+from export.base.errors import CompressError
+from export.base.records import FileRef, StageRecord, write_record
 from tests.cli_helpers import run_cli
 from tests.conftest import real_sentences
 
@@ -50,10 +50,10 @@ def _build_base_run(run: Path, encoder: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from optimum.exporters.onnx import main_export
 
-    from export.agreement import mean_cosine, neighbour_agreement
-    from export.bench import run_bench
-    from export.gate import QualityEvidence, gate, write_junit
-    from export.profiles import load_profile
+    from export.runtime.agreement import mean_cosine, neighbour_agreement
+    from export.runtime.bench import run_bench
+    from export.runtime.gate import QualityEvidence, gate, write_junit
+    from export.runtime.profiles import load_profile
     from export.run_summary import QualitySummary, ReportPaths, RunSummary, StudentInfo, TeacherInfo, write_run_summary
 
     onnx_dir = run / "export" / "onnx"
@@ -94,7 +94,7 @@ def _build_base_run(run: Path, encoder: Path) -> None:
     write_junit(verdict, run / "gate" / "junit.xml")
 
     from compress import __version__
-    from compress.files import sha256_file
+    from export.base.files import sha256_file
 
     summary = RunSummary(
         run_id="20250314-092653-host", created_at=CREATED_AT, profile="host", task="feature-extraction",
@@ -132,9 +132,9 @@ def regate(run: Path, profile_name_or_file: str, *, profile_file: str | None = N
     """Gate the run's bench report against another profile and rewrite gate.json, junit.xml and run.json."""
     import dataclasses
 
-    from export.bench import BenchReport
-    from export.gate import QualityEvidence, gate, write_junit
-    from export.profiles import load_profile
+    from export.runtime.bench import BenchReport
+    from export.runtime.gate import QualityEvidence, gate, write_junit
+    from export.runtime.profiles import load_profile
     from export.run_summary import read_run_summary, write_run_summary
 
     summary = read_run_summary(run)
@@ -339,7 +339,7 @@ def test_run_summary_round_trips_and_names_bad_keys(release_run: Path) -> None:
 
 
 def test_minimum_onnxruntime_follows_the_table() -> None:
-    from export.manifest import minimum_onnxruntime
+    from export.runtime.manifest import minimum_onnxruntime
 
     assert minimum_onnxruntime(17, 8)[0] == "1.12"
     assert minimum_onnxruntime(14, 7)[0] == "1.8"
@@ -350,7 +350,7 @@ def test_minimum_onnxruntime_follows_the_table() -> None:
 
 
 def test_write_archive_is_reproducible_and_atomic(tmp_path: Path) -> None:
-    from export.archive import ArchiveEntry, write_archive
+    from export.runtime.archive import ArchiveEntry, write_archive
 
     entries = [ArchiveEntry("pkg/b.txt", data=b"b"), ArchiveEntry("pkg/a/x.txt", data=b"x")]
     first = write_archive(tmp_path / "one.tar.gz", entries, mtime=5).read_bytes()
@@ -364,7 +364,7 @@ def test_write_archive_is_reproducible_and_atomic(tmp_path: Path) -> None:
 def minimal_run(run: Path, model_dir: Path, task: str, encoder: Path) -> Path:
     """A run with only an fp32 export: no bench, no gate (verdict null), quality not measured."""
     from compress import __version__
-    from compress.files import sha256_file
+    from export.base.files import sha256_file
     from export.run_summary import QualitySummary, RunSummary, StudentInfo, TeacherInfo, write_run_summary
 
     shutil.copytree(model_dir, run / "export" / "onnx")
@@ -410,7 +410,7 @@ def test_token_states_are_pooled_like_the_sentence_transformers_graph(release_ru
     what the sentence-transformers export computes inside its graph."""
     from optimum.exporters.onnx import main_export
 
-    from export.example.run_model import PackagedModel
+    from export.runtime.example.run_model import PackagedModel
 
     main_export(str(tiny_encoder), output=str(tmp_path / "onnx"), task="feature-extraction", library_name="transformers")
     run = minimal_run(tmp_path / "run", tmp_path / "onnx", "feature-extraction", tiny_encoder)

@@ -7,8 +7,8 @@ import yaml
 from click.testing import CliRunner
 
 from compress.cli import cli
-from compress.errors import CompressError
-from export.profiles import list_profiles, load_profile, parse_duration
+from export.base.errors import CompressError
+from export.runtime.profiles import list_profiles, load_profile, parse_duration
 
 SHIPPED = {"jetson-orin-nano", "jetson-agx-orin", "raspberry-pi-5", "android-arm64", "x86-avx2",
            "x86-avx512-vnni", "nvidia-gpu", "host"}

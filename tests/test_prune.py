@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 from tests.cli_helpers import run_cli
 
 
@@ -86,7 +86,7 @@ def test_importance_beats_its_opposite(tiny_encoder):
     from compress.prune.importance import head_importance, make_batches, mean_distance
     from compress.prune.stage import _heads_to_prune, load_task_model
     from compress.prune.structured import prune_heads
-    from export.samples import training_texts
+    from export.runtime.samples import training_texts
 
     model = load_task_model(tiny_encoder, "feature-extraction")
     batches = make_batches(model, model, training_texts(32), 16)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 from tests.cli_helpers import run_cli
 
 
@@ -21,7 +21,7 @@ def encoder_onnx(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def host():
-    from export.profiles import load_profile
+    from export.runtime.profiles import load_profile
 
     return load_profile("host")
 
@@ -35,7 +35,7 @@ def _ops(path: Path) -> set[str]:
 def _run(path: Path, texts: list[str]) -> np.ndarray:
     import onnxruntime as ort
 
-    from export.samples import TextEncoder
+    from export.runtime.samples import TextEncoder
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batch = TextEncoder(path.parent / "tokenizer.json").encode(texts)
@@ -82,7 +82,7 @@ def test_speed_comparison_runs_in_the_same_call(encoder_onnx, host, tmp_path):
 
 
 def test_accuracy_aware_exclusion_brings_drop_within_budget(encoder_onnx, host, tmp_path):
-    from export.profiles import Profile
+    from export.runtime.profiles import Profile
     from export.quantize import quantize_model
 
     first = quantize_model(encoder_onnx, host, tmp_path / "a.onnx", method="int8-static", compare=False)
@@ -159,7 +159,7 @@ def test_bad_inputs(encoder_onnx, host, tmp_path):
         quantize_model(encoder_onnx, host, tmp_path / "y.bin", method="int8-dynamic")
     with pytest.raises(CompressError, match="int8-static only"):
         quantize_model(encoder_onnx, host, tmp_path / "y.onnx", method="fp16", calibration_data=not_onnx)
-    from export.profiles import load_profile
+    from export.runtime.profiles import load_profile
 
     with pytest.raises(CompressError, match="runs on CPUs only"):
         quantize_model(encoder_onnx, load_profile("jetson"), tmp_path / "y.onnx", method="int8-dynamic")
@@ -237,7 +237,7 @@ def test_cli_quantize_human_output(encoder_onnx, tmp_path):
 
 
 def test_tensorrt_targets_get_symmetric_qdq(encoder_onnx, tmp_path):
-    from export.profiles import load_profile
+    from export.runtime.profiles import load_profile
     from export.quantize import quantize_model
 
     out = tmp_path / "trt.onnx"

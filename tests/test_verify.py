@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 from tests.cli_helpers import run_cli
 from tests.test_package import base_run, copy_run, regate
 
@@ -219,8 +219,8 @@ def test_entries_outside_the_top_folder_are_refused(release_archive: Path, tmp_p
 
 
 def test_oversized_archives_are_refused(release_archive: Path, tmp_path: Path, scratch: Path) -> None:
-    from export.archive import ExtractLimits, UnsafeArchiveError
-    from export.verify import verify_archive
+    from export.runtime.archive import ExtractLimits, UnsafeArchiveError
+    from export.runtime.verify import verify_archive
 
     total = sum(len(d) for _, d in members_of(release_archive) if d is not None)
     with pytest.raises(UnsafeArchiveError, match="more than the cap"):
@@ -239,7 +239,7 @@ def test_oversized_archives_are_refused(release_archive: Path, tmp_path: Path, s
 
 
 def test_decompression_is_capped_even_where_headers_say_little(tmp_path: Path, scratch: Path) -> None:
-    from export.archive import ExtractLimits, UnsafeArchiveError, safe_extract
+    from export.runtime.archive import ExtractLimits, UnsafeArchiveError, safe_extract
 
     # A PAX header is read whole by tarfile; 16 MiB of it inflates from a few KiB. The cap on
     # decompressed bytes stops it before it is held in memory.
@@ -290,7 +290,7 @@ def test_not_an_archive(tmp_path: Path, scratch: Path) -> None:
 
 
 def test_member_names_are_checked() -> None:
-    from export.archive import UnsafeArchiveError, check_member_name
+    from export.runtime.archive import UnsafeArchiveError, check_member_name
 
     assert check_member_name("pkg/./model/model.onnx").as_posix() == "pkg/model/model.onnx"
     for bad in ("/etc/passwd", "pkg/../../x", "..", "C:/x", "pkg\\..\\x", "", "a\x00b"):
@@ -346,7 +346,7 @@ def test_verify_gate_runs_without_torch_transformers_or_onnx(release_archive: Pa
 
 
 def test_safe_extract_writes_only_into_a_fresh_folder(tmp_path: Path) -> None:
-    from export.archive import safe_extract
+    from export.runtime.archive import safe_extract
 
     # Files are created with O_EXCL | O_NOFOLLOW, so extraction refuses a folder that already has content.
     archive = tmp_path / "plain.tar.gz"

@@ -15,7 +15,7 @@ import sys
 import click
 
 from compress import __version__
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 # name -> "module:attribute"; the order is the order of `compress --help`.
 COMMANDS: dict[str, tuple[str, str]] = {

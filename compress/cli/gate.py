@@ -27,10 +27,10 @@ def gate(report_path: Path, profile_name: str, quality: Path | None, output: Pat
     3 unverified (measured on hardware that is not the profile's: verify on the target).
     Budgets the evidence cannot speak to (quality without --quality) are "not checked", never passed.
     """
-    from export.gate import QualityEvidence, gate as run_gate, print_gate, read_gate_input, write_junit
-    from export.profiles import load_profile
+    from export.runtime.gate import QualityEvidence, gate as run_gate, print_gate, read_gate_input, write_junit
+    from export.runtime.profiles import load_profile
 
-    from export.report_json import read_json_object
+    from export.base.report_json import read_json_object
 
     # An encoder's bench or a language model's generation bench; of a comparison, its first model.
     kind = read_json_object(report_path, "bench report").get("kind")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 
 def not_implemented(name: str, summary: str) -> click.Command:

@@ -7,7 +7,7 @@ import json
 import click
 import yaml
 
-from export.profiles import list_profiles, load_profile
+from export.runtime.profiles import list_profiles, load_profile
 
 
 @click.group()

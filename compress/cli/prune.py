@@ -44,7 +44,7 @@ def prune(model_dir: Path, out_dir: Path, heads: float, ffn: float, layers: int 
     latency of the original and the pruned model measured in the same run.
     """
     from compress.prune import PruneConfig, prune_model
-    from export.profiles import load_profile
+    from export.runtime.profiles import load_profile
 
     config = PruneConfig(heads=heads, ffn=ffn, layers=layers, data=data, teacher=teacher,
                          recover_steps=recover_steps, magnitude=magnitude, compare=not no_compare)

@@ -33,7 +33,7 @@ def quantize(model: Path, profile_name: str, out: Path, method: str | None, cali
     timed against the fp32 model on this host in the same run, and a result that is not faster
     here is reported as such.
     """
-    from export.profiles import load_profile
+    from export.runtime.profiles import load_profile
     from export.quantize import quantize_model
 
     profile = load_profile(profile_name)

@@ -25,7 +25,7 @@ def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, 
     Exit codes: 0 verified (and, with --gate, gate passed), 1 gate failed,
     2 the archive is damaged, tampered with or unsafe, 3 gate unverified on this hardware.
     """
-    from export.verify import verify_archive
+    from export.runtime.verify import verify_archive
 
     report = verify_archive(archive, gate=run_gate, profile=profile, runs=runs, warmup=warmup)
     if as_json:

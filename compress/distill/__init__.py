@@ -48,18 +48,18 @@ _WHERE = {
     "TEACHERS": "compress.distill.teacher",
     "TeacherSummary": "compress.distill.engine",
     "TrainingReport": "compress.distill.trainer",
-    "default_corpus": "compress.distill.corpus",
+    "default_corpus": "export.base.corpus",
     "distill": "compress.distill.engine",
-    "load_corpus": "compress.distill.corpus",
+    "load_corpus": "export.base.corpus",
     "parse_student_spec": "compress.distill.student",
     "resolve_teacher": "compress.distill.teacher",
     "run_distill_stage": "compress.distill.stage",
-    "split_corpus": "compress.distill.corpus",
+    "split_corpus": "export.base.corpus",
 }
 
 if TYPE_CHECKING:
     from compress.distill.config import DistillConfig
-    from compress.distill.corpus import default_corpus, load_corpus, split_corpus
+    from export.base.corpus import default_corpus, load_corpus, split_corpus
     from compress.distill.engine import DistillResult, TeacherSummary, distill
     from compress.distill.progress import Reporter, StepReport
     from compress.distill.quality import QualityReport

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from compress.distill.corpus import Example
+from export.base.corpus import Example
 from compress.distill.losses import IGNORE_LABEL
-from compress.tasks import Task
+from export.base.tasks import Task
 
 BUCKET_WINDOW_BATCHES = 50
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from compress.distill.batching import TeacherCache
 from compress.distill.student import Student
-from compress.errors import CompressError
-from compress.files import atomic_directory, atomic_write_json
+from export.base.errors import CompressError
+from export.base.files import atomic_directory, atomic_write_json
 
 TENSORS = "tensors.pt"
 STATE = "state.json"

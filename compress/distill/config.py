@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError, require
+from export.base.errors import CompressError, require
 
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_TIME_BUDGET_S = 600.0

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from compress.files import atomic_write_bytes
+from export.base.files import atomic_write_bytes
 
 
 def plot_loss_curve(history: list[dict[str, Any]], path: Path, *, title: str, metric: str) -> Path:

@@ -22,7 +22,7 @@ from typing import Any
 
 from compress.distill.batching import encode, label_ids
 from compress.distill.config import DEFAULT_BATCH_SIZE, DEFAULT_TIME_BUDGET_S, DistillConfig, cpu_threads, resolve_device
-from compress.distill.corpus import Corpus, Example, load_corpus, split_corpus
+from export.base.corpus import Corpus, Example, load_corpus, split_corpus
 from compress.distill.curve import plot_loss_curve
 from compress.distill.losses import LossSettings
 from compress.distill.progress import Reporter
@@ -32,9 +32,9 @@ from compress.distill.student import (Student, StudentPlan, build_student, check
                                       load_student, parse_student_spec, plan_student, save_student)
 from compress.distill.teacher import TEACHER_QUANTS, load_model, load_teacher, resolve_task, resolve_teacher
 from compress.distill.trainer import LoopSettings, Trainer, TrainingReport
-from compress.errors import CompressError
-from compress.files import atomic_write_json, atomic_write_text
-from compress.tasks import Task
+from export.base.errors import CompressError
+from export.base.files import atomic_write_json, atomic_write_text
+from export.base.tasks import Task
 
 STUDENT_DIR = "student"
 CHECKPOINT_DIR = "checkpoints/last"
@@ -137,7 +137,7 @@ class DistillResult:
 
 def config_fingerprint(config: DistillConfig, teacher_dir: Path, corpus: Corpus, init_student: Path | None) -> str:
     """What a checkpoint must match to be resumed: the settings, the teacher folder, the data."""
-    from compress.files import sha256_tree
+    from export.base.files import sha256_tree
 
     key = {
         "params": config.params(),
@@ -170,7 +170,7 @@ def resolve_student_text(config: DistillConfig, profile: Any) -> tuple[str, str 
     if config.student != "auto":
         return config.student, None
     if profile is None:
-        from export.profiles import load_profile
+        from export.runtime.profiles import load_profile
 
         profile = load_profile("host")
     return profile.distill.student, f"{profile.name}: {profile.distill.why}"
@@ -180,7 +180,7 @@ def distill(config: DistillConfig, work_dir: Path, profile: Any = None, reporter
             on_step: Any = None) -> DistillResult:
     """Distil a teacher into a student under ``work_dir`` (student/, checkpoints/, history, curve).
 
-    ``profile`` (an ``export.profiles.Profile``) fills ``student="auto"`` and the default time
+    ``profile`` (an ``export.runtime.profiles.Profile``) fills ``student="auto"`` and the default time
     budget; None means the ``host`` profile. ``on_step`` is called with a
     :class:`~compress.distill.progress.StepReport` after every optimizer step.
     """

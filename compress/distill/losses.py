@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from compress.distill.forward import TaskOutputs
-from compress.errors import CompressError
-from compress.tasks import Task
+from export.torch_model import TaskOutputs
+from export.base.errors import CompressError
+from export.base.tasks import Task
 
 EmbeddingLoss = Literal["cosine", "mse", "cosine+mse"]
 EMBEDDING_LOSSES: tuple[str, ...] = ("cosine", "mse", "cosine+mse")

@@ -1,6 +1,6 @@
 """Held-out quality: how closely a model follows the teacher, with the numbers every stage uses.
 
-Outputs are collected in PyTorch, then compared with ``export.agreement`` (numpy) so the host
+Outputs are collected in PyTorch, then compared with ``export.runtime.agreement`` (numpy) so the host
 and the device report the same definitions: embeddings by mean cosine and top-10 nearest
 neighbour agreement, classifiers by argmax agreement with the teacher (and accuracy when the
 held-out examples have labels). Token classifiers are scored on real tokens, not [CLS]/[SEP]/pad.
@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from compress.distill.batching import EncodedSet, collate
-from compress.distill.forward import task_outputs
+from export.torch_model import task_outputs
 from compress.distill.losses import IGNORE_LABEL
-from compress.tasks import Pooling, Task
-from export.agreement import argmax_agreement, mean_cosine, neighbour_agreement
+from export.base.tasks import Pooling, Task
+from export.runtime.agreement import argmax_agreement, mean_cosine, neighbour_agreement
 
 NEIGHBOURS = 10
 

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from compress.distill.config import DistillConfig
-from compress.distill.corpus import DEFAULT_CORPUS_NAME, default_corpus
+from compress.families.base import data_input
 from compress.distill.engine import (CHECKPOINT_DIR, CURVE_FILE, HELD_OUT_FILE, HISTORY_FILE, STUDENT_DIR, distill,
                                      resolve_student_text)
 from compress.distill.progress import Reporter
 from compress.distill.teacher import resolve_teacher
-from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, write_record
+from export.base.records import FileRef, StageRecord
+from export.base.stages import StageOutput, StageRun, run_stage
 
 STAGE = "distill"
 
@@ -25,11 +26,7 @@ def planned_record(config: DistillConfig, profile: Any) -> StageRecord:
     _, teacher_dir = resolve_teacher(config.teacher)
     inputs = {"teacher": FileRef.of(teacher_dir)}
     params = config.params()
-    if config.data is not None:
-        inputs["data"] = FileRef.of(Path(config.data))
-    else:
-        params["data"] = DEFAULT_CORPUS_NAME
-        params["default_corpus_sha256"] = default_corpus().sha256
+    data_input(config.data, inputs, params)
     if config.init_student is not None:
         inputs["init_student"] = FileRef.of(Path(config.init_student))
     student_text, _ = resolve_student_text(config, profile)
@@ -41,29 +38,23 @@ def planned_record(config: DistillConfig, profile: Any) -> StageRecord:
 
 
 def run_distill_stage(run_dir: Path, config: DistillConfig, profile: Any = None,
-                      reporter: Reporter | None = None) -> StageRecord:
-    """Run (or skip) the distill stage into ``run_dir/distill`` and return its record.
+                      reporter: Reporter | None = None) -> StageRun:
+    """Run (or skip) the distill stage into ``run_dir/distill``.
 
     The record's ``outputs`` are relative to ``run_dir/distill``; its ``metrics`` are
-    :meth:`DistillResult.metrics`. A skipped stage returns the previous record unchanged.
+    :meth:`DistillResult.metrics`. The stage writes in place (not atomically): its checkpoints
+    must survive an interruption for ``--resume``; the record, written last, marks it complete.
     """
     reporter = reporter or Reporter()
     config.validate()
     stage_dir = Path(run_dir) / STAGE
-    record = planned_record(config, profile)
-    previous = is_up_to_date(stage_dir, record)
-    if previous is not None:
+
+    def work(folder: Path) -> StageOutput:
+        result = distill(config, folder, profile, reporter)
+        return StageOutput({"student": STUDENT_DIR, "loss_history": HISTORY_FILE, "loss_curve": CURVE_FILE,
+                            "held_out": HELD_OUT_FILE, "checkpoint": CHECKPOINT_DIR}, result.metrics())
+
+    run = run_stage(stage_dir, planned_record(config, profile), work, atomic=False)
+    if run.status == "skipped":
         reporter.message(f"distill: up to date in {stage_dir} (inputs and settings unchanged); skipped")
-        return previous
-    with StageTimer(record):
-        result = distill(config, stage_dir, profile, reporter)
-    record.outputs = {
-        "student": STUDENT_DIR,
-        "loss_history": HISTORY_FILE,
-        "loss_curve": CURVE_FILE,
-        "held_out": HELD_OUT_FILE,
-        "checkpoint": CHECKPOINT_DIR,
-    }
-    record.metrics = result.metrics()
-    write_record(stage_dir, record)
-    return record
+    return run

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
-from compress.files import atomic_directory, atomic_write_json
-from compress.tasks import Pooling, Task, is_sentence_transformer
+from export.base.errors import CompressError
+from export.base.files import atomic_directory, atomic_write_json
+from export.base.tasks import Pooling, Task, is_sentence_transformer
+from export.torch_model import DENSE_FOLDER, read_dense
 
 SPEC_KEYS = ("layers", "hidden", "heads", "ffn")
 _FFN_ATTRIBUTES = ("intermediate_size", "hidden_dim", "ffn_dim", "encoder_ffn_dim")
@@ -40,7 +41,6 @@ _CONFIG_KEY_ALIASES = {"num_hidden_layers": "layers", "n_layers": "layers", "hid
                        "hidden_dim": "ffn", "teacher_layers": "layers"}
 _IGNORED_CONFIG_KEYS = {"architectures", "model_type", "_name_or_path", "transformers_version", "torch_dtype", "dtype"}
 _LAYER_INDEX = re.compile(r"\.(layer|layers)\.(\d+)\.")
-DENSE_FOLDER = "2_Dense"
 _ST_TRANSFORMER = "sentence_transformers.models.Transformer"
 _ST_POOLING = "sentence_transformers.models.Pooling"
 _ST_DENSE = "sentence_transformers.models.Dense"
@@ -284,7 +284,7 @@ def make_projection(student_hidden: int, teacher_hidden: int) -> Any:
 
 def load_student(folder: Path, task: Task, teacher_hidden: int, teacher_num_layers: int) -> Student:
     """An existing student folder (e.g. a pruned student to recover), with its projection if it saved one."""
-    from compress.distill.teacher import load_model
+    from export.torch_model import load_model
 
     folder = Path(folder)
     model = load_model(folder, task).train()
@@ -297,29 +297,6 @@ def load_student(folder: Path, task: Task, teacher_hidden: int, teacher_num_laye
                             f"expected {hidden} -> {teacher_hidden}")
     layers = evenly_spaced_layers(teacher_num_layers, min(int(model.config.num_hidden_layers), teacher_num_layers))
     return Student(model, projection, layers)
-
-
-def read_dense(folder: Path) -> Any:
-    """The sentence-transformers Dense projection saved in ``folder``, or None."""
-    import torch
-    from safetensors.torch import load_file
-
-    modules_path = Path(folder) / "modules.json"
-    if not modules_path.is_file():
-        return None
-    dense = [m for m in json.loads(modules_path.read_text()) if m.get("type", "").endswith("Dense")]
-    if not dense:
-        return None
-    module_dir = Path(folder) / dense[0].get("path", DENSE_FOLDER)
-    config = json.loads((module_dir / "config.json").read_text())
-    if not config.get("activation_function", "").endswith("Identity"):
-        raise CompressError(f"{module_dir}: only a linear (Identity activation) Dense module is supported")
-    if not (module_dir / "model.safetensors").is_file():
-        raise CompressError(f"{module_dir}: no model.safetensors")
-    weights = load_file(str(module_dir / "model.safetensors"))
-    projection = torch.nn.Linear(config["in_features"], config["out_features"], bias=config.get("bias", True))
-    projection.load_state_dict({k.removeprefix("linear."): v for k, v in weights.items()})
-    return projection
 
 
 def check_sentence_transformer_teacher(folder: Path) -> None:

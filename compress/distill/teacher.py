@@ -11,13 +11,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from compress.errors import CompressError
-from compress.tasks import SUPPORTED_TASKS, Pooling, Task, detect_task, read_pooling
+from export.base.errors import CompressError
+from export.base.tasks import SUPPORTED_TASKS, Pooling, Task, detect_task, read_pooling
+from export.torch_model import TEACHER_QUANTS, TeacherQuant, load_model, load_tokenizer
 
-TeacherQuant = Literal["8bit", "4bit"]
-TEACHER_QUANTS: tuple[str, ...] = ("8bit", "4bit")
 
 
 def _all_minilm_l6_v2() -> Path:
@@ -48,77 +47,6 @@ def resolve_teacher(ref: str | Path | None) -> tuple[str, Path]:
         raise CompressError(f"teacher {ref} is a file; pass a Hugging Face model folder")
     raise CompressError(f"teacher {ref!r} is neither a model folder nor a known name "
                         f"(known: {', '.join(sorted(TEACHERS))})")
-
-
-def model_class(task: Task) -> Any:
-    """The transformers Auto class that loads a folder for ``task``."""
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
-
-    return {
-        "feature-extraction": AutoModel,
-        "text-classification": AutoModelForSequenceClassification,
-        "token-classification": AutoModelForTokenClassification,
-    }[task]
-
-
-def _has_safetensors(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
-
-
-def load_model(folder: Path, task: Task, *, device: str = "cpu", quant: TeacherQuant | None = None,
-               trust_remote_code: bool = False, attn_implementation: str | None = None) -> Any:
-    """Load a model folder for ``task``: offline, safetensors only, in eval mode, on ``device``."""
-    import torch
-
-    if not _has_safetensors(folder):
-        raise CompressError(f"{folder} has no .safetensors weights; only safetensors are loaded "
-                            "(convert the checkpoint with save_pretrained(safe_serialization=True))")
-    kwargs: dict[str, Any] = {"use_safetensors": True, "local_files_only": True,
-                              "trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if quant is not None:
-        kwargs.update(_bitsandbytes_kwargs(quant, device))
-    try:
-        model = model_class(task).from_pretrained(folder, **kwargs)
-    except (OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CompressError(f"cannot load {folder} as a {task} model: {first_line}") from None
-    if quant is None:
-        model = model.to(device=device, dtype=torch.float32)
-    return model.eval()
-
-
-def _bitsandbytes_kwargs(quant: TeacherQuant, device: str) -> dict[str, Any]:
-    import torch
-
-    try:
-        import accelerate  # noqa: F401  (transformers needs it for device_map)
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except ImportError as exc:
-        raise CompressError(f"--teacher-quant needs bitsandbytes and accelerate ({exc})") from None
-    if quant not in TEACHER_QUANTS:
-        raise CompressError(f"unknown --teacher-quant {quant!r}; use one of {', '.join(TEACHER_QUANTS)}")
-    on_cuda = device.startswith("cuda")
-    # int8 matmuls want fp16 activations on CUDA; on CPU bitsandbytes computes in fp32.
-    dtype = torch.float16 if on_cuda else torch.float32
-    if quant == "8bit":
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                    bnb_4bit_compute_dtype=torch.bfloat16 if on_cuda else torch.float32)
-    return {"quantization_config": config, "device_map": {"": device}, "dtype": dtype}
-
-
-def load_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
-    """The teacher's tokenizer (the student keeps it)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise CompressError(f"cannot load the tokenizer of {folder}: {str(exc).strip().splitlines()[0]}") from None
 
 
 @dataclass

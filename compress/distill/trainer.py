@@ -22,13 +22,13 @@ from typing import Any
 
 from compress.distill.batching import EncodedSet, TeacherCache, batches_per_epoch, collate, epoch_batches
 from compress.distill.checkpoint import TrainingState, load_checkpoint, read_state, save_checkpoint
-from compress.distill.forward import task_outputs
+from export.torch_model import task_outputs
 from compress.distill.losses import LossSettings, distillation_loss
 from compress.distill.progress import Reporter, StepReport
 from compress.distill.quality import HeldOutOutputs, QualityReport, compare, held_out_outputs
 from compress.distill.schedule import Schedule
 from compress.distill.student import Student
-from compress.tasks import Pooling, Task
+from export.base.tasks import Pooling, Task
 
 GRAD_CLIP_NORM = 1.0
 

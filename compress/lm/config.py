@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError, require
+from export.base.errors import CompressError, require
 
 DEFAULT_LM_TEACHER = "smollm2"
 LOSSES = ("forward_kl", "reverse_kl", "jsd")

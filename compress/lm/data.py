@@ -13,7 +13,7 @@ Data files (``--data``):
   or ``{"text"}`` (like a ``.txt`` line).
 
 Malformed rows are skipped and named in the description; a file with no usable row is an error.
-Without a file the default corpus (:mod:`compress.distill.corpus`, English prose that installs
+Without a file the default corpus (:mod:`export.base.corpus`, English prose that installs
 with Python) is used as plain text.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 if TYPE_CHECKING:
     import torch
@@ -249,7 +249,7 @@ def _chat_example(messages: object) -> tuple[LMExample | None, str]:
 @functools.lru_cache(maxsize=1)
 def _default_corpus() -> Any:
     # Parsing Python's documentation takes a moment; prompts and data both draw on it.
-    from compress.distill.corpus import default_corpus
+    from export.base.corpus import default_corpus
 
     return default_corpus()
 

@@ -37,7 +37,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 LossKind = Literal["forward_kl", "reverse_kl", "jsd"]
 LOSS_KINDS: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd")

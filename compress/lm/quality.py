@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 from compress.lm.data import EncodedLM, LMExample, collate_lm, encode_examples
 
 # Plain-text examples have no prompt: greedy continuation then starts from the text's first tokens.

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from compress.errors import CompressError
-from compress.files import atomic_write_text
+from export.base.errors import CompressError
+from export.base.files import atomic_write_text
 from compress.lm.data import LMExample, prompt_ids, render_prompt
 from compress.lm.topk_cache import model_fingerprint
 

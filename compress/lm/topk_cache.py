@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from compress.errors import CompressError
-from compress.files import atomic_write_bytes
+from export.base.errors import CompressError
+from export.base.files import atomic_write_bytes
 from compress.lm.losses import TopK
 
 

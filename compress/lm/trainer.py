@@ -36,7 +36,7 @@ from compress.distill.checkpoint import TrainingState, load_checkpoint, read_sta
 from compress.distill.progress import Reporter, StepReport
 from compress.distill.schedule import Schedule
 from compress.distill.trainer import GRAD_CLIP_NORM, DistillInterrupted, _graceful_interrupt, autocast_context
-from compress.errors import CompressError, require
+from export.base.errors import CompressError, require
 from compress.lm.data import EncodedLM, LMExample, collate_lm, encode_examples
 from compress.lm.losses import LOSS_KINDS, LossKind, TopK, lm_distillation_loss, next_token_loss
 from compress.lm.quality import Predictions, agreement, pad_id_of, predictions

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 from compress.prune.structured import encoder_layers
-from compress.tasks import Pooling, Task
+from export.base.tasks import Pooling, Task
 
 INFONCE_TEMPERATURE = 0.05
 
@@ -51,7 +51,7 @@ class TaskModel:
     path: Path
 
     def output(self, batch: dict[str, Any]) -> Any:
-        from compress.distill.forward import task_outputs
+        from export.torch_model import task_outputs
 
         return task_outputs(self.model, batch, self.task, self.pooling, self.projection).final
 

@@ -23,15 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
-from compress.files import atomic_directory
+from export.base.errors import CompressError
+from export.base.files import atomic_directory
 from compress.prune.importance import (Batch, TaskModel, head_importance, layer_removal_order, make_batches,
                                        neuron_importance)
 from compress.prune.magnitude import MagnitudeReport, compressed_size, zero_smallest
 from compress.prune.structured import (count_parameters, encoder_layers, ffn_size, head_counts, keep_layers,
                                        prune_ffn, prune_heads)
-from compress.stage import FileRef, StageRecord, StageTimer, is_up_to_date, read_stage_result, write_record
-from compress.tasks import Task, detect_task, read_config, read_pooling
+from export.base.records import FileRef, StageRecord, read_stage_result
+from export.base.stages import StageOutput, run_stage
+from export.base.tasks import Task, detect_task, read_config, read_pooling
 
 SCHEMA_VERSION = 1
 OBJECTIVES = {
@@ -171,8 +172,8 @@ class PruneResult:
 
 
 def load_task_model(folder: Path, task: Task) -> TaskModel:
-    from compress.distill.student import read_dense
-    from compress.distill.teacher import load_model, load_tokenizer
+    from export.torch_model import read_dense
+    from export.torch_model import load_model, load_tokenizer
 
     model = load_model(folder, task)
     pooling = read_pooling(folder) if task == "feature-extraction" else None
@@ -185,7 +186,7 @@ def measure_quality(model: TaskModel, batches: list[Batch], stage: str) -> Quali
     import numpy as np
     import torch
 
-    from export.agreement import argmax_agreement, mean_cosine, neighbour_agreement
+    from export.runtime.agreement import argmax_agreement, mean_cosine, neighbour_agreement
 
     outputs, targets = [], []
     with torch.no_grad():
@@ -256,7 +257,7 @@ def check_reload(model: TaskModel, folder: Path, batches: list[Batch]) -> float:
 
 def _latency(original: Path, pruned: Path, profile: Any, runs: int, scratch: Path,
              say: Callable[[str], None]) -> LatencyComparison:
-    from export.bench import compare_bench
+    from export.runtime.bench import compare_bench
     from export.onnx_export import export_model
 
     say("exporting the original and the pruned model to ONNX")
@@ -299,8 +300,8 @@ def prune_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     import torch
 
     from compress.distill.teacher import resolve_teacher
-    from export.profiles import load_profile
-    from export.samples import held_out_texts, training_texts
+    from export.runtime.profiles import load_profile
+    from export.runtime.samples import held_out_texts, training_texts
 
     say = log or (lambda message: None)
     source, target = Path(model_dir), Path(out_dir)
@@ -322,57 +323,57 @@ def prune_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         inputs["teacher"] = FileRef.of(teacher_dir)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
     planned = StageRecord(stage="prune", inputs=inputs, params={**params, "profile": profile.name})
-    if resume and (previous := is_up_to_date(target, planned)) is not None:
-        return PruneResult.from_json(previous.metrics["result"])
-
-    torch.manual_seed(0)
-    student = load_task_model(source, task)
-    encoder_layers(student.model)  # refuse non-BERT layouts before any work
-    if teacher_dir is not None:
-        if detect_task(teacher_dir) != task:
-            raise CompressError(f"teacher {teacher_dir} is a {detect_task(teacher_dir)} model; {source} is {task}")
-        teacher = load_task_model(teacher_dir, task)
-    else:
-        teacher = student  # its outputs are taken before any surgery
-
-    importance_texts = training_texts(config.importance_texts, config.data)
-    importance_source = str(config.data) if config.data else "default corpus, training split"
-    say(f"teacher outputs on {len(importance_texts)} texts (importance) and the held-out texts (quality)")
-    batches = make_batches(student, teacher, importance_texts, config.batch_size, config.max_length)
-    eval_batches = make_batches(student, teacher, held_out_texts(config.eval_texts), config.batch_size,
-                                config.max_length)
-    with torch.no_grad():
-        own_width = student.output(batches[0].inputs).shape[-1]
-    if batches[0].teacher.shape[-1] != own_width:
-        raise CompressError(f"teacher outputs have {batches[0].teacher.shape[-1]} dimensions, the model "
-                            f"{own_width}; they cannot be compared")
-    del teacher
-
-    quality = [measure_quality(student, eval_batches, "original")]
-    params_before, heads_before = count_parameters(student.model), sum(head_counts(student.model))
-    layers_before, ffn_before = len(encoder_layers(student.model)), ffn_size(student.model)
-    kept = list(range(layers_before))
-    notes: list[str] = []
-    if config.layers is not None and config.layers < layers_before:
-        say(f"ranking {layers_before} layers by ablation")
-        kept, trace = layer_removal_order(student, batches, config.layers, progress=say)
-        keep_layers(student.model, kept)
-    elif config.layers is not None and config.layers > layers_before:
-        raise CompressError(f"--layers {config.layers}: the model has only {layers_before} layers")
-    if config.heads:
-        ablation = batches[:max(1, HEAD_ABLATION_TEXTS // config.batch_size)]
-        say(f"ranking {sum(head_counts(student.model))} heads by ablation on "
-            f"{sum(len(b.inputs['input_ids']) for b in ablation)} texts")
-        prune_heads(student.model, _heads_to_prune(head_importance(student, ablation), config.heads))
-    if config.ffn:
-        say("ranking FFN neurons by mask gradients")
-        prune_ffn(student.model, _neurons_to_keep(neuron_importance(student, batches), config.ffn))
-    quality.append(measure_quality(student, eval_batches, "pruned"))
-
     target.parent.mkdir(parents=True, exist_ok=True)
-    with StageTimer(planned) as record, atomic_directory(target) as tmp, \
-            tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.work.") as scratch_name:
-        scratch = Path(scratch_name)
+
+    def work(tmp: Path) -> StageOutput:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.work.") as scratch_name:
+            return _prune_into(tmp, Path(scratch_name))
+
+    def _prune_into(tmp: Path, scratch: Path) -> StageOutput:
+        torch.manual_seed(0)
+        student = load_task_model(source, task)
+        encoder_layers(student.model)  # refuse non-BERT layouts before any work
+        if teacher_dir is not None:
+            if detect_task(teacher_dir) != task:
+                raise CompressError(f"teacher {teacher_dir} is a {detect_task(teacher_dir)} model; {source} is {task}")
+            teacher = load_task_model(teacher_dir, task)
+        else:
+            teacher = student  # its outputs are taken before any surgery
+
+        importance_texts = training_texts(config.importance_texts, config.data)
+        importance_source = str(config.data) if config.data else "default corpus, training split"
+        say(f"teacher outputs on {len(importance_texts)} texts (importance) and the held-out texts (quality)")
+        batches = make_batches(student, teacher, importance_texts, config.batch_size, config.max_length)
+        eval_batches = make_batches(student, teacher, held_out_texts(config.eval_texts), config.batch_size,
+                                    config.max_length)
+        with torch.no_grad():
+            own_width = student.output(batches[0].inputs).shape[-1]
+        if batches[0].teacher.shape[-1] != own_width:
+            raise CompressError(f"teacher outputs have {batches[0].teacher.shape[-1]} dimensions, the model "
+                                f"{own_width}; they cannot be compared")
+        del teacher
+
+        quality = [measure_quality(student, eval_batches, "original")]
+        params_before, heads_before = count_parameters(student.model), sum(head_counts(student.model))
+        layers_before, ffn_before = len(encoder_layers(student.model)), ffn_size(student.model)
+        kept = list(range(layers_before))
+        notes: list[str] = []
+        if config.layers is not None and config.layers < layers_before:
+            say(f"ranking {layers_before} layers by ablation")
+            kept, trace = layer_removal_order(student, batches, config.layers, progress=say)
+            keep_layers(student.model, kept)
+        elif config.layers is not None and config.layers > layers_before:
+            raise CompressError(f"--layers {config.layers}: the model has only {layers_before} layers")
+        if config.heads:
+            ablation = batches[:max(1, HEAD_ABLATION_TEXTS // config.batch_size)]
+            say(f"ranking {sum(head_counts(student.model))} heads by ablation on "
+                f"{sum(len(b.inputs['input_ids']) for b in ablation)} texts")
+            prune_heads(student.model, _heads_to_prune(head_importance(student, ablation), config.heads))
+        if config.ffn:
+            say("ranking FFN neurons by mask gradients")
+            prune_ffn(student.model, _neurons_to_keep(neuron_importance(student, batches), config.ffn))
+        quality.append(measure_quality(student, eval_batches, "pruned"))
+
         save_model_folder(student, tmp, source)
         check_reload(student, tmp, eval_batches)
         recovery: RecoveryReport | None = None
@@ -407,10 +408,9 @@ def prune_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
             eval_texts=sum(len(b.inputs["input_ids"]) for b in eval_batches), recover_steps=config.recover_steps,
             latency=latency, magnitude=magnitude, recovery=recovery, notes=notes,
         )
-        record.outputs = {"model": "model.safetensors", "config": "config.json"}
-        record.metrics = {"result": result.to_json()}
-        write_record(tmp, record)
-    return result
+        return StageOutput({"model": "model.safetensors", "config": "config.json"}, {"result": result.to_json()})
+
+    return PruneResult.from_json(run_stage(target, planned, work, resume=resume).result)
 
 
 def read_prune(out_dir: str | os.PathLike[str]) -> PruneResult:

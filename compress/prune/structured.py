@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 # Model types whose layers have BERT's module layout (attention.self, intermediate, output).
 BERT_STYLE = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "xmod", "data2vec-text")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"

@@ -1,6 +1,7 @@
 """The model tasks the project supports, read from a Hugging Face folder.
 
-One place decides what a folder is (sentence encoder, sequence classifier, token classifier)
+One place decides what a folder is (sentence encoder, sequence classifier, token classifier,
+causal language model)
 and how a sentence encoder pools its token states, so distillation, export and packaging all
 agree on what "the model's output" means.
 """
@@ -12,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 Task = Literal["feature-extraction", "text-classification", "token-classification"]
 SUPPORTED_TASKS: tuple[Task, ...] = ("feature-extraction", "text-classification", "token-classification")
+# Causal language models: one task, exported with the KV cache and benchmarked by generation.
+TEXT_GENERATION = "text-generation"
+ALL_TASKS: tuple[str, ...] = (*SUPPORTED_TASKS, TEXT_GENERATION)
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 _ARCHITECTURE_SUFFIX: dict[str, Task] = {
     "ForSequenceClassification": "text-classification",
@@ -86,17 +91,11 @@ def read_pooling(model_dir: Path) -> Pooling:
     return Pooling(mode=mode, normalize=normalize)
 
 
-def pool(hidden_states, attention_mask, pooling: Pooling):  # torch tensors in, torch tensor out
-    """Sentence embeddings from token states (``(batch, seq, dim)``) under ``pooling``."""
-    import torch
-
-    mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
-    if pooling.mode == "cls":
-        pooled = hidden_states[:, 0]
-    elif pooling.mode == "max":
-        pooled = hidden_states.masked_fill(mask == 0, torch.finfo(hidden_states.dtype).min).max(dim=1).values
-    else:
-        pooled = (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-    if pooling.normalize:
-        pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-    return pooled
+def is_causal_lm(model_dir: Path) -> bool:
+    """Whether ``model_dir``'s config.json names a causal-LM architecture (``*ForCausalLM``, ``*LMHeadModel``)."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    architectures = (config.get("architectures") if isinstance(config, dict) else None) or []
+    return any(isinstance(a, str) and a.endswith(CAUSAL_LM_SUFFIXES) for a in architectures)

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import CompressError
-from export.bench import _GRAPH_INPUT, _MODEL_GRAPH, _VALUE_INFO_NAME, _fields, _open_session, _text, _WireError
-from export.inputs import numpy_dtype
+from export.base.errors import CompressError
+from export.runtime.bench import _GRAPH_INPUT, _MODEL_GRAPH, _VALUE_INFO_NAME, _fields, _open_session, _text, _WireError
+from export.runtime.inputs import numpy_dtype
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _PRESENT_PREFIX = "present."

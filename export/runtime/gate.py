@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any, Literal
 from xml.etree import ElementTree
 
-from compress.errors import CompressError
-from compress.files import atomic_write_bytes
-from export.bench import BenchReport
-from export.generation_bench import GenerationBenchReport
-from export.host import HostInfo, matches_pattern, normalise_arch
-from export.profiles import Profile
-from export.report_json import SCHEMA_VERSION, JsonReport
+from export.base.errors import CompressError
+from export.base.files import atomic_write_bytes
+from export.runtime.bench import BenchReport
+from export.runtime.generation_bench import GenerationBenchReport
+from export.runtime.host import HostInfo, matches_pattern, normalise_arch
+from export.runtime.profiles import Profile
+from export.base.report_json import SCHEMA_VERSION, JsonReport
 
 Status = Literal["pass", "fail", "not_checked"]
 Verdict = Literal["pass", "fail", "unverified"]
@@ -249,9 +249,9 @@ def _compare(name: str, budget: float | None, measured: float | None, unit: str,
 def read_gate_input(path_or_text: str | os.PathLike[str]) -> BenchReport | GenerationBenchReport:
     """The report ``gate`` takes from a bench JSON of any kind: an encoder's or a causal LM's bench,
     or the first model of either kind of comparison."""
-    from export.bench import read_report
-    from export.generation_bench import read_generation_report
-    from export.report_json import read_json_object
+    from export.runtime.bench import read_report
+    from export.runtime.generation_bench import read_generation_report
+    from export.base.report_json import read_json_object
 
     kind = read_json_object(path_or_text, "bench report").get("kind")
     report: Any = read_generation_report(path_or_text) if str(kind).startswith("generation") else read_report(path_or_text)

@@ -46,7 +46,7 @@ def read_json_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     For the optional side files of a model folder (``tokenizer_config.json``, ``generation_config.json``
     ...); a file that is there but is not valid JSON is a CompressError, not silently empty.
     """
-    from compress.errors import CompressError
+    from export.base.errors import CompressError
 
     path = Path(path)
     if not path.is_file():

@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import CompressError
-from compress.files import atomic_directory
-from compress.quiet import quiet_libraries
-from compress.tasks import detect_task, read_config, read_pooling
-from export.agreement import argmax_agreement, max_abs_diff, mean_cosine
-from export.profiles import Profile, QualityBudget
+from export.base.errors import CompressError
+from export.base.files import atomic_directory
+from export.base.quiet import quiet_libraries
+from export.base.tasks import detect_task, read_config, read_pooling
+from export.runtime.agreement import argmax_agreement, max_abs_diff, mean_cosine
+from export.runtime.profiles import Profile, QualityBudget
 from export.quantize import QuantizeResult, SpeedComparison
-from export.samples import DEFAULT_EVAL_SAMPLES, held_out_texts
+from export.runtime.samples import DEFAULT_EVAL_SAMPLES, held_out_texts
 
 BNB_QUANT = {"bnb-int8": "8bit", "bnb-nf4": "4bit"}
 # sentence-transformers files and folders that travel with the weights.
@@ -50,7 +50,7 @@ def _weights_bytes(folder: Path) -> int:
 def _outputs(model: Any, batches: list[dict[str, Any]], task: str, pooling: Any, projection: Any) -> np.ndarray:
     import torch
 
-    from compress.distill.forward import task_outputs
+    from export.torch_model import task_outputs
 
     rows = []
     with torch.inference_mode(), _quiet():
@@ -66,7 +66,7 @@ def _time_interleaved(models: list[Any], batch: dict[str, Any], rounds: int) -> 
     """Median seconds per forward of each model, runs alternating between them."""
     import torch
 
-    from compress.distill.forward import model_inputs
+    from export.torch_model import model_inputs
 
     samples: list[list[float]] = [[] for _ in models]
     with torch.inference_mode(), _quiet():
@@ -89,8 +89,8 @@ def quantize_bnb(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
     in PyTorch on this host (batch 1, 128 tokens, interleaved). The output folder appears only
     when complete.
     """
-    from compress.distill.student import read_dense
-    from compress.distill.teacher import load_model, load_tokenizer
+    from export.torch_model import read_dense
+    from export.torch_model import load_model, load_tokenizer
 
     source, target = Path(model_dir), Path(out_dir)
     say = log or (lambda message: None)
@@ -148,7 +148,7 @@ def quantize_bnb(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
         within_budget=drop <= budget, max_abs_diff=max_abs_diff(reference, candidate), samples=len(texts),
         sample_kind="text", sample_source="default corpus, held-out split", notes=notes,
     )
-    from export.host import detect_host
+    from export.runtime.host import detect_host
 
     result.host = detect_host().describe()
     if compare:

@@ -45,11 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import CompressError
-from compress.files import sha256_file
-from compress.quiet import quiet_onnxruntime
-from export.host import HostInfo, detect_host, has_nvidia_gpu
-from export.inputs import (
+from export.base.errors import CompressError
+from export.base.files import sha256_file
+from export.base.quiet import quiet_onnxruntime
+from export.runtime.host import HostInfo, detect_host, has_nvidia_gpu
+from export.runtime.inputs import (
     InputSpec,
     check_npz_names_used,
     describe_npz_inputs,
@@ -58,8 +58,8 @@ from export.inputs import (
     read_npz,
     synthesize_inputs,
 )
-from export.profiles import Profile
-from export.report_json import SCHEMA_VERSION, JsonReport, read_json_object
+from export.runtime.profiles import Profile
+from export.base.report_json import SCHEMA_VERSION, JsonReport, read_json_object
 
 MIB = 2**20
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")

@@ -20,9 +20,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from compress import __version__
-from compress.errors import CompressError
-from compress.files import atomic_write_json, sha256_tree
+from export.base.version import __version__
+from export.base.errors import CompressError
+from export.base.files import atomic_write_json, sha256_tree
 
 SCHEMA_VERSION = 1
 _TRACKED_PACKAGES = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime-gpu", "bitsandbytes")

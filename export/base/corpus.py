@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 # A label is a class name or id for classifiers, or one tag per word for token classifiers.
 Label = Union[str, int, list[Union[str, int]]]

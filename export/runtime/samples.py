@@ -2,7 +2,7 @@
 
 Quality numbers (export parity, quantization drop, pruning quality) are measured on real text
 tokenized by the model's own ``tokenizer.json``, never on random ids alone. By default the texts
-are the held-out split of the default corpus (``compress.distill.corpus``): the same split the
+are the held-out split of the default corpus (``export.base.corpus``): the same split the
 distillation never trains on, so a number measured here is a number on unseen text. Calibration
 for static quantization draws from the training side of that split, so calibration and
 evaluation never share a text.
@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_EVAL_SAMPLES = 64
@@ -41,7 +41,7 @@ def read_texts(path: str | Path) -> list[str]:
 
     Raises CompressError when the file is missing, in an unknown format or has no usable row.
     """
-    from compress.distill.corpus import load_corpus
+    from export.base.corpus import load_corpus
 
     corpus = load_corpus(Path(path))
     texts = [example.text for example in corpus.examples if example.text.strip()]
@@ -55,7 +55,7 @@ def held_out_texts(limit: int | None = DEFAULT_EVAL_SAMPLES, path: str | Path | 
     if path is not None:
         texts = read_texts(path)
     else:
-        from compress.distill.corpus import default_corpus, split_corpus
+        from export.base.corpus import default_corpus, split_corpus
 
         texts = [example.text for example in split_corpus(default_corpus().examples).held_out]
     return texts[:limit] if limit else texts
@@ -69,7 +69,7 @@ def training_texts(limit: int | None = DEFAULT_CALIBRATION_SAMPLES, path: str | 
     if path is not None:
         texts = read_texts(path)
         return texts[:limit] if limit else texts
-    from compress.distill.corpus import default_corpus, split_corpus
+    from export.base.corpus import default_corpus, split_corpus
 
     texts = [example.text for example in split_corpus(default_corpus().examples).train]
     if limit and len(texts) > limit:
@@ -138,7 +138,7 @@ class TextEncoder:
 
 
 def _numpy_type(ort_type: str) -> np.dtype:
-    from export.inputs import numpy_dtype
+    from export.runtime.inputs import numpy_dtype
 
     return numpy_dtype(ort_type)
 
@@ -166,7 +166,7 @@ def text_feeds(encoder: TextEncoder, texts: Sequence[str], inputs: Sequence[Sign
 def synthetic_feeds(inputs: Sequence[Any], count: int, *, seed: int = 0,
                     sequence_length: int = SYNTHETIC_SEQUENCE_LENGTH) -> list[Feed]:
     """``count`` feeds of batch 1 built from the model's declared signature (no tokenizer at hand)."""
-    from export.inputs import synthesize_inputs
+    from export.runtime.inputs import synthesize_inputs
 
     return [synthesize_inputs(list(inputs), batch_size=1, sequence_length=sequence_length, seed=seed + i)[0]
             for i in range(count)]

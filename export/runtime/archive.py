@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 _CHUNK = 1 << 20
 _FILE_MODE = 0o644

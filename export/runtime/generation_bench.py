@@ -1,7 +1,7 @@
 """Benchmark a causal LM's generation the way a target profile runs it.
 
 ``run_generation_bench`` opens the decoder (an ONNX export with its KV cache) with the profile's
-providers and threads through :class:`export.generation.OnnxGenerator`, and generates greedily
+providers and threads through :class:`export.runtime.generation.OnnxGenerator`, and generates greedily
 from a prompt of the profile's ``workload.generation.prompt_length`` tokens, ``new_tokens`` new
 tokens per run. ``compare_generation_bench`` does the same for two models in one process with
 their runs interleaved (A, B, A, B, ...), so drift hits both alike.
@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import CompressError
-from compress.files import sha256_file
-from export.bench import (
+from export.base.errors import CompressError
+from export.base.files import sha256_file
+from export.runtime.bench import (
     GPU_PROVIDERS,
     MIB,
     MemoryStats,
@@ -49,10 +49,10 @@ from export.bench import (
     _rss_bytes,
     _RunProgress,
 )
-from export.generation import GenerationOutput, OnnxGenerator, load_tokenizer
-from export.host import HostInfo, detect_host
-from export.profiles import Profile
-from export.report_json import SCHEMA_VERSION, JsonReport, read_json_object
+from export.runtime.generation import GenerationOutput, OnnxGenerator, load_tokenizer
+from export.runtime.host import HostInfo, detect_host
+from export.runtime.profiles import Profile
+from export.base.report_json import SCHEMA_VERSION, JsonReport, read_json_object
 
 # Real English for the prompt, repeated to the prompt length: a tokenizer splits real text the way
 # it splits users' prompts (random ids can hit odd special tokens).

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 from typing_extensions import Self
 
-from compress.errors import CompressError
-from compress.files import atomic_write_json
+from export.base.errors import CompressError
+from export.base.files import atomic_write_json
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")

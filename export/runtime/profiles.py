@@ -1,9 +1,9 @@
 """Target profiles: what a release must satisfy on one kind of device.
 
 A profile is a YAML file. The shipped ones live in ``profiles/`` of a checkout and in
-``export/profile_data/`` of an installed wheel; a path to a user's own file works wherever a
+``export/runtime/profile_data/`` of an installed wheel; a path to a user's own file works wherever a
 name does. Every file is validated on load: an unknown key, a wrong type or a negative budget
-is a :class:`~compress.errors.CompressError` naming the file and the key.
+is a :class:`~export.base.errors.CompressError` naming the file and the key.
 
 Light on purpose (pydantic and pyyaml only): ``bench``, ``gate`` and ``verify`` load profiles
 on the device, where torch is not installed.
@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight"]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -192,7 +192,7 @@ class Profile(_Strict):
 def _shipped_dirs() -> list[Path]:
     here = Path(__file__).resolve().parent
     # An installed wheel carries the YAML files inside the package; a checkout keeps them at the root.
-    return [p for p in (here / "profile_data", here.parent / "profiles") if p.is_dir()]
+    return [p for p in (here / "profile_data", here.parents[1] / "profiles") if p.is_dir()]
 
 
 def _shipped_files() -> dict[str, Path]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import CompressError
+from export.base.errors import CompressError
 
 # ONNX Runtime's element type names → numpy dtypes.
 _ORT_DTYPES: dict[str, Any] = {

@@ -1,6 +1,6 @@
 """``compress verify``: check a release archive on the device, and optionally gate it there.
 
-1. Extract safely into a fresh temporary folder (export.archive.safe_extract: no links, devices,
+1. Extract safely into a fresh temporary folder (export.runtime.archive.safe_extract: no links, devices,
    absolute or ``..`` paths, size and count caps), removed afterwards whatever happens.
 2. Check every file against ``manifest.json``: present, same size, same sha256; refuse files the
    manifest does not list.
@@ -14,7 +14,7 @@
    ``reference.min_matching_tokens``).
 5. With ``gate=True``: benchmark the model here with the archive's profile (or another) and gate
    it, so a verdict that was ``unverified`` on the build host becomes pass or fail on the target
-   (a language model: the generation bench, export.generation_bench).
+   (a language model: the generation bench, export.runtime.generation_bench).
 
 Device side: onnxruntime, numpy and tokenizers (plus pyyaml and pydantic to read the profile for
 ``--gate``). Never torch, transformers or onnx.
@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import CompressError
-from compress.files import sha256_file
-from compress.quiet import quiet_onnxruntime
-from export.archive import ExtractedFile, ExtractLimits, safe_extract
-from export.manifest import MANIFEST_FILE, Manifest, read_manifest, signature_of_session
+from export.base.errors import CompressError
+from export.base.files import sha256_file
+from export.base.quiet import quiet_onnxruntime
+from export.runtime.archive import ExtractedFile, ExtractLimits, safe_extract
+from export.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest, signature_of_session
 
 SCHEMA_VERSION = 1
 EXIT_CODES = {"pass": 0, "fail": 1, "unverified": 3}
@@ -179,7 +179,7 @@ def _check_generation(root: Path, manifest: Manifest) -> ExampleCheck:
     """The example's greedy KV-cache loop on the reference prompt; its tokens must match the build host's."""
     import onnxruntime as ort
 
-    from export.example.generate import Generator
+    from export.runtime.example.generate import Generator
 
     reference = manifest.reference
     if not reference.tokens:
@@ -215,7 +215,7 @@ def _check_generation(root: Path, manifest: Manifest) -> ExampleCheck:
 
 
 def _check_model(root: Path, manifest: Manifest) -> ExampleCheck:
-    from export.example.run_model import DEFAULT_SENTENCES, PackagedModel, cosine
+    from export.runtime.example.run_model import DEFAULT_SENTENCES, PackagedModel, cosine
 
     try:
         with quiet_onnxruntime():
@@ -257,7 +257,7 @@ def _check_model(root: Path, manifest: Manifest) -> ExampleCheck:
 def _real_text_inputs(root: Path, manifest: Manifest, profile: Any) -> tuple[Path, str]:
     """The profile's workload as real text through the archive's own tokenizer, saved as an .npz
     inside the temporary folder: what the device will really be fed, in the model's vocabulary."""
-    from export.example.run_model import TextEncoder
+    from export.runtime.example.run_model import TextEncoder
 
     batch = profile.workload.batch_size
     length = min(profile.workload.sequence_length, manifest.tokenizer.max_length)
@@ -280,9 +280,9 @@ def _real_text_inputs(root: Path, manifest: Manifest, profile: Any) -> tuple[Pat
 def _gate_here(report: VerifyReport, root: Path, manifest: Manifest, archive: Path, profile_name: str | None, *,
                runs: int, warmup: int, progress: bool) -> None:
     """Benchmark and gate on this machine; fills ``report.bench``, ``report.gate`` and ``report.verdict``."""
-    from export.bench import run_bench
-    from export.gate import QualityEvidence, gate
-    from export.profiles import load_profile, load_profile_file
+    from export.runtime.bench import run_bench
+    from export.runtime.gate import QualityEvidence, gate
+    from export.runtime.profiles import load_profile, load_profile_file
 
     if profile_name is not None:
         profile = load_profile(profile_name)
@@ -291,7 +291,7 @@ def _gate_here(report: VerifyReport, root: Path, manifest: Manifest, archive: Pa
     else:
         profile = load_profile(manifest.profile)
     if manifest.task == GENERATION:
-        from export.generation_bench import run_generation_bench
+        from export.runtime.generation_bench import run_generation_bench
 
         # The prompt is real text through the archive's tokenizer (model/tokenizer.json beside the model).
         bench: Any = run_generation_bench(root / manifest.model.path, profile, runs=runs, warmup=warmup,

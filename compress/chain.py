@@ -1,0 +1,285 @@
+"""The release chain, one for every task family: distill → prune → export → quantize → bench → gate.
+
+``RUN_DIR`` ends up holding one folder per stage, each with its ``stage.json``::
+
+    distill/    student/ (HF folder), held_out.jsonl, loss_history.json (+ the family's own files)
+    prune/      the pruned student (encoders, when the profile or the options ask for pruning)
+    export/     model.onnx + tokenizer files: the student in fp32, parity-checked against PyTorch
+    teacher/    model.onnx + tokenizer files: the teacher in fp32, the baseline every number is against
+    quantize/   the release precision (absent for fp32 profiles)
+    bench/      bench.json (the release alone), compare.json (release vs teacher, runs interleaved)
+    gate/       gate.json, junit.xml (+ quality.json for encoders)
+    run.json    what the run holds, where, and the verdict (read by ``compress package``)
+
+The chain owns the order, the time budget and ``run.json``; a :class:`~compress.families.TaskFamily`
+supplies what differs between a sentence encoder and a causal LM. Every stage goes through
+:func:`export.base.stages.run_stage`, so a stage whose inputs and settings are unchanged is skipped
+and an interrupted run picks up at the first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from export.base.errors import CompressError
+from export.base.files import sha256_file
+from export.base.records import FileRef, StageRecord
+from export.base.version import __version__
+
+if TYPE_CHECKING:
+    from compress.distill.progress import Reporter
+    from compress.families.base import DistillSettings, TaskFamily
+    from export.runtime.gate import GateReport
+    from export.runtime.profiles import Profile
+
+STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")
+PROFILE_COPY = "profile.yaml"
+
+
+@dataclass
+class PruneOptions:
+    """Structured pruning after distillation (fractions of heads and FFN neurons to remove)."""
+
+    heads: float = 0.0
+    ffn: float = 0.0
+    recover_steps: int = 100
+
+    @property
+    def wanted(self) -> bool:
+        return self.heads > 0 or self.ffn > 0
+
+
+@dataclass
+class ChainOptions:
+    """How far the chain goes and how the release is made and measured (None: the family's default)."""
+
+    stop_after: str = "gate"
+    prune: PruneOptions | None = None  # None: the profile's distill.prune
+    precision: str | None = None  # None: the family's choice for the profile
+    opset: int | None = None
+    block_size: int = 32  # int4 weight-only block size (language models)
+    bench_runs: int | None = None
+    bench_warmup: int | None = None
+    quality_texts: int = 256
+
+    def check(self) -> None:
+        if self.stop_after not in STAGES:
+            raise CompressError(f"--stop-after {self.stop_after!r}: choose one of {', '.join(STAGES)}")
+        if (self.bench_runs is not None and self.bench_runs < 1) or \
+                (self.bench_warmup is not None and self.bench_warmup < 0) or self.quality_texts < 2:
+            raise CompressError("bench runs must be at least 1, warm-up runs not negative, quality texts at least 2")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise CompressError("--block-size must be a power of two, at least 16")
+
+
+@dataclass
+class ModelSide:
+    """One column of the final table: the teacher or the released student."""
+
+    path: Path
+    parameters: int
+    size_bytes: int
+
+
+@dataclass
+class TableRow:
+    """One row of the teacher-vs-student table, already formatted by the family."""
+
+    label: str
+    teacher: str
+    student: str
+    ratio: str = ""
+
+
+@dataclass
+class ChainResult:
+    """What ``run_chain`` did and found."""
+
+    run_dir: Path
+    family: str
+    profile: str
+    stages: dict[str, str]  # stage -> ran | skipped | not needed
+    distill: StageRecord | None = None
+    final_model: Path | None = None
+    precision: str | None = None
+    teacher: ModelSide | None = None
+    student: ModelSide | None = None
+    speed: dict[str, Any] | None = None  # the family's headline speed figures, release and teacher
+    speedup: float | None = None  # teacher over release, measured interleaved on this host
+    quality: dict[str, Any] | None = None  # the release's quality against the teacher on held-out text
+    rows: list[TableRow] = field(default_factory=list)
+    measured: str | None = None  # how and where the table's numbers were measured
+    host: str | None = None
+    verdict: str | None = None
+    gate_exit_code: int = 0
+    gate_reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ChainContext:
+    """What every stage of one chain run shares: where, for which target, with which settings."""
+
+    run_dir: Path
+    config: DistillSettings
+    profile: Profile
+    options: ChainOptions
+    reporter: Reporter
+    result: ChainResult
+
+    @property
+    def distilled(self) -> StageRecord:
+        assert self.result.distill is not None, "the distill stage runs first"
+        return self.result.distill
+
+
+def run_chain(run_dir: str | Path, family: TaskFamily, config: DistillSettings, profile: Profile,
+              options: ChainOptions | None = None, reporter: Reporter | None = None) -> ChainResult:
+    """Run the chain for ``profile`` into ``run_dir`` up to ``options.stop_after`` and return what it found.
+
+    ``config`` is the family's distillation config; when it sets neither a step count nor a time
+    budget, the profile's ``distill.time_budget`` bounds the whole chain and distillation gets what
+    the family's later stages are expected to leave.
+    """
+    from compress.distill.progress import Reporter
+
+    options = options or ChainOptions()
+    options.check()
+    family.check_options(options)
+    run_dir = Path(run_dir)
+    last = STAGES.index(options.stop_after)
+
+    def reaches(stage: str) -> bool:
+        return STAGES.index(stage) <= last
+
+    config = with_chain_budget(config, profile, family.later_stages_reserve_s, family.min_distill_share)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = ChainResult(run_dir=run_dir, family=family.name, profile=profile.name, stages={})
+    ctx = ChainContext(run_dir, config, profile, options, reporter or Reporter(), result)
+    distilled = family.distill(ctx)
+    result.stages["distill"], result.distill = distilled.status, distilled.record
+    if not reaches("prune"):
+        return result
+
+    model_dir = family.prune(ctx)
+    if not reaches("export"):
+        return result
+
+    student_onnx = _export(ctx, family, model_dir, "export")
+    teacher_onnx = _export(ctx, family, family.teacher_dir(ctx.distilled), "teacher")
+    result.final_model, result.precision = student_onnx, "fp32"
+    if reaches("quantize"):
+        family.quantize(ctx, student_onnx)
+
+    result.teacher = ModelSide(teacher_onnx, family.teacher_parameters(ctx.distilled), family.size_bytes(teacher_onnx))
+    result.student = ModelSide(result.final_model, family.student_size(ctx).params,
+                               family.size_bytes(result.final_model))
+    gate_report: GateReport | None = None
+    if reaches("bench"):
+        family.bench(ctx, result.final_model, teacher_onnx, bench_threads(profile, result.notes))
+        if reaches("gate"):
+            gate_report = family.gate(ctx, result.final_model, teacher_onnx)
+            result.verdict, result.gate_exit_code = gate_report.verdict, gate_report.exit_code
+            result.gate_reasons = list(gate_report.reasons)
+    if result.quality is None:
+        result.quality = family.distill_quality(ctx.distilled)
+    result.rows, result.measured = family.table(result)
+    _write_summary(ctx, family, gate_report)
+    return result
+
+
+def with_chain_budget(config: DistillSettings, profile: Profile, reserve_s: float, min_share: float
+                      ) -> DistillSettings:
+    """Give distillation the chain's time budget minus what the later stages need (at least ``min_share``)."""
+    if config.step_determined and config.time_budget_s is None:
+        return config
+    total = config.time_budget_s if config.time_budget_s is not None else profile.distill.time_budget_s
+    share = max(total - reserve_s, min_share * total)
+    return dataclasses.replace(config, time_budget_s=round(share, 1))
+
+
+def _export(ctx: ChainContext, family: TaskFamily, model_dir: Path, name: str) -> Path:
+    what = "the teacher" if name == "teacher" else "the student"
+    ctx.reporter.message(f"{name}: exporting {what} to ONNX and checking parity with PyTorch")
+    exported = family.export(ctx, model_dir, ctx.run_dir / name)
+    ctx.result.stages[name] = exported.status
+    ctx.reporter.message(f"{name}: {exported.model} ({exported.parity}, {exported.status})")
+    return exported.model
+
+
+def profile_input(profile: Profile) -> dict[str, FileRef]:
+    """A profile read from a file is a stage input: its budgets live there, so editing it re-runs the stage."""
+    return {"profile": FileRef.of(profile.source)} if profile.source is not None else {}
+
+
+def bench_threads(profile: Profile, notes: list[str]) -> int | None:
+    """The profile's intra-op threads, capped at this host's usable cores (the cap noted in ``notes``).
+
+    More threads than cores measure contention, not the model; on such a host the profile's
+    hardware does not match anyway, and the gate says unverified.
+    """
+    from export.runtime.host import detect_host
+
+    threads = profile.runtime.intra_op_threads
+    cores = detect_host().usable_cores
+    if threads is not None and threads > cores:
+        notes.append(f"benchmarked with {cores} threads, this host's usable cores ({profile.name} runs {threads})")
+        return cores
+    return threads
+
+
+# ---------------------------------------------------------------------------------------------
+# run.json
+
+
+def _write_summary(ctx: ChainContext, family: TaskFamily, gate_report: GateReport | None) -> None:
+    from export.base.files import sha256_tree
+    from export.run_summary import ReportPaths, RunSummary, TeacherInfo, write_run_summary
+
+    result, record = ctx.result, ctx.distilled
+    stages = {name: f"{name}/stage.json" for name in ("distill", "prune", "export", "teacher", "quantize", "bench",
+                                                      "gate")
+              if result.stages.get(name) in ("ran", "skipped")}
+    teacher_dir = family.teacher_dir(record)
+    weights = teacher_dir / "model.safetensors"
+    # The run's identity is its distillation: re-running later stages keeps the id and date.
+    finished = record.finished_at or record.started_at
+    gated = gate_report is not None
+    summary = RunSummary(
+        run_id=f"{re.sub(r'[^0-9]', '', finished)[:14]}-{ctx.profile.name}",
+        created_at=gate_report.created_at if gate_report is not None and family.dated_by_gate else finished,
+        profile=ctx.profile.name, task=family.task_of(ctx), precision=result.precision or "fp32",
+        teacher=TeacherInfo(name=family.teacher_name(record), path=str(teacher_dir),
+                            weights_sha256=sha256_file(weights) if weights.is_file() else sha256_tree(teacher_dir),
+                            params=int(family.teacher_parameters(record))),
+        student=family.student_size(ctx),
+        final_model=str(result.final_model.relative_to(ctx.run_dir)),
+        quality=family.quality_summary(result),
+        tool_version=__version__, stages=stages, profile_file=copy_user_profile(ctx.run_dir, ctx.profile),
+        reports=ReportPaths(bench="bench/bench.json" if "bench" in stages else None,
+                            gate="gate/gate.json" if gated else None, junit="gate/junit.xml" if gated else None,
+                            loss_history=f"distill/{record.outputs['loss_history']}"),
+        verdict=result.verdict,
+    )
+    write_run_summary(ctx.run_dir, summary)
+
+
+def copy_user_profile(run_dir: Path, profile: Profile) -> str | None:
+    """A user's own profile file travels with the run (package and verify gate against it)."""
+    from export.runtime.profiles import is_shipped
+
+    if profile.source is None or is_shipped(profile.source):
+        return None
+    target = run_dir / PROFILE_COPY
+    if not target.is_file() or sha256_file(target) != sha256_file(profile.source):
+        shutil.copy2(profile.source, target.with_suffix(".yaml.tmp"))
+        target.with_suffix(".yaml.tmp").replace(target)
+    return PROFILE_COPY

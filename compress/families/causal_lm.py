@@ -1,0 +1,251 @@
+"""Causal language models: perplexity and next-token agreement, generation speed with the KV cache.
+
+Distillation trains a layer-subset student on the teacher's cached top-k log-probabilities; the
+release is exported with its KV cache, quantized to int4 weight-only on CPUs (fp16 on GPUs) with
+its perplexity measured before and after, and benchmarked by greedy generation: time to first
+token, time per output token, tokens per second.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from compress.families.base import Exported, TaskFamily
+from export.base.errors import CompressError
+from export.base.records import FileRef, StageRecord, read_record, stage_status
+from export.base.stages import StageOutput, run_stage
+from export.base.tasks import TEXT_GENERATION
+
+if TYPE_CHECKING:
+    from compress.lm.config import LMDistillConfig
+    from compress.chain import ChainContext, ChainOptions, ChainResult, TableRow
+    from export.base.stages import StageRun
+    from export.run_summary import QualitySummary, StudentInfo
+    from export.runtime.gate import GateReport
+    from export.runtime.profiles import Profile
+
+LM_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int4-weight")
+BENCH_RUNS = 5
+BENCH_WARMUP = 1
+PARITY_TEXTS = 4
+PERPLEXITY_TEXTS = 32
+
+
+class CausalLMFamily(TaskFamily):
+    """Text generation with a decoder-only model (Llama, Qwen2, GPT-2 layouts)."""
+
+    name: ClassVar[str] = "causal-lm"
+    # On a 2-core CPU for SmolLM2-135M and a 6-layer student: both exports with their parity
+    # checks, int4 with its perplexity check, the generation benches.
+    later_stages_reserve_s: ClassVar[float] = 240.0
+    min_distill_share: ClassVar[float] = 0.4
+    foreign_options: ClassVar[tuple[str, ...]] = (
+        "task", "embedding_loss", "hidden_weight", "attention_weight", "alpha", "trust_remote_code", "prune_heads",
+        "prune_ffn", "recover_steps")
+
+    def make_config(self, settings: dict[str, Any]) -> LMDistillConfig:
+        from compress.lm.config import LMDistillConfig
+
+        renamed = {"lm_loss": "loss", "jsd_beta": "beta"}
+        values = {renamed.get(k, k): v for k, v in settings.items()}
+        values["temperature"] = 1.0 if values.get("temperature") is None else values["temperature"]
+        return LMDistillConfig(**values)
+
+    def check_options(self, options: ChainOptions) -> None:
+        if options.stop_after == "prune":
+            raise CompressError("--stop-after prune: language models are not pruned; stop after distill or export")
+        if options.prune is not None and options.prune.wanted:
+            raise CompressError("--prune-heads/--prune-ffn: language models are not pruned by heads or neurons")
+        if options.precision not in (None, *LM_PRECISIONS):
+            raise CompressError(f"--precision {options.precision} is not available for language models; "
+                                f"choose {', '.join(LM_PRECISIONS[:-1])} or {LM_PRECISIONS[-1]}")
+
+    def distill(self, ctx: ChainContext) -> StageRun:
+        from compress.lm.stage import run_lm_distill_stage
+
+        return run_lm_distill_stage(ctx.run_dir, ctx.config, ctx.profile, ctx.reporter)
+
+    def export(self, ctx: ChainContext, model_dir: Path, out: Path) -> Exported:
+        from export.lm_export import export_causal_lm
+
+        before = read_record(out)
+        exported = export_causal_lm(model_dir, out, parity_texts=self._held_out_texts(ctx)[:PARITY_TEXTS])
+        parity = exported.parity
+        return Exported(Path(exported.out_path),
+                        f"top-1 agreement {parity.top1_agreement:.4f} to PyTorch, first {parity.greedy_tokens} greedy "
+                        f"tokens {'identical' if parity.greedy_match else 'differ'}",
+                        stage_status(before, read_record(out)))
+
+    def quantize(self, ctx: ChainContext, fp32: Path) -> None:
+        from export.lm_export import LMQuantizeResult, quantize_causal_lm
+
+        method = release_precision(ctx.profile, ctx.options.precision)
+        if method == "fp32":
+            ctx.result.stages["quantize"] = "not needed"
+            return
+        texts = self._held_out_texts(ctx)[:PERPLEXITY_TEXTS]
+        export_dir = fp32.parent
+        planned = StageRecord(stage="quantize", inputs={"model": FileRef.of(export_dir)},
+                              params={"method": method, "block_size": ctx.options.block_size,
+                                      "eval_texts": len(texts)})
+
+        def work(tmp: Path) -> StageOutput:
+            ctx.reporter.message(f"quantize: {method} for {ctx.profile.name}, perplexity measured against the fp32 "
+                                 "student")
+            quantized = quantize_causal_lm(export_dir, tmp, method, block_size=ctx.options.block_size,
+                                           eval_texts=texts)
+            quantized.out_path = ctx.run_dir / "quantize" / Path(quantized.out_path).name
+            return StageOutput({"model": quantized.out_path.name}, {"result": quantized.to_json()})
+
+        run = run_stage(ctx.run_dir / "quantize", planned, work)
+        quantized = LMQuantizeResult.from_json(run.result)
+        ctx.reporter.message(f"quantize: {quantized.size_mb:.1f} MiB (fp32 {quantized.fp32_size_mb:.1f}); perplexity "
+                             f"on {len(texts)} held-out texts (ONNX) {quantized.perplexity_fp32:.2f} -> "
+                             f"{quantized.perplexity:.2f} ({quantized.perplexity_ratio:.3f}x)")
+        ctx.result.stages["quantize"] = run.status
+        ctx.result.final_model, ctx.result.precision = run.path("model"), method
+
+    def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
+        from compress.chain import profile_input
+        from export.runtime.generation_bench import GenerationComparison, compare_generation_bench
+
+        runs, warmup = ctx.options.bench_runs or BENCH_RUNS, ctx.options.bench_warmup
+        warmup = BENCH_WARMUP if warmup is None else warmup
+        planned = StageRecord(stage="bench", inputs={"model": FileRef.of(model), "teacher": FileRef.of(teacher),
+                                                     **profile_input(ctx.profile)},
+                              params={"profile": ctx.profile.name, "runs": runs, "warmup": warmup, "threads": threads})
+
+        def work(tmp: Path) -> StageOutput:
+            ctx.reporter.message(f"bench: generating with {model.name} and the teacher, runs interleaved on this host")
+            comparison = compare_generation_bench(model, teacher, ctx.profile, runs=runs, warmup=warmup,
+                                                  threads=threads)
+            comparison.to_json(tmp / "compare.json")
+            comparison.model.to_json(tmp / "bench.json")
+            return StageOutput({"compare": "compare.json", "bench": "bench.json"})
+
+        run = run_stage(ctx.run_dir / "bench", planned, work)
+        comparison = GenerationComparison.from_json(run.path("compare"))
+        student, other = comparison.model, comparison.other
+        ctx.result.stages["bench"] = run.status
+        ctx.result.speed = {
+            "student_tokens_per_s": student.tokens_per_s, "teacher_tokens_per_s": other.tokens_per_s,
+            "student_ttft_ms": student.ttft_ms.p50, "teacher_ttft_ms": other.ttft_ms.p50,
+            "student_tpot_ms": student.tpot_ms.p50, "teacher_tpot_ms": other.tpot_ms.p50,
+            "prompt_length": student.prompt_length, "new_tokens": student.new_tokens,
+        }
+        if student.tokens_per_s and other.tokens_per_s:
+            ctx.result.speedup = student.tokens_per_s / other.tokens_per_s
+        ctx.result.host = student.host.describe()
+
+    def gate(self, ctx: ChainContext, model: Path, teacher: Path) -> GateReport:
+        from compress.chain import profile_input
+        from export.runtime.gate import GateReport, QualityEvidence, gate, write_junit
+        from export.runtime.generation_bench import GenerationBenchReport
+
+        bench_json = ctx.run_dir / "bench" / "bench.json"
+        distill_json = ctx.run_dir / "distill" / "stage.json"
+        planned = StageRecord(stage="gate", inputs={"bench": FileRef.of(bench_json),
+                                                    "distill": FileRef.of(distill_json), **profile_input(ctx.profile)},
+                              params={"profile": ctx.profile.name})
+
+        def work(tmp: Path) -> StageOutput:
+            quality = ctx.distilled.metrics["quality"]
+            evidence = QualityEvidence(teacher_agreement=float(quality["next_token_agreement"]),
+                                       metric="next_token_agreement", source=str(distill_json))
+            verdict = gate(GenerationBenchReport.from_json(bench_json), ctx.profile, evidence)
+            verdict.to_json(tmp / "gate.json")
+            write_junit(verdict, tmp / "junit.xml")
+            return StageOutput({"gate": "gate.json", "junit": "junit.xml"}, {"verdict": verdict.verdict})
+
+        run = run_stage(ctx.run_dir / "gate", planned, work)
+        ctx.result.stages["gate"] = run.status
+        ctx.result.quality = ctx.distilled.metrics["quality"]
+        return GateReport.from_json(run.path("gate"))
+
+    def _held_out_texts(self, ctx: ChainContext) -> list[str]:
+        path = ctx.run_dir / "distill" / ctx.distilled.outputs["held_out"]
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [(row.get("prompt", "") + row.get("completion", "")).strip() for row in rows]
+
+    # -- reports ---------------------------------------------------------------------------------
+    def distill_summary(self, m: dict[str, Any], run_dir: Path) -> tuple[str, list[TableRow], list[str]]:
+        t, q = m["training"], m["quality"]
+        return "", [], [
+            f"distill: {m['student']} -> teacher layers {','.join(map(str, m['student_layers']))}; "
+            f"{m['teacher_parameters'] / 1e6:.1f}M -> {m['student_parameters'] / 1e6:.1f}M parameters",
+            f"{t['steps']} steps ({t['epochs']:.2f} epochs) in {t['train_time_s']:.0f} s on {t['device']} "
+            f"({t['precision']}), {t['tokens_per_s']:.0f} tokens/s; stopped by {t['stopped_by']}; "
+            f"{m['train_examples']} training texts ({m['teacher_answers']} answered by the teacher), "
+            f"{m['held_out_examples']} held out",
+            f"held-out (PyTorch): perplexity teacher {q['teacher_perplexity']:.2f}, student "
+            f"{q['student_perplexity']:.2f}; next-token agreement {q['next_token_agreement']:.4f}; greedy "
+            f"agreement {q['greedy_agreement']:.4f} ({q['greedy_tokens']} tokens over {q['greedy_prompts']} prompts)",
+            f"student: {Path(run_dir) / 'distill' / 'student'}",
+        ]
+
+    def table(self, result: ChainResult) -> tuple[list[TableRow], str | None]:
+        from compress.chain import TableRow
+
+        teacher, student = result.teacher, result.student
+        if teacher is None or student is None:
+            return [], None
+        rows = [TableRow("parameters", f"{teacher.parameters / 1e6:.1f}M", f"{student.parameters / 1e6:.1f}M",
+                         f"{teacher.parameters / student.parameters:.1f}x fewer"),
+                TableRow("file size", _mb(teacher.size_bytes), _mb(student.size_bytes),
+                         f"{teacher.size_bytes / student.size_bytes:.1f}x smaller")]
+        speed, measured = result.speed, None
+        if speed is not None and speed["student_tokens_per_s"] and speed["teacher_tokens_per_s"]:
+            t, s = speed["teacher_tokens_per_s"], speed["student_tokens_per_s"]
+            rows.append(TableRow("tokens/s", f"{t:.1f}", f"{s:.1f}", f"{s / t:.2f}x faster"))
+            for label, key in (("time to first token p50", "ttft_ms"), ("time per token p50", "tpot_ms")):
+                t, s = speed[f"teacher_{key}"], speed[f"student_{key}"]
+                rows.append(TableRow(label, f"{t:.1f} ms", f"{s:.1f} ms", f"{t / s:.2f}x faster"))
+            measured = (f"generation: {speed['prompt_length']}-token prompt, {speed['new_tokens']} new tokens, "
+                        f"greedy, runs interleaved on {result.host}; perplexity on the held-out split")
+        quality = result.quality or {}
+        if quality:
+            rows.append(TableRow("perplexity (held-out, PyTorch fp32)", f"{quality['teacher_perplexity']:.2f}",
+                                 f"{quality['student_perplexity']:.2f}",
+                                 f"{quality['student_perplexity'] / quality['teacher_perplexity']:.2f}x"))
+            rows.append(TableRow("next-token agreement", "1.0000", f"{quality['next_token_agreement']:.4f}"))
+        return rows, measured
+
+    def distill_quality(self, record: StageRecord) -> dict[str, float] | None:
+        return record.metrics["quality"]
+
+    def teacher_dir(self, record: StageRecord) -> Path:
+        return Path(record.metrics["teacher_path"])
+
+    def teacher_name(self, record: StageRecord) -> str:
+        return str(record.metrics["teacher"])
+
+    def student_size(self, ctx: ChainContext) -> StudentInfo:
+        from export.run_summary import StudentInfo
+
+        m = ctx.distilled.metrics
+        return StudentInfo(params=int(m["student_parameters"]), layers=len(m["student_layers"]), hidden=int(m["hidden"]))
+
+    def task_of(self, ctx: ChainContext) -> str:
+        return TEXT_GENERATION
+
+    def quality_summary(self, result: ChainResult) -> QualitySummary:
+        from export.run_summary import QualitySummary
+
+        quality = result.distill.metrics["quality"] if result.distill else {}
+        return QualitySummary(teacher_agreement=quality.get("next_token_agreement"), metric="next_token_agreement",
+                              heldout_samples=quality.get("samples"))
+
+
+def release_precision(profile: Profile, requested: str | None) -> str:
+    """The release precision: as asked, else int4 weight-only on CPUs and fp16 on GPUs (fp32 stays fp32)."""
+    if requested:
+        return requested
+    if profile.precision == "fp32":
+        return "fp32"
+    return "fp16" if profile.hardware.device == "gpu" else "int4-weight"
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"

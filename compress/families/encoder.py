@@ -1,0 +1,314 @@
+"""Sentence encoders and classifiers: cosine or label agreement, latency at a fixed batch and length.
+
+Distillation trains a shallower (or narrower) BERT-style student on the teacher's embeddings or
+logits; it may be pruned; the release is measured by one forward pass per request, and its
+quality on held-out text through onnxruntime against the teacher's own ONNX export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from compress.families.base import Exported, TaskFamily
+from export.base.errors import CompressError
+from export.base.files import atomic_write_json
+from export.base.records import FileRef, StageRecord, read_record, stage_status
+from export.base.stages import StageOutput, run_stage
+
+if TYPE_CHECKING:
+    from compress.distill.config import DistillConfig
+    from compress.chain import ChainContext, ChainResult, PruneOptions, TableRow
+    from export.base.stages import StageRun
+    from export.quantize import QuantizeResult
+    from export.run_summary import QualitySummary, StudentInfo
+    from export.runtime.gate import GateReport
+    from export.runtime.profiles import Profile
+
+BENCH_RUNS = 100
+BENCH_WARMUP = 10
+_METRIC_LABEL = {"mean_cosine": "cosine", "argmax_agreement": "same label"}
+
+
+class EncoderFamily(TaskFamily):
+    """Sentence embeddings (feature-extraction), text classification and token classification."""
+
+    name: ClassVar[str] = "encoder"
+    # Measured on this CPU with the default teacher: about 80 s for both exports, quantization
+    # with its checks, bench, comparison and quality evaluation.
+    later_stages_reserve_s: ClassVar[float] = 120.0
+    min_distill_share: ClassVar[float] = 0.5
+    dated_by_gate: ClassVar[bool] = True
+    foreign_options: ClassVar[tuple[str, ...]] = (
+        "lm_loss", "jsd_beta", "topk", "teacher_answers", "answer_tokens", "sample", "top_p", "block_size")
+
+    def make_config(self, settings: dict[str, Any]) -> DistillConfig:
+        from compress.distill.config import DistillConfig
+
+        temperature = settings.pop("temperature", None)
+        return DistillConfig(**settings, temperature=2.0 if temperature is None else temperature)
+
+    def distill(self, ctx: ChainContext) -> StageRun:
+        from compress.distill.stage import run_distill_stage
+
+        return run_distill_stage(ctx.run_dir, ctx.config, ctx.profile, ctx.reporter)
+
+    def prune(self, ctx: ChainContext) -> Path:
+        from compress.chain import PruneOptions
+        from compress.prune.stage import PruneConfig, prune_model
+
+        prune: PruneOptions = ctx.options.prune or PruneOptions(**ctx.profile.distill.prune.model_dump())
+        if not prune.wanted:
+            ctx.result.stages["prune"] = "not needed"
+            return self.student_dir(ctx)
+        out = ctx.run_dir / "prune"
+        before = read_record(out)
+        prune_model(self.student_dir(ctx), out,
+                    PruneConfig(heads=prune.heads, ffn=prune.ffn, data=ctx.config.data,
+                                teacher=str(self.teacher_dir(ctx.distilled)), recover_steps=prune.recover_steps,
+                                compare=False),
+                    profile=ctx.profile, resume=True, log=lambda text: ctx.reporter.message(f"prune: {text}"))
+        ctx.result.stages["prune"] = stage_status(before, read_record(out))
+        if ctx.result.stages["prune"] == "skipped":
+            ctx.reporter.message(f"prune: up to date in {out}; skipped")
+        return out
+
+    def export(self, ctx: ChainContext, model_dir: Path, out: Path) -> Exported:
+        from export.onnx_export import export_model
+
+        before = read_record(out)
+        exported = export_model(model_dir, out, opset=ctx.options.opset, samples=self._held_out(ctx), resume=True)
+        return Exported(exported.onnx_path, f"{exported.parity.metric} {exported.parity.agreement:.6f} to PyTorch",
+                        stage_status(before, read_record(out)))
+
+    def quantize(self, ctx: ChainContext, fp32: Path) -> None:
+        from export.quantize import BNB_METHODS, quantize_stage, resolve_method
+        from export.runtime.gate import match_hardware
+        from export.runtime.host import detect_host
+
+        profile, result = ctx.profile, ctx.result
+        if (ctx.options.precision or profile.precision) == "fp32":
+            result.stages["quantize"] = "not needed"
+            return
+        method = resolve_method(profile, ctx.options.precision)
+        if method in BNB_METHODS:
+            raise CompressError(f"precision {method} is for PyTorch on a GPU and cannot be the chain's ONNX release; "
+                                "run `compress quantize MODEL_DIR --method ...` on the student folder instead")
+        stage_dir = ctx.run_dir / "quantize"
+        before = read_record(stage_dir)
+        ctx.reporter.message(f"quantize: {method} for {profile.name}, measured against the fp32 student")
+        quantized = quantize_stage(fp32, profile, stage_dir, method=method,
+                                   calibration_data=ctx.config.data if method == "int8-static" else None,
+                                   log=lambda text: ctx.reporter.message(f"quantize: {text}"))
+        result.stages["quantize"] = stage_status(before, read_record(stage_dir))
+        providers = quantized.speed.providers_used if quantized.speed else ["CPUExecutionProvider"]
+        keep, why = choose_release(quantized, profile, match_hardware(profile, detect_host(), providers).matched,
+                                   fp32.stat().st_size)
+        # The chain says itself which model ships and why; the stage's file-copy notes are noise here.
+        result.notes.extend(note for note in quantized.notes if not note.startswith("copied beside")
+                            and not (keep == "fp32" and note.startswith("not faster")))
+        if keep == "quantized":
+            result.final_model, result.precision = quantized.out_path, method
+        else:
+            result.notes.append(why)
+            ctx.reporter.warning(why)
+
+    def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
+        from compress.chain import profile_input
+        from export.runtime.bench import BenchReport, ComparisonReport, compare_bench, run_bench
+
+        runs, warmup = ctx.options.bench_runs or BENCH_RUNS, ctx.options.bench_warmup
+        warmup = BENCH_WARMUP if warmup is None else warmup
+        planned = StageRecord(stage="bench", inputs={"model": FileRef.of(model), "teacher": FileRef.of(teacher),
+                                                     **profile_input(ctx.profile)},
+                              params={"profile": ctx.profile.name, "runs": runs, "warmup": warmup, "threads": threads})
+
+        def work(tmp: Path) -> StageOutput:
+            ctx.reporter.message(f"bench: {model.name} alone, then against the teacher, runs interleaved "
+                                 f"({ctx.profile.name}'s providers, threads and workload)")
+            alone = run_bench(model, ctx.profile, runs=runs, warmup=warmup, threads=threads, progress=False)
+            comparison = compare_bench(model, teacher, ctx.profile, runs=runs, warmup=warmup, threads=threads,
+                                       progress=False)
+            alone.to_json(tmp / "bench.json")
+            comparison.to_json(tmp / "compare.json")
+            return StageOutput({"bench": "bench.json", "compare": "compare.json"}, {
+                "p50_ms": alone.latency.p50_ms, "p95_ms": alone.latency.p95_ms, "p99_ms": alone.latency.p99_ms,
+                "teacher_p50_ms": comparison.other.latency.p50_ms, "speedup_vs_teacher": comparison.p50_ratio,
+                "host": alone.host.describe(), "providers_used": list(alone.session.providers_used)})
+
+        run = run_stage(ctx.run_dir / "bench", planned, work)
+        if run.status == "skipped":
+            ctx.reporter.message(f"bench: up to date in {run.folder}; skipped")
+        BenchReport.from_json(run.path("bench"))  # a report that no longer reads is an error here, not later
+        comparison = ComparisonReport.from_json(run.path("compare"))
+        result = ctx.result
+        result.stages["bench"] = run.status
+        result.speed = {"student_p50_ms": comparison.model.latency.p50_ms,
+                        "student_p95_ms": comparison.model.latency.p95_ms,
+                        "teacher_p50_ms": comparison.other.latency.p50_ms,
+                        "teacher_p95_ms": comparison.other.latency.p95_ms,
+                        "batch_size": comparison.model.workload.batch_size,
+                        "sequence_length": comparison.model.workload.sequence_length}
+        result.speedup, result.host = comparison.p50_ratio, comparison.model.host.describe()
+
+    def gate(self, ctx: ChainContext, model: Path, teacher: Path) -> GateReport:
+        from compress.chain import profile_input
+        from compress.evaluate import agreement_with_teacher
+        from export.runtime.bench import BenchReport
+        from export.runtime.gate import GateReport, QualityEvidence, gate, write_junit
+        from export.runtime.samples import read_texts
+
+        held_out = self._held_out(ctx)
+        bench_json = ctx.run_dir / "bench" / "bench.json"
+        fp32 = None if ctx.result.precision == "fp32" else ctx.run_dir / "export" / "model.onnx"
+        planned = StageRecord(stage="gate", inputs={
+            "model": FileRef.of(model), "teacher": FileRef.of(teacher), "held_out": FileRef.of(held_out),
+            "bench": FileRef.of(bench_json), **profile_input(ctx.profile),
+            **({"fp32": FileRef.of(fp32)} if fp32 is not None else {}),
+        }, params={"profile": ctx.profile.name, "quality_texts": ctx.options.quality_texts})
+
+        def work(tmp: Path) -> StageOutput:
+            texts = read_texts(held_out)[:ctx.options.quality_texts]
+            ctx.reporter.message(f"gate: {model.name} vs the teacher on {len(texts)} held-out texts, then the budgets")
+            source = f"{held_out.parent.name}/{held_out.name}"
+            agreement = agreement_with_teacher(model, teacher, texts, source=source)
+            # What quantization cost, on the same texts: the release against its own fp32 export.
+            drop = 0.0 if fp32 is None else \
+                1.0 - agreement_with_teacher(model, fp32, texts, source=source).teacher_agreement
+            quality = {**dataclasses.asdict(agreement), "quantization_drop": drop}
+            evidence = QualityEvidence(teacher_agreement=agreement.teacher_agreement, metric=agreement.metric,
+                                       quantization_drop=drop, source="gate/quality.json")
+            report = gate(BenchReport.from_json(bench_json), ctx.profile, evidence)
+            atomic_write_json(tmp / "quality.json", quality)
+            report.to_json(tmp / "gate.json")
+            write_junit(report, tmp / "junit.xml")
+            return StageOutput({"quality": "quality.json", "gate": "gate.json", "junit": "junit.xml"},
+                               {"verdict": report.verdict, **quality})
+
+        run = run_stage(ctx.run_dir / "gate", planned, work)
+        if run.status == "skipped":
+            ctx.reporter.message(f"gate: up to date in {run.folder}; skipped")
+        ctx.result.stages["gate"] = run.status
+        ctx.result.quality = json.loads(run.path("quality").read_text(encoding="utf-8"))
+        return GateReport.from_json(run.path("gate"))
+
+    def _held_out(self, ctx: ChainContext) -> Path:
+        return ctx.run_dir / "distill" / ctx.distilled.outputs["held_out"]
+
+    # -- reports ---------------------------------------------------------------------------------
+    def distill_summary(self, m: dict[str, Any], run_dir: Path) -> tuple[str, list[TableRow], list[str]]:
+        from compress.chain import TableRow
+
+        metric = m["teacher_agreement_metric"]
+        start = m.get("initial_teacher_agreement")
+        rows = [TableRow("parameters", f"{m['teacher_parameters'] / 1e6:.1f}M", f"{m['student_parameters'] / 1e6:.1f}M"),
+                TableRow("layers / hidden", f"{m.get('teacher_layers', '')} / {m.get('teacher_hidden', '')}",
+                         f"{m['student_layers']} / {m['student_hidden']}"),
+                TableRow(f"held-out {metric} to teacher (PyTorch)", "1.0000",
+                         f"{m['teacher_agreement']:.4f}" + (f" (start {start:.4f})" if start is not None else ""))]
+        if m.get("accuracy") is not None:
+            rows.append(TableRow("accuracy on labels", f"{m['teacher_accuracy']:.4f}", f"{m['accuracy']:.4f}"))
+        if m.get("teacher_quant"):
+            rows.append(TableRow(f"teacher {m['teacher_quant']} vs full precision",
+                                 f"{m['teacher_quant_agreement']:.4f}", ""))
+        lines = []
+        by_step = ", ".join(f"{e['step']}: {e['teacher_agreement']:.3f}" for e in m.get("agreement_by_step", []))
+        if by_step:
+            lines.append(f"{metric} by step: {by_step}")
+        lines.append(f"{m['steps']} steps ({m['epochs']:.2f} epochs, {m['samples_seen']} samples) in "
+                     f"{m['train_time_s']:.0f} s on {m['device']} ({m['precision']}), {m['samples_per_s']:.1f} "
+                     f"samples/s; stopped by {m['stopped_by']}; {m['held_out_examples']} held-out examples")
+        lines.append(f"student: {Path(run_dir) / 'distill' / 'student'}")
+        return f"distill: {m.get('student', '')}", rows, lines
+
+    def table(self, result: ChainResult) -> tuple[list[TableRow], str | None]:
+        from compress.chain import TableRow
+
+        teacher, student = result.teacher, result.student
+        if teacher is None or student is None:
+            return [], None
+        rows = [TableRow("parameters", f"{teacher.parameters / 1e6:.1f}M", f"{student.parameters / 1e6:.1f}M",
+                         f"{teacher.parameters / student.parameters:.1f}x fewer"),
+                TableRow("file size", _mb(teacher.size_bytes), _mb(student.size_bytes),
+                         f"{teacher.size_bytes / student.size_bytes:.1f}x smaller")]
+        speed, measured = result.speed, None
+        if speed is not None:
+            for label, t, s in (("latency p50", speed["teacher_p50_ms"], speed["student_p50_ms"]),
+                                ("latency p95", speed["teacher_p95_ms"], speed["student_p95_ms"])):
+                rows.append(TableRow(label, f"{t:.2f} ms", f"{s:.2f} ms", f"{t / s:.2f}x faster"))
+            measured = (f"latency: batch {speed['batch_size']}, {speed['sequence_length']} tokens, runs interleaved "
+                        f"on {result.host}")
+        quality = result.quality or {}
+        if quality.get("teacher_agreement") is not None:
+            metric = quality["metric"]
+            rows.append(TableRow(f"{_METRIC_LABEL.get(metric, metric)} to teacher", "1.0000",
+                                 f"{quality['teacher_agreement']:.4f}", f"{100 * quality['teacher_agreement']:.1f}%"))
+            if quality.get("neighbour_agreement") is not None:
+                rows.append(TableRow("top-10 neighbours", "1.0000", f"{quality['neighbour_agreement']:.4f}"))
+            if measured is not None:
+                measured += f"; quality on {quality['samples']} held-out texts"
+        return rows, measured
+
+    def teacher_dir(self, record: StageRecord) -> Path:
+        from compress.distill.teacher import resolve_teacher
+
+        return resolve_teacher(record.params.get("teacher"))[1]
+
+    def teacher_name(self, record: StageRecord) -> str:
+        from compress.distill.teacher import resolve_teacher
+
+        return resolve_teacher(record.params.get("teacher"))[0]
+
+    def student_size(self, ctx: ChainContext) -> StudentInfo:
+        from export.run_summary import StudentInfo
+
+        metrics = ctx.distilled.metrics
+        pruned = read_record(ctx.run_dir / "prune") if ctx.result.stages.get("prune") in ("ran", "skipped") else None
+        if pruned is not None:
+            prune_result = pruned.metrics["result"]
+            return StudentInfo(params=int(prune_result["params_after"]), layers=int(prune_result["layers_after"]),
+                               hidden=int(metrics["student_hidden"]))
+        return StudentInfo(params=int(metrics["student_parameters"]), layers=int(metrics["student_layers"]),
+                           hidden=int(metrics["student_hidden"]))
+
+    def task_of(self, ctx: ChainContext) -> str:
+        from export.onnx_export import read_export
+
+        return read_export(ctx.run_dir / "export").task
+
+    def quality_summary(self, result: ChainResult) -> QualitySummary:
+        from export.run_summary import QualitySummary
+
+        quality = result.quality if result.stages.get("gate") in ("ran", "skipped") else None
+        if quality is None:
+            return QualitySummary(teacher_agreement=None,
+                                  metric=result.distill.metrics.get("teacher_agreement_metric", "") if result.distill
+                                  else "")
+        return QualitySummary(teacher_agreement=quality["teacher_agreement"], metric=quality["metric"],
+                              neighbour_agreement=quality["neighbour_agreement"],
+                              quantization_drop=quality["quantization_drop"], heldout_samples=quality["samples"])
+
+
+def choose_release(quantized: QuantizeResult, profile: Profile, on_target: bool, fp32_bytes: int) -> tuple[str, str]:
+    """``("quantized" | "fp32", why)``: the model the release ships.
+
+    The quantized model ships unless it costs more quality than the profile allows, or it is
+    measurably slower on hardware that matches the profile while the fp32 model fits the size
+    budget. Speed measured on other hardware says nothing about the target, so it decides nothing.
+    """
+    budget_mb = profile.budgets.model_size_mb
+    fp32_fits = budget_mb is None or fp32_bytes / 2**20 <= budget_mb
+    if not quantized.within_budget and fp32_fits:
+        return "fp32", (f"{quantized.method} costs {quantized.quality_drop:.4f} of agreement, more than the profile's "
+                        f"{quantized.max_quantization_drop:.4f}: the release keeps the fp32 student")
+    speed = quantized.speed
+    if on_target and speed is not None and speed.verdict == "slower" and fp32_fits:
+        return "fp32", (f"{quantized.method} is {1 / speed.speedup:.2f}x slower than fp32 on this host, which matches "
+                        f"{profile.name}: the release keeps the fp32 student")
+    return "quantized", ""
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"

@@ -1,0 +1,57 @@
+"""``compress distill`` as one function: pick the family, check the options, build its config, run the chain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from export.base.errors import CompressError
+
+if TYPE_CHECKING:
+    from compress.chain import ChainResult
+    from compress.distill.progress import Reporter
+    from compress.families.base import TaskFamily
+
+# Options of the chain itself (the rest configure distillation).
+CHAIN_OPTIONS = ("stop_after", "precision", "block_size", "prune_heads", "prune_ffn", "recover_steps")
+
+
+@dataclass
+class DistillJob:
+    """What a user asked ``compress distill`` for, as option name -> value."""
+
+    profile: str = "host"
+    teacher: str | None = None
+    run_dir: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    given: set[str] = field(default_factory=set)  # options the user named (not left at their defaults)
+
+
+def run_distill_job(job: DistillJob, reporter: Reporter | None = None) -> tuple[TaskFamily, ChainResult]:
+    """Run the whole chain for ``job``; an option the teacher's family cannot use is a CompressError."""
+    from compress.chain import ChainOptions, PruneOptions, run_chain
+    from compress.families import family_for
+    from export.runtime.profiles import load_profile
+
+    profile = load_profile(job.profile)
+    family = family_for(job.teacher)
+    foreign = sorted(name for name in job.given if name in family.foreign_options)
+    if foreign:
+        names = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        kind = "a language model" if family.name == "causal-lm" else "an encoder or classifier"
+        raise CompressError(f"{names}: not used when the teacher is {kind}; drop {'it' if len(foreign) == 1 else 'them'}")
+    settings = {k: v for k, v in job.settings.items() if k not in family.foreign_options}
+    chain = {name: settings.pop(name) for name in CHAIN_OPTIONS if name in settings}
+    config = family.make_config({**settings, "teacher": job.teacher} if job.teacher else settings)
+    prune = None
+    if "prune_heads" in chain:
+        defaults = profile.distill.prune
+        prune = PruneOptions(
+            heads=defaults.heads if chain["prune_heads"] is None else chain["prune_heads"],
+            ffn=defaults.ffn if chain["prune_ffn"] is None else chain["prune_ffn"],
+            recover_steps=defaults.recover_steps if chain["recover_steps"] is None else chain["recover_steps"])
+    options = ChainOptions(stop_after=chain.get("stop_after", "gate"), prune=prune, precision=chain.get("precision"),
+                           block_size=chain.get("block_size", 32))
+    run_dir = job.run_dir or Path("runs") / profile.name
+    return family, run_chain(run_dir, family, config, profile, options, reporter)
