@@ -22,123 +22,24 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from export.base.errors import CompressError
 from export.base.files import sha256_file
-from export.base.records import FileRef, StageRecord
 from export.base.version import __version__
+
+from compress.chain_state import (STAGES, ChainContext, ChainOptions, ChainResult, DistillSettings, ModelSide,
+                                  PruneOptions, TableRow, bench_threads, profile_input)
 
 if TYPE_CHECKING:
     from compress.distill.progress import Reporter
-    from compress.families.base import DistillSettings, TaskFamily
+    from compress.families.base import TaskFamily
     from export.runtime.gate import GateReport
     from export.runtime.profiles import Profile
 
-STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")
+__all__ = ["STAGES", "ChainContext", "ChainOptions", "ChainResult", "ModelSide", "PruneOptions", "TableRow",
+           "bench_threads", "profile_input", "run_chain", "with_chain_budget"]
 PROFILE_COPY = "profile.yaml"
-
-
-@dataclass
-class PruneOptions:
-    """Structured pruning after distillation (fractions of heads and FFN neurons to remove)."""
-
-    heads: float = 0.0
-    ffn: float = 0.0
-    recover_steps: int = 100
-
-    @property
-    def wanted(self) -> bool:
-        return self.heads > 0 or self.ffn > 0
-
-
-@dataclass
-class ChainOptions:
-    """How far the chain goes and how the release is made and measured (None: the family's default)."""
-
-    stop_after: str = "gate"
-    prune: PruneOptions | None = None  # None: the profile's distill.prune
-    precision: str | None = None  # None: the family's choice for the profile
-    opset: int | None = None
-    block_size: int = 32  # int4 weight-only block size (language models)
-    bench_runs: int | None = None
-    bench_warmup: int | None = None
-    quality_texts: int = 256
-
-    def check(self) -> None:
-        if self.stop_after not in STAGES:
-            raise CompressError(f"--stop-after {self.stop_after!r}: choose one of {', '.join(STAGES)}")
-        if (self.bench_runs is not None and self.bench_runs < 1) or \
-                (self.bench_warmup is not None and self.bench_warmup < 0) or self.quality_texts < 2:
-            raise CompressError("bench runs must be at least 1, warm-up runs not negative, quality texts at least 2")
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise CompressError("--block-size must be a power of two, at least 16")
-
-
-@dataclass
-class ModelSide:
-    """One column of the final table: the teacher or the released student."""
-
-    path: Path
-    parameters: int
-    size_bytes: int
-
-
-@dataclass
-class TableRow:
-    """One row of the teacher-vs-student table, already formatted by the family."""
-
-    label: str
-    teacher: str
-    student: str
-    ratio: str = ""
-
-
-@dataclass
-class ChainResult:
-    """What ``run_chain`` did and found."""
-
-    run_dir: Path
-    family: str
-    profile: str
-    stages: dict[str, str]  # stage -> ran | skipped | not needed
-    distill: StageRecord | None = None
-    final_model: Path | None = None
-    precision: str | None = None
-    teacher: ModelSide | None = None
-    student: ModelSide | None = None
-    speed: dict[str, Any] | None = None  # the family's headline speed figures, release and teacher
-    speedup: float | None = None  # teacher over release, measured interleaved on this host
-    quality: dict[str, Any] | None = None  # the release's quality against the teacher on held-out text
-    rows: list[TableRow] = field(default_factory=list)
-    measured: str | None = None  # how and where the table's numbers were measured
-    host: str | None = None
-    verdict: str | None = None
-    gate_exit_code: int = 0
-    gate_reasons: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class ChainContext:
-    """What every stage of one chain run shares: where, for which target, with which settings."""
-
-    run_dir: Path
-    config: DistillSettings
-    profile: Profile
-    options: ChainOptions
-    reporter: Reporter
-    result: ChainResult
-
-    @property
-    def distilled(self) -> StageRecord:
-        assert self.result.distill is not None, "the distill stage runs first"
-        return self.result.distill
 
 
 def run_chain(run_dir: str | Path, family: TaskFamily, config: DistillSettings, profile: Profile,
@@ -213,27 +114,6 @@ def _export(ctx: ChainContext, family: TaskFamily, model_dir: Path, name: str) -
     ctx.result.stages[name] = exported.status
     ctx.reporter.message(f"{name}: {exported.model} ({exported.parity}, {exported.status})")
     return exported.model
-
-
-def profile_input(profile: Profile) -> dict[str, FileRef]:
-    """A profile read from a file is a stage input: its budgets live there, so editing it re-runs the stage."""
-    return {"profile": FileRef.of(profile.source)} if profile.source is not None else {}
-
-
-def bench_threads(profile: Profile, notes: list[str]) -> int | None:
-    """The profile's intra-op threads, capped at this host's usable cores (the cap noted in ``notes``).
-
-    More threads than cores measure contention, not the model; on such a host the profile's
-    hardware does not match anyway, and the gate says unverified.
-    """
-    from export.runtime.host import detect_host
-
-    threads = profile.runtime.intra_op_threads
-    cores = detect_host().usable_cores
-    if threads is not None and threads > cores:
-        notes.append(f"benchmarked with {cores} threads, this host's usable cores ({profile.name} runs {threads})")
-        return cores
-    return threads
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from export.base.quiet import quiet_libraries
 from export.base.tasks import detect_task, read_config, read_pooling
 from export.runtime.agreement import argmax_agreement, max_abs_diff, mean_cosine
 from export.runtime.profiles import Profile, QualityBudget
-from export.quantize import QuantizeResult, SpeedComparison
+from export.quantize_report import QuantizeResult, SpeedComparison
 from export.runtime.samples import DEFAULT_EVAL_SAMPLES, held_out_texts
 
 BNB_QUANT = {"bnb-int8": "8bit", "bnb-nf4": "4bit"}

@@ -31,29 +31,27 @@ reported as such, with the host it was measured on.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from export.base.errors import CompressError
-from export.base.files import atomic_directory
 from export.base.quiet import quiet_libraries
 from export.base.records import FileRef, StageRecord, read_stage_result
 from export.base.stages import StageOutput, run_stage
+from export.quantize_report import Attempt, ExcludedNode, QuantizeResult, SpeedComparison
 from export.runtime.agreement import argmax_agreement, max_abs_diff, mean_cosine
 from export.runtime.profiles import Profile
 from export.runtime.samples import (DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVAL_SAMPLES, Feed, Samples, TextEncoder,
                             model_samples, read_texts, training_texts)
 
-SCHEMA_VERSION = 1
 ONNX_METHODS = ("int8-dynamic", "int8-static", "fp16", "int4-weight")
 BNB_METHODS = ("bnb-int8", "bnb-nf4")
 METHODS = ONNX_METHODS + BNB_METHODS
@@ -71,91 +69,6 @@ DEFAULT_COMPARE_RUNS = 50
 DEFAULT_COMPARE_WARMUP = 5
 # Speed-ups within this band of 1.0 are measurement noise on a shared machine, not a difference.
 SPEED_NOISE = 0.05
-
-
-# ---------------------------------------------------------------------------------------------
-# Report dataclasses
-
-
-@dataclass
-class ExcludedNode:
-    """A node left in fp32 because quantizing it cost too much quality."""
-
-    name: str
-    op_type: str
-    sensitivity: float  # relative squared error quantizing it alone adds to its output
-
-
-@dataclass
-class Attempt:
-    """One quantization tried during the accuracy-aware search."""
-
-    excluded: int
-    quality_drop: float
-
-
-@dataclass
-class SpeedComparison:
-    """The quantized model against its fp32 source on this host, runs interleaved in one process."""
-
-    fp32_p50_ms: float
-    quantized_p50_ms: float
-    speedup: float  # fp32 p50 / quantized p50: 3.0 = three times faster
-    verdict: str  # faster | no faster | slower  (within ±SPEED_NOISE counts as no faster)
-    runs: int
-    providers_used: list[str]
-    host: str
-    workload: str  # "batch 1 x 128 tokens (synthetic (seed 0))"
-
-
-@dataclass
-class QuantizeResult:
-    """What ``quantize_model`` wrote and what it measured."""
-
-    method: str
-    preset: str | None  # arm64 | avx2 | avx512_vnni | tensorrt; None for fp16/int4/bitsandbytes
-    profile: str
-    input_path: Path
-    out_path: Path
-    size_before_bytes: int
-    size_after_bytes: int
-    metric: str  # mean_cosine | argmax_agreement
-    output: str  # the compared output
-    agreement: float  # quantized vs fp32 on held-out samples
-    quality_drop: float  # 1 - agreement
-    max_quantization_drop: float  # the profile's budget
-    within_budget: bool
-    max_abs_diff: float
-    samples: int
-    sample_kind: str  # text | synthetic
-    sample_source: str
-    excluded_nodes: list[ExcludedNode] = field(default_factory=list)
-    attempts: list[Attempt] = field(default_factory=list)
-    calibration_samples: int = 0
-    calibration_source: str | None = None
-    speed: SpeedComparison | None = None
-    host: str = ""
-    notes: list[str] = field(default_factory=list)
-    schema_version: int = SCHEMA_VERSION
-
-    @property
-    def size_ratio(self) -> float:
-        return self.size_before_bytes / max(self.size_after_bytes, 1)
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["input_path"], data["out_path"] = str(self.input_path), str(self.out_path)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> QuantizeResult:
-        data = dict(data)
-        data["input_path"], data["out_path"] = Path(data["input_path"]), Path(data["out_path"])
-        data["excluded_nodes"] = [ExcludedNode(**n) for n in data.get("excluded_nodes", [])]
-        data["attempts"] = [Attempt(**a) for a in data.get("attempts", [])]
-        data["speed"] = SpeedComparison(**data["speed"]) if data.get("speed") else None
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def test_bench_real_teacher_export(teacher_onnx: Path, host, tmp_path: Path) -> 
 def test_vocabulary_is_read_from_the_embedding_gather(teacher_onnx: Path) -> None:
     import onnx
 
-    from export.runtime.bench import _inspect_model_file
+    from export.runtime.onnx_file import inspect_model_file as _inspect_model_file
 
     model = onnx.load(str(teacher_onnx), load_external_data=False)
     sizes = id_vocab_sizes(model.graph, ["input_ids", "token_type_ids", "attention_mask"])

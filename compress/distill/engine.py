@@ -30,7 +30,8 @@ from compress.distill.quality import QualityReport, compare, held_out_outputs
 from compress.distill.schedule import Schedule
 from compress.distill.student import (Student, StudentPlan, build_student, check_sentence_transformer_teacher,
                                       load_student, parse_student_spec, plan_student, save_student)
-from compress.distill.teacher import TEACHER_QUANTS, load_model, load_teacher, resolve_task, resolve_teacher
+from compress.distill.teacher import load_teacher, resolve_task, resolve_teacher
+from export.torch_model import TEACHER_QUANTS, load_model
 from compress.distill.trainer import LoopSettings, Trainer, TrainingReport
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json, atomic_write_text

@@ -15,7 +15,7 @@ from typing import Any
 
 from export.base.errors import CompressError
 from export.base.tasks import SUPPORTED_TASKS, Pooling, Task, detect_task, read_pooling
-from export.torch_model import TEACHER_QUANTS, TeacherQuant, load_model, load_tokenizer
+from export.torch_model import TeacherQuant, load_model, load_tokenizer
 
 
 

@@ -10,26 +10,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from export.base.corpus import DEFAULT_CORPUS_NAME, default_corpus
 from export.base.records import FileRef, StageRecord
 
 if TYPE_CHECKING:
-    from compress.chain import ChainContext, ChainOptions, ChainResult, TableRow
+    from compress.chain_state import ChainContext, ChainOptions, ChainResult, DistillSettings, TableRow
     from export.base.stages import StageRun
     from export.run_summary import QualitySummary, StudentInfo
     from export.runtime.gate import GateReport
-
-
-class DistillSettings(Protocol):
-    """What the chain reads of any family's distillation config."""
-
-    data: Path | None
-    time_budget_s: float | None
-
-    @property
-    def step_determined(self) -> bool: ...
 
 
 @dataclass

@@ -20,7 +20,7 @@ from export.base.tasks import TEXT_GENERATION
 
 if TYPE_CHECKING:
     from compress.lm.config import LMDistillConfig
-    from compress.chain import ChainContext, ChainOptions, ChainResult, TableRow
+    from compress.chain_state import ChainContext, ChainOptions, ChainResult, TableRow
     from export.base.stages import StageRun
     from export.run_summary import QualitySummary, StudentInfo
     from export.runtime.gate import GateReport
@@ -108,7 +108,7 @@ class CausalLMFamily(TaskFamily):
         ctx.result.final_model, ctx.result.precision = run.path("model"), method
 
     def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
-        from compress.chain import profile_input
+        from compress.chain_state import profile_input
         from export.runtime.generation_bench import GenerationComparison, compare_generation_bench
 
         runs, warmup = ctx.options.bench_runs or BENCH_RUNS, ctx.options.bench_warmup
@@ -140,7 +140,7 @@ class CausalLMFamily(TaskFamily):
         ctx.result.host = student.host.describe()
 
     def gate(self, ctx: ChainContext, model: Path, teacher: Path) -> GateReport:
-        from compress.chain import profile_input
+        from compress.chain_state import profile_input
         from export.runtime.gate import GateReport, QualityEvidence, gate, write_junit
         from export.runtime.generation_bench import GenerationBenchReport
 
@@ -186,7 +186,7 @@ class CausalLMFamily(TaskFamily):
         ]
 
     def table(self, result: ChainResult) -> tuple[list[TableRow], str | None]:
-        from compress.chain import TableRow
+        from compress.chain_state import TableRow
 
         teacher, student = result.teacher, result.student
         if teacher is None or student is None:

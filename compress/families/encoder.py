@@ -20,9 +20,9 @@ from export.base.stages import StageOutput, run_stage
 
 if TYPE_CHECKING:
     from compress.distill.config import DistillConfig
-    from compress.chain import ChainContext, ChainResult, PruneOptions, TableRow
+    from compress.chain_state import ChainContext, ChainResult, TableRow
     from export.base.stages import StageRun
-    from export.quantize import QuantizeResult
+    from export.quantize_report import QuantizeResult
     from export.run_summary import QualitySummary, StudentInfo
     from export.runtime.gate import GateReport
     from export.runtime.profiles import Profile
@@ -56,7 +56,7 @@ class EncoderFamily(TaskFamily):
         return run_distill_stage(ctx.run_dir, ctx.config, ctx.profile, ctx.reporter)
 
     def prune(self, ctx: ChainContext) -> Path:
-        from compress.chain import PruneOptions
+        from compress.chain_state import PruneOptions
         from compress.prune.stage import PruneConfig, prune_model
 
         prune: PruneOptions = ctx.options.prune or PruneOptions(**ctx.profile.distill.prune.model_dump())
@@ -116,7 +116,7 @@ class EncoderFamily(TaskFamily):
             ctx.reporter.warning(why)
 
     def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
-        from compress.chain import profile_input
+        from compress.chain_state import profile_input
         from export.runtime.bench import BenchReport, ComparisonReport, compare_bench, run_bench
 
         runs, warmup = ctx.options.bench_runs or BENCH_RUNS, ctx.options.bench_warmup
@@ -154,7 +154,7 @@ class EncoderFamily(TaskFamily):
         result.speedup, result.host = comparison.p50_ratio, comparison.model.host.describe()
 
     def gate(self, ctx: ChainContext, model: Path, teacher: Path) -> GateReport:
-        from compress.chain import profile_input
+        from compress.chain_state import profile_input
         from compress.evaluate import agreement_with_teacher
         from export.runtime.bench import BenchReport
         from export.runtime.gate import GateReport, QualityEvidence, gate, write_junit
@@ -199,7 +199,7 @@ class EncoderFamily(TaskFamily):
 
     # -- reports ---------------------------------------------------------------------------------
     def distill_summary(self, m: dict[str, Any], run_dir: Path) -> tuple[str, list[TableRow], list[str]]:
-        from compress.chain import TableRow
+        from compress.chain_state import TableRow
 
         metric = m["teacher_agreement_metric"]
         start = m.get("initial_teacher_agreement")
@@ -224,7 +224,7 @@ class EncoderFamily(TaskFamily):
         return f"distill: {m.get('student', '')}", rows, lines
 
     def table(self, result: ChainResult) -> tuple[list[TableRow], str | None]:
-        from compress.chain import TableRow
+        from compress.chain_state import TableRow
 
         teacher, student = result.teacher, result.student
         if teacher is None or student is None:

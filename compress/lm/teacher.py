@@ -9,7 +9,6 @@ later run loads that. Weights are only ever loaded from safetensors; remote code
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path

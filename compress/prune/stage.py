@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from export.base.errors import CompressError
-from export.base.files import atomic_directory
 from compress.prune.importance import (Batch, TaskModel, head_importance, layer_removal_order, make_batches,
                                        neuron_importance)
 from compress.prune.magnitude import MagnitudeReport, compressed_size, zero_smallest

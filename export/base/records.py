@@ -80,7 +80,7 @@ class StageRecord:
     def finish(self) -> None:
         """Stamp the end time and duration, once (a record is written inside its ``StageTimer``)."""
         if not self.finished_at:
-            self.finished_at = _now()
+            self.finished_at = utc_now()
             started = getattr(self, "_clock", None)
             if started is not None:
                 self.duration_s = round(time.perf_counter() - started, 3)
@@ -141,7 +141,7 @@ class StageTimer:
         self.record = record
 
     def __enter__(self) -> StageRecord:
-        self.record.started_at = _now()
+        self.record.started_at = utc_now()
         self.record._clock = time.perf_counter()  # type: ignore[attr-defined]  # not a field: never serialised
         return self.record
 
@@ -155,5 +155,6 @@ def write_record(stage_dir: Path, record: StageRecord) -> Path:
     return atomic_write_json(Path(stage_dir) / "stage.json", record.to_json())
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """Now, as ISO 8601 UTC to the second (what every record and report stamps)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

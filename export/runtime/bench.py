@@ -30,16 +30,11 @@ come from a small reader of ONNX's protobuf wire format that skips the weights.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
-import io
 import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +42,16 @@ import numpy as np
 
 from export.base.errors import CompressError
 from export.base.files import sha256_file
-from export.base.quiet import quiet_onnxruntime
-from export.runtime.host import HostInfo, detect_host, has_nvidia_gpu
+from export.runtime.host import HostInfo, detect_host
+from export.runtime.onnx_file import DataFile, GraphFacts, inspect_model_file
+from export.runtime.progress import RunProgress
+from export.runtime.session import (GPU_PROVIDERS, high_water_mark_bytes, open_session, release_freed_memory,
+                                    reset_high_water_mark, rss_bytes)
+from export.base.records import utc_now
 from export.runtime.inputs import (
     InputSpec,
     check_npz_names_used,
     describe_npz_inputs,
-    id_vocab_sizes,
     match_npz,
     read_npz,
     synthesize_inputs,
@@ -62,7 +60,6 @@ from export.runtime.profiles import Profile
 from export.base.report_json import SCHEMA_VERSION, JsonReport, read_json_object
 
 MIB = 2**20
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _log = logging.getLogger(__name__)
 
 
@@ -118,14 +115,6 @@ class MemoryStats:
     method: str  # how the peak was found (RSS samples, plus the kernel high-water mark on Linux)
     shared_process: bool = False  # True in a comparison: two sessions lived in one process
     note: str = ""
-
-
-@dataclass
-class DataFile:
-    """One file of the model on disk: the .onnx itself or an external data file it references."""
-
-    path: str
-    bytes: int
 
 
 @dataclass
@@ -227,283 +216,10 @@ def read_report(path_or_text: str | os.PathLike[str]) -> BenchReport | Compariso
     return BenchReport.from_dict(data)
 
 
-# ---------------------------------------------------------------------------------------------
-# The model on disk
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class _GraphFacts:
-    files: list[DataFile]
-    opset: int | None
-    producer: str | None
-    vocab_sizes: dict[str, int]
-
-
-# A minimal reader of ONNX's protobuf wire format. bench runs on devices where the onnx package is
-# not installed, yet it must count external data files toward the model size (a size budget must
-# never pass on a partial count) and find the embedding table's vocabulary. It walks only the
-# fields below and skips weight bytes without reading them (the file is memory-mapped).
-# Field numbers from onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto, TensorProto).
-_MODEL_PRODUCER, _MODEL_GRAPH, _MODEL_OPSET = 2, 7, 8
-_OPSET_DOMAIN, _OPSET_VERSION = 1, 2
-_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_SPARSE_INITIALIZER = 1, 5, 11, 15
-_NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE = 1, 2, 4, 5
-_ATTR_TENSOR, _ATTR_GRAPH, _ATTR_TENSORS, _ATTR_GRAPHS = 5, 6, 10, 11
-_TENSOR_DIMS, _TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 1, 8, 13, 14
-_SPARSE_VALUES, _SPARSE_INDICES = 1, 2
-_ENTRY_KEY, _ENTRY_VALUE = 1, 2
-_VALUE_INFO_NAME, _VALUE_INFO_TYPE, _TYPE_TENSOR, _TENSOR_TYPE_ELEM = 1, 2, 1, 1
-_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
-_INTEGER_ELEM_TYPES = {6, 7}  # INT32, INT64: what token ids come as
-
-
-class _WireError(ValueError):
-    pass
-
-
-def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise _WireError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: Any, start: int, end: int):
-    """(field number, wire type, value) for one message; length-delimited values are (start, end)."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos, end)
-        elif wire == 2:
-            length, pos = _varint(buf, pos, end)
-            if pos + length > end:
-                raise _WireError("field runs past its message")
-            value, pos = (pos, pos + length), pos + length
-        elif wire == 1:
-            value, pos = None, pos + 8
-        elif wire == 5:
-            value, pos = None, pos + 4
-        else:
-            raise _WireError(f"wire type {wire}")
-        if number == 0 or pos > end:
-            raise _WireError("bad field")
-        yield number, wire, value
-
-
-def _text(buf: Any, span: tuple[int, int]) -> str:
-    return bytes(buf[span[0]:span[1]]).decode("utf-8", errors="replace")
-
-
-@dataclass
-class _Tensor:
-    name: str = ""
-    dims: list[int] = field(default_factory=list)
-    external_locations: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Node:
-    op_type: str = ""
-    input: list[str] = field(default_factory=list)
-    output: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Graph:
-    """The parts of an ONNX graph bench needs, with onnx's attribute names (id_vocab_sizes takes either)."""
-
-    node: list[_Node] = field(default_factory=list)
-    initializer: list[_Tensor] = field(default_factory=list)
-    integer_inputs: list[str] = field(default_factory=list)
-    external_locations: set[str] = field(default_factory=set)  # this graph's and its subgraphs'
-
-
-def _read_tensor(buf: Any, span: tuple[int, int]) -> _Tensor:
-    tensor, external, entries = _Tensor(), False, []
-    for number, wire, value in _fields(buf, *span):
-        if number == _TENSOR_DIMS and wire == 0:
-            tensor.dims.append(value)
-        elif number == _TENSOR_DIMS and wire == 2:  # packed
-            pos = value[0]
-            while pos < value[1]:
-                dim, pos = _varint(buf, pos, value[1])
-                tensor.dims.append(dim)
-        elif number == _TENSOR_NAME and wire == 2:
-            tensor.name = _text(buf, value)
-        elif number == _TENSOR_DATA_LOCATION and wire == 0:
-            external = value == _EXTERNAL
-        elif number == _TENSOR_EXTERNAL_DATA and wire == 2:
-            entry = {k: _text(buf, v) for k, w, v in _fields(buf, *value) if w == 2}
-            if entry.get(_ENTRY_KEY) == "location" and _ENTRY_VALUE in entry:
-                entries.append(entry[_ENTRY_VALUE])
-    tensor.external_locations = entries if external else []
-    return tensor
-
-
-def _read_graph(buf: Any, span: tuple[int, int]) -> _Graph:
-    graph = _Graph()
-
-    def take(tensor: _Tensor) -> _Tensor:
-        graph.external_locations.update(tensor.external_locations)
-        return tensor
-
-    def sub(span: tuple[int, int]) -> None:
-        graph.external_locations.update(_read_graph(buf, span).external_locations)
-
-    for number, wire, value in _fields(buf, *span):
-        if wire != 2:
-            continue
-        if number == _GRAPH_INITIALIZER:
-            graph.initializer.append(take(_read_tensor(buf, value)))
-        elif number == _GRAPH_SPARSE_INITIALIZER:
-            for n, w, v in _fields(buf, *value):
-                if w == 2 and n in (_SPARSE_VALUES, _SPARSE_INDICES):
-                    take(_read_tensor(buf, v))
-        elif number == _GRAPH_INPUT:
-            name, elem = "", None
-            for n, w, v in _fields(buf, *value):
-                if n == _VALUE_INFO_NAME and w == 2:
-                    name = _text(buf, v)
-                elif n == _VALUE_INFO_TYPE and w == 2:
-                    for tn, tw, tv in _fields(buf, *v):
-                        if tn == _TYPE_TENSOR and tw == 2:
-                            elem = next((ev for en, ew, ev in _fields(buf, *tv) if en == _TENSOR_TYPE_ELEM and ew == 0), None)
-            if elem in _INTEGER_ELEM_TYPES:
-                graph.integer_inputs.append(name)
-        elif number == _GRAPH_NODE:
-            node = _Node()
-            for n, w, v in _fields(buf, *value):
-                if w != 2:
-                    continue
-                if n == _NODE_INPUT:
-                    node.input.append(_text(buf, v))
-                elif n == _NODE_OUTPUT:
-                    node.output.append(_text(buf, v))
-                elif n == _NODE_OP_TYPE:
-                    node.op_type = _text(buf, v)
-                elif n == _NODE_ATTRIBUTE:
-                    for an, aw, av in _fields(buf, *v):
-                        if aw == 2 and an in (_ATTR_TENSOR, _ATTR_TENSORS):
-                            take(_read_tensor(buf, av))
-                        elif aw == 2 and an in (_ATTR_GRAPH, _ATTR_GRAPHS):
-                            sub(av)
-            graph.node.append(node)
-    return graph
-
-
-def _inspect_model_file(path: Path) -> _GraphFacts:
-    """Size on disk (external data included), opset, producer, and embedding vocabulary sizes."""
-    import mmap
-
-    files = [DataFile(str(path), path.stat().st_size)]
-    if files[0].bytes == 0:
-        raise CompressError(f"{path} is not an ONNX model (the file is empty)")
-    opset: int | None = None
-    producer: str | None = None
-    graph: _Graph | None = None
-    try:
-        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            for number, wire, value in _fields(buf, 0, len(buf)):
-                if number == _MODEL_GRAPH and wire == 2:
-                    graph = _read_graph(buf, value)
-                elif number == _MODEL_PRODUCER and wire == 2:
-                    producer = _text(buf, value) or None
-                elif number == _MODEL_OPSET and wire == 2:
-                    entry = {n: v for n, w, v in _fields(buf, *value)}
-                    domain = _text(buf, entry[_OPSET_DOMAIN]) if _OPSET_DOMAIN in entry else ""
-                    if domain in ("", "ai.onnx") and isinstance(entry.get(_OPSET_VERSION), int):
-                        opset = entry[_OPSET_VERSION]
-    except (_WireError, IndexError) as exc:
-        raise CompressError(f"{path} is not an ONNX model (unreadable protobuf: {exc})") from None
-    except OSError as exc:
-        raise CompressError(f"cannot read {path}: {exc}") from None
-    if graph is None or opset is None:
-        raise CompressError(f"{path} is not an ONNX model (no graph or no opset in it)")
-    for location in sorted(graph.external_locations):
-        data_path = path.parent / location
-        if not data_path.is_file():
-            raise CompressError(f"{path} references external data {location} that is not beside it ({data_path})")
-        files.append(DataFile(str(data_path), data_path.stat().st_size))
-    return _GraphFacts(files, opset, producer, id_vocab_sizes(graph, graph.integer_inputs))
-
-
-# ---------------------------------------------------------------------------------------------
-# Memory
-# ---------------------------------------------------------------------------------------------
-
-def _rss_bytes() -> int:
-    try:
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-    except ImportError:
-        statm = Path("/proc/self/statm")
-        if statm.exists():
-            return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def _reset_high_water_mark() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return _high_water_mark_bytes() is not None
-    except OSError:
-        return False
-
-
-def _high_water_mark_bytes() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _release_freed_memory() -> None:
-    """Collect garbage and hand freed heap back to the OS, so the baseline is this process's real floor."""
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sessions
-# ---------------------------------------------------------------------------------------------
-
-_dlls_preloaded = False
-
-
-def _preload_gpu_libraries(requested: list[str]) -> None:
-    """With onnxruntime-gpu, load the CUDA/cuDNN libraries from the nvidia-* wheels (without torch)."""
-    global _dlls_preloaded
-    if _dlls_preloaded or not any(p in GPU_PROVIDERS for p in requested) or not has_nvidia_gpu():
-        return
-    import onnxruntime as ort
-
-    _dlls_preloaded = True
-    if hasattr(ort, "preload_dlls"):
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
-            ort.preload_dlls()
-
-
 @dataclass
 class _Opened:
     path: Path
-    facts: _GraphFacts
+    facts: GraphFacts
     session: Any
     info: SessionInfo
     feeds: dict[str, np.ndarray]
@@ -512,33 +228,6 @@ class _Opened:
     notes: list[str]
     rss_before: int
     rss_after_first_run: int
-
-
-def _open_session(path: Path, providers: list[str], intra: int | None, inter: int | None,
-                  spinning: bool = True) -> tuple[Any, float, list[str]]:
-    import onnxruntime as ort
-
-    available = set(ort.get_available_providers())
-    usable = [p for p in providers if p in available]
-    unavailable = [p for p in providers if p not in available]
-    if not usable:
-        usable = ["CPUExecutionProvider"]
-    _preload_gpu_libraries(usable)
-    options = ort.SessionOptions()
-    if intra is not None:
-        options.intra_op_num_threads = intra
-    if inter is not None:
-        options.inter_op_num_threads = inter
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    start = time.perf_counter()
-    try:
-        with quiet_onnxruntime():
-            session = ort.InferenceSession(str(path), options, providers=usable)
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph/... types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CompressError(f"onnxruntime cannot load {path}: {first}") from None
-    return session, time.perf_counter() - start, unavailable
 
 
 def _describe_feeds(feeds: dict[str, np.ndarray]) -> str:
@@ -553,12 +242,12 @@ def _open(path: Path, profile: Profile, *, batch_size: int, sequence_length: int
         raise CompressError(f"model not found: {path}")
     if not path.is_file():
         raise CompressError(f"{path} is not a file (bench takes an .onnx file)")
-    facts = _inspect_model_file(path)
-    _release_freed_memory()
-    rss_before = _rss_bytes()
+    facts = inspect_model_file(path)
+    release_freed_memory()
+    rss_before = rss_bytes()
     intra = threads if threads is not None else profile.runtime.intra_op_threads
     inter = profile.runtime.inter_op_threads
-    session, load_s, unavailable = _open_session(path, list(profile.runtime.providers), intra, inter, spinning)
+    session, load_s, unavailable = open_session(path, list(profile.runtime.providers), intra, inter, spinning)
     signature = session.get_inputs()
     notes: list[str] = []
     if npz is not None:
@@ -603,7 +292,7 @@ def _open(path: Path, profile: Profile, *, batch_size: int, sequence_length: int
         providers_used=providers_used, intra_op_threads=intra, inter_op_threads=inter,
         graph_optimization=getattr(level, "name", str(level)), load_s=load_s, first_run_ms=first_run_ms,
     )
-    return _Opened(path, facts, session, info, feeds, specs, workload, notes, rss_before, _rss_bytes())
+    return _Opened(path, facts, session, info, feeds, specs, workload, notes, rss_before, rss_bytes())
 
 
 def _memory_method(timings: _Timings) -> str:
@@ -636,9 +325,9 @@ def _time_runs(opened: list[_Opened], runs: int, warmup: int, progress: bool, la
     mark (reset before the first run) catches any peak in between.
     """
     samples: list[list[float]] = [[] for _ in opened]
-    peak = _rss_bytes()
-    hwm_ok = _reset_high_water_mark()
-    display = _RunProgress((warmup + runs) * len(opened), label) if progress else None
+    peak = rss_bytes()
+    hwm_ok = reset_high_water_mark()
+    display = RunProgress((warmup + runs) * len(opened), label) if progress else None
     clock = time.perf_counter_ns
     gc_was_enabled = gc.isenabled()
     gc.collect()
@@ -647,7 +336,7 @@ def _time_runs(opened: list[_Opened], runs: int, warmup: int, progress: bool, la
         for _ in range(warmup):
             for model in opened:
                 model.session.run(None, model.feeds)
-                peak = max(peak, _rss_bytes())
+                peak = max(peak, rss_bytes())
                 if display:
                     display.advance()
         for _ in range(runs):
@@ -659,7 +348,7 @@ def _time_runs(opened: list[_Opened], runs: int, warmup: int, progress: bool, la
                 samples[index].append(elapsed / 1e9)
                 if display:
                     display.advance()
-        peak = max(peak, _rss_bytes())
+        peak = max(peak, rss_bytes())
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CompressError(f"onnxruntime failed during the timed runs: {first}") from None
@@ -669,49 +358,13 @@ def _time_runs(opened: list[_Opened], runs: int, warmup: int, progress: bool, la
         if display:
             display.close()
     if hwm_ok:
-        peak = max(peak, _high_water_mark_bytes() or 0)
+        peak = max(peak, high_water_mark_bytes() or 0)
     return _Timings(samples, peak, hwm_ok)
-
-
-class _RunProgress:
-    """A rich progress bar on stderr, refreshed by hand between runs (never from a thread)."""
-
-    def __init__(self, total: int, label: str) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=Console(stderr=True), auto_refresh=False,
-                                  transient=True)
-        self._progress.start()
-        self._task = self._progress.add_task(label, total=total)
-        self._last = 0.0
-
-    def advance(self) -> None:
-        self._progress.advance(self._task)
-        now = time.monotonic()
-        if now - self._last > 0.1:
-            self._last = now
-            self._progress.refresh()
-
-    def close(self) -> None:
-        self._progress.refresh()
-        self._progress.stop()
 
 
 # ---------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
 
 def _model_info(opened: _Opened) -> ModelInfo:
     total = sum(f.bytes for f in opened.facts.files)
@@ -731,7 +384,7 @@ def _report(opened: _Opened, profile: Profile, latency_s: list[float], memory: M
         profile=profile.name, profile_source=str(profile.source) if profile.source else None,
         model=_model_info(opened), session=opened.info, workload=opened.workload, latency=latency,
         throughput=Throughput(inferences_per_s=per_s, samples_per_s=per_s * opened.workload.batch_size),
-        memory=memory, host=detect_host(), warmup=warmup, created_at=_now(), notes=opened.notes,
+        memory=memory, host=detect_host(), warmup=warmup, created_at=utc_now(), notes=opened.notes,
     )
 
 
@@ -818,7 +471,7 @@ def compare_bench(model: str | os.PathLike[str], other: str | os.PathLike[str], 
     a, b = reports
     return ComparisonReport(
         model=a, other=b, p50_ratio=b.latency.p50_ms / a.latency.p50_ms,
-        mean_ratio=b.latency.mean_ms / a.latency.mean_ms, created_at=_now(),
+        mean_ratio=b.latency.mean_ms / a.latency.mean_ms, created_at=utc_now(),
     )
 
 

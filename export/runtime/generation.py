@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from export.base.errors import CompressError
-from export.runtime.bench import _GRAPH_INPUT, _MODEL_GRAPH, _VALUE_INFO_NAME, _fields, _open_session, _text, _WireError
+from export.runtime.onnx_file import GRAPH_INPUT, MODEL_GRAPH, VALUE_INFO_NAME, WireError, fields, text_of
+from export.runtime.session import open_session
 from export.runtime.inputs import numpy_dtype
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
@@ -40,12 +41,12 @@ def _graph_input_names(path: Path) -> list[str]:
     """The graph's input names, read from the protobuf without loading weights or a session."""
     names: list[str] = []
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        for number, wire, value in _fields(buf, 0, len(buf)):
-            if number != _MODEL_GRAPH or wire != 2:
+        for number, wire, value in fields(buf, 0, len(buf)):
+            if number != MODEL_GRAPH or wire != 2:
                 continue
-            for gnumber, gwire, gvalue in _fields(buf, *value):
-                if gnumber == _GRAPH_INPUT and gwire == 2:
-                    names += [_text(buf, v) for n, w, v in _fields(buf, *gvalue) if n == _VALUE_INFO_NAME and w == 2]
+            for gnumber, gwire, gvalue in fields(buf, *value):
+                if gnumber == GRAPH_INPUT and gwire == 2:
+                    names += [text_of(buf, v) for n, w, v in fields(buf, *gvalue) if n == VALUE_INFO_NAME and w == 2]
     return names
 
 
@@ -59,7 +60,7 @@ def is_generation_model(path: str | os.PathLike[str]) -> bool:
         return False
     try:
         return any(_PAST.match(name) for name in _graph_input_names(path))
-    except (_WireError, IndexError, OSError, ValueError):
+    except (WireError, IndexError, OSError, ValueError):
         return False
 
 
@@ -105,7 +106,7 @@ class OnnxGenerator:
             raise CompressError(f"{self.path} is not a generation model (no past_key_values.* inputs); export it with "
                                 "task text-generation-with-past")
         self.providers_requested = list(providers or ["CPUExecutionProvider"])
-        self.session, self.load_s, self.providers_unavailable = _open_session(
+        self.session, self.load_s, self.providers_unavailable = open_session(
             self.path, self.providers_requested, intra_op_threads, inter_op_threads, spinning)
         self.intra_op_threads = intra_op_threads
         inputs = {i.name: i for i in self.session.get_inputs()}

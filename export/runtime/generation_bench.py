@@ -35,20 +35,12 @@ import numpy as np
 
 from export.base.errors import CompressError
 from export.base.files import sha256_file
-from export.runtime.bench import (
-    GPU_PROVIDERS,
-    MIB,
-    MemoryStats,
-    ModelInfo,
-    SessionInfo,
-    _high_water_mark_bytes,
-    _inspect_model_file,
-    _now,
-    _release_freed_memory,
-    _reset_high_water_mark,
-    _rss_bytes,
-    _RunProgress,
-)
+from export.base.records import utc_now
+from export.runtime.bench import MIB, MemoryStats, ModelInfo, SessionInfo
+from export.runtime.onnx_file import inspect_model_file
+from export.runtime.progress import RunProgress
+from export.runtime.session import (GPU_PROVIDERS, high_water_mark_bytes, release_freed_memory, reset_high_water_mark,
+                                    rss_bytes)
 from export.runtime.generation import GenerationOutput, OnnxGenerator, load_tokenizer
 from export.runtime.host import HostInfo, detect_host
 from export.runtime.profiles import Profile
@@ -210,13 +202,13 @@ def _open(path: Path, profile: Profile, *, prompt_length: int, new_tokens: int, 
         raise CompressError(f"model not found: {path}")
     if not path.is_file():
         raise CompressError(f"{path} is not a file (bench takes an .onnx file)")
-    facts = _inspect_model_file(path)
+    facts = inspect_model_file(path)
     limit = _max_positions(path.parent)
     if limit is not None and prompt_length + new_tokens > limit:
         raise CompressError(f"prompt {prompt_length} + {new_tokens} new tokens exceeds {path.name}'s {limit} positions; "
                             "lower --prompt-length or --new-tokens")
-    _release_freed_memory()
-    rss_before = _rss_bytes()
+    release_freed_memory()
+    rss_before = rss_bytes()
     intra = threads if threads is not None else profile.runtime.intra_op_threads
     inter = profile.runtime.inter_op_threads
     generator = OnnxGenerator(path, providers=list(profile.runtime.providers), intra_op_threads=intra,
@@ -251,7 +243,7 @@ def _open(path: Path, profile: Profile, *, prompt_length: int, new_tokens: int, 
     model = ModelInfo(path=str(path), sha256=sha256_file(path), file_bytes=facts.files[0].bytes, total_bytes=total,
                       size_mb=total / MIB, files=facts.files, opset=facts.opset, producer=facts.producer,
                       outputs=[o.name for o in generator.session.get_outputs()])
-    return _Opened(path, generator, model, info, prompt, source, notes, rss_before, _rss_bytes())
+    return _Opened(path, generator, model, info, prompt, source, notes, rss_before, rss_bytes())
 
 
 @dataclass
@@ -266,9 +258,9 @@ def _time_runs(opened: list[_Opened], new_tokens: int, runs: int, warmup: int, p
     """Warm-up then timed generations, interleaved across models; RSS sampled only between warm-up
     runs and after the last timed run (see export/bench.py: /proc reads between runs slow the next)."""
     outputs: list[list[GenerationOutput]] = [[] for _ in opened]
-    peak = _rss_bytes()
-    hwm_ok = _reset_high_water_mark()
-    display = _RunProgress((warmup + runs) * len(opened), label) if progress else None
+    peak = rss_bytes()
+    hwm_ok = reset_high_water_mark()
+    display = RunProgress((warmup + runs) * len(opened), label) if progress else None
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
@@ -276,7 +268,7 @@ def _time_runs(opened: list[_Opened], new_tokens: int, runs: int, warmup: int, p
         for _ in range(warmup):
             for model in opened:
                 model.generator.generate(model.prompt, new_tokens)
-                peak = max(peak, _rss_bytes())
+                peak = max(peak, rss_bytes())
                 if display:
                     display.advance()
         for _ in range(runs):
@@ -284,14 +276,14 @@ def _time_runs(opened: list[_Opened], new_tokens: int, runs: int, warmup: int, p
                 outputs[index].append(model.generator.generate(model.prompt, new_tokens))
                 if display:
                     display.advance()
-        peak = max(peak, _rss_bytes())
+        peak = max(peak, rss_bytes())
     finally:
         if gc_was_enabled:
             gc.enable()
         if display:
             display.close()
     if hwm_ok:
-        peak = max(peak, _high_water_mark_bytes() or 0)
+        peak = max(peak, high_water_mark_bytes() or 0)
     return _Timings(outputs, peak, hwm_ok)
 
 
@@ -313,7 +305,7 @@ def _report(opened: _Opened, profile: Profile, outputs: list[GenerationOutput], 
         tpot_ms=TimingStats.from_seconds(tpot),
         tokens_per_s=sum(len(o.tokens) for o in outputs) / sum(o.total_s for o in outputs),
         decode_tokens_per_s=steps / step_time if step_time > 0 else 0.0,
-        memory=memory, host=detect_host(), created_at=_now(), sample_tokens=list(outputs[0].tokens),
+        memory=memory, host=detect_host(), created_at=utc_now(), sample_tokens=list(outputs[0].tokens),
         notes=list(opened.notes),
     )
 
@@ -384,7 +376,7 @@ def compare_generation_bench(model: str | os.PathLike[str], other: str | os.Path
     return GenerationComparison(
         model=a, other=b, ttft_ratio=b.ttft_ms.p50 / a.ttft_ms.p50 if a.ttft_ms.p50 else 0.0,
         tpot_ratio=b.tpot_ms.p50 / a.tpot_ms.p50 if a.tpot_ms.p50 else 0.0,
-        tokens_per_s_ratio=a.tokens_per_s / b.tokens_per_s, created_at=_now(),
+        tokens_per_s_ratio=a.tokens_per_s / b.tokens_per_s, created_at=utc_now(),
     )
 
 

@@ -1,0 +1,105 @@
+"""onnxruntime sessions opened the way a target runs them, and the process memory they cost."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from export.base.errors import CompressError
+from export.base.quiet import quiet_onnxruntime
+from export.runtime.host import has_nvidia_gpu
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+
+def rss_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        statm = Path("/proc/self/statm")
+        if statm.exists():
+            return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def reset_high_water_mark() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return high_water_mark_bytes() is not None
+    except OSError:
+        return False
+
+
+def high_water_mark_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS, so the baseline is this process's real floor."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+
+_dlls_preloaded = False
+
+
+def preload_gpu_libraries(requested: list[str]) -> None:
+    """With onnxruntime-gpu, load the CUDA/cuDNN libraries from the nvidia-* wheels (without torch)."""
+    global _dlls_preloaded
+    if _dlls_preloaded or not any(p in GPU_PROVIDERS for p in requested) or not has_nvidia_gpu():
+        return
+    import onnxruntime as ort
+
+    _dlls_preloaded = True
+    if hasattr(ort, "preload_dlls"):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+            ort.preload_dlls()
+
+
+def open_session(path: Path, providers: list[str], intra: int | None, inter: int | None,
+                  spinning: bool = True) -> tuple[Any, float, list[str]]:
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    usable = [p for p in providers if p in available]
+    unavailable = [p for p in providers if p not in available]
+    if not usable:
+        usable = ["CPUExecutionProvider"]
+    preload_gpu_libraries(usable)
+    options = ort.SessionOptions()
+    if intra is not None:
+        options.intra_op_num_threads = intra
+    if inter is not None:
+        options.inter_op_num_threads = inter
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    start = time.perf_counter()
+    try:
+        with quiet_onnxruntime():
+            session = ort.InferenceSession(str(path), options, providers=usable)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph/... types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompressError(f"onnxruntime cannot load {path}: {first}") from None
+    return session, time.perf_counter() - start, unavailable
