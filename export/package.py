@@ -13,7 +13,8 @@
                          tokenizers) and README.md
 
 Packaging the same run twice gives byte-identical archives (see export.runtime.archive and export.plots).
-What differs for a causal language model (task text-generation) is in export.lm_package.
+What differs between kinds of release (one forward pass, or a generation loop) is asked of a
+:class:`~export.package_kind.PackageKind` (export.package_forward, export.package_generation).
 A run whose gate failed is refused unless ``allow_failed``; then the manifest and the model card
 say so. Host side: reads the model with onnx and onnxruntime; never imports torch.
 """
@@ -23,24 +24,29 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import string
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from export.base.errors import CompressError
 from export.base.files import read_json_dict, sha256_file
 from export.base.records import StageRecord
 from export.runtime.archive import ArchiveEntry, write_archive
-from export.runtime.manifest import (MANIFEST_FILE, BenchSummary, FileRecord, GateSummary, Manifest, ModelInfo, OutputInfo,
-                             ReferenceOutput, RunRef, SpecialToken, TeacherRef, TokenizerInfo, minimum_onnxruntime,
-                             read_onnx_versions, read_signature)
-from export import lm_package
+from export.runtime.manifest import (MANIFEST_FILE, FileRecord, GateSummary, Manifest, ModelInfo, ReferenceOutput,
+                                     RunRef, SpecialToken, TeacherRef, TokenizerInfo, minimum_onnxruntime,
+                                     read_onnx_versions, read_signature)
+from export.package_forward import REFERENCE_SENTENCE, ForwardPassPackaging
+from export.package_generation import GenerationPackaging
+from export.package_kind import EXAMPLE_DIR, PackageKind
 from export.run_summary import RunSummary, read_run_summary
+from export.runtime.release_kind import GENERATION, kind_of_task
 
-EXAMPLE_DIR = Path(__file__).resolve().parent / "runtime" / "example"
-REFERENCE_SENTENCE = "Edge devices run this model on text they see for the first time."
+if TYPE_CHECKING:
+    from export.runtime.bench import MeasuredRelease
+    from export.runtime.gate import GateReport
+    from export.runtime.host import HostInfo
+    from export.runtime.profiles import Profile
 # Files beside the model that a caller needs at run time (tokenizer formats of the common families).
 RUNTIME_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
@@ -99,8 +105,8 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     min_ort, min_ort_note = minimum_onnxruntime(versions.opset, versions.ir_version, known_good=_ort_version())
     signature = read_signature(model_path)
     tokenizer = _tokenizer_info(model_dir)
-    output = _output_info(summary.task, signature, model_dir, tokenizer)
-    generation = summary.task == lm_package.TASK
+    kind = packaging_for(summary.task)
+    output = kind.output_info(summary.task, signature, model_dir, tokenizer)
     stages = _read_stages(run_dir, summary)
 
     entries: dict[str, ArchiveEntry] = {}
@@ -111,13 +117,13 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     add("model/model.onnx", source=model_path)
     for location in versions.external_data:
         add(f"model/{location}", source=model_dir / location)
-    for file_name in RUNTIME_FILES + (lm_package.GENERATION_FILES if generation else ()):
+    for file_name in RUNTIME_FILES + kind.extra_model_files:
         if (model_dir / file_name).is_file():
             add(f"model/{file_name}", source=model_dir / file_name)
     if profile.source is not None:
         add("profile.yaml", source=Path(profile.source))
 
-    bench = _read_bench(run_dir, summary)
+    bench = _read_bench(run_dir, summary, kind)
     reports = summary.reports
     for key, file_name in (("bench", "bench.json"), ("gate", "gate.json"), ("junit", "junit.xml")):
         relative = getattr(reports, key)
@@ -125,15 +131,9 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
             add(f"reports/{file_name}", source=_existing(run_dir, relative, f"reports.{key}"))
     from export import plots  # matplotlib: only packaging draws
 
-    if bench is not None and generation:
-        add("reports/ttft.png", data=lm_package.ttft_png(bench, profile, f"{name} {version} on {bench.host.describe()}"[:90]))
-    elif bench is not None:
-        budgets = {k: v for k, v in profile.budgets.latency_ms.model_dump().items() if v is not None}
-        samples = getattr(bench.latency, "samples_ms", None)  # per-run latencies, when the report carries them
-        percentiles = {"p50": bench.latency.p50_ms, "p95": bench.latency.p95_ms, "p99": bench.latency.p99_ms}
-        add("reports/latency.png", data=plots.latency_png(
-            samples_ms=samples, percentiles_ms=percentiles, budgets_ms=budgets,
-            title=f"{name} {version} on {bench.host.describe()}"[:90]))
+    if bench is not None:
+        add(f"reports/{kind.latency_plot}",
+            data=kind.latency_png(bench, profile, f"{name} {version} on {bench.host.describe()}"[:90]))
     history = _read_loss_history(run_dir, summary)
     if history:
         add("reports/training_curve.png", data=plots.training_curve_png(history, title=f"distillation of {name}"))
@@ -150,27 +150,21 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
         teacher=TeacherRef(name=summary.teacher.name, weights_sha256=summary.teacher.weights_sha256,
                            params=summary.teacher.params),
         student=asdict(summary.student),
-        quality={**asdict(summary.quality), **(lm_package.quality_extras(stages) if generation else {})},
-        bench=_bench_summary(bench) if bench is not None else None,
+        quality={**asdict(summary.quality), **kind.quality_extras(stages)},
+        bench=kind.release.bench_summary(bench, _host_summary(bench.host)) if bench is not None else None,
         gates=_gates(gate_report, summary, archive_name),
         providers=list(profile.runtime.providers), tool_version=summary.tool_version,
         run=RunRef(run_id=summary.run_id, created_at=summary.created_at), files=[],
         released_despite_failed_gate=verdict == "fail",
-        prompt=lm_package.prompt_format(model_dir, tokenizer) if generation else None,
+        prompt=kind.prompt_format(model_dir, tokenizer),
     )
-    if generation:
-        manifest.reference = lm_package.reference_output(model_dir, model_path, manifest)
-        readme = lm_package.render_readme(manifest, profile, _table)
-        program = lm_package.EXAMPLE_PROGRAM
-    else:
-        manifest.reference = _reference_output(model_dir, model_path, manifest)
-        readme = _render_readme(manifest, profile)
-        program = "run_model.py"
-    add("example/README.md", data=readme.encode("utf-8"))
+    manifest.reference = kind.reference_output(model_dir, model_path, manifest)
+    program = kind.release.example_program
+    add("example/README.md", data=kind.readme(manifest, profile).encode("utf-8"))
     add(f"example/{program}", source=EXAMPLE_DIR / program, executable=True)
     from export.model_card import render_model_card
 
-    card = render_model_card(manifest, profile=profile, stages=stages, archive_name=archive_name,
+    card = render_model_card(manifest, kind, profile=profile, stages=stages, archive_name=archive_name,
                              has_training_curve=bool(history))
     add("MODEL_CARD.md", data=card.encode("utf-8"))
 
@@ -191,7 +185,7 @@ def _existing(run_dir: Path, relative: str, key: str) -> Path:
     return path
 
 
-def _load_profile(run_dir: Path, summary: RunSummary):  # -> Profile (pydantic; imported lazily)
+def _load_profile(run_dir: Path, summary: RunSummary) -> Profile:
     from export.runtime.profiles import load_profile, load_profile_file
 
     if summary.profile_file:
@@ -199,7 +193,7 @@ def _load_profile(run_dir: Path, summary: RunSummary):  # -> Profile (pydantic; 
     return load_profile(summary.profile)
 
 
-def _read_gate(run_dir: Path, summary: RunSummary):  # -> GateReport | None
+def _read_gate(run_dir: Path, summary: RunSummary) -> GateReport | None:
     from export.runtime.gate import GateReport
 
     if summary.reports.gate is None:
@@ -211,19 +205,10 @@ def _read_gate(run_dir: Path, summary: RunSummary):  # -> GateReport | None
     return report
 
 
-def _read_bench(run_dir: Path, summary: RunSummary):  # -> BenchReport | GenerationBenchReport | None
-    from export.runtime.bench import BenchReport
-    from export.runtime.generation_bench import GenerationBenchReport
-
+def _read_bench(run_dir: Path, summary: RunSummary, kind: PackageKind) -> MeasuredRelease | None:
     if summary.reports.bench is None:
         return None
-    path = _existing(run_dir, summary.reports.bench, "reports.bench")
-    if summary.task != lm_package.TASK:
-        return BenchReport.from_json(path)
-    kind = read_json_dict(path).get("kind")
-    if kind != "generation_bench":
-        raise CompressError(f"{path}: a text-generation run needs a generation bench report, found kind {kind!r}")
-    return GenerationBenchReport.from_json(path)
+    return kind.release.read_bench(_existing(run_dir, summary.reports.bench, "reports.bench"))
 
 
 def _read_loss_history(run_dir: Path, summary: RunSummary) -> list[dict[str, Any]]:
@@ -333,49 +318,7 @@ def _tokenizer_info(model_dir: Path) -> TokenizerInfo:
     )
 
 
-def _output_info(task: str, signature, model_dir: Path, tokenizer: TokenizerInfo) -> OutputInfo:
-    names = [spec.name for spec in signature.outputs]
-    if task == lm_package.TASK:
-        return lm_package.output_info(signature, model_dir, tokenizer)
-    if task == "feature-extraction":
-        if "sentence_embedding" in names:
-            return OutputInfo(primary="sentence_embedding")
-        from export.base.tasks import read_pooling
-
-        for candidate in ("last_hidden_state", "token_embeddings"):
-            if candidate in names:
-                pooling = read_pooling(model_dir)
-                return OutputInfo(primary=candidate, pooling=pooling.mode, normalize=pooling.normalize)
-        raise CompressError(f"{model_dir}: a sentence encoder needs a sentence_embedding or last_hidden_state output; "
-                            f"the model has {', '.join(names)}")
-    if task in ("text-classification", "token-classification"):
-        if "logits" not in names:
-            raise CompressError(f"{model_dir}: a classifier needs a logits output; the model has {', '.join(names)}")
-        id2label = read_json_dict(model_dir / "config.json").get("id2label") or {}
-        labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] if id2label else None
-        return OutputInfo(primary="logits", labels=labels)
-    raise CompressError(f"run.json: unsupported task {task!r}")
-
-
-def _reference_output(model_dir: Path, model_path: Path, manifest: Manifest) -> ReferenceOutput:
-    """The primary output for the reference sentence on this host (one thread, CPU: reproducible)."""
-    import onnxruntime as ort
-
-    from export.runtime.example.run_model import PackagedModel
-
-    # Paths as they are in the run directory; the example reads everything else from the manifest.
-    local = manifest.to_json()
-    local["model"]["path"] = model_path.name
-    local["tokenizer"]["file"] = "tokenizer.json"
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    model = PackagedModel(model_dir, providers=["CPUExecutionProvider"], manifest=local, session_options=options)
-    values = model.answer([REFERENCE_SENTENCE])[0].ravel()
-    return ReferenceOutput(sentence=REFERENCE_SENTENCE, values=[round(float(v), 6) for v in values])
-
-
-def _gates(gate_report, summary: RunSummary, archive_name: str) -> dict[str, GateSummary]:  # gate_report: GateReport | None
+def _gates(gate_report: GateReport | None, summary: RunSummary, archive_name: str) -> dict[str, GateSummary]:
     """The verdict per profile; the gate's "verify on the target" advice names this archive."""
     if gate_report is None:
         return {summary.profile: GateSummary(summary.profile, summary.verdict)} if summary.verdict else {}
@@ -384,26 +327,9 @@ def _gates(gate_report, summary: RunSummary, archive_name: str) -> dict[str, Gat
                                              measured_on=gate_report.bench.host)}
 
 
-def _host_summary(host) -> dict[str, Any]:  # host: export.runtime.host.HostInfo
+def _host_summary(host: HostInfo) -> dict[str, Any]:
     return {"description": host.describe(), "cpu_model": host.cpu_model, "arch": host.arch, "os": host.os,
             "board_model": host.board_model, "gpus": list(host.gpus), "onnxruntime": host.versions.get("onnxruntime")}
-
-
-def _bench_summary(bench) -> BenchSummary:  # bench: export.runtime.bench.BenchReport or GenerationBenchReport
-    from export.runtime.generation_bench import GenerationBenchReport
-
-    if isinstance(bench, GenerationBenchReport):
-        return lm_package.bench_summary(bench, _host_summary(bench.host))
-    return BenchSummary(
-        profile=bench.profile,
-        host=_host_summary(bench.host),
-        providers=list(bench.session.providers_used), batch_size=bench.workload.batch_size,
-        sequence_length=bench.workload.sequence_length,
-        latency_ms={"p50": bench.latency.p50_ms, "p95": bench.latency.p95_ms, "p99": bench.latency.p99_ms,
-                    "mean": bench.latency.mean_ms},
-        model_size_mb=bench.model.size_mb, peak_memory_mb=bench.memory.session_peak_mb,
-        throughput_per_s=bench.throughput.samples_per_s,
-    )
 
 
 def _file_record(relative: str, entry: ArchiveEntry) -> FileRecord:
@@ -412,13 +338,7 @@ def _file_record(relative: str, entry: ArchiveEntry) -> FileRecord:
     return FileRecord(path=relative, sha256=sha256_file(entry.source), size=entry.size())  # type: ignore[arg-type]
 
 
-# -- the README for integrators ------------------------------------------------------------------
-
-def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
+# -- the tokenizer's template -------------------------------------------------------------------
 
 def _wrap_template(raw_tokenizer: dict[str, Any]) -> str:
     """How the tokenizer wraps a single text, e.g. ``[CLS] {text} [SEP]`` (from its post-processor)."""
@@ -435,52 +355,6 @@ def _wrap_template(raw_tokenizer: dict[str, Any]) -> str:
     return "{text}"
 
 
-def _render_readme(manifest: Manifest, profile) -> str:
-    signature = manifest.model.signature
-    tokenizer = manifest.tokenizer
-    shape = lambda spec: "[" + ", ".join(str(d) for d in spec.shape) + "]"  # noqa: E731
-    inputs = _table([(f"`{s.name}`", s.dtype, shape(s)) for s in signature.inputs], ("name", "dtype", "shape"))
-    outputs = _table([(f"`{s.name}`", s.dtype, shape(s), "**read this one**" if s.name == manifest.output.primary else "")
-                      for s in signature.outputs], ("name", "dtype", "shape", ""))
-    out = manifest.output
-    if manifest.task == "feature-extraction":
-        if out.pooling is None:
-            howto = (f"`{out.primary}` is the sentence embedding, already pooled and L2-normalised inside the "
-                     "graph: compare two texts with a dot product (= cosine similarity).")
-        else:
-            howto = (f"`{out.primary}` holds one vector per token. Make the sentence embedding by {out.pooling} "
-                     "pooling over the tokens whose attention_mask is 1"
-                     + (", then divide by its L2 norm; compare two texts with a dot product." if out.normalize else "."))
-    elif manifest.task == "text-classification":
-        labels = ", ".join(f"{i} = `{label}`" for i, label in enumerate(out.labels or []))
-        howto = f"`logits` holds one score per class; softmax gives probabilities. Classes: {labels or 'see config.json'}."
-    else:
-        labels = ", ".join(f"{i} = `{label}`" for i, label in enumerate(out.labels or []))
-        howto = (f"`logits` holds one score per token and class; take the argmax per token and skip special tokens "
-                 f"and padding. Classes: {labels or 'see config.json'}.")
-    names = {s.name for s in signature.inputs}
-    token_type = ("`token_type_ids` is 0 for every token of a single text." if "token_type_ids" in names
-                  else "The model takes no `token_type_ids`.")
-    contrib = ""
-    if manifest.model.other_opsets:
-        domains = ", ".join(manifest.model.other_opsets)
-        contrib = (f"\nIt uses onnxruntime's own operators ({domains}): a reduced (mobile) onnxruntime build "
-                   "must include them.")
-    template = string.Template((EXAMPLE_DIR / "README.md").read_text(encoding="utf-8"))
-    return template.substitute(
-        name=manifest.name, version=manifest.version, model_path=manifest.model.path, opset=manifest.model.opset,
-        ir_version=manifest.model.ir_version, min_ort=manifest.model.min_onnxruntime, contrib_note=contrib,
-        profile=manifest.profile, precision=manifest.precision, tokenizer_file=tokenizer.file,
-        tokenizer_kind=tokenizer.kind,
-        lowercase_text=("lowercase the text (the tokenizer file's normaliser also strips control characters)."
-                        if tokenizer.lowercase else "keep the case; the model is case-sensitive."),
-        wrap_text=" + ".join(f"`{piece}`" if piece != "{text}" else "the text's tokens"
-                             for piece in tokenizer.template.split()) + ".",
-        max_length=tokenizer.max_length, padding_side=tokenizer.padding_side,
-        special_tokens_table="\n".join(f"| {role} | `{t.token}` | {t.id} |" for role, t in tokenizer.special_tokens.items()),
-        batch_size=profile.workload.batch_size, sequence_length=profile.workload.sequence_length,
-        inputs_table=inputs, outputs_table=outputs, output_howto=howto, token_type_text=token_type,
-        reference_sentence=manifest.reference.sentence,
-        reference_head=", ".join(f"{v:+.6f}" for v in manifest.reference.values[:8]) + ", ...",
-        reference_min_cosine=manifest.reference.min_cosine,
-    )
+def packaging_for(task: str) -> PackageKind:
+    """The packaging of a release of ``task``."""
+    return GenerationPackaging() if kind_of_task(task) is GENERATION else ForwardPassPackaging()

@@ -271,7 +271,7 @@ def test_cli_bench_generation_model(lms: dict[str, Path], tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(("which", "flags", "message"), [
     ("llama", ["--batch-size", "2"], "is a generation model: --batch-size does not apply"),
-    ("encoder", ["--new-tokens", "4"], "are for generation models"),
+    ("encoder", ["--new-tokens", "4"], "is not a generation model"),
     ("llama", ["--compare", "ENCODER"], "is not a generation model"),
 ])
 def test_cli_bench_refuses_mismatched_flags(lms: dict[str, Path], tmp_path: Path, which: str, flags: list[str],

@@ -11,11 +11,8 @@ from pathlib import Path
 
 import click
 
-from export.base.errors import CompressError
 
 _POSITIVE = click.IntRange(min=1)
-# Defaults per kind of model: one generation is 64 tokens, so far fewer runs give stable numbers.
-_RUNS = {"encoder": (100, 10), "generation": (10, 2)}
 
 
 @click.command()
@@ -49,45 +46,24 @@ def bench(model: Path, profile_name: str, batch_size: int | None, sequence_lengt
     is measured generating greedily: time to first token, time per output token, tokens/s.
     Progress goes to stderr.
     """
-    from export.runtime.generation import is_generation_model
     from export.runtime.profiles import load_profile
+    from export.runtime.release_kind import kind_of_model
 
     profile = load_profile(profile_name)
-    generation = is_generation_model(model)
-    if generation:
-        given = [name for name, value in (("--batch-size", batch_size), ("--sequence-length", sequence_length),
-                                          ("--inputs", inputs)) if value is not None]
-        if given:
-            raise CompressError(f"{model.name} is a generation model: {', '.join(given)} does not apply "
-                                "(use --prompt-length and --new-tokens)")
-        if other is not None and not is_generation_model(other):
-            raise CompressError(f"--compare {other} is not a generation model (no past_key_values.* inputs), "
-                                f"{model.name} is")
-        from export.runtime.generation_bench import compare_generation_bench, print_generation_report, run_generation_bench
-
-        default_runs, default_warmup = _RUNS["generation"]
-        options = dict(prompt_length=prompt_length, new_tokens=new_tokens, runs=runs or default_runs,
-                       warmup=default_warmup if warmup is None else warmup, threads=threads, progress=True)
-        report = (compare_generation_bench(model, other, profile, **options) if other
-                  else run_generation_bench(model, profile, **options))
-        show = print_generation_report
-    else:
-        if prompt_length is not None or new_tokens is not None:
-            raise CompressError(f"--prompt-length and --new-tokens are for generation models (with past_key_values "
-                                f"inputs); {model.name} is not one")
-        from export.runtime.bench import compare_bench, print_report, run_bench
-
-        default_runs, default_warmup = _RUNS["encoder"]
-        options = dict(batch_size=batch_size, sequence_length=sequence_length, runs=runs or default_runs,
-                       warmup=default_warmup if warmup is None else warmup, inputs=inputs, threads=threads,
-                       progress=True)
-        report = compare_bench(model, other, profile, **options) if other else run_bench(model, profile, **options)
-        show = print_report
+    kind = kind_of_model(model)
+    workload = {"--batch-size": batch_size, "--sequence-length": sequence_length, "--inputs": inputs,
+                "--prompt-length": prompt_length, "--new-tokens": new_tokens}
+    kind.check_workload_options(model, [name for name, value in workload.items() if value is not None])
+    default_runs, default_warmup = kind.default_runs
+    report = kind.bench(model, profile, runs=runs or default_runs, warmup=default_warmup if warmup is None else warmup,
+                        threads=threads, progress=True, other=other,
+                        **{name[2:].replace("-", "_"): value for name, value in workload.items()
+                           if name in kind.workload_options})
     if output is not None:
         report.to_json(output)
     if as_json:
         click.echo(report.to_json())
         return
-    show(report)
+    kind.print_report(report)
     if output is not None:
         click.echo(f"report written to {output}", err=True)

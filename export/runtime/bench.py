@@ -160,8 +160,42 @@ class Workload:
     inputs_source: str  # "synthetic (seed 0)" or "npz: PATH"
 
 
+@dataclass(frozen=True)
+class BudgetFigure:
+    """One measured figure a profile may budget: what the gate compares, and how."""
+
+    name: str  # the budget's key in the profile, e.g. latency_ms.p95
+    budget: float | None
+    measured: float | None
+    unit: str
+    comparison: str  # "<=" for a ceiling, ">=" for a floor
+
+
+class MeasuredRelease:
+    """What the gate asks of any bench report, whatever kind of model it measured."""
+
+    def workload_mismatches(self, profile: Profile) -> list[str]:
+        """Why this measurement is not at the profile's workload (empty when it is)."""
+        raise NotImplementedError
+
+    def speed_figures(self, profile: Profile) -> list[BudgetFigure]:
+        """The hardware-dependent speed figures against the profile's budgets for this kind of model."""
+        raise NotImplementedError
+
+    def size_budget(self, profile: Profile) -> tuple[float | None, str]:
+        """The model-size budget that applies, and a note naming where it came from ("" for the default)."""
+        return profile.budgets.model_size_mb, ""
+
+    def memory_budget(self, profile: Profile) -> tuple[float | None, str]:
+        """The peak-memory budget that applies, and a note naming where it came from ("" for the default)."""
+        return profile.budgets.peak_memory_mb, ""
+
+    def workload_text(self) -> str:
+        raise NotImplementedError
+
+
 @dataclass
-class BenchReport(JsonReport):
+class BenchReport(JsonReport, MeasuredRelease):
     """One model measured on one machine with one profile's runtime settings."""
 
     profile: str
@@ -178,6 +212,24 @@ class BenchReport(JsonReport):
     profile_source: str | None = None
     schema_version: int = SCHEMA_VERSION
     kind: str = "bench"
+
+    def workload_mismatches(self, profile: Profile) -> list[str]:
+        want, got = profile.workload, self.workload
+        reasons = []
+        if got.batch_size != want.batch_size:
+            reasons.append(f"measured at batch {got.batch_size}, the profile budgets batch {want.batch_size}")
+        if got.sequence_length is not None and got.sequence_length != want.sequence_length:
+            reasons.append(f"measured at sequence length {got.sequence_length}, the profile budgets "
+                           f"{want.sequence_length}")
+        return reasons
+
+    def speed_figures(self, profile: Profile) -> list[BudgetFigure]:
+        return [BudgetFigure(f"latency_ms.{p}", getattr(profile.budgets.latency_ms, p),
+                             getattr(self.latency, f"{p}_ms"), "ms", "<=") for p in ("p50", "p95", "p99")]
+
+    def workload_text(self) -> str:
+        seq = f" × seq {self.workload.sequence_length}" if self.workload.sequence_length else ""
+        return f"batch {self.workload.batch_size}{seq}"
 
 
 @dataclass

@@ -212,25 +212,6 @@ def match_hardware(profile: Profile, host: HostInfo, providers_used: list[str]) 
     return HardwareMatch(matched=not reasons, reasons=reasons, notes=notes)
 
 
-def _workload_reasons(report: BenchReport | GenerationBenchReport, profile: Profile) -> list[str]:
-    """Latency budgets are for the profile's workload; a measurement at another shape is not evidence."""
-    if isinstance(report, GenerationBenchReport):
-        gen = profile.workload.generation_or_default
-        reasons = []
-        if report.prompt_length != gen.prompt_length:
-            reasons.append(f"measured with a {report.prompt_length}-token prompt, the profile budgets {gen.prompt_length}")
-        if report.new_tokens != gen.new_tokens:
-            reasons.append(f"measured generating {report.new_tokens} tokens, the profile budgets {gen.new_tokens}")
-        return reasons
-    want, got = profile.workload, report.workload
-    reasons = []
-    if got.batch_size != want.batch_size:
-        reasons.append(f"measured at batch {got.batch_size}, the profile budgets batch {want.batch_size}")
-    if got.sequence_length is not None and got.sequence_length != want.sequence_length:
-        reasons.append(f"measured at sequence length {got.sequence_length}, the profile budgets {want.sequence_length}")
-    return reasons
-
-
 def _compare(name: str, budget: float | None, measured: float | None, unit: str, comparison: str, *,
              hardware_dependent: bool, on_target: bool, missing_note: str) -> GateCheck:
     if budget is None:
@@ -258,51 +239,27 @@ def read_gate_input(path_or_text: str | os.PathLike[str]) -> BenchReport | Gener
     return report if isinstance(report, (BenchReport, GenerationBenchReport)) else report.model
 
 
-def _speed_checks(report: BenchReport | GenerationBenchReport, profile: Profile,
-                  on_target: bool) -> tuple[list[GateCheck], float | None, float | None]:
-    """The speed checks, and the size and memory budgets that apply to this kind of model."""
-    budgets = profile.budgets
-    if isinstance(report, GenerationBenchReport):
-        gen = budgets.generation
-        checks = [
-            _compare("generation.ttft_ms.p95", gen.ttft_ms, report.ttft_ms.p95, "ms", "<=",
-                     hardware_dependent=True, on_target=on_target, missing_note=""),
-            _compare("generation.tpot_ms.p95", gen.tpot_ms, report.tpot_ms.p95, "ms", "<=",
-                     hardware_dependent=True, on_target=on_target, missing_note=""),
-            _compare("generation.tokens_per_s", gen.tokens_per_s, report.tokens_per_s, "tokens/s", ">=",
-                     hardware_dependent=True, on_target=on_target, missing_note=""),
-        ]
-        return (checks, gen.model_size_mb if gen.model_size_mb is not None else budgets.model_size_mb,
-                gen.peak_memory_mb if gen.peak_memory_mb is not None else budgets.peak_memory_mb)
-    checks = [
-        _compare(f"latency_ms.{p}", getattr(budgets.latency_ms, p), getattr(report.latency, f"{p}_ms"), "ms", "<=",
-                 hardware_dependent=True, on_target=on_target, missing_note="")
-        for p in ("p50", "p95", "p99")
-    ]
-    return checks, budgets.model_size_mb, budgets.peak_memory_mb
-
-
 def gate(report: BenchReport | GenerationBenchReport, profile: Profile,
          quality: QualityEvidence | None = None) -> GateReport:
     """The release verdict for ``report`` (an encoder's or a causal LM's bench) against ``profile``'s
     budgets (see the module docstring)."""
     from datetime import datetime, timezone
 
-    generation = isinstance(report, GenerationBenchReport)
     hardware = match_hardware(profile, report.host, report.session.providers_used)
-    workload_reasons = _workload_reasons(report, profile)
+    workload_reasons = report.workload_mismatches(profile)
     on_target = hardware.matched and not workload_reasons
     budgets = profile.budgets
     no_quality = "no --quality evidence given"
-    checks, size_budget, memory_budget = _speed_checks(report, profile, on_target)
+    checks = [_compare(f.name, f.budget, f.measured, f.unit, f.comparison, hardware_dependent=True,
+                       on_target=on_target, missing_note="") for f in report.speed_figures(profile)]
+    (size_budget, size_note), (memory_budget, memory_note) = report.size_budget(profile), report.memory_budget(profile)
     checks.append(_compare("model_size_mb", size_budget, report.model.size_mb, "MiB", "<=",
                            hardware_dependent=False, on_target=True, missing_note=""))
     checks.append(_compare("peak_memory_mb", memory_budget, report.memory.session_peak_mb, "MiB", "<=",
                            hardware_dependent=True, on_target=on_target, missing_note=""))
-    if generation:
-        for check, own in ((checks[-2], budgets.generation.model_size_mb), (checks[-1], budgets.generation.peak_memory_mb)):
-            if own is not None:
-                check.note = (check.note + "; " if check.note else "") + "budgets.generation's budget"
+    for check, note in ((checks[-2], size_note), (checks[-1], memory_note)):
+        if note:
+            check.note = (check.note + "; " if check.note else "") + note
     checks.append(_compare("quality.min_teacher_agreement", budgets.quality.min_teacher_agreement,
                            quality.teacher_agreement if quality else None, quality.metric if quality else "agreement",
                            ">=", hardware_dependent=False, on_target=True, missing_note=no_quality))
@@ -341,11 +298,7 @@ def gate(report: BenchReport | GenerationBenchReport, profile: Profile,
         reasons.append(f"not checked: {names}")
     if report.profile != profile.name:
         hardware.notes.append(f"benchmarked with profile {report.profile}'s runtime settings, gated against {profile.name}")
-    if isinstance(report, GenerationBenchReport):
-        workload = f"prompt {report.prompt_length} tokens + {report.new_tokens} new tokens"
-    else:
-        seq = f" × seq {report.workload.sequence_length}" if report.workload.sequence_length else ""
-        workload = f"batch {report.workload.batch_size}{seq}"
+    workload = report.workload_text()
     summary = BenchSummary(
         model=report.model.path, sha256=report.model.sha256, size_mb=report.model.size_mb,
         host=report.host.describe(), providers_used=list(report.session.providers_used), profile=report.profile,

@@ -36,7 +36,7 @@ import numpy as np
 from export.base.errors import CompressError
 from export.base.files import sha256_file
 from export.base.records import utc_now
-from export.runtime.bench import MIB, MemoryStats, ModelInfo, SessionInfo
+from export.runtime.bench import MIB, BudgetFigure, MeasuredRelease, MemoryStats, ModelInfo, SessionInfo
 from export.runtime.onnx_file import inspect_model_file
 from export.runtime.progress import RunProgress
 from export.runtime.session import (GPU_PROVIDERS, high_water_mark_bytes, release_freed_memory, reset_high_water_mark,
@@ -81,7 +81,7 @@ class TimingStats:
 
 
 @dataclass
-class GenerationBenchReport(JsonReport):
+class GenerationBenchReport(JsonReport, MeasuredRelease):
     """One causal LM's generation measured on one machine with one profile's runtime settings."""
 
     profile: str
@@ -108,6 +108,32 @@ class GenerationBenchReport(JsonReport):
     @property
     def providers_used(self) -> list[str]:
         return list(self.session.providers_used)
+
+    def workload_mismatches(self, profile: Profile) -> list[str]:
+        gen = profile.workload.generation_or_default
+        reasons = []
+        if self.prompt_length != gen.prompt_length:
+            reasons.append(f"measured with a {self.prompt_length}-token prompt, the profile budgets {gen.prompt_length}")
+        if self.new_tokens != gen.new_tokens:
+            reasons.append(f"measured generating {self.new_tokens} tokens, the profile budgets {gen.new_tokens}")
+        return reasons
+
+    def speed_figures(self, profile: Profile) -> list[BudgetFigure]:
+        gen = profile.budgets.generation
+        return [BudgetFigure("generation.ttft_ms.p95", gen.ttft_ms, self.ttft_ms.p95, "ms", "<="),
+                BudgetFigure("generation.tpot_ms.p95", gen.tpot_ms, self.tpot_ms.p95, "ms", "<="),
+                BudgetFigure("generation.tokens_per_s", gen.tokens_per_s, self.tokens_per_s, "tokens/s", ">=")]
+
+    def size_budget(self, profile: Profile) -> tuple[float | None, str]:
+        own = profile.budgets.generation.model_size_mb
+        return (own, "budgets.generation's budget") if own is not None else (profile.budgets.model_size_mb, "")
+
+    def memory_budget(self, profile: Profile) -> tuple[float | None, str]:
+        own = profile.budgets.generation.peak_memory_mb
+        return (own, "budgets.generation's budget") if own is not None else (profile.budgets.peak_memory_mb, "")
+
+    def workload_text(self) -> str:
+        return f"prompt {self.prompt_length} tokens + {self.new_tokens} new tokens"
 
 
 @dataclass

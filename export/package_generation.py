@@ -1,4 +1,4 @@
-"""The parts of ``compress package`` that differ for a causal language model (task ``text-generation``).
+"""Packaging a causal language model (task ``text-generation``): a prompt format, a greedy reference.
 
 - The model folder's chat template and generation config travel with the model.
 - ``manifest.json`` says how a prompt becomes token ids (:class:`PromptFormat`: the chat template
@@ -16,18 +16,22 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from export.base.errors import CompressError
 from export.base.files import read_json_dict
-from export.runtime.manifest import BenchSummary, Manifest, OutputInfo, PromptFormat, ReferenceOutput, TokenizerInfo
+from export.package_kind import (EXAMPLE_DIR, PackageKind, budget_text, fmt, host_words, markdown_table,
+                                 onnx_runtime_note, shape_text)
+from export.runtime.manifest import Manifest, OutputInfo, PromptFormat, ReferenceOutput, TokenizerInfo
+from export.runtime.release_kind import GENERATION, ReleaseKind
 
-TASK = "text-generation"
-EXAMPLE_DIR = Path(__file__).resolve().parent / "runtime" / "example"
-EXAMPLE_PROGRAM = "generate.py"
+if TYPE_CHECKING:
+    from export.base.records import StageRecord
+    from export.runtime.generation_bench import GenerationBenchReport
+    from export.runtime.manifest import ModelSignature
+    from export.runtime.profiles import Profile
+
 README_TEMPLATE = "README.generate.md"
-# Beside the model, a language model also needs these at run time.
-GENERATION_FILES = ("chat_template.jinja", "generation_config.json")
 REFERENCE_PROMPT = "Explain in one sentence why a small model is useful on a phone."
 REFERENCE_TOKENS = 16  # greedy tokens recorded for the reference prompt (end-of-sequence does not stop them)
 MIN_MATCHING_TOKENS = 8  # verify wants at least these leading tokens identical (kernels differ across CPUs)
@@ -58,7 +62,7 @@ def eos_token_ids(model_dir: Path, tokenizer: TokenizerInfo) -> list[int]:
     return [eos.id]
 
 
-def output_info(signature: Any, model_dir: Path, tokenizer: TokenizerInfo) -> OutputInfo:
+def _output_info(signature: Any, model_dir: Path, tokenizer: TokenizerInfo) -> OutputInfo:
     """``logits`` is what a generator reads; the model must carry a KV cache (``past_key_values.*`` inputs)."""
     outputs = [spec.name for spec in signature.outputs]
     inputs = [spec.name for spec in signature.inputs]
@@ -103,7 +107,7 @@ def render_chat_template(template: str, settings: dict[str, Any], source: Path) 
     return prefix, suffix
 
 
-def prompt_format(model_dir: Path, tokenizer: TokenizerInfo) -> PromptFormat:
+def _prompt_format(model_dir: Path, tokenizer: TokenizerInfo) -> PromptFormat:
     """How the example and integrators turn a user's text into token ids (see :class:`PromptFormat`)."""
     settings = read_json_dict(model_dir / "tokenizer_config.json")
     template_file = model_dir / "chat_template.jinja"
@@ -120,7 +124,7 @@ def prompt_format(model_dir: Path, tokenizer: TokenizerInfo) -> PromptFormat:
                         max_positions=limit)
 
 
-def reference_output(model_dir: Path, model_path: Path, manifest: Manifest) -> ReferenceOutput:
+def _reference_output(model_dir: Path, model_path: Path, manifest: Manifest) -> ReferenceOutput:
     """The greedy answer to the reference prompt on this host (CPU, one thread: reproducible), made by
     the archive's own example program."""
     import onnxruntime as ort
@@ -144,7 +148,7 @@ def reference_output(model_dir: Path, model_path: Path, manifest: Manifest) -> R
                            text=generator.decode(generator.until_eos(tokens)), min_matching_tokens=MIN_MATCHING_TOKENS)
 
 
-def quality_extras(stages: dict[str, Any]) -> dict[str, float]:
+def _quality_extras(stages: dict[str, StageRecord]) -> dict[str, float]:
     """Perplexities and greedy agreement from the distill and quantize stage records, where they are."""
     extras: dict[str, float] = {}
     distill = stages.get("distill")
@@ -162,21 +166,7 @@ def quality_extras(stages: dict[str, Any]) -> dict[str, float]:
     return extras
 
 
-def bench_summary(bench: Any, host: dict[str, Any]) -> BenchSummary:  # bench: GenerationBenchReport
-    """The generation bench's headline."""
-
-    def stats(timing: Any) -> dict[str, float]:
-        return {"p50": timing.p50, "p95": timing.p95, "mean": timing.mean}
-
-    return BenchSummary(
-        profile=bench.profile, host=host, providers=list(bench.session.providers_used), batch_size=1,
-        sequence_length=None, latency_ms={}, model_size_mb=bench.model.size_mb,
-        peak_memory_mb=bench.memory.session_peak_mb, ttft_ms=stats(bench.ttft_ms), tpot_ms=stats(bench.tpot_ms),
-        tokens_per_s=bench.tokens_per_s, prompt_length=bench.prompt_length, new_tokens=bench.new_tokens,
-    )
-
-
-def ttft_png(bench: Any, profile: Any, title: str) -> bytes:  # bench: GenerationBenchReport
+def _ttft_png(bench: GenerationBenchReport, profile: Profile, title: str) -> bytes:
     """The time-to-first-token distribution with its p95 budget."""
     from export import plots
 
@@ -188,41 +178,37 @@ def ttft_png(bench: Any, profile: Any, title: str) -> bytes:  # bench: Generatio
                                     f"{len(bench.ttft_ms.samples)} runs")
 
 
-def _chat_template_text(fmt: PromptFormat) -> str:
-    if not (fmt.prefix or fmt.suffix):
+def _chat_template_text(prompt: PromptFormat) -> str:
+    if not (prompt.prefix or prompt.suffix):
         return "The model has no chat template: prefix and suffix are empty."
-    where = f"`{fmt.chat_template}`" if fmt.chat_template else "the chat template of tokenizer_config.json"
+    where = f"`{prompt.chat_template}`" if prompt.chat_template else "the chat template of tokenizer_config.json"
     return (f"Prefix and suffix below are the model's chat template ({where}, Jinja) rendered around one user "
             "message with the assistant's turn opened, so no template engine is needed.")
 
 
-def render_readme(manifest: Manifest, profile: Any, table: Any) -> str:
+def _render_readme(manifest: Manifest, profile: Profile) -> str:
     """example/README.md for a language model: the prompt format, the inputs and the KV-cache loop."""
     signature = manifest.model.signature
-    shape = lambda spec: "[" + ", ".join(str(d) for d in spec.shape) + "]"  # noqa: E731
     past = [s for s in signature.inputs if s.name.startswith("past_key_values.")]
     shown_inputs = [s for s in signature.inputs if not s.name.startswith("past_key_values.")] + past[:2]
-    inputs = table([(f"`{s.name}`", s.dtype, shape(s)) for s in shown_inputs], ("name", "dtype", "shape"))
+    inputs = markdown_table([(f"`{s.name}`", s.dtype, shape_text(s)) for s in shown_inputs], ("name", "dtype", "shape"))
     present = [s for s in signature.outputs if s.name.startswith("present.")]
-    outputs = table([(f"`{s.name}`", s.dtype, shape(s)) for s in [signature.output("logits"), *present[:2]] if s],
+    outputs = markdown_table([(f"`{s.name}`", s.dtype, shape_text(s)) for s in [signature.output("logits"), *present[:2]] if s],
                     ("name", "dtype", "shape"))
-    fmt = manifest.prompt or PromptFormat(prefix="", suffix="", add_special_tokens=True)
+    prompt = manifest.prompt or PromptFormat(prefix="", suffix="", add_special_tokens=True)
     reference = manifest.reference
     gen = profile.workload.generation_or_default
-    contrib = ""
-    if manifest.model.other_opsets:
-        contrib = (f"\nIt uses onnxruntime's own operators ({', '.join(manifest.model.other_opsets)}): a reduced "
-                   "(mobile) onnxruntime build must include them.")
+    contrib = onnx_runtime_note(manifest)
     template = string.Template((EXAMPLE_DIR / README_TEMPLATE).read_text(encoding="utf-8"))
     return template.substitute(
         name=manifest.name, version=manifest.version, model_path=manifest.model.path, opset=manifest.model.opset,
         ir_version=manifest.model.ir_version, min_ort=manifest.model.min_onnxruntime, contrib_note=contrib,
         profile=manifest.profile, precision=manifest.precision, tokenizer_file=manifest.tokenizer.file,
         tokenizer_kind=manifest.tokenizer.kind,
-        chat_template_text=_chat_template_text(fmt),
-        prefix=json.dumps(fmt.prefix, ensure_ascii=False), suffix=json.dumps(fmt.suffix, ensure_ascii=False),
-        special_tokens="yes" if fmt.add_special_tokens else "no",
-        max_positions=fmt.max_positions or manifest.tokenizer.max_length,
+        chat_template_text=_chat_template_text(prompt),
+        prefix=json.dumps(prompt.prefix, ensure_ascii=False), suffix=json.dumps(prompt.suffix, ensure_ascii=False),
+        special_tokens="yes" if prompt.add_special_tokens else "no",
+        max_positions=prompt.max_positions or manifest.tokenizer.max_length,
         eos_ids=", ".join(str(i) for i in manifest.output.eos_token_ids or []),
         layers=len(past) // 2, inputs_table=inputs, past_count=len(past), outputs_table=outputs,
         prompt_length=gen.prompt_length, new_tokens=gen.new_tokens,
@@ -230,3 +216,85 @@ def render_readme(manifest: Manifest, profile: Any, table: Any) -> str:
         reference_text=json.dumps(reference.text or "", ensure_ascii=False),
         min_matching=reference.min_matching_tokens or 0,
     )
+
+
+class GenerationPackaging(PackageKind):
+    """A causal LM with its KV cache: chat template, end-of-sequence ids, a greedy reference answer."""
+
+    release: ClassVar[ReleaseKind] = GENERATION
+    extra_model_files: ClassVar[tuple[str, ...]] = ("chat_template.jinja", "generation_config.json")
+    latency_plot: ClassVar[str] = "ttft.png"
+
+    def output_info(self, task: str, signature: ModelSignature, model_dir: Path, tokenizer: TokenizerInfo
+                    ) -> OutputInfo:
+        return _output_info(signature, model_dir, tokenizer)
+
+    def prompt_format(self, model_dir: Path, tokenizer: TokenizerInfo) -> PromptFormat | None:
+        return _prompt_format(model_dir, tokenizer)
+
+    def reference_output(self, model_dir: Path, model_path: Path, manifest: Manifest) -> ReferenceOutput:
+        return _reference_output(model_dir, model_path, manifest)
+
+    def latency_png(self, bench: GenerationBenchReport, profile: Profile, title: str) -> bytes:
+        return _ttft_png(bench, profile, title)
+
+    def quality_extras(self, stages: dict[str, StageRecord]) -> dict[str, float]:
+        return _quality_extras(stages)
+
+    def readme(self, manifest: Manifest, profile: Profile) -> str:
+        return _render_readme(manifest, profile)
+
+    # -- MODEL_CARD.md ---------------------------------------------------------------------------
+    def what_it_does(self, manifest: Manifest) -> list[str]:
+        out = manifest.output
+        chat = " wrapped in its chat template" if manifest.prompt and manifest.prompt.chat_template else ""
+        limit = manifest.prompt.max_positions if manifest.prompt else manifest.tokenizer.max_length
+        return [
+            f"Continues a prompt{chat}, one token at a time (greedy: the `{out.primary}` argmax; the KV cache "
+            f"carries the past between steps), until an end-of-sequence token or a length limit; prompt and answer "
+            f"together fit in {limit:,} positions. `example/generate.py` runs the loop.",
+        ]
+
+    def reference_check(self, manifest: Manifest) -> str:
+        return (f"regenerates the build host's greedy answer to a reference prompt on the device and checks its "
+                f"tokens (the first {manifest.reference.min_matching_tokens} identical)")
+
+    def numbers_rows(self, manifest: Manifest, profile: Profile) -> list[str]:
+        """Perplexities and the generation bench against ``budgets.generation``."""
+        quality, bench, gen = manifest.quality, manifest.bench, profile.budgets.generation
+        rows = []
+        for key, label in (("teacher_perplexity", "teacher perplexity (held-out, PyTorch fp32)"),
+                           ("student_perplexity", "student perplexity (held-out, PyTorch fp32)"),
+                           ("fp32_onnx_perplexity", "student perplexity (fp32 ONNX)"),
+                           ("released_perplexity", f"released model perplexity ({manifest.precision} ONNX)"),
+                           ("greedy_agreement", "greedy completions' token agreement with the teacher")):
+            if quality.get(key) is not None:
+                rows.append(f"| {label} | {fmt(quality[key], 2 if 'perplexity' in key else 4)} | - |")
+        if bench is None or bench.ttft_ms is None:
+            return rows
+        size = gen.model_size_mb if gen.model_size_mb is not None else profile.budgets.model_size_mb
+        memory = gen.peak_memory_mb if gen.peak_memory_mb is not None else profile.budgets.peak_memory_mb
+        return rows + [
+            f"| tokens/s (end to end) | {fmt(bench.tokens_per_s, 1)} | {budget_text(gen.tokens_per_s, '>=', 1)} |",
+            f"| time to first token p50 / p95 (ms) | {fmt(bench.ttft_ms.get('p50'), 2)} / "
+            f"{fmt(bench.ttft_ms.get('p95'), 2)} | {budget_text(gen.ttft_ms)} (p95) |",
+            f"| time per output token p50 / p95 (ms) | {fmt(bench.tpot_ms.get('p50'), 3)} / "
+            f"{fmt(bench.tpot_ms.get('p95'), 3)} | {budget_text(gen.tpot_ms, digits=3)} (p95) |",
+            f"| model size (MiB) | {fmt(bench.model_size_mb, 2)} | {budget_text(size)} |",
+            f"| peak memory added by the session (MiB) | {fmt(bench.peak_memory_mb, 1)} | "
+            f"{budget_text(memory, digits=1)} |",
+        ]
+
+    def measured_on(self, manifest: Manifest) -> str:
+        bench = manifest.bench
+        return (f"Generation was measured greedily with a {bench.prompt_length}-token prompt and {bench.new_tokens} "
+                f"new tokens on {host_words(bench.host)} with {', '.join(bench.providers) or 'unknown providers'} "
+                f"(onnxruntime {bench.host.get('onnxruntime', '?')}). `reports/bench.json` holds the full report; "
+                "`reports/ttft.png` the time-to-first-token distribution.")
+
+    def length_limit(self, manifest: Manifest, profile: Profile) -> str:
+        limit = manifest.prompt.max_positions if manifest.prompt else manifest.tokenizer.max_length
+        gen = profile.workload.generation_or_default
+        return (f"- Prompt and answer together must fit in {limit:,} positions; the budgets were checked with a "
+                f"{gen.prompt_length}-token prompt and {gen.new_tokens} new tokens, and longer prompts take longer "
+                "to the first token.")
