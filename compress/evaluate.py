@@ -40,7 +40,7 @@ def agreement_with_teacher(model: Path, teacher: Path, texts: Sequence[str], *, 
     do not line up (different widths, or token outputs from tokenizers that split differently).
     """
     from export.runtime.agreement import neighbour_agreement
-    from export.quantize import OutputView, open_session, run_outputs
+    from export.compare_outputs import OutputView, open_session, run_outputs
     from export.runtime.samples import model_samples
 
     if not texts:

@@ -26,6 +26,10 @@ class DistillJob:
     run_dir: Path | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     given: set[str] = field(default_factory=set)  # options the user named (not left at their defaults)
+    flags: dict[str, str] = field(default_factory=dict)  # option name -> how the command line spells it
+
+    def flag(self, name: str) -> str:
+        return self.flags.get(name, "--" + name.replace("_", "-"))
 
 
 def run_distill_job(job: DistillJob, reporter: Reporter | None = None) -> tuple[TaskFamily, ChainResult]:
@@ -38,7 +42,7 @@ def run_distill_job(job: DistillJob, reporter: Reporter | None = None) -> tuple[
     family = family_for(job.teacher)
     foreign = sorted(name for name in job.given if name in family.foreign_options)
     if foreign:
-        names = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        names = ", ".join(sorted(job.flag(name) for name in foreign))
         kind = "a language model" if family.name == "causal-lm" else "an encoder or classifier"
         raise CompressError(f"{names}: not used when the teacher is {kind}; drop {'it' if len(foreign) == 1 else 'them'}")
     settings = {k: v for k, v in job.settings.items() if k not in family.foreign_options}

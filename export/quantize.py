@@ -36,7 +36,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +45,11 @@ from export.base.errors import CompressError
 from export.base.quiet import quiet_libraries
 from export.base.records import FileRef, StageRecord, read_stage_result
 from export.base.stages import StageOutput, run_stage
+from export.onnx_graph import check_fp32_model
+from export.compare_outputs import OutputView, open_session, run_outputs
+from export.quantize_sensitivity import INT4_BLOCK_SIZE, SENSITIVITY_SAMPLES, candidate_nodes, rank_sensitivity, scheme_for
 from export.quantize_report import Attempt, ExcludedNode, QuantizeResult, SpeedComparison
-from export.runtime.agreement import argmax_agreement, max_abs_diff, mean_cosine
+from export.runtime.agreement import max_abs_diff
 from export.runtime.profiles import Profile
 from export.runtime.samples import (DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVAL_SAMPLES, Feed, Samples, TextEncoder,
                             model_samples, read_texts, training_texts)
@@ -58,60 +60,11 @@ METHODS = ONNX_METHODS + BNB_METHODS
 # Files that travel with an ONNX model so it can be used without the source folder.
 SIDECAR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
                  "sentencepiece.bpe.model", "spiece.model", "config.json", "sentence_bert_config.json")
-# Ops whose presence means the graph is already quantized.
-_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-                  "MatMulNBits", "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
-                  "QEmbedLayerNormalization", "DynamicQuantizeLSTM"}
-SENSITIVITY_SAMPLES = 16
 MAX_EXCLUDED_FRACTION = 0.5
-INT4_BLOCK_SIZE = 32
 DEFAULT_COMPARE_RUNS = 50
 DEFAULT_COMPARE_WARMUP = 5
 # Speed-ups within this band of 1.0 are measurement noise on a shared machine, not a difference.
 SPEED_NOISE = 0.05
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading and checking the input
-
-
-def load_onnx(path: Path) -> Any:
-    """The ONNX model at ``path``; CompressError when it is missing or not ONNX."""
-    import onnx
-
-    if not path.is_file():
-        raise CompressError(f"ONNX model not found: {path}" if not path.is_dir() else
-                            f"{path} is a folder; pass the .onnx file (bnb-int8/bnb-nf4 take a model folder)")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError and friends: any failure means "not a model"
-        raise CompressError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
-
-
-def quantized_reason(model: Any) -> str | None:
-    """Why ``model`` is already quantized or half precision (None for an fp32 graph)."""
-    from onnx import TensorProto
-
-    ops = {node.op_type for node in model.graph.node}
-    found = sorted(op for op in ops if op in _QUANTIZED_OPS or op.startswith("QLinear"))
-    if found:
-        return f"it already has quantized ops ({', '.join(found[:4])})"
-    low_bit = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4}
-    if any(init.data_type in low_bit for init in model.graph.initializer):
-        return "it already has int8/uint8 weights"
-    floats = [init for init in model.graph.initializer if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
-    if floats and sum(i.data_type == TensorProto.FLOAT16 for i in floats) > len(floats) / 2:
-        return "its weights are already fp16"
-    return None
-
-
-def check_fp32_model(path: Path) -> Any:
-    """Load ``path`` and refuse a graph that is already quantized (quantizing twice compounds error)."""
-    model = load_onnx(path)
-    reason = quantized_reason(model)
-    if reason:
-        raise CompressError(f"{path} is already quantized: {reason}; quantize the fp32 model it came from")
-    return model
 
 
 def resolve_method(profile: Profile, method: str | None) -> str:
@@ -126,219 +79,6 @@ def resolve_method(profile: Profile, method: str | None) -> str:
         raise CompressError(f"int8-dynamic runs on CPUs only; profile {profile.name} targets a GPU "
                             "(use int8-static for TensorRT, or fp16)")
     return chosen
-
-
-# ---------------------------------------------------------------------------------------------
-# Comparing outputs
-
-
-@dataclass
-class OutputView:
-    """Which output of a model is compared, and how."""
-
-    output: str
-    metric: str  # mean_cosine | argmax_agreement
-
-    @classmethod
-    def of(cls, output_names: Sequence[str]) -> OutputView:
-        if "sentence_embedding" in output_names:
-            return cls("sentence_embedding", "mean_cosine")
-        if "logits" in output_names:
-            return cls("logits", "argmax_agreement")
-        return cls(output_names[0], "mean_cosine")
-
-    def rows(self, outputs: Sequence[np.ndarray], feeds: Sequence[Feed]) -> np.ndarray:
-        """Stack per-feed outputs into rows: one per text, or one per real token for token-level outputs."""
-        rows = []
-        for out, feed in zip(outputs, feeds):
-            out = np.asarray(out, dtype=np.float32)
-            mask = feed.get("attention_mask")
-            if out.ndim == 3 and mask is not None and mask.shape == out.shape[:2]:
-                rows.append(out[mask.astype(bool)])
-            else:
-                rows.append(out.reshape(out.shape[0], -1) if out.ndim != 2 else out)
-        return np.concatenate(rows, axis=0)
-
-    def agreement(self, reference: np.ndarray, candidate: np.ndarray) -> float:
-        if self.metric == "argmax_agreement":
-            return argmax_agreement(reference, candidate)
-        return mean_cosine(reference, candidate)
-
-
-def open_session(model: str | Path | bytes, threads: int = 2) -> Any:
-    """A quiet CPU session (quality checks run on the CPU whatever the target)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    source = model if isinstance(model, bytes) else str(model)
-    try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for unloadable graphs
-        where = "the model" if isinstance(model, bytes) else str(model)
-        raise CompressError(f"onnxruntime cannot load {where}: {str(exc).splitlines()[0]}") from None
-
-
-def run_outputs(session: Any, feeds: Sequence[Feed], output: str) -> list[np.ndarray]:
-    return [session.run([output], feed)[0] for feed in feeds]
-
-
-# ---------------------------------------------------------------------------------------------
-# The quantization schemes, as numpy emulations (for ranking nodes) and as ORT runs
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """How one method quantizes a node's operands (for the sensitivity estimate)."""
-
-    activations: str  # dynamic-u8 | static-u8 | static-s8 | fp16 | none
-    weights: str  # s8 | u8 | int4-block | fp16
-    per_channel: bool = True
-
-
-def _fake_quant_activation(x: np.ndarray, scheme: Scheme, value_range: tuple[float, float] | None) -> np.ndarray:
-    if scheme.activations == "none":
-        return x
-    if scheme.activations == "fp16":
-        return x.astype(np.float16).astype(np.float32)
-    low, high = value_range if value_range is not None else (float(x.min()), float(x.max()))
-    low, high = min(low, 0.0), max(high, 0.0)
-    if scheme.activations == "static-s8":
-        scale = max(abs(low), abs(high)) / 127.0 or 1.0
-        return np.clip(np.round(x / scale), -127, 127) * scale
-    scale = (high - low) / 255.0 or 1.0
-    zero = np.clip(np.round(-low / scale), 0, 255)
-    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
-
-
-def _fake_quant_weight(w: np.ndarray, scheme: Scheme, per_channel: bool) -> np.ndarray:
-    if scheme.weights == "fp16":
-        return w.astype(np.float16).astype(np.float32)
-    if scheme.weights == "int4-block" and w.ndim == 2:
-        k = w.shape[0]
-        pad = (-k) % INT4_BLOCK_SIZE
-        blocks = np.pad(w, ((0, pad), (0, 0))).reshape(-1, INT4_BLOCK_SIZE, w.shape[1])
-        scale = np.abs(blocks).max(axis=1, keepdims=True) / 7.0
-        scale[scale == 0] = 1.0
-        return (np.clip(np.round(blocks / scale), -8, 7) * scale).reshape(-1, w.shape[1])[:k]
-    levels = 127.0 if scheme.weights == "s8" else 127.5
-    if per_channel and w.ndim == 2:
-        scale = np.abs(w).max(axis=0, keepdims=True) / levels
-    else:
-        scale = np.array(np.abs(w).max() / levels)
-    scale = np.where(scale == 0, 1.0, scale)
-    return np.clip(np.round(w / scale), -levels, levels) * scale
-
-
-@dataclass
-class Candidate:
-    """A node the method would quantize, and its operands."""
-
-    name: str
-    op_type: str
-    activation_inputs: list[str]  # tensors produced at run time (captured from the fp32 model)
-    weights: dict[str, np.ndarray]  # initializer operands by input name
-    node: Any
-
-
-def candidate_nodes(model: Any, method: str) -> list[Candidate]:
-    """The nodes ``method`` quantizes and whose exclusion can buy back quality."""
-    from onnx import numpy_helper
-
-    initializers = {init.name: init for init in model.graph.initializer}
-    ops = {"int8-dynamic": ("MatMul", "Gather"), "int8-static": ("MatMul", "Gemm", "Gather"),
-           "int4-weight": ("MatMul",), "fp16": ("MatMul", "Gemm")}[method]
-    found = []
-    for node in model.graph.node:
-        if node.op_type not in ops or not node.name:
-            continue
-        weights = {name: numpy_helper.to_array(initializers[name]).astype(np.float32)
-                   for name in node.input[:2] if name in initializers and
-                   initializers[name].data_type == 1}  # float32 initializers only
-        activations = [name for name in node.input[:2] if name and name not in initializers]
-        if node.op_type == "Gather":
-            if node.input[0] not in weights:
-                continue  # a Gather over shapes or ids, not an embedding table
-        elif method == "int4-weight" and not (len(node.input) > 1 and node.input[1] in weights
-                                               and weights[node.input[1]].ndim == 2):
-            continue
-        found.append(Candidate(node.name, node.op_type, activations, weights, node))
-    return found
-
-
-def _capture(model: Any, tensor_names: list[str], feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
-    """The fp32 model's intermediate tensors ``tensor_names`` for each feed."""
-    import onnx
-    from onnx import helper
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
-    for name in tensor_names:
-        if name not in existing:
-            copy.graph.output.append(helper.make_empty_tensor_value_info(name))
-    session = open_session(copy.SerializeToString())
-    names = list(tensor_names)
-    return [dict(zip(names, session.run(names, feed))) for feed in feeds]
-
-
-def rank_sensitivity(model: Any, candidates: list[Candidate], feeds: Sequence[Feed], scheme: Scheme,
-                     ranges: dict[str, tuple[float, float]] | None = None) -> list[tuple[Candidate, float]]:
-    """Candidates with the relative squared error quantizing each alone adds to its output, worst first."""
-    needed = sorted({name for c in candidates for name in c.activation_inputs})
-    captures = _capture(model, needed, feeds) if needed else [{} for _ in feeds]
-    scored = []
-    for candidate in candidates:
-        errors = []
-        for tensors in captures:
-            operands = [tensors.get(name) if name in tensors else candidate.weights.get(name)
-                        for name in candidate.node.input[:2]]
-            if any(op is None for op in operands):
-                continue
-            errors.append(_node_error(candidate, operands, scheme, ranges))
-        scored.append((candidate, float(np.mean(errors)) if errors else 0.0))
-    return sorted(scored, key=lambda item: item[1], reverse=True)
-
-
-def _node_error(candidate: Candidate, operands: list[np.ndarray], scheme: Scheme,
-                ranges: dict[str, tuple[float, float]] | None) -> float:
-    names = list(candidate.node.input[:2])
-
-    def quantized(index: int) -> np.ndarray:
-        name, value = names[index], operands[index].astype(np.float32)
-        if name in candidate.weights:
-            return _fake_quant_weight(value, scheme, scheme.per_channel and candidate.op_type != "Gather")
-        return _fake_quant_activation(value, scheme, (ranges or {}).get(name))
-
-    if candidate.op_type == "Gather":
-        table, ids = operands[0].astype(np.float32), operands[1].astype(np.int64)
-        exact, approx = table[ids], quantized(0)[ids]
-    else:
-        a, b = operands[0].astype(np.float32), operands[1].astype(np.float32)
-        qa, qb = quantized(0), quantized(1)
-        if candidate.op_type == "Gemm":
-            attrs = {attr.name: attr.i for attr in candidate.node.attribute}
-            if attrs.get("transA"):
-                a, qa = a.T, qa.T
-            if attrs.get("transB"):
-                b, qb = b.T, qb.T
-        exact, approx = a @ b, qa @ qb
-        if scheme.activations.startswith("static") and candidate.node.output[0] in (ranges or {}):
-            # Static QOperator/QDQ graphs also requantize the node's output with its calibrated range.
-            approx = _fake_quant_activation(approx, scheme, ranges[candidate.node.output[0]])
-    power = float(np.sum(exact.astype(np.float64) ** 2))
-    return float(np.sum((approx.astype(np.float64) - exact) ** 2) / max(power, 1e-30))
-
-
-def scheme_for(method: str, preset: str | None) -> Scheme:
-    if method == "int8-dynamic":
-        return Scheme("dynamic-u8", "u8" if preset == "avx2" else "s8")
-    if method == "int8-static":
-        return Scheme("static-s8" if preset == "tensorrt" else "static-u8", "s8")
-    if method == "int4-weight":
-        return Scheme("none", "int4-block", per_channel=False)
-    return Scheme("fp16", "fp16")
 
 
 def _quiet():

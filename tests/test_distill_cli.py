@@ -83,3 +83,20 @@ def test_help_describes_the_default_corpus() -> None:
     result = run_cli(["distill", "--help"])
     assert result.exit_code == 0
     assert "pydoc_data.topics" in result.stdout and "own domain" in result.stdout and "--resume" in result.stdout
+
+
+@pytest.mark.parametrize("teacher, options, named", [
+    ("tiny_encoder", ["--topk", "8", "--lm-loss", "jsd"], "--lm-loss, --topk"),
+    ("tiny_encoder", ["--block-size", "64"], "--block-size"),
+    ("tiny_llama", ["--prune-heads", "0.25"], "--prune-heads"),
+    ("tiny_llama", ["--loss", "mse"], "--loss"),
+])
+def test_an_option_the_teachers_family_cannot_use_is_an_error(
+        request: pytest.FixtureRequest, text_file: Path, tmp_path: Path, teacher: str, options: list[str],
+        named: str) -> None:
+    run = tmp_path / "run"
+    result = run_cli(_args(request.getfixturevalue(teacher), text_file, run, *options))
+    assert result.exit_code == 2
+    assert named in result.stderr and "not used when the teacher is" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not run.exists()

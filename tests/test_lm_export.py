@@ -15,17 +15,8 @@ import numpy as np
 import pytest
 
 from export.base.errors import CompressError
-from export.lm_export import (
-    LMExportResult,
-    LMQuantizeResult,
-    check_lm_parity,
-    export_causal_lm,
-    expose_constant_weights,
-    load_ort_causal_lm,
-    onnx_perplexity,
-    quantize_causal_lm,
-    read_lm_export,
-)
+from export.lm_export import LMExportResult, check_lm_parity, export_causal_lm, load_ort_causal_lm, read_lm_export
+from export.lm_quantize import LMQuantizeResult, expose_constant_weights, onnx_perplexity, quantize_causal_lm
 
 
 def _ops(path: Path) -> Counter:

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -93,14 +94,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--block-size", type=int, default=32, show_default=True,
               help="[language models] int4 weight-only quantization block size (a power of two, at least 16).")
 @click.option("--json", "as_json", is_flag=True, help="Print what the chain did and found as JSON on stdout.")
-def distill(profile_name: str, teacher: str | None, task: str, student: str, data: Path | None, run_dir: Path | None,
-            max_steps: int | None, epochs: float | None, time_budget: float | None, batch_size: int | None,
-            lr: float, seed: int, embedding_loss: str, hidden_weight: float, attention_weight: float, alpha: float,
-            temperature: float | None, teacher_quant: str | None, trust_remote_code: bool, device: str,
-            threads: int | None, resume: bool, prune_heads: float | None, prune_ffn: float | None,
-            recover_steps: int | None, precision: str | None, stop_after: str, lm_loss: str, jsd_beta: float, topk: int,
-            teacher_answers: int, answer_tokens: int, sample: bool, top_p: float, max_length: int,
-            block_size: int, as_json: bool) -> None:
+def distill(**options: Any) -> None:
     """Distil a teacher into a small student for a target profile, then run the release chain.
 
     \b
@@ -147,12 +141,14 @@ def distill(profile_name: str, teacher: str | None, task: str, student: str, dat
     from compress.job import DistillJob, run_distill_job
 
     ctx = click.get_current_context()
-    settings = {name: value for name, value in ctx.params.items()
-                if name not in ("profile_name", "teacher", "run_dir", "as_json")}
-    settings["time_budget_s"] = settings.pop("time_budget")
-    given = {name for name in ctx.params if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
-    family, result = run_distill_job(DistillJob(profile=profile_name, teacher=teacher, run_dir=run_dir,
-                                                settings=settings, given=given))
+    given = {name for name in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    flags = {param.name: param.opts[0] for param in ctx.command.params if param.name and param.opts}
+    as_json = options.pop("as_json")
+    job = DistillJob(profile=options.pop("profile_name"), teacher=options.pop("teacher"),
+                     run_dir=options.pop("run_dir"), given=given, flags=flags)
+    options["time_budget_s"] = options.pop("time_budget")
+    job.settings = options
+    family, result = run_distill_job(job)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, default=str))
     else:

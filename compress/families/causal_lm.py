@@ -79,7 +79,7 @@ class CausalLMFamily(TaskFamily):
                         stage_status(before, read_record(out)))
 
     def quantize(self, ctx: ChainContext, fp32: Path) -> None:
-        from export.lm_export import LMQuantizeResult, quantize_causal_lm
+        from export.lm_quantize import LMQuantizeResult, quantize_causal_lm
 
         method = release_precision(ctx.profile, ctx.options.precision)
         if method == "fp32":

@@ -1,0 +1,57 @@
+"""A changed default corpus re-runs distillation, for every family (it once silently did not for LMs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import export.base.corpus as corpus
+from compress.distill.progress import Reporter
+from compress.lm.data import _default_corpus
+
+QUIET = Reporter(show_progress=False)
+
+
+@pytest.fixture
+def change_the_default_corpus(monkeypatch: pytest.MonkeyPatch):
+    """A function that drops the last passages of the default corpus, as a new Python release might."""
+    original = corpus.python_docs_texts
+
+    def change() -> None:
+        kept = list(original())[:-50]
+        monkeypatch.setattr(corpus, "python_docs_texts", lambda *args, **kwargs: iter(kept))
+        _default_corpus.cache_clear()
+
+    yield change
+    _default_corpus.cache_clear()
+
+
+def test_a_changed_default_corpus_reruns_lm_distillation(tiny_llama: Path, tmp_path: Path,
+                                                         change_the_default_corpus) -> None:
+    from compress.lm.config import LMDistillConfig
+    from compress.lm.stage import run_lm_distill_stage
+
+    config = LMDistillConfig(teacher=str(tiny_llama), max_steps=1, batch_size=2, student="layers=2", max_length=16,
+                             threads=1)
+    first = run_lm_distill_stage(tmp_path, config, None, QUIET)
+    assert first.status == "ran" and "default_corpus_sha256" in first.record.params
+    assert run_lm_distill_stage(tmp_path, config, None, QUIET).status == "skipped"
+    change_the_default_corpus()
+    again = run_lm_distill_stage(tmp_path, config, None, QUIET)
+    assert again.status == "ran"
+    assert again.record.params["default_corpus_sha256"] != first.record.params["default_corpus_sha256"]
+
+
+def test_a_changed_default_corpus_reruns_encoder_distillation(tiny_encoder: Path, tmp_path: Path,
+                                                              change_the_default_corpus) -> None:
+    from compress.distill.config import DistillConfig
+    from compress.distill.stage import run_distill_stage
+
+    config = DistillConfig(teacher=str(tiny_encoder), max_steps=1, batch_size=8, threads=1, eval_points=0)
+    first = run_distill_stage(tmp_path, config, None, QUIET)
+    assert run_distill_stage(tmp_path, config, None, QUIET).status == "skipped"
+    change_the_default_corpus()
+    again = run_distill_stage(tmp_path, config, None, QUIET)
+    assert again.status == "ran"
+    assert again.record.params["default_corpus_sha256"] != first.record.params["default_corpus_sha256"]
