@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING
 from export.base.files import sha256_file
 from export.base.version import __version__
 
-from compress.chain_state import (STAGES, ChainContext, ChainOptions, ChainResult, DistillSettings, ModelSide,
+from compress.chain_state import (STAGES, ChainContext, ChainOptions, ChainResult, ModelSide,
                                   PruneOptions, TableRow, bench_threads, profile_input)
+
+from compress.settings import DistillSettings
 
 if TYPE_CHECKING:
     from compress.distill.progress import Reporter

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from compress.settings import DistillSettings
 from export.base.errors import CompressError
 from export.base.records import FileRef, StageRecord
 
@@ -19,16 +20,6 @@ if TYPE_CHECKING:
     from export.runtime.profiles import Profile
 
 STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")
-
-
-class DistillSettings(Protocol):
-    """What the chain reads of any family's distillation config."""
-
-    data: Path | None
-    time_budget_s: float | None
-
-    @property
-    def step_determined(self) -> bool: ...
 
 
 @dataclass

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from compress.chain_state import TableRow
 from export.base.corpus import DEFAULT_CORPUS_NAME, default_corpus
 from export.base.records import FileRef, StageRecord
 
 if TYPE_CHECKING:
-    from compress.chain_state import ChainContext, ChainOptions, ChainResult, DistillSettings, TableRow
+    from compress.chain_state import ChainContext, ChainOptions, ChainResult
+    from compress.settings import DistillSettings
     from export.base.stages import StageRun
     from export.run_summary import QualitySummary, StudentInfo
     from export.runtime.gate import GateReport
@@ -97,6 +99,17 @@ class TaskFamily(ABC):
     @abstractmethod
     def table(self, result: ChainResult) -> tuple[list[TableRow], str | None]:
         """The teacher-vs-student rows and one line on how they were measured."""
+
+    @staticmethod
+    def size_rows(result: ChainResult) -> list[TableRow]:
+        """Parameters and file size, teacher against release (none before the export)."""
+        teacher, student = result.teacher, result.student
+        if teacher is None or student is None:
+            return []
+        return [TableRow("parameters", f"{teacher.parameters / 1e6:.1f}M", f"{student.parameters / 1e6:.1f}M",
+                         f"{teacher.parameters / student.parameters:.1f}x fewer"),
+                TableRow("file size", f"{teacher.size_bytes / 2**20:.1f} MiB", f"{student.size_bytes / 2**20:.1f} MiB",
+                         f"{teacher.size_bytes / student.size_bytes:.1f}x smaller")]
 
     def distill_quality(self, record: StageRecord) -> dict[str, Any] | None:
         """Quality measured by the distill stage itself, when the chain stops before the gate."""

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from compress.chain_state import TableRow, profile_input
 from compress.families.base import Exported, TaskFamily
 from export.base.errors import CompressError
 from export.base.records import FileRef, StageRecord, read_record, stage_status
@@ -20,7 +21,7 @@ from export.base.tasks import TEXT_GENERATION
 
 if TYPE_CHECKING:
     from compress.lm.config import LMDistillConfig
-    from compress.chain_state import ChainContext, ChainOptions, ChainResult, TableRow
+    from compress.chain_state import ChainContext, ChainOptions, ChainResult
     from export.base.stages import StageRun
     from export.run_summary import QualitySummary, StudentInfo
     from export.runtime.gate import GateReport
@@ -108,7 +109,6 @@ class CausalLMFamily(TaskFamily):
         ctx.result.final_model, ctx.result.precision = run.path("model"), method
 
     def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
-        from compress.chain_state import profile_input
         from export.runtime.generation_bench import GenerationComparison, compare_generation_bench
 
         runs, warmup = ctx.options.bench_runs or BENCH_RUNS, ctx.options.bench_warmup
@@ -140,7 +140,6 @@ class CausalLMFamily(TaskFamily):
         ctx.result.host = student.host.describe()
 
     def gate(self, ctx: ChainContext, model: Path, teacher: Path) -> GateReport:
-        from compress.chain_state import profile_input
         from export.runtime.gate import GateReport, QualityEvidence, gate, write_junit
         from export.runtime.generation_bench import GenerationBenchReport
 
@@ -186,15 +185,9 @@ class CausalLMFamily(TaskFamily):
         ]
 
     def table(self, result: ChainResult) -> tuple[list[TableRow], str | None]:
-        from compress.chain_state import TableRow
-
-        teacher, student = result.teacher, result.student
-        if teacher is None or student is None:
+        rows = self.size_rows(result)
+        if not rows:
             return [], None
-        rows = [TableRow("parameters", f"{teacher.parameters / 1e6:.1f}M", f"{student.parameters / 1e6:.1f}M",
-                         f"{teacher.parameters / student.parameters:.1f}x fewer"),
-                TableRow("file size", _mb(teacher.size_bytes), _mb(student.size_bytes),
-                         f"{teacher.size_bytes / student.size_bytes:.1f}x smaller")]
         speed, measured = result.speed, None
         if speed is not None and speed["student_tokens_per_s"] and speed["teacher_tokens_per_s"]:
             t, s = speed["teacher_tokens_per_s"], speed["student_tokens_per_s"]
@@ -245,7 +238,3 @@ def release_precision(profile: Profile, requested: str | None) -> str:
     if profile.precision == "fp32":
         return "fp32"
     return "fp16" if profile.hardware.device == "gpu" else "int4-weight"
-
-
-def _mb(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB"

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from compress.chain_state import PruneOptions, TableRow, profile_input
 from compress.families.base import Exported, TaskFamily
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json
@@ -20,7 +21,7 @@ from export.base.stages import StageOutput, run_stage
 
 if TYPE_CHECKING:
     from compress.distill.config import DistillConfig
-    from compress.chain_state import ChainContext, ChainResult, TableRow
+    from compress.chain_state import ChainContext, ChainResult
     from export.base.stages import StageRun
     from export.quantize_report import QuantizeResult
     from export.run_summary import QualitySummary, StudentInfo
@@ -56,7 +57,6 @@ class EncoderFamily(TaskFamily):
         return run_distill_stage(ctx.run_dir, ctx.config, ctx.profile, ctx.reporter)
 
     def prune(self, ctx: ChainContext) -> Path:
-        from compress.chain_state import PruneOptions
         from compress.prune.stage import PruneConfig, prune_model
 
         prune: PruneOptions = ctx.options.prune or PruneOptions(**ctx.profile.distill.prune.model_dump())
@@ -116,7 +116,6 @@ class EncoderFamily(TaskFamily):
             ctx.reporter.warning(why)
 
     def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
-        from compress.chain_state import profile_input
         from export.runtime.bench import BenchReport, ComparisonReport, compare_bench, run_bench
 
         runs, warmup = ctx.options.bench_runs or BENCH_RUNS, ctx.options.bench_warmup
@@ -154,7 +153,6 @@ class EncoderFamily(TaskFamily):
         result.speedup, result.host = comparison.p50_ratio, comparison.model.host.describe()
 
     def gate(self, ctx: ChainContext, model: Path, teacher: Path) -> GateReport:
-        from compress.chain_state import profile_input
         from compress.evaluate import agreement_with_teacher
         from export.runtime.bench import BenchReport
         from export.runtime.gate import GateReport, QualityEvidence, gate, write_junit
@@ -199,8 +197,6 @@ class EncoderFamily(TaskFamily):
 
     # -- reports ---------------------------------------------------------------------------------
     def distill_summary(self, m: dict[str, Any], run_dir: Path) -> tuple[str, list[TableRow], list[str]]:
-        from compress.chain_state import TableRow
-
         metric = m["teacher_agreement_metric"]
         start = m.get("initial_teacher_agreement")
         rows = [TableRow("parameters", f"{m['teacher_parameters'] / 1e6:.1f}M", f"{m['student_parameters'] / 1e6:.1f}M"),
@@ -224,15 +220,9 @@ class EncoderFamily(TaskFamily):
         return f"distill: {m.get('student', '')}", rows, lines
 
     def table(self, result: ChainResult) -> tuple[list[TableRow], str | None]:
-        from compress.chain_state import TableRow
-
-        teacher, student = result.teacher, result.student
-        if teacher is None or student is None:
+        rows = self.size_rows(result)
+        if not rows:
             return [], None
-        rows = [TableRow("parameters", f"{teacher.parameters / 1e6:.1f}M", f"{student.parameters / 1e6:.1f}M",
-                         f"{teacher.parameters / student.parameters:.1f}x fewer"),
-                TableRow("file size", _mb(teacher.size_bytes), _mb(student.size_bytes),
-                         f"{teacher.size_bytes / student.size_bytes:.1f}x smaller")]
         speed, measured = result.speed, None
         if speed is not None:
             for label, t, s in (("latency p50", speed["teacher_p50_ms"], speed["student_p50_ms"]),
@@ -308,7 +298,3 @@ def choose_release(quantized: QuantizeResult, profile: Profile, on_target: bool,
         return "fp32", (f"{quantized.method} is {1 / speed.speedup:.2f}x slower than fp32 on this host, which matches "
                         f"{profile.name}: the release keeps the fp32 student")
     return "quantized", ""
-
-
-def _mb(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB"

@@ -36,7 +36,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -193,6 +193,11 @@ class MeasuredRelease:
     def workload_text(self) -> str:
         raise NotImplementedError
 
+    @property
+    def measured(self) -> MeasuredRelease:
+        """The report the gate judges: this one (a comparison's is its first model's)."""
+        return self
+
 
 @dataclass
 class BenchReport(JsonReport, MeasuredRelease):
@@ -232,8 +237,45 @@ class BenchReport(JsonReport, MeasuredRelease):
         return f"batch {self.workload.batch_size}{seq}"
 
 
+class Comparison:
+    """Two models measured in one process with runs interleaved: which is faster, by how much."""
+
+    model: Any
+    other: Any
+    headline: ClassVar[tuple[str, str]]  # (verb, measure): "model.onnx is 3.10x faster than ... (p50)"
+
+    @property
+    def ratio(self) -> float:
+        """How many times faster ``model`` is than ``other`` on the headline measure."""
+        raise NotImplementedError
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """The two models' names: file names, or parent folder and file name where the file names collide."""
+        a, b = Path(self.model.model.path), Path(self.other.model.path)
+        if a.name != b.name:
+            return a.name, b.name
+        return f"{a.parent.name}/{a.name}", f"{b.parent.name}/{b.name}"
+
+    @property
+    def summary(self) -> str:
+        """``"quantize/model.onnx is 3.10x faster than teacher/model.onnx (p50)"``."""
+        (a, b), (verb, measure) = self.labels, self.headline
+        if self.ratio >= 1:
+            return f"{a} {verb} {self.ratio:.2f}x faster than {b} ({measure})"
+        return f"{a} {verb} {1 / self.ratio:.2f}x slower than {b} ({measure})"
+
+    @property
+    def measured(self) -> Any:
+        """The report the gate judges: the first model's."""
+        return self.model
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "summary": self.summary}
+
+
 @dataclass
-class ComparisonReport(JsonReport):
+class ComparisonReport(JsonReport, Comparison):
     """Two models measured in one process with interleaved runs.
 
     ``p50_ratio = other.p50 / model.p50``: 3.1 means ``model`` is 3.1x faster than ``other``.
@@ -248,16 +290,11 @@ class ComparisonReport(JsonReport):
     schema_version: int = SCHEMA_VERSION
     kind: str = "comparison"
 
-    @property
-    def summary(self) -> str:
-        """``"model.int8.onnx is 3.10x faster than model.onnx (p50)"``."""
-        a, b = Path(self.model.model.path).name, Path(self.other.model.path).name
-        if self.p50_ratio >= 1:
-            return f"{a} is {self.p50_ratio:.2f}x faster than {b} (p50)"
-        return f"{a} is {1 / self.p50_ratio:.2f}x slower than {b} (p50)"
+    headline: ClassVar[tuple[str, str]] = ("is", "p50")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "summary": self.summary}
+    @property
+    def ratio(self) -> float:
+        return self.p50_ratio
 
 
 def read_report(path_or_text: str | os.PathLike[str]) -> BenchReport | ComparisonReport:

@@ -35,8 +35,7 @@ from xml.etree import ElementTree
 
 from export.base.errors import CompressError
 from export.base.files import atomic_write_bytes
-from export.runtime.bench import BenchReport
-from export.runtime.generation_bench import GenerationBenchReport
+from export.runtime.bench import MeasuredRelease
 from export.runtime.host import HostInfo, matches_pattern, normalise_arch
 from export.runtime.profiles import Profile
 from export.base.report_json import SCHEMA_VERSION, JsonReport
@@ -227,19 +226,16 @@ def _compare(name: str, budget: float | None, measured: float | None, unit: str,
     return GateCheck(name, budget, measured, unit, comparison, status, hardware_dependent)
 
 
-def read_gate_input(path_or_text: str | os.PathLike[str]) -> BenchReport | GenerationBenchReport:
+def read_gate_input(path_or_text: str | os.PathLike[str]) -> MeasuredRelease:
     """The report ``gate`` takes from a bench JSON of any kind: an encoder's or a causal LM's bench,
     or the first model of either kind of comparison."""
-    from export.runtime.bench import read_report
-    from export.runtime.generation_bench import read_generation_report
-    from export.base.report_json import read_json_object
+    from export.runtime.release_kind import read_any_report
 
-    kind = read_json_object(path_or_text, "bench report").get("kind")
-    report: Any = read_generation_report(path_or_text) if str(kind).startswith("generation") else read_report(path_or_text)
-    return report if isinstance(report, (BenchReport, GenerationBenchReport)) else report.model
+    report = read_any_report(path_or_text)
+    return report.measured
 
 
-def gate(report: BenchReport | GenerationBenchReport, profile: Profile,
+def gate(report: MeasuredRelease, profile: Profile,
          quality: QualityEvidence | None = None) -> GateReport:
     """The release verdict for ``report`` (an encoder's or a causal LM's bench) against ``profile``'s
     budgets (see the module docstring)."""

@@ -27,16 +27,16 @@ from __future__ import annotations
 import gc
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from export.base.errors import CompressError
 from export.base.files import sha256_file
 from export.base.records import utc_now
-from export.runtime.bench import MIB, BudgetFigure, MeasuredRelease, MemoryStats, ModelInfo, SessionInfo
+from export.runtime.bench import MIB, BudgetFigure, Comparison, MeasuredRelease, MemoryStats, ModelInfo, SessionInfo
 from export.runtime.onnx_file import inspect_model_file
 from export.runtime.progress import RunProgress
 from export.runtime.session import (GPU_PROVIDERS, high_water_mark_bytes, release_freed_memory, reset_high_water_mark,
@@ -137,7 +137,7 @@ class GenerationBenchReport(JsonReport, MeasuredRelease):
 
 
 @dataclass
-class GenerationComparison(JsonReport):
+class GenerationComparison(JsonReport, Comparison):
     """Two causal LMs measured in one process with interleaved runs.
 
     Ratios are "how many times better ``model`` is": ``ttft_ratio = other.ttft.p50 / model.ttft.p50``,
@@ -154,16 +154,11 @@ class GenerationComparison(JsonReport):
     schema_version: int = SCHEMA_VERSION
     kind: str = "generation_comparison"
 
-    @property
-    def summary(self) -> str:
-        """``"model.onnx generates 3.10x faster than teacher.onnx (tokens/s)"``."""
-        a, b = Path(self.model.model.path).name, Path(self.other.model.path).name
-        if self.tokens_per_s_ratio >= 1:
-            return f"{a} generates {self.tokens_per_s_ratio:.2f}x faster than {b} (tokens/s)"
-        return f"{a} generates {1 / self.tokens_per_s_ratio:.2f}x slower than {b} (tokens/s)"
+    headline: ClassVar[tuple[str, str]] = ("generates", "tokens/s")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "summary": self.summary}
+    @property
+    def ratio(self) -> float:
+        return self.tokens_per_s_ratio
 
 
 def read_generation_report(path_or_text: str | os.PathLike[str]) -> GenerationBenchReport | GenerationComparison:

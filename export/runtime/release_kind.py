@@ -14,7 +14,7 @@ from export.base.errors import CompressError
 from export.base.tasks import TEXT_GENERATION
 
 if TYPE_CHECKING:
-    from export.runtime.bench import MeasuredRelease
+    from export.runtime.bench import Comparison, MeasuredRelease
     from export.runtime.example_check import ExampleCheck
     from export.runtime.manifest import BenchSummary, Manifest
     from export.runtime.profiles import Profile
@@ -196,3 +196,15 @@ def kind_of_model(path: Path) -> ReleaseKind:
     from export.runtime.generation import is_generation_model
 
     return GENERATION if is_generation_model(path) else FORWARD_PASS
+
+
+def read_any_report(path_or_text: str | Path) -> MeasuredRelease | Comparison:
+    """Any bench report (an encoder's or a generation bench, alone or a comparison), by its ``kind``."""
+    from export.base.report_json import read_json_object
+    from export.runtime.bench import BenchReport, ComparisonReport
+    from export.runtime.generation_bench import GenerationBenchReport, GenerationComparison
+
+    data = read_json_object(path_or_text, "bench report")
+    classes = {cls.kind: cls for cls in (BenchReport, ComparisonReport, GenerationBenchReport, GenerationComparison)}
+    # An unknown kind is refused by BenchReport's own schema check, with the kind it found.
+    return classes.get(str(data.get("kind")), BenchReport).from_dict(data)

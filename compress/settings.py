@@ -1,0 +1,71 @@
+"""What every family's distillation config shares: the step plan, the data, the machine, the checks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from export.base.errors import CompressError, require
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DistillSettings:
+    """The settings of ``compress distill`` that both task families read (``None`` = filled in later).
+
+    Step plan: ``max_steps`` and/or ``epochs`` make a step-determined run (reproducible, resumable
+    to the same weights). When neither is given the run is bounded by ``time_budget_s`` (default:
+    the profile's ``distill.time_budget``); when a time budget is given as well, whichever limit
+    comes first ends the run.
+    """
+
+    teacher: str | None = None
+    student: str = "auto"
+    data: Path | None = None  # None: the default corpus
+    max_steps: int | None = None
+    epochs: float | None = None
+    time_budget_s: float | None = None
+    batch_size: int | None = None  # None: the family's default for the device
+    lr: float = 5e-4
+    seed: int = 0
+    max_length: int = 128
+    temperature: float = 1.0
+    teacher_quant: str | None = None  # 8bit | 4bit (bitsandbytes)
+    device: str = "auto"
+    threads: int | None = None  # CPU: torch threads; None = the cores this process may use
+    resume: bool = False
+
+    # Fields that change how a run is carried out but not what it computes.
+    run_only_fields: ClassVar[frozenset[str]] = frozenset({"resume", "device", "threads"})
+    min_max_length: ClassVar[int] = 8
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """``(ok, message)`` for every setting; a family adds its own."""
+        return [
+            (self.max_steps is None or self.max_steps > 0, "--max-steps must be positive"),
+            (self.epochs is None or self.epochs > 0, "--epochs must be positive"),
+            (self.time_budget_s is None or self.time_budget_s > 0, "--time-budget must be positive"),
+            (self.batch_size is None or self.batch_size > 0, "--batch-size must be positive"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.temperature > 0, "--temperature must be positive"),
+            (self.max_length >= self.min_max_length, f"--max-length must be at least {self.min_max_length} tokens"),
+            (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
+            (self.threads is None or self.threads > 0, "--threads must be positive"),
+        ]
+
+    def validate(self) -> None:
+        """Reject settings that cannot work, with the option's name in the message."""
+        require(self.checks())
+        if self.data is not None and not Path(self.data).is_file():
+            raise CompressError(f"data file not found: {self.data}")
+
+    @property
+    def step_determined(self) -> bool:
+        return self.max_steps is not None or self.epochs is not None
+
+    def params(self) -> dict[str, Any]:
+        """The settings that determine the result (the stage fingerprint and the resume check)."""
+        data = {k: v for k, v in asdict(self).items() if k not in self.run_only_fields}
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
