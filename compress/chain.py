@@ -25,13 +25,11 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compress.chain_state import (STAGES, ChainContext, ChainOptions, ChainResult, ModelSide, PruneOptions, TableRow,
+                                  bench_threads, profile_input)
+from compress.settings import DistillSettings
 from export.base.files import sha256_file
 from export.base.version import __version__
-
-from compress.chain_state import (STAGES, ChainContext, ChainOptions, ChainResult, ModelSide,
-                                  PruneOptions, TableRow, bench_threads, profile_input)
-
-from compress.settings import DistillSettings
 
 if TYPE_CHECKING:
     from compress.distill.progress import Reporter

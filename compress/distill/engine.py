@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compress.distill.batching import encode, label_ids
 from compress.distill.config import DEFAULT_BATCH_SIZE, DEFAULT_TIME_BUDGET_S, DistillConfig, cpu_threads, resolve_device
@@ -36,6 +36,9 @@ from compress.distill.trainer import LoopSettings, Trainer, TrainingReport
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json, atomic_write_text
 from export.base.tasks import Task
+
+if TYPE_CHECKING:
+    from export.runtime.profiles import Profile
 
 STUDENT_DIR = "student"
 CHECKPOINT_DIR = "checkpoints/last"
@@ -166,7 +169,7 @@ def _examples_for_task(examples: list[Example], task: Task, reporter: Reporter, 
     return out
 
 
-def resolve_student_text(config: DistillConfig, profile: Any) -> tuple[str, str | None]:
+def resolve_student_text(config: DistillConfig, profile: Profile) -> tuple[str, str | None]:
     """(student spec, why) with ``auto`` replaced by the profile's choice."""
     if config.student != "auto":
         return config.student, None
@@ -177,7 +180,7 @@ def resolve_student_text(config: DistillConfig, profile: Any) -> tuple[str, str 
     return profile.distill.student, f"{profile.name}: {profile.distill.why}"
 
 
-def distill(config: DistillConfig, work_dir: Path, profile: Any = None, reporter: Reporter | None = None,
+def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = None, reporter: Reporter | None = None,
             on_step: Any = None) -> DistillResult:
     """Distil a teacher into a student under ``work_dir`` (student/, checkpoints/, history, curve).
 
@@ -356,7 +359,7 @@ def _describe(student: Student, plan: StudentPlan | None) -> str:
     return f"{config.num_hidden_layers} layers, hidden {config.hidden_size} (from an existing student)"
 
 
-def _schedule(config: DistillConfig, profile: Any, train_size: int, batch_size: int,
+def _schedule(config: DistillConfig, profile: Profile, train_size: int, batch_size: int,
               setup_s: float) -> tuple[Schedule, str]:
     """The step plan and time budget (see DistillConfig), and what hitting the step plan is called."""
     from compress.distill.batching import batches_per_epoch

@@ -7,7 +7,7 @@ are unchanged since its last successful run and its outputs still exist.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from compress.distill.config import DistillConfig
 from compress.families.base import data_input
@@ -18,10 +18,13 @@ from compress.distill.teacher import resolve_teacher
 from export.base.records import FileRef, StageRecord
 from export.base.stages import StageOutput, StageRun, run_stage
 
+if TYPE_CHECKING:
+    from export.runtime.profiles import Profile
+
 STAGE = "distill"
 
 
-def planned_record(config: DistillConfig, profile: Any) -> StageRecord:
+def planned_record(config: DistillConfig, profile: Profile) -> StageRecord:
     """The record this stage would write, minus outputs and metrics (enough to decide skipping)."""
     _, teacher_dir = resolve_teacher(config.teacher)
     inputs = {"teacher": FileRef.of(teacher_dir)}
@@ -37,7 +40,7 @@ def planned_record(config: DistillConfig, profile: Any) -> StageRecord:
     return StageRecord(stage=STAGE, inputs=inputs, params=params)
 
 
-def run_distill_stage(run_dir: Path, config: DistillConfig, profile: Any = None,
+def run_distill_stage(run_dir: Path, config: DistillConfig, profile: Profile | None = None,
                       reporter: Reporter | None = None) -> StageRun:
     """Run (or skip) the distill stage into ``run_dir/distill``.
 

@@ -21,7 +21,7 @@ import gc
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compress.distill.config import cpu_threads, resolve_device
 from compress.families.base import data_input
@@ -31,6 +31,9 @@ from export.base.files import atomic_write_json, atomic_write_text
 from compress.lm.config import DEFAULT_LM_BATCH_SIZE, LMDistillConfig, resolve_lm_student
 from export.base.records import FileRef, StageRecord
 from export.base.stages import StageOutput, StageRun, run_stage
+
+if TYPE_CHECKING:
+    from export.runtime.profiles import Profile
 
 STAGE = "distill"
 STUDENT_DIR = "student"
@@ -42,7 +45,7 @@ HELD_OUT_FRACTION = 0.05
 FINISH_RESERVE_S = 60.0
 
 
-def planned_record(config: LMDistillConfig, profile: Any, teacher_dir: Path) -> StageRecord:
+def planned_record(config: LMDistillConfig, profile: Profile, teacher_dir: Path) -> StageRecord:
     """The record this stage would write, minus outputs and metrics (enough to decide skipping)."""
     inputs = {"teacher": FileRef.of(teacher_dir)}
     params = config.params()
@@ -53,7 +56,7 @@ def planned_record(config: LMDistillConfig, profile: Any, teacher_dir: Path) -> 
     return StageRecord(stage=STAGE, inputs=inputs, params=params)
 
 
-def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Any = None,
+def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Profile | None = None,
                          reporter: Reporter | None = None) -> StageRun:
     """Run (or skip) the causal-LM distill stage into ``run_dir/distill`` (in place, for its checkpoints)."""
     from compress.lm.teacher import resolve_lm_teacher
@@ -75,7 +78,7 @@ def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Any = 
     return run
 
 
-def _distill(config: LMDistillConfig, profile: Any, teacher_dir: Path, stage_dir: Path, reporter: Reporter,
+def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage_dir: Path, reporter: Reporter,
              started: float) -> dict[str, Any]:
     import torch
 
@@ -166,7 +169,7 @@ def _with_teacher_answers(config: LMDistillConfig, teacher: Any, tokenizer: Any,
     return train + answered, len(answered)
 
 
-def _training_budget(config: LMDistillConfig, profile: Any, spent_s: float) -> float | None:
+def _training_budget(config: LMDistillConfig, profile: Profile, spent_s: float) -> float | None:
     """Seconds the training loop may take: the stage's budget less what setting up took and scoring needs."""
     if config.time_budget_s is None and (config.step_determined or profile is None):
         return None

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from export.base.errors import CompressError
 from compress.prune.importance import (Batch, TaskModel, head_importance, layer_removal_order, make_batches,
@@ -32,6 +32,9 @@ from compress.prune.structured import (count_parameters, encoder_layers, ffn_siz
 from export.base.records import FileRef, StageRecord, read_stage_result
 from export.base.stages import StageOutput, run_stage
 from export.base.tasks import Task, detect_task, read_config, read_pooling
+
+if TYPE_CHECKING:
+    from export.runtime.profiles import Profile
 
 SCHEMA_VERSION = 1
 OBJECTIVES = {
@@ -254,7 +257,7 @@ def check_reload(model: TaskModel, folder: Path, batches: list[Batch]) -> float:
     return worst
 
 
-def _latency(original: Path, pruned: Path, profile: Any, runs: int, scratch: Path,
+def _latency(original: Path, pruned: Path, profile: Profile, runs: int, scratch: Path,
              say: Callable[[str], None]) -> LatencyComparison:
     from export.runtime.bench import compare_bench
     from export.onnx_export import export_model
@@ -288,7 +291,7 @@ def _recover(pruned_dir: Path, teacher: str, steps: int, task: Task, data: Path 
 
 
 def prune_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                config: PruneConfig = PruneConfig(), *, profile: Any = None, resume: bool = False,
+                config: PruneConfig = PruneConfig(), *, profile: Profile | None = None, resume: bool = False,
                 log: Callable[[str], None] | None = None) -> PruneResult:
     """Prune the Hugging Face folder ``model_dir`` into ``out_dir`` (+ ``stage.json``) as ``config`` says.
 

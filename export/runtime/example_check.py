@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from export.base.errors import CompressError
 from export.base.quiet import quiet_onnxruntime
 from export.runtime.manifest import MANIFEST_FILE, Manifest, signature_of_session
+
+if TYPE_CHECKING:
+    from export.runtime.profiles import Profile
 
 
 class VerificationError(CompressError):
@@ -133,7 +136,7 @@ def check_forward_pass(root: Path, manifest: Manifest) -> ExampleCheck:
     return check
 
 
-def real_text_inputs(root: Path, manifest: Manifest, profile: Any) -> tuple[Path, str]:
+def real_text_inputs(root: Path, manifest: Manifest, profile: Profile) -> tuple[Path, str]:
     """The profile's workload as real text through the archive's own tokenizer, saved as an .npz
     inside the temporary folder: what the device will really be fed, in the model's vocabulary."""
     from export.runtime.example.run_model import TextEncoder
