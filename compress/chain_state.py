@@ -128,16 +128,11 @@ def profile_input(profile: Profile) -> dict[str, FileRef]:
 
 
 def bench_threads(profile: Profile, notes: list[str]) -> int | None:
-    """The profile's intra-op threads, capped at this host's usable cores (the cap noted in ``notes``).
-
-    More threads than cores measure contention, not the model; on such a host the profile's
-    hardware does not match anyway, and the gate says unverified.
-    """
+    """The threads the chain's bench runs with: the runtime's one policy (the cap noted in ``notes``)."""
     from export.runtime.host import detect_host
+    from export.runtime.session import bench_threads as policy
 
-    threads = profile.runtime.intra_op_threads
-    cores = detect_host().usable_cores
-    if threads is not None and threads > cores:
-        notes.append(f"benchmarked with {cores} threads, this host's usable cores ({profile.name} runs {threads})")
-        return cores
+    threads, note = policy(None, profile, detect_host().usable_cores)
+    if note:
+        notes.append(note)
     return threads

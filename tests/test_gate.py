@@ -210,3 +210,32 @@ def test_a_comparison_report_gates_its_first_model(tiny_onnx: Path, tmp_path: Pa
     assert "first model of the comparison" in result.stderr
     memory = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "peak_memory_mb")
     assert "comparison" in memory["note"]
+
+
+def _on_a_host_with(bench_report: BenchReport, cores: int) -> BenchReport:
+    return dataclasses.replace(bench_report, host=dataclasses.replace(bench_report.host, usable_cores=cores))
+
+
+def test_a_speed_miss_on_fewer_cores_than_the_target_is_unverified(bench_report: BenchReport, tmp_path: Path) -> None:
+    # A target with more cores than this measurement had, and a latency budget it misses here.
+    profile = load_profile(user_profile(tmp_path, lambda d: (d["hardware"].update(cpu={"cores": 64}),
+                                                             d["budgets"]["latency_ms"].update(p95=1e-6))))
+    report = gate(_on_a_host_with(bench_report, 2), profile)
+    assert report.verdict == "unverified" and report.exit_code == 3
+    assert any("not evidence about the target" in reason for reason in report.reasons)
+    assert report.check("latency_ms.p95").status == "fail"
+    # On as many cores as the target, the same miss is a failure.
+    assert gate(_on_a_host_with(bench_report, 64), profile).verdict == "fail"
+
+
+def test_a_pass_on_fewer_cores_stands_and_says_so(bench_report: BenchReport, tmp_path: Path) -> None:
+    profile = load_profile(user_profile(tmp_path, lambda d: d["hardware"].update(cpu={"cores": 64})))
+    report = gate(_on_a_host_with(bench_report, 2), profile)
+    assert report.verdict == "pass"
+    assert any("passed on fewer cores" in reason for reason in report.reasons)
+
+
+def test_a_size_miss_on_fewer_cores_still_fails(bench_report: BenchReport, tmp_path: Path) -> None:
+    profile = load_profile(user_profile(tmp_path, lambda d: (d["hardware"].update(cpu={"cores": 64}),
+                                                             d["budgets"].update(model_size_mb=1e-6))))
+    assert gate(_on_a_host_with(bench_report, 2), profile).verdict == "fail"

@@ -15,7 +15,7 @@ import sys
 import click
 
 from compress import __version__
-from export.base.errors import CompressError
+from export.base.errors import CompressError, did_you_mean
 
 # name -> "module:attribute"; the order is the order of `compress --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,6 +43,12 @@ class LazyGroup(click.Group):
         module_name, attribute = COMMANDS[name][0].split(":")
         return getattr(importlib.import_module(module_name), attribute)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and name not in COMMANDS and not name.startswith("-"):
+            raise click.UsageError(f"no command {name!r}{did_you_mean(name, COMMANDS)}; commands: {', '.join(COMMANDS)}")
+        return super().resolve_command(ctx, args)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help lists every command without importing any of them.
         with formatter.section("Commands"):
@@ -58,7 +64,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     \b
     Exit codes: 0 ok or gate passed, 1 gate failed, 2 bad input or usage,
-    3 gate unverified (measured on hardware that is not the profile's).
+    3 gate unverified (measured on hardware that is not the profile's),
+    4 internal error (a bug: run with --debug and report it),
+    130 interrupted (Ctrl-C; re-run the same command to resume).
     """
     ctx.obj = {"debug": debug}
 
@@ -78,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        # Usage errors in one line, as every other error (click's own form takes three).
+        click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

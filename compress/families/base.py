@@ -79,7 +79,10 @@ class TaskFamily(ABC):
 
     @abstractmethod
     def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
-        """Benchmark the release alone and against the teacher (a stage); fill ``ctx.result``'s speed."""
+        """Benchmark the release against the teacher (a stage); fill ``ctx.result``'s speed.
+
+        ``threads`` is what the runtime's thread policy gives on this host (a stage parameter).
+        """
 
     @abstractmethod
     def gate(self, ctx: ChainContext, model: Path, teacher: Path) -> GateReport:

@@ -119,8 +119,8 @@ class CausalLMFamily(TaskFamily):
 
         def work(tmp: Path) -> StageOutput:
             ctx.reporter.message(f"bench: generating with {model.name} and the teacher, runs interleaved on this host")
-            comparison = compare_generation_bench(model, teacher, ctx.profile, runs=runs, warmup=warmup,
-                                                  threads=threads)
+            # threads=None: the runtime's one thread policy, as `compress bench` and `verify --gate` use it.
+            comparison = compare_generation_bench(model, teacher, ctx.profile, runs=runs, warmup=warmup, threads=None)
             comparison.to_json(tmp / "compare.json")
             comparison.model.to_json(tmp / "bench.json")
             return StageOutput({"compare": "compare.json", "bench": "bench.json"})

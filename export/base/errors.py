@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class CompressError(Exception):
     """A problem with the user's input or environment that they can fix.
@@ -19,3 +22,9 @@ def require(checks: list[tuple[bool, str]]) -> None:
     for ok, message in checks:
         if not ok:
             raise CompressError(message)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'distill'?)"`` for the closest choice to a mistyped ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -13,20 +13,19 @@ with ``O_EXCL | O_NOFOLLOW`` inside a fresh folder. Standard library only.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import io
 import os
 import stat
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from export.base.errors import CompressError
+from export.base.files import atomic_file
 
 _CHUNK = 1 << 20
 _FILE_MODE = 0o644
@@ -93,26 +92,16 @@ def write_archive(path: str | Path, entries: Iterable[ArchiveEntry], *, mtime: i
     if len(set(names)) != len(names):
         raise ValueError("duplicate archive entry names")
     folders = sorted({str(p) for name in names for p in PurePosixPath(name).parents if str(p) != "."})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            # filename="" and mtime=0 keep the gzip header free of anything that varies between runs.
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as zipped:
-                with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                    for folder in folders:
-                        tar.addfile(_info(folder + "/", tarfile.DIRTYPE, 0, _EXEC_MODE, mtime))
-                    for entry in entries:
-                        info = _info(entry.name, tarfile.REGTYPE, entry.size(), _EXEC_MODE if entry.executable else _FILE_MODE, mtime)
-                        with entry.open() as handle:
-                            tar.addfile(info, handle)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(target) as raw:
+        # filename="" and mtime=0 keep the gzip header free of anything that varies between runs.
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as zipped:
+            with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for folder in folders:
+                    tar.addfile(_info(folder + "/", tarfile.DIRTYPE, 0, _EXEC_MODE, mtime))
+                for entry in entries:
+                    mode = _EXEC_MODE if entry.executable else _FILE_MODE
+                    with entry.open() as handle:
+                        tar.addfile(_info(entry.name, tarfile.REGTYPE, entry.size(), mode, mtime), handle)
     return target
 
 

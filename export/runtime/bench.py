@@ -45,8 +45,8 @@ from export.base.files import sha256_file
 from export.runtime.host import HostInfo, detect_host
 from export.runtime.onnx_file import DataFile, GraphFacts, inspect_model_file
 from export.runtime.progress import RunProgress
-from export.runtime.session import (GPU_PROVIDERS, high_water_mark_bytes, open_session, release_freed_memory,
-                                    reset_high_water_mark, rss_bytes)
+from export.runtime.session import (GPU_PROVIDERS, bench_threads, high_water_mark_bytes, open_session,
+                                    release_freed_memory, reset_high_water_mark, rss_bytes)
 from export.base.records import utc_now
 from export.runtime.inputs import (
     InputSpec,
@@ -334,7 +334,8 @@ def _open(path: Path, profile: Profile, *, batch_size: int, sequence_length: int
     facts = inspect_model_file(path)
     release_freed_memory()
     rss_before = rss_bytes()
-    intra = threads if threads is not None else profile.runtime.intra_op_threads
+    usable_cores = detect_host().usable_cores
+    intra, threads_note = bench_threads(threads, profile, usable_cores)
     inter = profile.runtime.inter_op_threads
     session, load_s, unavailable = open_session(path, list(profile.runtime.providers), intra, inter, spinning)
     signature = session.get_inputs()
@@ -364,7 +365,8 @@ def _open(path: Path, profile: Profile, *, batch_size: int, sequence_length: int
     if any(p in GPU_PROVIDERS for p in providers_used):
         notes.append("a GPU provider ran: latency includes host<->device copies of inputs and outputs; "
                      "memory is host RSS only (GPU memory is not measured)")
-    usable_cores = detect_host().usable_cores
+    if threads_note:
+        notes.append(threads_note)
     if intra is not None and intra > usable_cores:
         notes.append(f"{intra} intra-op threads on {usable_cores} usable cores: oversubscribed, latency is pessimistic")
     start = time.perf_counter()

@@ -109,6 +109,8 @@ class HardwareMatch:
     matched: bool
     reasons: list[str] = field(default_factory=list)  # each a mismatch that makes the measurement off-target
     notes: list[str] = field(default_factory=list)  # differences that do not (fewer cores, less memory)
+    fewer_cores: str | None = None  # set when the host has fewer usable cores than the target: a speed miss
+    #                                 here says nothing about the target, a pass still stands
 
 
 @dataclass
@@ -176,11 +178,13 @@ def match_hardware(profile: Profile, host: HostInfo, providers_used: list[str]) 
     - arch must match unless the profile says ``any``.
     - every ISA flag in ``cpu.isa`` must be among the host's CPU flags.
     - ``cpu.model_pattern`` (regex) must match the host's CPU model or board model.
-    Fewer host cores or less memory than the profile's are notes, not mismatches.
+    Fewer host cores or less memory than the profile's are notes, not mismatches; fewer cores are
+    also recorded in ``fewer_cores``, since a speed miss on them is no evidence about the target.
     """
     hw = profile.hardware
     reasons: list[str] = []
     notes: list[str] = []
+    fewer_cores: str | None = None
     gpu_ran = [p for p in providers_used if p in GPU_PROVIDERS]
     if hw.device == "gpu":
         if not gpu_ran:
@@ -205,10 +209,11 @@ def match_hardware(profile: Profile, host: HostInfo, providers_used: list[str]) 
             who = host.cpu_model + (f" / {host.board_model}" if host.board_model else "")
             reasons.append(f"CPU/board {who} does not match the profile's {hw.cpu.model_pattern!r}")
         if host.usable_cores < hw.cpu.cores:
-            notes.append(f"host has {host.usable_cores} usable cores, the profile's target {hw.cpu.cores}")
+            fewer_cores = f"host has {host.usable_cores} usable cores, the profile's target {hw.cpu.cores}"
+            notes.append(fewer_cores)
     if hw.memory_gb and host.memory_total_mb and host.memory_total_mb < hw.memory_gb * 1024 * 0.9:
         notes.append(f"host has {host.memory_total_mb / 1024:.1f} GiB of memory, the target {hw.memory_gb:g} GB")
-    return HardwareMatch(matched=not reasons, reasons=reasons, notes=notes)
+    return HardwareMatch(matched=not reasons, reasons=reasons, notes=notes, fewer_cores=fewer_cores)
 
 
 def _compare(name: str, budget: float | None, measured: float | None, unit: str, comparison: str, *,
@@ -246,8 +251,10 @@ def gate(report: MeasuredRelease, profile: Profile,
     on_target = hardware.matched and not workload_reasons
     budgets = profile.budgets
     no_quality = "no --quality evidence given"
+    figures = report.speed_figures(profile)
+    speed_names = {f.name for f in figures}
     checks = [_compare(f.name, f.budget, f.measured, f.unit, f.comparison, hardware_dependent=True,
-                       on_target=on_target, missing_note="") for f in report.speed_figures(profile)]
+                       on_target=on_target, missing_note="") for f in figures]
     (size_budget, size_note), (memory_budget, memory_note) = report.size_budget(profile), report.memory_budget(profile)
     checks.append(_compare("model_size_mb", size_budget, report.model.size_mb, "MiB", "<=",
                            hardware_dependent=False, on_target=True, missing_note=""))
@@ -280,8 +287,13 @@ def gate(report: MeasuredRelease, profile: Profile,
     elif not on_target:
         verdict = "unverified"
         reasons += hardware.reasons + workload_reasons
-        verify_command = (f"compress verify --gate ARCHIVE  (on a {profile.name} device), or "
-                          f"compress bench MODEL.onnx --profile {profile.name} there")
+        verify_command = _verify_command(profile)
+        reasons.append(f"verify on the target: {verify_command}")
+    elif fails and hardware.fewer_cores and all(c.name in speed_names for c in fails):
+        verdict = "unverified"
+        reasons += [_fail_reason(c) for c in fails]
+        reasons.append(f"{hardware.fewer_cores}: a speed miss on fewer cores is not evidence about the target")
+        verify_command = _verify_command(profile)
         reasons.append(f"verify on the target: {verify_command}")
     elif fails:
         verdict = "fail"
@@ -289,6 +301,8 @@ def gate(report: MeasuredRelease, profile: Profile,
     else:
         verdict = "pass"
         reasons.append(f"{sum(c.status == 'pass' for c in checks)} budgets met on matching hardware")
+        if hardware.fewer_cores:
+            reasons.append(f"passed on fewer cores than the target has ({hardware.fewer_cores})")
     if not_checked and verdict != "unverified":
         names = ", ".join(c.name for c in not_checked)
         reasons.append(f"not checked: {names}")
@@ -305,6 +319,11 @@ def gate(report: MeasuredRelease, profile: Profile,
         hardware=hardware, bench=summary, quality=quality, verify_command=verify_command,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _verify_command(profile: Profile) -> str:
+    return (f"compress verify --gate ARCHIVE  (on a {profile.name} device), or "
+            f"compress bench MODEL.onnx --profile {profile.name} there")
 
 
 def _fail_reason(check: GateCheck) -> str:

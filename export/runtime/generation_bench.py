@@ -39,8 +39,8 @@ from export.base.records import utc_now
 from export.runtime.bench import MIB, BudgetFigure, Comparison, MeasuredRelease, MemoryStats, ModelInfo, SessionInfo
 from export.runtime.onnx_file import inspect_model_file
 from export.runtime.progress import RunProgress
-from export.runtime.session import (GPU_PROVIDERS, high_water_mark_bytes, release_freed_memory, reset_high_water_mark,
-                                    rss_bytes)
+from export.runtime.session import (GPU_PROVIDERS, bench_threads, high_water_mark_bytes, release_freed_memory,
+                                    reset_high_water_mark, rss_bytes)
 from export.runtime.generation import GenerationOutput, OnnxGenerator, load_tokenizer
 from export.runtime.host import HostInfo, detect_host
 from export.runtime.profiles import Profile
@@ -230,7 +230,8 @@ def _open(path: Path, profile: Profile, *, prompt_length: int, new_tokens: int, 
                             "lower --prompt-length or --new-tokens")
     release_freed_memory()
     rss_before = rss_bytes()
-    intra = threads if threads is not None else profile.runtime.intra_op_threads
+    usable_cores = detect_host().usable_cores
+    intra, threads_note = bench_threads(threads, profile, usable_cores)
     inter = profile.runtime.inter_op_threads
     generator = OnnxGenerator(path, providers=list(profile.runtime.providers), intra_op_threads=intra,
                               inter_op_threads=inter, spinning=spinning)
@@ -249,7 +250,8 @@ def _open(path: Path, profile: Profile, *, prompt_length: int, new_tokens: int, 
     if any(p in GPU_PROVIDERS for p in used):
         notes.append("a GPU provider ran: times include the KV cache's host<->device copies each step; "
                      "memory is host RSS only (GPU memory is not measured)")
-    usable_cores = detect_host().usable_cores
+    if threads_note:
+        notes.append(threads_note)
     if intra is not None and intra > usable_cores:
         notes.append(f"{intra} intra-op threads on {usable_cores} usable cores: oversubscribed, times are pessimistic")
     notes.append(f"end-of-sequence ignored: every run generates {new_tokens} tokens greedily after a "

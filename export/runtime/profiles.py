@@ -11,6 +11,7 @@ on the device, where torch is not installed.
 
 from __future__ import annotations
 
+import difflib
 import re
 from functools import cached_property
 from pathlib import Path
@@ -260,5 +261,10 @@ def load_profile(name_or_path: str | Path) -> Profile:
     for profile in list_profiles():
         if text in profile.aliases:
             return profile
-    names = ", ".join(sorted(shipped))
-    raise CompressError(f"unknown profile {text!r}; shipped profiles: {names} (or pass a YAML file)")
+    known = {name: repr(name) for name in shipped}
+    for profile in list_profiles():
+        known.update({alias: f"{alias!r}, an alias of {profile.name}" for alias in profile.aliases})
+    close = difflib.get_close_matches(text, list(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {known[close[0]]}?)" if close else ""
+    listing = ", ".join(f"{p.name} ({', '.join(p.aliases)})" if p.aliases else p.name for p in list_profiles())
+    raise CompressError(f"unknown profile {text!r}{hint}; shipped profiles: {listing}; or pass a YAML file")

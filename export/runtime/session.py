@@ -10,13 +10,33 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from export.base.errors import CompressError
 from export.base.quiet import quiet_onnxruntime
 from export.runtime.host import has_nvidia_gpu
 
+if TYPE_CHECKING:
+    from export.runtime.profiles import Profile
+
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def bench_threads(requested: int | None, profile: Profile, usable_cores: int) -> tuple[int | None, str | None]:
+    """The intra-op threads a measurement runs with, and a note when that is not the profile's count.
+
+    One policy for ``bench``, ``verify --gate`` and the chain's bench: a count the caller asks for
+    is used as given; otherwise the profile's count, capped at this host's usable cores (more
+    threads than cores measure contention, not the model; the gate then says why the host is not
+    the target).
+    """
+    if requested is not None:
+        return requested, None
+    wanted = profile.runtime.intra_op_threads
+    if wanted is not None and wanted > usable_cores:
+        return usable_cores, (f"benchmarked with {usable_cores} threads, this host's usable cores "
+                              f"({profile.name} runs {wanted})")
+    return wanted, None
 
 
 
