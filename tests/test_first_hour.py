@@ -56,3 +56,49 @@ def test_reports_and_archives_get_the_users_umask(tmp_path: Path, tiny_onnx: Pat
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     assert stat.S_IMODE(archive.stat().st_mode) == 0o644
     assert json.loads(out.read_text())["kind"] == "bench"
+
+
+def test_progress_off_a_terminal_is_plain_lines_with_a_loss_from_the_first_step() -> None:
+    import io
+
+    from rich.console import Console
+
+    from compress.distill.progress import Reporter, StepReport
+
+    buffer = io.StringIO()
+    reporter = Reporter(console=Console(file=buffer, force_terminal=False, width=200))
+    reporter.start("distill")
+    reporter.step(StepReport(step=1, epoch=0.01, loss=0.731, lr=1e-4, samples_per_s=30.0, elapsed_s=1.0, progress=1.0))
+    reporter.stop()
+    text = buffer.getvalue()
+    assert "\x1b[" not in text and "\r" not in text
+    assert "distill: step 1, loss 0.7310, 30 samples/s" in text
+
+
+def test_the_encoder_trainer_reports_a_loss_before_its_first_log_line(tiny_encoder: Path, tmp_path: Path) -> None:
+    import math
+
+    from compress.distill import DistillConfig, distill
+    from compress.distill.progress import Reporter
+
+    losses: list[float] = []
+
+    class Watch(Reporter):
+        def step(self, report) -> None:
+            losses.append(report.loss)
+
+    data = tmp_path / "texts.txt"
+    from tests.conftest import real_sentences
+
+    data.write_text("\n".join(real_sentences(60)) + "\n")
+    distill(DistillConfig(teacher=str(tiny_encoder), data=data, max_steps=2, batch_size=8, threads=1, eval_points=0,
+                          log_every=50), tmp_path / "d", reporter=Watch(show_progress=False))
+    assert losses and not any(math.isnan(loss) for loss in losses)
+
+
+def test_the_lm_held_out_split_is_capped() -> None:
+    from compress.lm.data import LMExample, split_lm_examples
+
+    examples = [LMExample("", f"text number {i}") for i in range(2000)]
+    train, held_out = split_lm_examples(examples, 0.5, seed=0, max_held_out=10)
+    assert len(held_out) == 10 and len(train) == 1990 and not set(train) & set(held_out)

@@ -6,8 +6,15 @@ a run from Python (the pipeline and the tests do), or pass ``Reporter(show_progr
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+# Where stderr is not a terminal (a log file, CI), progress is a plain line this often instead of a
+# bar redrawn with escape codes.
+PLAIN_EVERY_S = 10.0
 
 
 @dataclass
@@ -26,11 +33,14 @@ class StepReport:
 class Reporter:
     """Messages and a rich progress bar on stderr."""
 
-    def __init__(self, show_progress: bool = True) -> None:
+    def __init__(self, show_progress: bool = True, console: Any = None) -> None:
+        """``console``: a ``rich.console.Console`` to write to (default: one on stderr)."""
         self.show_progress = show_progress
         self._progress: Any = None
         self._task: Any = None
-        self._console: Any = None
+        self._console: Any = console
+        self._plain: str | None = None  # the description, while a plain-line progress runs
+        self._last_plain = 0.0
 
     @property
     def console(self) -> Any:
@@ -49,6 +59,9 @@ class Reporter:
     def start(self, description: str) -> None:
         if not self.show_progress:
             return
+        if not self.console.is_terminal:
+            self._plain, self._last_plain = description, time.monotonic()
+            return
         from rich.progress import BarColumn, Progress, TextColumn
 
         self._progress = Progress(
@@ -66,16 +79,49 @@ class Reporter:
 
     def step(self, report: StepReport) -> None:
         """Called after every optimizer step."""
+        left = report.elapsed_s * (1 - report.progress) / report.progress if report.progress > 0 else 0.0
+        if self._plain is not None:
+            now = time.monotonic()
+            if now - self._last_plain >= PLAIN_EVERY_S or report.progress >= 1:
+                self._last_plain = now
+                self.message(f"{self._plain}: step {report.step}, loss {report.loss:.4f}, "
+                             f"{report.samples_per_s:.0f} samples/s, {_duration(left)} left")
+            return
         if self._progress is None:
             return
-        left = report.elapsed_s * (1 - report.progress) / report.progress if report.progress > 0 else 0.0
         self._progress.update(self._task, completed=report.progress, step=report.step, loss=f"{report.loss:.4f}",
                               speed=f"{report.samples_per_s:.0f}", left=_duration(left))
 
     def stop(self) -> None:
+        self._plain = None
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    @contextlib.contextmanager
+    def counting(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A progress bar over ``total`` items; yields ``advance(n)``. A plain line now and then off a terminal."""
+        done = [0]
+        if not self.show_progress or total <= 0:
+            yield lambda n: None
+            return
+        if not self.console.is_terminal:
+            last = [time.monotonic()]
+
+            def advance_plain(n: int) -> None:
+                done[0] += n
+                if time.monotonic() - last[0] >= PLAIN_EVERY_S or done[0] >= total:
+                    last[0] = time.monotonic()
+                    self.message(f"{description}: {done[0]}/{total}")
+
+            yield advance_plain
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=self.console, transient=True) as progress:
+            task = progress.add_task(description, total=total)
+            yield lambda n: progress.advance(task, n)
 
 
 def _duration(seconds: float) -> str:

@@ -297,8 +297,11 @@ class Trainer:
                     if eval_now or due_by_steps or due_by_time:
                         save_checkpoint(s.checkpoint_dir, state, self.student, self.optimizer, self.cache)
                         last_checkpoint = time.perf_counter()
-                    report = StepReport(step=state.step, epoch=epoch_float,
-                                        loss=loss_value if loss_value is not None else _last_loss(state.history),
+                    if loss_value is None:  # between log lines: the last logged loss, else this window's so far
+                        loss_value = _last_loss(state.history)
+                        if math.isnan(loss_value) and window_steps:
+                            loss_value = float(window_loss.item()) / window_steps
+                    report = StepReport(step=state.step, epoch=epoch_float, loss=loss_value,
                                         lr=lr, samples_per_s=_last_speed(state.history), elapsed_s=elapsed,
                                         progress=s.schedule.progress(state.step - 1, elapsed))
                     self.reporter.step(report)

@@ -279,11 +279,12 @@ def default_prompts(n: int, seed: int = 0) -> list[LMExample]:
 
 
 def split_lm_examples(examples: Sequence[LMExample], held_out_fraction: float = 0.05,
-                      seed: int = 0) -> tuple[list[LMExample], list[LMExample]]:
+                      seed: int = 0, max_held_out: int | None = None) -> tuple[list[LMExample], list[LMExample]]:
     """A seeded ``(train, held_out)`` split; exact duplicates are dropped first.
 
     Dropping duplicates before splitting guarantees no held-out example is trained on. At least one
-    example is held out and at least one is kept for training; both keep the input order.
+    example is held out (at most ``max_held_out``) and at least one is kept for training; both keep the
+    input order.
     """
     import numpy as np
 
@@ -293,6 +294,8 @@ def split_lm_examples(examples: Sequence[LMExample], held_out_fraction: float = 
     if len(unique) < 2:
         raise CompressError(f"need at least 2 distinct examples to train and hold one out; got {len(unique)}")
     n_held = min(len(unique) - 1, max(1, round(held_out_fraction * len(unique))))
+    if max_held_out is not None:
+        n_held = min(n_held, max_held_out)
     order = np.random.default_rng(seed).permutation(len(unique))
     held = set(order[:n_held].tolist())
     train = [e for i, e in enumerate(unique) if i not in held]

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from export.base.errors import CompressError
+from compress.distill.progress import Reporter
 from compress.lm.data import EncodedLM, LMExample, collate_lm, encode_examples
+from export.base.errors import CompressError
 
 # Plain-text examples have no prompt: greedy continuation then starts from the text's first tokens.
 PLAIN_TEXT_PROMPT_TOKENS = 8
@@ -83,7 +84,7 @@ def _autocast(device: Any) -> Any:
 
 
 def predictions(model: Any, encoded: Sequence[EncodedLM], *, pad_id: int, device: str = "cpu",
-                batch_size: int = 8) -> Predictions:
+                batch_size: int = 8, advance: Callable[[int], None] | None = None) -> Predictions:
     """Teacher-forced argmax and summed cross-entropy at the completion positions, in ``encoded``'s order.
 
     Position ``t`` of the logits predicts token ``t + 1``; it is scored when token ``t + 1`` is a
@@ -104,6 +105,8 @@ def predictions(model: Any, encoded: Sequence[EncodedLM], *, pad_id: int, device
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             batch = collate_lm([encoded[i] for i in rows], pad_id)
+            if advance is not None:
+                advance(len(rows))
             ids = batch["input_ids"].to(target_device)
             with torch.no_grad(), _autocast(target_device):
                 logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(target_device)).logits
@@ -164,8 +167,11 @@ def greedy_continuation(model: Any, prompt: list[int], n: int, *, eos_id: int | 
 
 def lm_quality(teacher: Any, student: Any, tokenizer: Any, held_out: list[LMExample], *, device: str = "cpu",
                max_length: int = 256, batch_size: int = 8, greedy_prompts: int = 16,
-               greedy_tokens: int = 16) -> LMQuality:
-    """Perplexity of both, next-token agreement and greedy agreement of ``student`` with ``teacher``."""
+               greedy_tokens: int = 16, reporter: Reporter | None = None) -> LMQuality:
+    """Perplexity of both, next-token agreement and greedy agreement of ``student`` with ``teacher``.
+
+    ``reporter`` shows the scoring's progress (texts scored by each model, then greedy prompts).
+    """
     if not held_out:
         raise CompressError("no held-out examples to measure quality on")
     encoded = encode_examples(held_out, tokenizer, max_length)
@@ -173,21 +179,16 @@ def lm_quality(teacher: Any, student: Any, tokenizer: Any, held_out: list[LMExam
         raise CompressError(f"none of the {len(held_out)} held-out examples has a completion token "
                             f"within {max_length} tokens")
     pad_id = pad_id_of(tokenizer)
-    teacher_pred = predictions(teacher, encoded, pad_id=pad_id, device=device, batch_size=batch_size)
-    student_pred = predictions(student, encoded, pad_id=pad_id, device=device, batch_size=batch_size)
-
-    eos_id = tokenizer.eos_token_id
-    matched = compared = prompts = 0
-    for example in encoded[:max(0, greedy_prompts)]:
-        prompt = greedy_prompt_ids(example)
-        reference = greedy_continuation(teacher, prompt, greedy_tokens, eos_id=eos_id, device=device)
-        if not reference:
-            continue
-        # The student continues for as many tokens as the teacher produced, eos or not.
-        candidate = greedy_continuation(student, prompt, len(reference), device=device)
-        matched += sum(1 for x, y in zip(reference, candidate) if x == y)
-        compared += len(reference)
-        prompts += 1
+    greedy = encoded[:max(0, greedy_prompts)]
+    with (reporter or Reporter(show_progress=False)).counting(
+            f"quality: {len(encoded)} held-out texts through teacher and student", 2 * len(encoded) + len(greedy)
+    ) as advance:
+        teacher_pred = predictions(teacher, encoded, pad_id=pad_id, device=device, batch_size=batch_size,
+                                   advance=advance)
+        student_pred = predictions(student, encoded, pad_id=pad_id, device=device, batch_size=batch_size,
+                                   advance=advance)
+        matched, compared, prompts = _greedy_agreement(teacher, student, greedy, tokenizer.eos_token_id,
+                                                       greedy_tokens, device, advance)
     return LMQuality(
         teacher_perplexity=round(teacher_pred.perplexity, 4),
         student_perplexity=round(student_pred.perplexity, 4),
@@ -197,3 +198,21 @@ def lm_quality(teacher: Any, student: Any, tokenizer: Any, held_out: list[LMExam
         greedy_prompts=prompts,
         greedy_tokens=compared,
     )
+
+
+def _greedy_agreement(teacher: Any, student: Any, examples: Sequence[EncodedLM], eos_id: int | None, tokens: int,
+                      device: str, advance: Callable[[int], None]) -> tuple[int, int, int]:
+    """(matching tokens, compared tokens, prompts) of greedy continuations, student against teacher."""
+    matched = compared = prompts = 0
+    for example in examples:
+        advance(1)
+        prompt = greedy_prompt_ids(example)
+        reference = greedy_continuation(teacher, prompt, tokens, eos_id=eos_id, device=device)
+        if not reference:
+            continue
+        # The student continues for as many tokens as the teacher produced, eos or not.
+        candidate = greedy_continuation(student, prompt, len(reference), device=device)
+        matched += sum(1 for x, y in zip(reference, candidate) if x == y)
+        compared += len(reference)
+        prompts += 1
+    return matched, compared, prompts
