@@ -112,8 +112,8 @@ def distill(**options: Any) -> None:
 
     \b
     Default corpus (no download): the prose of Python's own documentation
-    (pydoc_data.topics), plus WordNet glosses and examples when Debian's
-    wordnet-base is installed. It teaches general English; for the best student,
+    (pydoc_data.topics), the same on every machine. It teaches general English;
+    for the best student,
     bring text from your own domain with --data.
 
     \b

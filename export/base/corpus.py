@@ -9,8 +9,7 @@ Formats (one example per line or row):
 
 Empty lines are skipped silently; malformed rows are skipped and reported by line number. A
 file with no usable row is an error. The default corpus needs no download: the prose of
-Python's own documentation (``pydoc_data.topics``) and, where Debian's ``wordnet-base`` is
-installed, WordNet's glosses and example sentences.
+Python's own documentation (``pydoc_data.topics``), identical on every machine.
 
 The held-out split is drawn once, by a seeded permutation of the de-duplicated texts, and is
 never trained on: every quality number comes from it.
@@ -35,7 +34,6 @@ Label = Union[str, int, list[Union[str, int]]]
 
 DATA_FORMATS = (".txt", ".jsonl", ".csv", ".tsv")
 TEXT_COLUMNS = ("text", "sentence", "content")
-WORDNET_DIR = Path("/usr/share/wordnet")
 DEFAULT_CORPUS_NAME = "default-corpus"
 
 HELD_OUT_FRACTION = 0.05
@@ -202,15 +200,14 @@ def _maybe_int(text: str) -> str | int:
 
 
 def default_corpus() -> Corpus:
-    """English text that installs with Python (and with Debian's wordnet-base, when present)."""
+    """English text that installs with Python itself, so it is the same on every machine.
+
+    Nothing else that happens to be installed (Debian's wordnet-base once was) changes it: the
+    training data, and so every result, must not depend on an unrelated system package.
+    """
     texts = _unique(python_docs_texts())
-    parts = [f"Python documentation prose ({len(texts)} sentences and passages)"]
-    wordnet = [text for text in _unique(wordnet_texts()) if text not in set(texts)]
-    if wordnet:
-        texts += wordnet
-        parts.append(f"WordNet glosses and examples ({len(wordnet)})")
     examples = [Example(text) for text in texts]
-    return Corpus(examples, DEFAULT_CORPUS_NAME, " + ".join(parts))
+    return Corpus(examples, DEFAULT_CORPUS_NAME, f"Python documentation prose ({len(texts)} sentences and passages)")
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
@@ -254,24 +251,6 @@ def python_docs_texts(min_chars: int = 25, max_chars: int = 400) -> Iterable[str
                 passage = f"{passage} {sentence}" if passage else sentence
             if passage:
                 yield passage
-
-
-def wordnet_texts(folder: Path = WORDNET_DIR) -> Iterable[str]:
-    """WordNet's glosses (the definition after ``|``) and their quoted example sentences."""
-    for path in sorted(folder.glob("data.*")):
-        try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            if line.startswith(" ") or "|" not in line:  # licence header lines start with spaces
-                continue
-            gloss = line.split("|", 1)[1].strip()
-            examples = re.findall(r'"([^"]{12,})"', gloss)
-            definition = gloss.split('"', 1)[0].strip().rstrip(";").strip()
-            if definition.count(" ") >= 2:
-                yield definition
-            yield from (example.strip() for example in examples)
 
 
 def _unique(texts: Iterable[str]) -> list[str]:
