@@ -22,12 +22,14 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compress.chain_state import (STAGES, ChainContext, ChainOptions, ChainResult, ModelSide, PruneOptions, TableRow,
                                   bench_threads, profile_input)
 from compress.settings import DistillSettings
+from compress.run_directory import claimed
 from export.base.files import sha256_file
 from export.base.version import __version__
 
@@ -62,9 +64,15 @@ def run_chain(run_dir: str | Path, family: TaskFamily, config: DistillSettings, 
         return STAGES.index(stage) <= last
 
     config = with_chain_budget(config, profile, family.later_stages_reserve_s, family.min_distill_share)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    config.validate()  # before anything is written: bad input leaves no run directory
+    with claimed(run_dir):
+        return _run(run_dir, family, config, profile, options, reporter or Reporter(), reaches)
+
+
+def _run(run_dir: Path, family: TaskFamily, config: DistillSettings, profile: Profile, options: ChainOptions,
+         reporter: Reporter, reaches: Callable[[str], bool]) -> ChainResult:
     result = ChainResult(run_dir=run_dir, family=family.name, profile=profile.name, stages={})
-    ctx = ChainContext(run_dir, config, profile, options, reporter or Reporter(), result)
+    ctx = ChainContext(run_dir, config, profile, options, reporter, result)
     distilled = family.distill(ctx)
     result.stages["distill"], result.distill = distilled.status, distilled.record
     if not reaches("prune"):

@@ -56,6 +56,12 @@ class ChainOptions:
             raise CompressError("bench runs must be at least 1, warm-up runs not negative, quality texts at least 2")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise CompressError("--block-size must be a power of two, at least 16")
+        if self.prune is not None:
+            for flag, value in (("--prune-heads", self.prune.heads), ("--prune-ffn", self.prune.ffn)):
+                if not 0 <= value < 1:
+                    raise CompressError(f"{flag} {value} must be a fraction in [0, 1)")
+            if self.prune.recover_steps < 0:
+                raise CompressError("--recover-steps must not be negative")
 
 
 @dataclass

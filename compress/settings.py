@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from export.base.errors import CompressError, require
+from export.runtime.limits import MAX_THREADS
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -52,7 +53,7 @@ class DistillSettings:
             (self.temperature > 0, "--temperature must be positive"),
             (self.max_length >= self.min_max_length, f"--max-length must be at least {self.min_max_length} tokens"),
             (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
-            (self.threads is None or self.threads > 0, "--threads must be positive"),
+            (self.threads is None or 0 < self.threads <= MAX_THREADS, f"--threads must be in 1..{MAX_THREADS}"),
         ]
 
     def validate(self) -> None:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from export.base.files import make_folder
 from export.base.errors import CompressError
 from export.base.quiet import quiet_libraries
 from export.base.records import FileRef, StageRecord, read_stage_result
@@ -263,7 +264,7 @@ def quantize_model(model: str | os.PathLike[str], profile: Profile, out: str | o
     reference = view.rows(run_outputs(fp32_session, evaluation.feeds, view.output), evaluation.feeds)
     del fp32_session
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(target.parent)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
         work = Path(scratch)

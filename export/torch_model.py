@@ -26,6 +26,18 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DENSE_FOLDER = "2_Dense"
 
 
+def _load_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from safetensors import SafetensorError  # a truncated or corrupt weights file
+    except ImportError:
+        return (OSError, ValueError)
+    return (OSError, ValueError, SafetensorError)
+
+
+# What loading a damaged or foreign model folder raises: bad input, never an internal error.
+LOAD_ERRORS = _load_errors()
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (library errors run to pages)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -62,7 +74,7 @@ def load_model(folder: Path, task: Task, *, device: str = "cpu", quant: TeacherQ
         kwargs.update(bitsandbytes_kwargs(quant, device))
     try:
         model = model_class(task).from_pretrained(folder, **kwargs)
-    except (OSError, ValueError) as exc:
+    except LOAD_ERRORS as exc:
         raise CompressError(f"cannot load {folder} as a {task} model: {first_line(exc)}") from None
     if quant is None:
         model = model.to(device=device, dtype=torch.float32)

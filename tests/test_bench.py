@@ -194,7 +194,7 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path: Path, tiny_onnx: Path) -> None
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(refused))
-    source = yaml.safe_load(load_profile("host").source.read_text())
+    source = {**yaml.safe_load(load_profile("host").source.read_text()), "name": "mine", "aliases": []}
     unknown_key = tmp_path / "unknown.yaml"
     unknown_key.write_text(yaml.safe_dump({**source, "turbo": True}))
     negative = tmp_path / "negative.yaml"

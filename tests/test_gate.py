@@ -36,6 +36,7 @@ def report_file(bench_report: BenchReport, tmp_path: Path) -> Path:
 
 def user_profile(tmp_path: Path, edit, base: str = "host") -> Path:
     data = yaml.safe_load(load_profile(base).source.read_text())
+    data.update(name=f"mine-{base}", aliases=[])  # shipped names are reserved
     edit(data)
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -68,6 +68,7 @@ def bench_report(lms: dict[str, Path]) -> GenerationBenchReport:
 
 def user_profile(tmp_path: Path, edit, base: str = "host") -> Path:
     data = yaml.safe_load(load_profile(base).source.read_text())
+    data.update(name=f"mine-{base}", aliases=[])  # shipped names are reserved
     edit(data)
     path = tmp_path / f"mine-{base}.yaml"
     path.write_text(yaml.safe_dump(data))

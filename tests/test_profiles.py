@@ -31,6 +31,7 @@ def test_quantization_preset_follows_the_hardware() -> None:
 
 def _user_profile(tmp_path: Path, mutate) -> Path:
     data = yaml.safe_load(load_profile("x86-avx2").source.read_text())
+    data.update(name="mine-x86-avx2", aliases=[])  # shipped names are reserved
     mutate(data)
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
+from typing import NoReturn
 
 import click
 
@@ -78,25 +80,24 @@ def main(argv: list[str] | None = None) -> None:
         # Without standalone mode, click returns ctx.exit()'s code instead of exiting with it.
         code = cli.main(args=argv, prog_name="compress", standalone_mode=False)
     except CompressError as exc:
-        if debug:
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(f"error: {exc}", exc.exit_code, debug)
     except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted", 130, False)
     except click.ClickException as exc:
         # Usage errors in one line, as every other error (click's own form takes three).
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(f"error: {exc.format_message()}", exc.exit_code, False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted", 130, False)
     except Exception as exc:  # a bug, not bad input: say so in one line unless asked for more
-        if debug:
-            raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
-        sys.exit(4)
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 4, debug)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int, debug: bool) -> NoReturn:
+    """One line on stderr and the exit code; with ``--debug`` the traceback first, and the same code."""
+    if debug:
+        traceback.print_exc()
+    click.echo(message, err=True)
+    sys.exit(code)

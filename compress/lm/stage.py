@@ -27,7 +27,7 @@ from compress.distill.config import cpu_threads, resolve_device
 from compress.families.base import data_input
 from compress.distill.progress import Reporter
 from export.base.errors import CompressError
-from export.base.files import atomic_write_json, atomic_write_text
+from export.base.files import atomic_write_json, atomic_write_text, make_folder
 from compress.lm.config import DEFAULT_LM_BATCH_SIZE, LMDistillConfig, resolve_lm_student
 from export.base.records import FileRef, StageRecord
 from export.base.stages import StageOutput, StageRun, run_stage
@@ -90,7 +90,7 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
     from compress.lm.teacher import load_causal_lm
     from compress.lm.trainer import LMLoopSettings, train_lm
 
-    stage_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(stage_dir)
     device, warning = resolve_device(config.device)
     if warning:
         reporter.warning(warning)

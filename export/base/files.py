@@ -2,20 +2,24 @@
 
 Every file a stage produces is written under a temporary name and renamed into place, so a
 killed run never leaves a half-written file that a later stage (or a later run) would trust.
-Standard library only: the device-side commands use it too.
+Standard library only (and the project's one error type): the device-side commands use it too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from export.base.errors import CompressError
 
 _CHUNK = 1 << 20
 
@@ -46,8 +50,6 @@ def read_json_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     For the optional side files of a model folder (``tokenizer_config.json``, ``generation_config.json``
     ...); a file that is there but is not valid JSON is a CompressError, not silently empty.
     """
-    from export.base.errors import CompressError
-
     path = Path(path)
     if not path.is_file():
         return {}
@@ -56,6 +58,23 @@ def read_json_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise CompressError(f"{path}: not valid JSON ({exc})") from None
     return data if isinstance(data, dict) else {}
+
+
+@contextlib.contextmanager
+def _writable(target: Path) -> Iterator[None]:
+    """A place that cannot be written (a file where a folder must be, no permission, a full disk) is bad input."""
+    try:
+        yield
+    except OSError as exc:
+        raise CompressError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def make_folder(path: str | os.PathLike[str]) -> Path:
+    """``mkdir -p path``, with a one-line CompressError where it cannot be made."""
+    folder = Path(path)
+    with _writable(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _default_file_mode() -> int:
@@ -73,8 +92,10 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     temporary file is removed and ``path`` is left as it was.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with _writable(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(fd, _default_file_mode())
         with os.fdopen(fd, "wb") as handle:
@@ -107,19 +128,24 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Build a directory under a temporary sibling name; rename it into place on success.
+    """Build a directory under a temporary sibling name; swap it into place on success.
 
-    An existing directory at ``path`` is replaced only once the new one is complete. On any
-    error (or Ctrl-C) the temporary directory is removed and ``path`` is left as it was.
+    An existing directory at ``path`` is replaced only once the new one is complete, in one atomic
+    exchange where the kernel offers it (Linux): there is never a moment with no directory at
+    ``path``. On any error (or Ctrl-C) the temporary directory is removed and ``path`` is left as
+    it was; one left behind by a killed process is removed by the next call for the same path.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with _writable(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        if target.exists() and _exchange(tmp, target):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
+        elif target.exists():
+            old = target.with_name(f".{target.name}.{os.getpid()}.old.tmp")
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
@@ -128,3 +154,46 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_RENAME_EXCHANGE = 2  # renameat2(2) flag
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _temporary_prefix(target: Path) -> str:
+    # The writer's PID in the name tells a later call whether the writer is still alive.
+    return f".{target.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove temporary siblings of ``target`` left by writers that no longer run; return what went."""
+    removed = []
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = leftover.name[len(target.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed

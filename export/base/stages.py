@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from export.base.files import atomic_directory
+from export.base.files import atomic_directory, make_folder
 from export.base.records import StageRecord, StageTimer, is_up_to_date, write_record
 
 StageStatus = Literal["ran", "skipped"]
@@ -64,7 +64,7 @@ def run_stage(stage_dir: str | Path, planned: StageRecord, work: Callable[[Path]
             with atomic_directory(stage_dir) as tmp:
                 _finish(record, work(tmp), tmp)
         else:
-            stage_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(stage_dir)
             _finish(record, work(stage_dir), stage_dir)
     return StageRun(record, "ran", stage_dir)
 

@@ -48,6 +48,7 @@ from export.runtime.progress import RunProgress
 from export.runtime.session import (GPU_PROVIDERS, bench_threads, high_water_mark_bytes, open_session,
                                     release_freed_memory, reset_high_water_mark, rss_bytes)
 from export.base.records import utc_now
+from export.runtime.limits import check_bench_counts
 from export.runtime.inputs import (
     InputSpec,
     check_npz_names_used,
@@ -481,13 +482,8 @@ def _report(opened: _Opened, profile: Profile, latency_s: list[float], memory: M
 
 def _validate_counts(runs: int, warmup: int, batch_size: int | None, sequence_length: int | None,
                      threads: int | None, inputs: Path | None) -> None:
-    if runs < 1:
-        raise CompressError("--runs must be at least 1")
-    if warmup < 0:
-        raise CompressError("--warmup cannot be negative")
-    for name, value in (("--batch-size", batch_size), ("--sequence-length", sequence_length), ("--threads", threads)):
-        if value is not None and value < 1:
-            raise CompressError(f"{name} must be at least 1")
+    check_bench_counts(runs=runs, warmup=warmup, threads=threads, batch_size=batch_size,
+                       sequence_length=sequence_length)
     if inputs is not None and (batch_size is not None or sequence_length is not None):
         raise CompressError("--inputs fixes the input shapes; drop --batch-size/--sequence-length")
 

@@ -43,6 +43,7 @@ from export.runtime.session import (GPU_PROVIDERS, bench_threads, high_water_mar
                                     reset_high_water_mark, rss_bytes)
 from export.runtime.generation import GenerationOutput, OnnxGenerator, load_tokenizer
 from export.runtime.host import HostInfo, detect_host
+from export.runtime.limits import check_bench_counts
 from export.runtime.profiles import Profile
 from export.base.report_json import SCHEMA_VERSION, JsonReport, read_json_object
 
@@ -335,13 +336,7 @@ def _report(opened: _Opened, profile: Profile, outputs: list[GenerationOutput], 
 
 def _settings(profile: Profile, prompt_length: int | None, new_tokens: int | None, runs: int, warmup: int,
               threads: int | None) -> tuple[int, int]:
-    if runs < 1:
-        raise CompressError("--runs must be at least 1")
-    if warmup < 0:
-        raise CompressError("--warmup cannot be negative")
-    for name, value in (("--prompt-length", prompt_length), ("--new-tokens", new_tokens), ("--threads", threads)):
-        if value is not None and value < 1:
-            raise CompressError(f"{name} must be at least 1")
+    check_bench_counts(runs=runs, warmup=warmup, threads=threads, prompt_length=prompt_length, new_tokens=new_tokens)
     default = profile.workload.generation_or_default
     return prompt_length or default.prompt_length, new_tokens or default.new_tokens
 

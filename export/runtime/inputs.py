@@ -195,10 +195,16 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise CompressError(f"inputs file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # pickled object arrays (refused), or not numpy at all
+        raise CompressError(f"cannot read inputs {path} as an .npz of arrays: {exc}") from None
+    if isinstance(loaded, np.ndarray):
+        raise CompressError(f"inputs {path} is a single .npy array; --inputs takes an .npz with one array per model "
+                            "input, named as the inputs (numpy.savez(path, input_ids=..., attention_mask=...))")
+    try:
+        with loaded as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError, AttributeError) as exc:
-        # ValueError: pickled object arrays (refused) or not an npz; AttributeError: a bare .npy.
+    except (ValueError, OSError, EOFError) as exc:
         raise CompressError(f"cannot read inputs {path} as an .npz of arrays: {exc}") from None
     if not arrays:
         raise CompressError(f"inputs file {path} holds no arrays")

@@ -12,13 +12,14 @@ on the device, where torch is not installed.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from export.base.errors import CompressError
 
@@ -27,6 +28,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
+MAX_PROFILE_BYTES = 64 * 1024
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
 
 
@@ -48,8 +50,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc})") from None
+    return value
+
+
+Pattern = Annotated[str, AfterValidator(_regex)]
+
+
 class GpuFacts(_Strict):
-    name_pattern: str = Field(description="regex matched against the GPU name the runtime reports")
+    name_pattern: Pattern = Field(description="regex matched against the GPU name the runtime reports")
     compute_capability: str | None = None
     fp16_tflops: PositiveFloat | None = None
     int8_tops: PositiveFloat | None = None
@@ -58,7 +72,7 @@ class GpuFacts(_Strict):
 class CpuFacts(_Strict):
     cores: PositiveInt
     model: str | None = Field(None, description="core type, for people (e.g. Cortex-A76)")
-    model_pattern: str | None = Field(
+    model_pattern: Pattern | None = Field(
         None, description="regex the host's CPU or board name must match for a verified run"
     )
     isa: list[str] = Field(
@@ -216,8 +230,20 @@ def _format_error(path: Path, error: ValidationError) -> str:
 
 
 def load_profile_file(path: str | Path) -> Profile:
-    """Read and validate one profile YAML file."""
+    """Read and validate one profile YAML file.
+
+    A user's file may not take a shipped profile's name or alias: its verdicts would read as the
+    shipped profile's.
+    """
     path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise CompressError(f"profile file not found: {path}") from None
+    except OSError as exc:
+        raise CompressError(f"cannot read profile {path}: {exc.strerror}") from None
+    if size > MAX_PROFILE_BYTES:
+        raise CompressError(f"profile {path} is {size:,} bytes; a profile is a few kB (at most {MAX_PROFILE_BYTES:,})")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -233,9 +259,15 @@ def load_profile_file(path: str | Path) -> Profile:
     if "source" in raw:
         raise CompressError(f"profile {path}: source: unknown key")
     try:
-        return Profile.model_validate({**raw, "source": path})
+        profile = Profile.model_validate({**raw, "source": path})
     except ValidationError as exc:
         raise CompressError(_format_error(path, exc)) from None
+    if not is_shipped(path):
+        taken = _shipped_names() & {profile.name, *profile.aliases}
+        if taken:
+            raise CompressError(f"profile {path}: name {sorted(taken)[0]!r} belongs to a shipped profile; give your "
+                                "own profile its own name (and aliases)")
+    return profile
 
 
 def is_shipped(path: str | Path) -> bool:
@@ -244,16 +276,46 @@ def is_shipped(path: str | Path) -> bool:
     return any(resolved == shipped.resolve() for shipped in _shipped_files().values())
 
 
+def load_carried_profile(path: str | Path) -> Profile:
+    """A profile carried inside an archive or a run directory.
+
+    One that bears a shipped profile's name is that shipped profile, read from this tool's own copy:
+    an edited copy inside an archive must not pass for it. Any other is read from the file.
+    """
+    path = Path(path)
+    if path.is_file() and path.stat().st_size <= MAX_PROFILE_BYTES:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raw = None
+        if isinstance(raw, dict) and str(raw.get("name")) in _shipped_files():
+            return load_profile(str(raw["name"]))
+    return load_profile_file(path)
+
+
+def _shipped_names() -> set[str]:
+    """Every shipped profile's name and alias, read without validating (no recursion into this check)."""
+    names: set[str] = set()
+    for name, path in _shipped_files().items():
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        names |= {name, str(raw.get("name", name)), *map(str, raw.get("aliases", []))}
+    return names
+
+
 def list_profiles() -> list[Profile]:
     """Every shipped profile, sorted by name."""
     return [load_profile_file(path) for path in _shipped_files().values()]
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
-    """A shipped profile by name or alias, or a user's YAML file by path."""
+    """A shipped profile by name or alias, or a user's YAML file by path.
+
+    A bare word is always a shipped profile (a file called ``jetson`` in the current folder is not
+    read); anything with a slash or a ``.yaml``/``.yml`` ending is a path.
+    """
     text = str(name_or_path)
     candidate = Path(text)
-    if text.endswith((".yaml", ".yml")) or candidate.is_file():
+    if isinstance(name_or_path, Path) or text.endswith((".yaml", ".yml")) or "/" in text or os.sep in text:
         return load_profile_file(candidate)
     shipped = _shipped_files()
     if text in shipped:
