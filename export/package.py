@@ -83,12 +83,16 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     failed (unless ``allow_failed``).
     """
     run_dir = Path(run_dir)
+    _refuse_links(run_dir)
     summary = read_run_summary(run_dir)
     profile = _load_profile(run_dir, summary)
     model_path = _existing(run_dir, summary.final_model, "final_model")
     if model_path.suffix != ".onnx":
         raise CompressError(f"run.json: final_model {summary.final_model!r} is not an .onnx file")
     gate_report = _read_gate(run_dir, summary)
+    kind = packaging_for(summary.task)
+    bench = _read_bench(run_dir, summary, kind)
+    _cross_check(run_dir, summary, model_path, gate_report, bench)
     verdict = gate_report.verdict if gate_report else summary.verdict
     if verdict == "fail" and not allow_failed:
         reasons = "; ".join(gate_report.reasons) if gate_report else "see run.json"
@@ -105,7 +109,6 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     min_ort, min_ort_note = minimum_onnxruntime(versions.opset, versions.ir_version, known_good=_ort_version())
     signature = read_signature(model_path)
     tokenizer = _tokenizer_info(model_dir)
-    kind = packaging_for(summary.task)
     output = kind.output_info(summary.task, signature, model_dir, tokenizer)
     stages = _read_stages(run_dir, summary)
 
@@ -123,7 +126,6 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     if profile.source is not None:
         add("profile.yaml", source=Path(profile.source))
 
-    bench = _read_bench(run_dir, summary, kind)
     reports = summary.reports
     for key, file_name in (("bench", "bench.json"), ("gate", "gate.json"), ("junit", "junit.xml")):
         relative = getattr(reports, key)
@@ -183,6 +185,41 @@ def _existing(run_dir: Path, relative: str, key: str) -> Path:
     if not path.is_file():
         raise CompressError(f"{run_dir / 'run.json'}: {key} names {relative!r}, which is missing from the run directory")
     return path
+
+
+def _refuse_links(run_dir: Path) -> None:
+    """A run directory is packaged as it is: a symbolic link in it could pull in any file of this machine."""
+    if not run_dir.is_dir():
+        raise CompressError(f"run directory not found: {run_dir}")
+    for path in [run_dir, *run_dir.rglob("*")]:
+        if path.is_symlink():
+            raise CompressError(f"{path} is a symbolic link; a run directory to package holds plain files only")
+
+
+def _cross_check(run_dir: Path, summary: RunSummary, model: Path, gate_report: GateReport | None,
+                 bench: MeasuredRelease | None) -> None:
+    """run.json, the bench report, gate.json and quality.json must speak of the same model and numbers."""
+    where = f"{run_dir}: the run's files disagree"
+    model_sha = sha256_file(model)
+    if bench is not None and bench.model.sha256 != model_sha:
+        raise CompressError(f"{where}: {summary.reports.bench} measured another model than {summary.final_model}")
+    if gate_report is not None:
+        if gate_report.bench.sha256 != model_sha:
+            raise CompressError(f"{where}: {summary.reports.gate} judged another model than {summary.final_model}")
+        if gate_report.profile != summary.profile:
+            raise CompressError(f"{where}: {summary.reports.gate} is for profile {gate_report.profile!r}, run.json "
+                                f"for {summary.profile!r}")
+    quality_file = run_dir / "gate" / "quality.json"
+    if quality_file.is_file() and summary.quality.teacher_agreement is not None:
+        recorded = read_json_dict(quality_file).get("teacher_agreement")
+        if not isinstance(recorded, (int, float)) or abs(recorded - summary.quality.teacher_agreement) > 1e-9:
+            raise CompressError(f"{where}: run.json says teacher agreement {summary.quality.teacher_agreement}, "
+                                f"gate/quality.json {recorded}")
+    evidence = gate_report.quality if gate_report is not None else None
+    if evidence is not None and summary.quality.teacher_agreement is not None \
+            and abs(evidence.teacher_agreement - summary.quality.teacher_agreement) > 1e-9:
+        raise CompressError(f"{where}: run.json says teacher agreement {summary.quality.teacher_agreement}, the gate "
+                            f"judged {evidence.teacher_agreement}")
 
 
 def _load_profile(run_dir: Path, summary: RunSummary) -> Profile:

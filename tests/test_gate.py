@@ -15,6 +15,7 @@ from export.runtime.gate import GateReport, QualityEvidence, gate, match_hardwar
 from export.runtime.host import HostInfo
 from export.runtime.profiles import load_profile
 from tests.cli_helpers import run_cli
+from tests.conftest import build_tiny_onnx
 from tests.test_bench import assert_one_line_error
 
 BUDGETS = ["latency_ms.p50", "latency_ms.p95", "latency_ms.p99", "model_size_mb", "peak_memory_mb",
@@ -85,16 +86,24 @@ def test_fewer_cores_is_a_note_not_a_mismatch() -> None:
     assert match.matched and any("cores" in note for note in match.notes)
 
 
-def test_host_profile_passes_with_quality_not_checked(report_file: Path, tmp_path: Path) -> None:
+def test_without_quality_evidence_a_profile_that_budgets_quality_is_unverified(report_file: Path,
+                                                                               tmp_path: Path) -> None:
     out = tmp_path / "gate.json"
     result = run_cli(["gate", str(report_file), "--profile", "host", "--output", str(out)])
-    assert result.exit_code == 0, result.stdout + result.stderr
-    assert "PASS" in result.stdout
+    assert result.exit_code == 3, result.stdout + result.stderr
     report = GateReport.from_json(out)
-    assert report.verdict == "pass" and report.schema_version >= 1
+    assert report.verdict == "unverified" and any("quality not shown" in r for r in report.reasons)
     for name in ("quality.min_teacher_agreement", "quality.max_quantization_drop"):
         assert report.check(name).status == "not_checked"  # never "pass" without evidence
     assert {report.check(n).status for n in BUDGETS[:5]} == {"pass"}
+
+
+def test_with_quality_evidence_the_host_profile_passes(report_file: Path, tmp_path: Path) -> None:
+    evidence = tmp_path / "quality.json"
+    evidence.write_text(json.dumps({"teacher_agreement": 0.97, "metric": "mean_cosine", "quantization_drop": 0.01}))
+    result = run_cli(["gate", str(report_file), "--profile", "host", "--quality", str(evidence)])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "PASS" in result.stdout
 
 
 def test_one_missed_budget_fails_with_exit_1(report_file: Path, tmp_path: Path) -> None:
@@ -207,7 +216,7 @@ def test_a_comparison_report_gates_its_first_model(tiny_onnx: Path, tmp_path: Pa
     path = tmp_path / "compare.json"
     comparison.to_json(path)
     result = run_cli(["gate", str(path), "--profile", "host", "--json"])
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 3, result.stderr  # no quality evidence: speed alone passes nothing
     assert "first model of the comparison" in result.stderr
     memory = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "peak_memory_mb")
     assert "comparison" in memory["note"]
@@ -231,7 +240,7 @@ def test_a_speed_miss_on_fewer_cores_than_the_target_is_unverified(bench_report:
 
 def test_a_pass_on_fewer_cores_stands_and_says_so(bench_report: BenchReport, tmp_path: Path) -> None:
     profile = load_profile(user_profile(tmp_path, lambda d: d["hardware"].update(cpu={"cores": 64})))
-    report = gate(_on_a_host_with(bench_report, 2), profile)
+    report = gate(_on_a_host_with(bench_report, 2), profile, QualityEvidence(0.99, "mean_cosine", 0.0))
     assert report.verdict == "pass"
     assert any("passed on fewer cores" in reason for reason in report.reasons)
 
@@ -240,3 +249,31 @@ def test_a_size_miss_on_fewer_cores_still_fails(bench_report: BenchReport, tmp_p
     profile = load_profile(user_profile(tmp_path, lambda d: (d["hardware"].update(cpu={"cores": 64}),
                                                              d["budgets"].update(model_size_mb=1e-6))))
     assert gate(_on_a_host_with(bench_report, 2), profile).verdict == "fail"
+
+
+@pytest.mark.parametrize("field, value", [
+    (("latency", "p95_ms"), -1.0), (("latency", "p50_ms"), float("nan")), (("model", "size_mb"), -0.5),
+    (("memory", "session_peak_mb"), float("inf")),
+])
+def test_an_impossible_number_in_a_report_is_bad_input(report_file: Path, tmp_path: Path, field: tuple[str, str],
+                                                        value: float) -> None:
+    data = json.loads(report_file.read_text())
+    data[field[0]][field[1]] = value
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(data))
+    result = run_cli(["gate", str(forged), "--profile", "host"])
+    assert_one_line_error(result, field[1])
+
+
+def test_the_gate_checks_the_report_against_the_model_at_hand(report_file: Path, tiny_onnx: Path,
+                                                             tmp_path: Path) -> None:
+    other = build_tiny_onnx(tmp_path / "other.onnx", hidden=24)
+    result = run_cli(["gate", str(report_file), "--profile", "host", "--model", str(other)])
+    assert_one_line_error(result, "is not the model this report measured")
+    # The report's own path is checked when the file is there: swap the file under it.
+    data = json.loads(report_file.read_text())
+    data["model"]["path"] = str(other)
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(data))
+    assert_one_line_error(run_cli(["gate", str(moved), "--profile", "host"]), "sha256 differs")
+    assert run_cli(["gate", str(report_file), "--profile", "host", "--model", str(tiny_onnx)]).exit_code == 3

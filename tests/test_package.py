@@ -469,6 +469,13 @@ def test_external_data_travels_with_the_model(release_run: Path, tmp_path: Path)
     proto = onnx.load(str(model_path))
     onnx.save_model(proto, str(model_path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="model.int8-dynamic.onnx.data", size_threshold=0)
+    # As if the run had measured and gated the model in this form (package checks they speak of one file).
+    from export.base.files import sha256_file
+
+    for report, key in ((run / "bench" / "bench.json", "model"), (run / "gate" / "gate.json", "bench")):
+        data = json.loads(report.read_text())
+        data[key]["sha256"] = sha256_file(model_path)
+        report.write_text(json.dumps(data))
     result = run_cli(["package", str(run), "--out", str(tmp_path / "out"), "--name", "ext", "--version", "1"])
     assert result.exit_code == 0, result.stderr
     archive = tmp_path / "out" / "ext-1-host.tar.gz"
@@ -482,3 +489,20 @@ def test_external_data_travels_with_the_model(release_run: Path, tmp_path: Path)
     (run / "quantize" / "model.int8-dynamic.onnx.data").unlink()
     missing = run_cli(["package", str(run), "--out", str(tmp_path / "out2")])
     assert missing.exit_code == 2 and "external data file 'model.int8-dynamic.onnx.data' is missing" in missing.stderr
+
+
+def test_package_refuses_a_run_whose_files_disagree(release_run: Path, tmp_path: Path) -> None:
+    run = copy_run(release_run, tmp_path)
+    summary = json.loads((run / "run.json").read_text())
+    summary["quality"]["teacher_agreement"] = 0.999  # raised by hand in run.json, gate.json left as it was
+    (run / "run.json").write_text(json.dumps(summary))
+    result = run_cli(["package", str(run), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "the run's files disagree" in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_package_refuses_a_symbolic_link_in_the_run(release_run: Path, tmp_path: Path) -> None:
+    run = copy_run(release_run, tmp_path)
+    (run / "reports-link").symlink_to("/etc")
+    result = run_cli(["package", str(run), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "symbolic link" in result.stderr

@@ -13,19 +13,24 @@ import click
 @click.option("--profile", "profile_name", required=True, help="Target profile (name, alias or YAML file).")
 @click.option("--quality", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Quality evidence JSON (teacher_agreement, metric, quantization_drop; a stage.json works).")
+@click.option("--model", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The model the report measured: its sha256 and size must match the report's. Default: the "
+                   "report's own model path, when that file exists.")
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the gate report JSON here (atomically).")
 @click.option("--junit", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write JUnit XML here: one testcase per budget.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gate report JSON on stdout instead of the table.")
-def gate(report_path: Path, profile_name: str, quality: Path | None, output: Path | None, junit: Path | None,
-         as_json: bool) -> None:
+def gate(report_path: Path, profile_name: str, quality: Path | None, model: Path | None, output: Path | None,
+         junit: Path | None, as_json: bool) -> None:
     """Check a bench report (encoder or generation) against a profile's budgets.
 
     \b
-    Exit codes: 0 pass, 1 fail (a budget missed), 2 bad input,
-    3 unverified (measured on hardware that is not the profile's: verify on the target).
-    Budgets the evidence cannot speak to (quality without --quality) are "not checked", never passed.
+    Exit codes: 0 pass, 1 fail (a budget missed), 2 bad input (an unreadable
+    or impossible report, a model that is not the one measured), 3 unverified:
+    measured on hardware that is not the profile's (verify on the target), or
+    the profile budgets quality and no --quality evidence was given.
+    Budgets the evidence cannot speak to are "not checked", never passed.
     """
     from export.runtime.gate import QualityEvidence, gate as run_gate, print_gate, read_gate_input, write_junit
     from export.runtime.profiles import load_profile
@@ -39,7 +44,7 @@ def gate(report_path: Path, profile_name: str, quality: Path | None, output: Pat
         click.echo(f"gating {Path(report.model.path).name}, the first model of the comparison", err=True)
     profile = load_profile(profile_name)
     evidence = QualityEvidence.from_json(quality) if quality is not None else None
-    verdict = run_gate(report, profile, evidence)
+    verdict = run_gate(report, profile, evidence, model=model)
     if output is not None:
         verdict.to_json(output)
     if junit is not None:

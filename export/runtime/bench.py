@@ -31,6 +31,7 @@ come from a small reader of ONNX's protobuf wire format that skips the weights.
 from __future__ import annotations
 
 import gc
+import math
 import logging
 import os
 import time
@@ -199,6 +200,31 @@ class MeasuredRelease:
         """The report the gate judges: this one (a comparison's is its first model's)."""
         return self
 
+    def figures(self) -> dict[str, float]:
+        """Every measured number the gate may read, by name: none may be negative or non-finite."""
+        raise NotImplementedError
+
+    def check_figures(self) -> None:
+        """CompressError naming the first number no measurement can produce (NaN, infinite, negative)."""
+        for name, value in self.figures().items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise CompressError(f"bench report: {name} is {value!r}; a measurement is a finite, non-negative "
+                                    "number (was the report edited?)")
+
+    def check_model(self, model: Path) -> None:
+        """CompressError unless ``model`` is the file this report measured (sha256 and size)."""
+        from export.base.files import sha256_file
+        from export.runtime.onnx_file import onnx_size_bytes
+
+        if not model.is_file():
+            raise CompressError(f"model not found: {model}")
+        if sha256_file(model) != self.model.sha256:
+            raise CompressError(f"{model} is not the model this report measured (sha256 differs): the report is "
+                                "about another file, or was edited")
+        if onnx_size_bytes(model) != self.model.total_bytes:
+            raise CompressError(f"{model} with its external data is {onnx_size_bytes(model):,} bytes; the report "
+                                f"says {self.model.total_bytes:,}")
+
 
 @dataclass
 class BenchReport(JsonReport, MeasuredRelease):
@@ -236,6 +262,13 @@ class BenchReport(JsonReport, MeasuredRelease):
     def workload_text(self) -> str:
         seq = f" × seq {self.workload.sequence_length}" if self.workload.sequence_length else ""
         return f"batch {self.workload.batch_size}{seq}"
+
+    def figures(self) -> dict[str, float]:
+        latency, memory = self.latency, self.memory
+        return {"latency.p50_ms": latency.p50_ms, "latency.p90_ms": latency.p90_ms, "latency.p95_ms": latency.p95_ms,
+                "latency.p99_ms": latency.p99_ms, "latency.mean_ms": latency.mean_ms, "model.size_mb": self.model.size_mb,
+                "model.total_bytes": self.model.total_bytes, "memory.session_peak_mb": memory.session_peak_mb,
+                "throughput.samples_per_s": self.throughput.samples_per_s}
 
 
 class Comparison:

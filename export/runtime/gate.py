@@ -240,11 +240,21 @@ def read_gate_input(path_or_text: str | os.PathLike[str]) -> MeasuredRelease:
     return report.measured
 
 
-def gate(report: MeasuredRelease, profile: Profile,
-         quality: QualityEvidence | None = None) -> GateReport:
+def gate(report: MeasuredRelease, profile: Profile, quality: QualityEvidence | None = None, *,
+         model: Path | None = None) -> GateReport:
     """The release verdict for ``report`` (an encoder's or a causal LM's bench) against ``profile``'s
-    budgets (see the module docstring)."""
+    budgets (see the module docstring).
+
+    The report's numbers are checked before they are believed: a negative or non-finite one is
+    bad input (CompressError). ``model``, when given, must be the file the report measured (its
+    sha256 and size); without it, the report's own model path is checked when that file exists.
+    """
     from datetime import datetime, timezone
+
+    report.check_figures()
+    at_hand = model if model is not None else Path(report.model.path)
+    if model is not None or at_hand.is_file():
+        report.check_model(at_hand)
 
     hardware = match_hardware(profile, report.host, report.session.providers_used)
     workload_reasons = report.workload_mismatches(profile)
@@ -298,6 +308,12 @@ def gate(report: MeasuredRelease, profile: Profile,
     elif fails:
         verdict = "fail"
         reasons += [_fail_reason(c) for c in fails]
+    elif quality is None and (unproven := [c for c in checks if c.name.startswith("quality.")
+                                           and c.budget is not None]):
+        # Every measured budget is met, but the profile budgets quality and nothing shows it.
+        verdict = "unverified"
+        reasons.append(f"quality not shown: the profile budgets {', '.join(c.name for c in unproven)} and no "
+                       "quality evidence was given (--quality QUALITY.json); a release is not passed on speed alone")
     else:
         verdict = "pass"
         reasons.append(f"{sum(c.status == 'pass' for c in checks)} budgets met on matching hardware")

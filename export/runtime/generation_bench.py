@@ -136,6 +136,12 @@ class GenerationBenchReport(JsonReport, MeasuredRelease):
     def workload_text(self) -> str:
         return f"prompt {self.prompt_length} tokens + {self.new_tokens} new tokens"
 
+    def figures(self) -> dict[str, float]:
+        return {"ttft_ms.p50": self.ttft_ms.p50, "ttft_ms.p95": self.ttft_ms.p95, "tpot_ms.p50": self.tpot_ms.p50,
+                "tpot_ms.p95": self.tpot_ms.p95, "tokens_per_s": self.tokens_per_s,
+                "model.size_mb": self.model.size_mb, "model.total_bytes": self.model.total_bytes,
+                "memory.session_peak_mb": self.memory.session_peak_mb}
+
 
 @dataclass
 class GenerationComparison(JsonReport, Comparison):
