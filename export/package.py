@@ -41,6 +41,7 @@ from export.package_generation import GenerationPackaging
 from export.package_kind import EXAMPLE_DIR, PackageKind
 from export.run_summary import RunSummary, read_run_summary
 from export.runtime.release_kind import GENERATION, kind_of_task
+from export.runtime.signing import SIGNATURE_FILE, sign_manifest
 
 if TYPE_CHECKING:
     from export.runtime.bench import MeasuredRelease
@@ -66,20 +67,23 @@ class PackageResult:
     size: int
     sha256: str
     manifest: Manifest
+    signed_by: str | None = None  # the signing key's id
 
     def to_json(self) -> dict[str, Any]:
         verdicts = {profile: gate.verdict for profile, gate in self.manifest.gates.items()}
         return {"path": str(self.path), "size": self.size, "sha256": self.sha256, "name": self.manifest.name,
                 "version": self.manifest.version, "profile": self.manifest.profile, "gates": verdicts,
-                "released_despite_failed_gate": self.manifest.released_despite_failed_gate}
+                "released_despite_failed_gate": self.manifest.released_despite_failed_gate,
+                "signed_by": self.signed_by}
 
 
 def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = None, version: str | None = None,
-                allow_failed: bool = False) -> PackageResult:
+                allow_failed: bool = False, sign: str | Path | None = None) -> PackageResult:
     """Pack ``run_dir`` into ``out_dir/NAME-VERSION-PROFILE.tar.gz`` (atomically) and return its path, size and sha256.
 
     ``name`` defaults to the teacher's name with ``-distilled``; ``version`` to the run's date
-    (``YYYY.MM.DD``). Raises CompressError for a run directory that is incomplete or whose gate
+    (``YYYY.MM.DD``). ``sign``: a private key (``compress keys new``) that signs manifest.json into
+    ``manifest.sig``. Raises CompressError for a run directory that is incomplete or whose gate
     failed (unless ``allow_failed``).
     """
     run_dir = Path(run_dir)
@@ -171,11 +175,16 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     add("MODEL_CARD.md", data=card.encode("utf-8"))
 
     manifest.files = [_file_record(relative, entry) for relative, entry in sorted(entries.items())]
-    add(MANIFEST_FILE, data=manifest.dumps().encode("utf-8"))
+    manifest_bytes = manifest.dumps().encode("utf-8")
+    add(MANIFEST_FILE, data=manifest_bytes)
+    signature = sign_manifest(manifest_bytes, sign) if sign is not None else None
+    if signature is not None:
+        add(SIGNATURE_FILE, data=signature.dumps())
 
     out_path = Path(out_dir) / archive_name
     write_archive(out_path, entries.values(), mtime=summary.created_timestamp())
-    return PackageResult(path=out_path, size=out_path.stat().st_size, sha256=sha256_file(out_path), manifest=manifest)
+    return PackageResult(path=out_path, size=out_path.stat().st_size, sha256=sha256_file(out_path), manifest=manifest,
+                         signed_by=signature.key_id if signature is not None else None)
 
 
 # -- reading the run directory ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -16,24 +17,33 @@ import click
               help="With --gate: timed benchmark runs  [default: 100; 10 generations for a language model]")
 @click.option("--warmup", default=None, type=int,
               help="With --gate: warm-up runs  [default: 10; 2 for a language model]")
+@click.option("--trust", multiple=True, type=click.Path(dir_okay=False, path_type=Path), metavar="KEY.pub",
+              help="A public key whose signature the archive must carry (repeat for several).")
+@click.option("--require-signature", is_flag=True, help="Refuse an unsigned archive (with --trust).")
+@click.option("--sha256", "digest", default=None, metavar="HEX",
+              help="The archive's sha256 as published elsewhere (a release page, a ticket); it must match.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verification report as JSON on stdout.")
 def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, warmup: int | None,
-           as_json: bool) -> None:
+           trust: tuple[Path, ...], require_signature: bool, digest: str | None, as_json: bool) -> None:
     """Check ARCHIVE: safe extraction, every file's sha256, the model's signature and a reference output.
 
     \b
     Exit codes: 0 verified (and, with --gate, gate passed), 1 gate failed,
-    2 the archive is damaged, tampered with or unsafe, 3 gate unverified on this hardware.
+    2 the archive is damaged, tampered with, unsafe, not signed by a trusted
+    key (with --trust) or not the published digest (with --sha256),
+    3 gate unverified on this hardware.
     """
     from export.runtime.verify import verify_archive
 
-    report = verify_archive(archive, gate=run_gate, profile=profile, runs=runs, warmup=warmup)
+    report = verify_archive(archive, gate=run_gate, profile=profile, runs=runs, warmup=warmup, trust=list(trust),
+                            require_signature=require_signature, sha256=digest)
     if as_json:
         click.echo(report.to_json())
     else:
         example = report.example
         click.echo(f"{report.name} {report.version} ({report.task}, {report.precision}, profile {report.profile})")
-        click.echo(f"archive sha256 {report.archive_sha256}")
+        click.echo(f"archive sha256 {report.archive_sha256}" + (" (the published digest)" if digest else ""))
+        click.echo(f"manifest: {report.signature}")
         click.echo(f"files: {report.files_checked} match manifest.json ({report.bytes_checked:,} bytes, sha256 checked)")
         click.echo(f"model: loads on {', '.join(example.providers_used)}; inputs and outputs match the manifest")
         if example.tokens is not None:

@@ -36,6 +36,7 @@ from export.runtime.archive import ExtractedFile, ExtractLimits, safe_extract
 from export.runtime.example_check import ExampleCheck, VerificationError
 from export.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
 from export.runtime.release_kind import kind_of_task
+from export.runtime.signing import SIGNATURE_FILE, check_signature, read_public_key
 
 SCHEMA_VERSION = 1
 EXIT_CODES = {"pass": 0, "fail": 1, "unverified": 3}
@@ -55,6 +56,7 @@ class VerifyReport:
     files_checked: int
     bytes_checked: int
     example: ExampleCheck  # the model loaded, its signature matched the manifest, and it computed this
+    signature: str = "unsigned"  # unsigned | signed by KEY_ID, trusted | signed by KEY_ID, not checked
     gate: dict[str, Any] | None = None  # the GateReport measured here (to_dict), with --gate
     bench: dict[str, Any] | None = None  # the BenchReport measured here (to_dict), with --gate
     verdict: str | None = None  # the gate's verdict here, with --gate
@@ -72,32 +74,41 @@ class VerifyReport:
 
 def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | None = None, runs: int | None = None,
                    warmup: int | None = None, limits: ExtractLimits = ExtractLimits(),
-                   temp_parent: str | Path | None = None, progress: bool = False) -> VerifyReport:
+                   temp_parent: str | Path | None = None, progress: bool = False, trust: list[Path] | None = None,
+                   require_signature: bool = False, sha256: str | None = None) -> VerifyReport:
     """Verify ``archive`` (see the module docstring); raises CompressError naming the first problem found.
 
     ``profile`` (a name or YAML path) replaces the archive's own profile for ``gate``; ``runs`` and
     ``warmup`` size the benchmark (None: the default of the archive's kind of model); ``limits`` caps
     extraction; ``temp_parent`` is where the temporary folder is made (the system's temporary
-    folder by default).
+    folder by default). ``trust``: public keys (``.pub``) one of which must have signed the
+    manifest; ``require_signature`` refuses an unsigned archive; ``sha256`` is the archive's digest
+    as published elsewhere, which must match.
     """
     archive = Path(archive)
     if not archive.is_file():
         raise CompressError(f"archive not found: {archive}")
     if profile is not None and not gate:
         raise CompressError("--profile only matters with --gate")
+    if require_signature and not trust:
+        raise CompressError("--require-signature needs --trust KEY.pub: a signature by an unknown key proves nothing")
+    trusted = [read_public_key(key) for key in trust or []]
     archive_sha256 = sha256_file(archive)
+    if sha256 is not None and sha256.strip().lower() != archive_sha256:
+        raise VerificationError(f"{archive}: sha256 {archive_sha256} is not the published {sha256.strip().lower()}")
     workdir = Path(tempfile.mkdtemp(prefix="compress-verify-", dir=temp_parent))
     try:
         extracted = safe_extract(archive, workdir, limits)
         root = extracted.root
         manifest = read_manifest(root / MANIFEST_FILE)
+        signature = _check_signature(root, trusted, require_signature or bool(trusted))
         files_checked, bytes_checked = _check_files(manifest, extracted.files)
         kind = kind_of_task(manifest.task)
         example = kind.check_example(root, manifest)
         report = VerifyReport(
             archive=str(archive), archive_sha256=archive_sha256, name=manifest.name, version=manifest.version,
             profile=manifest.profile, task=manifest.task, precision=manifest.precision, files_checked=files_checked,
-            bytes_checked=bytes_checked, example=example,
+            bytes_checked=bytes_checked, example=example, signature=signature,
         )
         wanted_gpu = [p for p in manifest.providers if p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")]
         if wanted_gpu and not any(p in wanted_gpu for p in example.providers_used):
@@ -114,6 +125,19 @@ def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | No
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _check_signature(root: Path, trusted: list[bytes], required: bool) -> str:
+    """What the archive's signature says (checked before anything else in the archive is read)."""
+    path = root / SIGNATURE_FILE
+    if not path.is_file():
+        if required:
+            raise VerificationError("the archive is unsigned, and a signature by a trusted key is required")
+        return "unsigned"
+    signed = check_signature((root / MANIFEST_FILE).read_bytes(), path.read_bytes(), trusted)
+    if trusted:
+        return f"signed by {signed.key_id}, a trusted key"
+    return f"signed by {signed.key_id}, not checked against a trusted key (pass --trust KEY.pub)"
+
+
 def _check_files(manifest: Manifest, extracted: dict[str, ExtractedFile]) -> tuple[int, int]:
     """Every listed file present with its size and sha256; nothing unlisted (the manifest itself aside)."""
     listed = {record.path: record for record in manifest.files}
@@ -128,7 +152,7 @@ def _check_files(manifest: Manifest, extracted: dict[str, ExtractedFile]) -> tup
         if found.sha256 != record.sha256:
             raise VerificationError(f"{path}: sha256 {found.sha256[:16]}… does not match {MANIFEST_FILE} "
                                     f"({record.sha256[:16]}…): the file was changed after packaging")
-    extra = sorted(set(extracted) - set(listed) - {MANIFEST_FILE})
+    extra = sorted(set(extracted) - set(listed) - {MANIFEST_FILE, SIGNATURE_FILE})
     if extra:
         raise VerificationError(f"{extra[0]}: in the archive but not listed in {MANIFEST_FILE}"
                                 + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
