@@ -121,10 +121,11 @@ def test_verify_regenerates_the_reference_answer(lm_archive: Path) -> None:
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "tiny-lm 1.0 (text-generation, int4-weight, profile host)"
-    assert lines[2].startswith("files: 16 match manifest.json")
-    assert "inputs and outputs match the manifest" in lines[3]
-    assert lines[4] == "reference output: greedy answer 16/16 tokens identical to the build host's (first 8 required)"
-    assert lines[5].startswith("example: 'Explain in one sentence") and " -> " in lines[5]
+    assert lines[2] == "manifest: unsigned"
+    assert lines[3].startswith("files: 16 match manifest.json")
+    assert "inputs and outputs match the manifest" in lines[4]
+    assert lines[5] == "reference output: greedy answer 16/16 tokens identical to the build host's (first 8 required)"
+    assert lines[6].startswith("example: 'Explain in one sentence") and " -> " in lines[6]
     report = json.loads(run_cli(["verify", str(lm_archive), "--json"]).stdout)
     assert report["example"]["tokens"] == manifest_of(lm_archive)["reference"]["tokens"]
     assert report["example"]["text"] == manifest_of(lm_archive)["reference"]["text"]

@@ -90,9 +90,10 @@ def test_verify_passes_a_packaged_release(release_archive: Path, scratch: Path) 
     lines = result.stdout.splitlines()
     assert lines[0] == "enc 1.0 (feature-extraction, int8-dynamic, profile host)"
     assert lines[1] == f"archive sha256 {hashlib.sha256(release_archive.read_bytes()).hexdigest()}"
-    assert lines[2].startswith("files: 15 match manifest.json")
-    assert "inputs and outputs match the manifest" in lines[3]
-    assert "to the build host's (>= 0.99 required)" in lines[4]
+    assert lines[2] == "manifest: unsigned"
+    assert lines[3].startswith("files: 15 match manifest.json")
+    assert "inputs and outputs match the manifest" in lines[4]
+    assert "to the build host's (>= 0.99 required)" in lines[5]
     assert list(scratch.iterdir()) == []
 
 
@@ -164,7 +165,7 @@ def test_missing_file_is_refused(release_archive: Path, tmp_path: Path, scratch:
     assert_refused(archive, scratch, "model/vocab.txt", "missing from the archive")
     archive = rewrite(release_archive, tmp_path / "no-manifest.tar.gz",
                       lambda items: [(i, d) for i, d in items if i.name != f"{TOP}/manifest.json"])
-    assert_refused(archive, scratch, "manifest.json: missing from the archive")
+    assert_refused(archive, scratch, "the first file must be manifest.json")
 
 
 def test_extra_file_is_refused(release_archive: Path, tmp_path: Path, scratch: Path) -> None:
@@ -364,3 +365,15 @@ def test_safe_extract_writes_only_into_a_fresh_folder(tmp_path: Path) -> None:
         safe_extract(archive, destination)  # never into a folder that already holds something
     with pytest.raises(CompressError):
         safe_extract(tmp_path / "absent.tar.gz", tmp_path / "dest")
+
+
+def test_a_member_larger_than_the_manifest_declares_is_refused_before_it_is_written(
+        release_archive: Path, tmp_path: Path, scratch: Path) -> None:
+    # A small archive whose vocab.txt would expand to far more than the manifest says: refused
+    # before a byte of it is written (a zip bomb gets no further than its first header).
+    big = b"\0" * (8 << 20)
+    archive = rewrite(release_archive, tmp_path / "bomb.tar.gz",
+                      lambda items: [(i, d) for i, d in items if i.name != f"{TOP}/model/vocab.txt"]
+                      + [entry(f"{TOP}/model/vocab.txt", big)])
+    assert archive.stat().st_size < (1 << 20)
+    assert_refused(archive, scratch, "model/vocab.txt", "manifest.json declares")

@@ -20,7 +20,7 @@ import os
 import stat
 import tarfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -62,6 +62,20 @@ class ExtractLimits:
 
 
 @dataclass(frozen=True)
+class ArchiveIndex:
+    """The archive's first file, which declares every other file and its size.
+
+    Extraction reads it first and then refuses, before writing a byte, a member it does not
+    declare or one larger than declared: a small archive cannot expand into gigabytes.
+    """
+
+    name: str  # path relative to the top-level folder, e.g. manifest.json
+    read: Callable[[Path], dict[str, int]]  # the declared files and sizes (CompressError when unreadable)
+    max_bytes: int = 1 << 20
+    undeclared: tuple[tuple[str, int], ...] = ()  # (name, at most bytes) allowed without a declaration
+
+
+@dataclass(frozen=True)
 class ExtractedFile:
     """A regular file extraction wrote, with the sha256 of the bytes actually written."""
 
@@ -80,14 +94,16 @@ class Extracted:
     files: dict[str, ExtractedFile]  # by name relative to ``root``
 
 
-def write_archive(path: str | Path, entries: Iterable[ArchiveEntry], *, mtime: int = 0) -> Path:
+def write_archive(path: str | Path, entries: Iterable[ArchiveEntry], *, mtime: int = 0, first: str | None = None
+                  ) -> Path:
     """Write a reproducible ``.tar.gz`` atomically (temporary sibling, fsync, rename).
 
     Parent folders get their own entries (mode 0o755) so that ``tar xzf`` recreates them with
-    sane permissions whatever the extracting user's umask.
+    sane permissions whatever the extracting user's umask. ``first``: the entry written before
+    all other files (an index that lets extraction check every later member before writing it).
     """
     target = Path(path)
-    entries = sorted(entries, key=lambda e: e.name)
+    entries = sorted(entries, key=lambda e: (e.name != first, e.name))
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise ValueError("duplicate archive entry names")
@@ -169,11 +185,13 @@ class _CappedReader(io.RawIOBase):
         return len(data)
 
 
-def safe_extract(archive: str | Path, destination: str | Path, limits: ExtractLimits = ExtractLimits()) -> Extracted:
+def safe_extract(archive: str | Path, destination: str | Path, limits: ExtractLimits = ExtractLimits(),
+                 index: ArchiveIndex | None = None) -> Extracted:
     """Extract ``archive`` into the empty folder ``destination``, refusing anything unsafe.
 
     The archive must hold exactly one top-level folder. Returns the files written with their
-    sha256 (of the bytes written, not of anything the archive claims).
+    sha256 (of the bytes written, not of anything the archive claims). With ``index`` its first
+    file must be the index, and every later file must be one it declares, at the declared size.
     """
     archive = Path(archive)
     destination = Path(destination).resolve()
@@ -187,6 +205,7 @@ def safe_extract(archive: str | Path, destination: str | Path, limits: ExtractLi
     top_level: str | None = None
     seen: set[str] = set()
     files: dict[str, ExtractedFile] = {}
+    declared: dict[str, int] | None = None  # what the index declares, once it has been read
     total = 0
     count = 0
     try:
@@ -222,7 +241,11 @@ def safe_extract(archive: str | Path, destination: str | Path, limits: ExtractLi
                     if total > limits.max_total_bytes:
                         raise UnsafeArchiveError(f"{archive}: expands to more than the cap of {limits.max_total_bytes} bytes")
                     inner = PurePosixPath(*relative.parts[1:]).as_posix()
+                    if index is not None:
+                        declared = _check_declared(archive, index, declared, inner, member.size)
                     files[inner] = _write_member(tar, member, destination, relative, inner, limits)
+                    if index is not None and declared is None:
+                        declared = index.read(files[inner].path)
     except CompressError:
         raise
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
@@ -232,6 +255,23 @@ def safe_extract(archive: str | Path, destination: str | Path, limits: ExtractLi
     if top_level is None:
         raise CompressError(f"{archive}: the archive is empty")
     return Extracted(root=destination / top_level, top_level=top_level, files=files)
+
+
+def _check_declared(archive: Path, index: ArchiveIndex, declared: dict[str, int] | None, inner: str,
+                    size: int) -> dict[str, int] | None:
+    """Refuse a member the index does not allow, before any of its bytes are written."""
+    if declared is None:
+        if inner != index.name:
+            raise UnsafeArchiveError(f"{archive}: the first file must be {index.name}, not {inner!r}")
+        if size > index.max_bytes:
+            raise UnsafeArchiveError(f"{archive}: {index.name} is {size:,} bytes, over {index.max_bytes:,}")
+        return None
+    allowed = declared.get(inner, dict(index.undeclared).get(inner))
+    if allowed is None:
+        raise UnsafeArchiveError(f"{inner}: in the archive but not listed in {index.name}")
+    if size > allowed:
+        raise UnsafeArchiveError(f"{inner}: {size:,} bytes in the archive, {index.name} declares {allowed:,}")
+    return declared
 
 
 def _make_dirs(destination: Path, relative: PurePosixPath) -> Path:

@@ -32,7 +32,7 @@ from typing import Any
 
 from export.base.errors import CompressError
 from export.base.files import sha256_file
-from export.runtime.archive import ExtractedFile, ExtractLimits, safe_extract
+from export.runtime.archive import ArchiveIndex, ExtractedFile, ExtractLimits, safe_extract
 from export.runtime.example_check import ExampleCheck, VerificationError
 from export.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
 from export.runtime.release_kind import kind_of_task
@@ -98,7 +98,8 @@ def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | No
         raise VerificationError(f"{archive}: sha256 {archive_sha256} is not the published {sha256.strip().lower()}")
     workdir = Path(tempfile.mkdtemp(prefix="compress-verify-", dir=temp_parent))
     try:
-        extracted = safe_extract(archive, workdir, limits)
+        extracted = safe_extract(archive, workdir, limits, ArchiveIndex(
+            MANIFEST_FILE, _declared_files, undeclared=((SIGNATURE_FILE, 64 << 10),)))
         root = extracted.root
         manifest = read_manifest(root / MANIFEST_FILE)
         signature = _check_signature(root, trusted, require_signature or bool(trusted))
@@ -123,6 +124,10 @@ def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | No
         return report
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _declared_files(path: Path) -> dict[str, int]:
+    return {record.path: record.size for record in read_manifest(path).files}
 
 
 def _check_signature(root: Path, trusted: list[bytes], required: bool) -> str:
