@@ -23,21 +23,26 @@ def list_command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([p.model_dump(mode="json") for p in shipped], indent=2))
         return
+    header = ("name", "aliases", "device", "precision", "p95 budget", "student")
+    rows = [(p.name, ", ".join(p.aliases), f"{p.hardware.device}/{p.hardware.arch}", p.precision,
+             f"{p.budgets.latency_ms.p95:g} ms" if p.budgets.latency_ms.p95 else "-", p.distill.student)
+            for p in shipped]
     from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        # Piped or redirected: plain aligned columns, never cut, so `| grep jetson-orin-nano` finds it.
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        return
     from rich.table import Table
 
-    table = Table("name", "aliases", "device", "precision", "p95 budget", "student")
-    for p in shipped:
-        p95 = p.budgets.latency_ms.p95
-        table.add_row(
-            p.name,
-            ", ".join(p.aliases),
-            f"{p.hardware.device}/{p.hardware.arch}",
-            p.precision,
-            f"{p95:g} ms" if p95 else "-",
-            p.distill.student,
-        )
-    Console().print(table)
+    table = Table(*header)
+    table.columns[0].no_wrap = True  # identifiers are never cut
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 @profiles.command("show")
