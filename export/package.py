@@ -87,6 +87,8 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     failed (unless ``allow_failed``).
     """
     run_dir = Path(run_dir)
+    if sign is not None and not Path(sign).is_file():
+        raise CompressError(f"signing key not found: {sign} (make one with `compress keys new NAME`)")
     _refuse_links(run_dir)
     summary = read_run_summary(run_dir)
     profile = _load_profile(run_dir, summary)
