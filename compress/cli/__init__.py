@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "package": ("compress.cli.package:package", "Pack a run directory into one verified archive for an edge team."),
     "verify": ("compress.cli.verify:verify", "Check an archive on the device; optionally re-run bench and gate there."),
     "profiles": ("compress.cli.profiles:profiles", "List and show target profiles."),
+    "devices": ("compress.cli.devices:devices", "Check a board reached over SSH (for bench --on, verify --on)."),
     "keys": ("compress.cli.keys:keys", "Make a key pair that signs releases (package --sign, verify --trust)."),
 }
 

@@ -7,9 +7,12 @@ token and tokens per second (export/generation_bench.py).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
+
+from export.base.errors import CompressError
 
 
 _POSITIVE = click.IntRange(min=1)
@@ -35,10 +38,13 @@ _POSITIVE = click.IntRange(min=1)
 @click.option("--threads", type=_POSITIVE, default=None, help="Intra-op threads (default: the profile's, else ORT's).")
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the report JSON here (atomically).")
+@click.option("--on", "target", default=None, metavar="ssh://USER@BOARD",
+              help="Measure on that board over SSH (or a board named in devices.yaml): the report is the board's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout instead of the table.")
 def bench(model: Path, profile_name: str, batch_size: int | None, sequence_length: int | None,
           prompt_length: int | None, new_tokens: int | None, runs: int | None, warmup: int | None,
-          inputs: Path | None, other: Path | None, threads: int | None, output: Path | None, as_json: bool) -> None:
+          inputs: Path | None, other: Path | None, threads: int | None, output: Path | None, target: str | None,
+          as_json: bool) -> None:
     """Benchmark MODEL.onnx with a profile's execution providers, threads and workload.
 
     Records latency percentiles, throughput, memory, model size and what really ran (the
@@ -55,10 +61,21 @@ def bench(model: Path, profile_name: str, batch_size: int | None, sequence_lengt
                 "--prompt-length": prompt_length, "--new-tokens": new_tokens}
     kind.check_workload_options(model, [name for name, value in workload.items() if value is not None])
     default_runs, default_warmup = kind.default_runs
-    report = kind.bench(model, profile, runs=runs or default_runs, warmup=default_warmup if warmup is None else warmup,
-                        threads=threads, progress=True, other=other,
-                        **{name[2:].replace("-", "_"): value for name, value in workload.items()
-                           if name in kind.workload_options})
+    shape = {name[2:].replace("-", "_"): value for name, value in workload.items() if name in kind.workload_options}
+    runs, warmup = runs or default_runs, default_warmup if warmup is None else warmup
+    if target is not None:
+        from export.remote import parse_target, remote_bench
+        from export.runtime.release_kind import read_any_report
+
+        if inputs is not None:
+            raise CompressError("--inputs with --on: the samples file is not sent to the board; drop one of them")
+        board = parse_target(target)
+        click.echo(f"measuring on {board.label} over SSH ...", err=True)
+        report = read_any_report(json.dumps(remote_bench(board, model, Path(profile.source), other=other, runs=runs,
+                                                         warmup=warmup, threads=threads, **shape)))
+    else:
+        report = kind.bench(model, profile, runs=runs, warmup=warmup, threads=threads, progress=True, other=other,
+                            **shape)
     if output is not None:
         report.to_json(output)
     if as_json:

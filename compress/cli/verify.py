@@ -22,9 +22,12 @@ import click
 @click.option("--require-signature", is_flag=True, help="Refuse an unsigned archive (with --trust).")
 @click.option("--sha256", "digest", default=None, metavar="HEX",
               help="The archive's sha256 as published elsewhere (a release page, a ticket); it must match.")
+@click.option("--on", "target", default=None, metavar="ssh://USER@BOARD",
+              help="Verify (and with --gate, benchmark and gate) on that board over SSH: the verdict is the board's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verification report as JSON on stdout.")
 def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, warmup: int | None,
-           trust: tuple[Path, ...], require_signature: bool, digest: str | None, as_json: bool) -> None:
+           trust: tuple[Path, ...], require_signature: bool, digest: str | None, target: str | None,
+           as_json: bool) -> None:
     """Check ARCHIVE: safe extraction, every file's sha256, the model's signature and a reference output.
 
     \b
@@ -35,8 +38,12 @@ def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, 
     """
     from export.runtime.verify import verify_archive
 
-    report = verify_archive(archive, gate=run_gate, profile=profile, runs=runs, warmup=warmup, trust=list(trust),
-                            require_signature=require_signature, sha256=digest)
+    if target is not None:
+        report = _verify_on_board(target, Path(archive), run_gate, profile, runs, warmup, list(trust),
+                                  require_signature, digest)
+    else:
+        report = verify_archive(archive, gate=run_gate, profile=profile, runs=runs, warmup=warmup, trust=list(trust),
+                                require_signature=require_signature, sha256=digest)
     if as_json:
         click.echo(report.to_json())
     else:
@@ -70,3 +77,25 @@ def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, 
                 click.echo(f"  - {reason}")
     if report.exit_code:
         sys.exit(report.exit_code)
+
+
+def _verify_on_board(target: str, archive: Path, gate: bool, profile: str | None, runs: int | None,
+                     warmup: int | None, trust: list[Path], require_signature: bool, digest: str | None) -> object:
+    from export.base.errors import CompressError
+    from export.base.files import sha256_file
+    from export.remote import parse_target, remote_verify
+    from export.runtime.profiles import load_profile
+    from export.runtime.verify import VerifyReport
+
+    if digest is not None and sha256_file(archive) != digest.strip().lower():
+        raise CompressError(f"{archive}: sha256 {sha256_file(archive)} is not the published {digest.strip().lower()}")
+    board = parse_target(target)
+    profile_file = Path(load_profile(profile).source) if profile else None
+    click.echo(f"verifying on {board.label} over SSH ...", err=True)
+    data, run = remote_verify(board, archive, gate=gate, profile_file=profile_file, runs=runs, warmup=warmup,
+                              trust=trust, require_signature=require_signature)
+    report = VerifyReport.from_dict(data)
+    report.archive = str(archive)
+    report.notes.append(f"verified on {run.target} over SSH, runtime {run.runtime_sha256[:16]}, "
+                        f"{run.files_checked} files checked on arrival")
+    return report

@@ -11,13 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import types
 import typing
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from typing_extensions import Self
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover (Python 3.10: pydantic brings typing_extensions)
+    from typing_extensions import Self
 
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json

@@ -163,6 +163,15 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class RemoteRun:
+    """A measurement made on a board over SSH: which board, through which runtime (zipapp sha256)."""
+
+    target: str
+    runtime_sha256: str
+    files_checked: int  # files whose sha256 was checked on arrival (the runtime included)
+
+
+@dataclass(frozen=True)
 class BudgetFigure:
     """One measured figure a profile may budget: what the gate compares, and how."""
 
@@ -242,6 +251,7 @@ class BenchReport(JsonReport, MeasuredRelease):
     created_at: str
     notes: list[str] = field(default_factory=list)
     profile_source: str | None = None
+    remote: RemoteRun | None = None  # set when measured on a board over SSH (compress bench --on)
     schema_version: int = SCHEMA_VERSION
     kind: str = "bench"
 

@@ -36,7 +36,8 @@ import numpy as np
 from export.base.errors import CompressError
 from export.base.files import sha256_file
 from export.base.records import utc_now
-from export.runtime.bench import MIB, BudgetFigure, Comparison, MeasuredRelease, MemoryStats, ModelInfo, SessionInfo
+from export.runtime.bench import (MIB, BudgetFigure, Comparison, MeasuredRelease, MemoryStats, ModelInfo, RemoteRun,
+                                  SessionInfo)
 from export.runtime.onnx_file import inspect_model_file
 from export.runtime.progress import RunProgress
 from export.runtime.session import (GPU_PROVIDERS, bench_threads, high_water_mark_bytes, release_freed_memory,
@@ -103,6 +104,7 @@ class GenerationBenchReport(JsonReport, MeasuredRelease):
     sample_tokens: list[int] = field(default_factory=list)  # the first timed run's new tokens
     notes: list[str] = field(default_factory=list)
     profile_source: str | None = None
+    remote: RemoteRun | None = None  # set when measured on a board over SSH (compress bench --on)
     schema_version: int = SCHEMA_VERSION
     kind: str = "generation_bench"
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from export.base.errors import CompressError
 from export.base.files import sha256_file
+from export.base.report_json import dataclass_from_dict
 from export.runtime.archive import ArchiveIndex, ExtractedFile, ExtractLimits, safe_extract
 from export.runtime.example_check import ExampleCheck, VerificationError
 from export.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
@@ -70,6 +71,11 @@ class VerifyReport:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerifyReport:
+        """A report read back (from a board, as JSON)."""
+        return dataclass_from_dict(cls, data, "verify report")
 
 
 def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | None = None, runs: int | None = None,

@@ -1,0 +1,243 @@
+"""Measuring on a board over SSH: a real SSH server on 127.0.0.1 plays the board.
+
+The client is this machine's OpenSSH (`ssh`, `scp`), configured as a user would (an ssh config
+with the board's address, key and known_hosts); the server (tests/ssh_server.py) logs in by key
+only and runs each command in a shell here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import venv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from export.runtime.host import detect_host
+from export.runtime.profiles import load_profile
+from tests.cli_helpers import run_cli
+from tests import ssh_server
+from tests.conftest import build_tiny_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
+                                reason="needs the OpenSSH client (ssh, scp, ssh-keygen)")
+
+
+class Server:
+    """One SSH server process, its port, and the folder its commands run in."""
+
+    def __init__(self, keys: Path, home: Path, python: str, *extra: str) -> None:
+        self.home = home
+        self.process, self.port = ssh_server.start(keys, home, python, *extra)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ssh_server.make_keys(tmp_path_factory.mktemp("ssh-keys"))
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A Python with nothing installed: a board that lacks onnxruntime and numpy."""
+    folder = tmp_path_factory.mktemp("bare-python")
+    venv.create(folder, with_pip=False)
+    return str(folder / "bin" / "python")
+
+
+@pytest.fixture(scope="module")
+def servers(keys: Path, tmp_path_factory: pytest.TempPathFactory, bare_python: str):
+    base = tmp_path_factory.mktemp("boards")
+    running = {"board": Server(keys, base / "board", sys.executable),
+               "bare": Server(keys, base / "bare", bare_python),
+               "full": Server(keys, base / "full", sys.executable, "--quota", "20000")}
+    yield running
+    for server in running.values():
+        server.stop()
+
+
+def write_config(keys: Path, folder: Path, servers: dict[str, Server]) -> Path:
+    """An ssh config and known_hosts, as a user keeps them, and devices.yaml naming the boards."""
+    config = ssh_server.ssh_config(keys, folder, {name: server.port for name, server in servers.items()})
+    known = folder / "known_hosts"
+    (folder / "empty_known_hosts").write_text("")
+    closed = _closed_port()
+    blocks = [config.read_text()]
+    board = servers["board"]
+    blocks += [
+        f"Host stranger\n  HostName 127.0.0.1\n  Port {board.port}\n  IdentityFile {keys / 'user_key'}\n"
+        f"  IdentitiesOnly yes\n  UserKnownHostsFile {folder / 'empty_known_hosts'}\n  StrictHostKeyChecking yes\n",
+        f"Host intruder\n  HostName 127.0.0.1\n  Port {board.port}\n  IdentityFile {keys / 'other_key'}\n"
+        f"  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n",
+        f"Host nowhere\n  HostName 127.0.0.1\n  Port {closed}\n  UserKnownHostsFile {known}\n",
+    ]
+    config.write_text("\n".join(blocks))
+    devices = {name: {"address": f"ssh://{name}", "workdir": str(server.home)} for name, server in servers.items()}
+    devices["nopython"] = {"address": "ssh://board", "workdir": str(servers["board"].home),
+                           "python": "/nonexistent/python3"}
+    devices.update({name: {"address": f"ssh://{name}"} for name in ("stranger", "intruder", "nowhere")})
+    (folder / "devices.yaml").write_text(yaml.safe_dump(devices))
+    return config
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def lab(keys: Path, servers: dict[str, Server], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder with devices.yaml, the ssh config in force, and a tiny model to measure."""
+    config = write_config(keys, tmp_path, servers)
+    monkeypatch.setenv("COMPRESS_SSH_CONFIG", str(config))
+    monkeypatch.chdir(tmp_path)
+    build_tiny_onnx(tmp_path / "tiny.onnx")
+    return tmp_path
+
+
+def left_on(server: Server) -> list[str]:
+    return sorted(p.name for p in server.home.iterdir() if p.name.startswith("compress-"))
+
+
+def this_machine_profile(folder: Path) -> Path:
+    """A user profile whose hardware is this machine: a verdict measured here can be pass or fail."""
+    host = detect_host()
+    data = yaml.safe_load(load_profile("host").source.read_text())
+    data.update(name="this-machine", aliases=[], description="the machine running the tests")
+    data["hardware"] = {"device": "cpu", "arch": host.arch, "cpu": {"cores": host.usable_cores}}
+    data["runtime"] = {"providers": ["CPUExecutionProvider"], "intra_op_threads": host.usable_cores}
+    path = folder / "this-machine.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_bench_round_trip_lands_the_board_s_numbers_in_the_report(lab: Path, servers: dict[str, Server]) -> None:
+    result = run_cli(["bench", "tiny.onnx", "--on", "board", "--runs", "5", "--warmup", "1", "--output", "b.json",
+                      "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((lab / "b.json").read_text())
+    assert report["remote"]["target"] == "board" and report["remote"]["files_checked"] == 3
+    assert len(report["remote"]["runtime_sha256"]) == 64
+    assert report["latency"]["runs"] == 5 and report["latency"]["p50_ms"] > 0
+    assert report["host"]["cpu_model"] == detect_host().cpu_model
+    assert left_on(servers["board"]) == []  # the per-run folder is gone
+
+
+def test_a_matching_board_gates_to_pass_or_fail_and_a_jetson_stays_unverified(lab: Path) -> None:
+    profile = this_machine_profile(lab)
+    bench = run_cli(["bench", "tiny.onnx", "--profile", str(profile), "--on", "board", "--runs", "5",
+                     "--output", "remote.json"])
+    assert bench.exit_code == 0, bench.stderr
+    (lab / "quality.json").write_text(json.dumps({"teacher_agreement": 0.99, "metric": "mean_cosine",
+                                                  "quantization_drop": 0.0}))
+    here = run_cli(["gate", "remote.json", "--profile", str(profile), "--quality", "quality.json", "--json"])
+    assert here.exit_code in (0, 1), here.stdout + here.stderr
+    assert json.loads(here.stdout)["verdict"] in ("pass", "fail")
+    jetson = run_cli(["gate", "remote.json", "--profile", "jetson", "--quality", "quality.json"])
+    assert jetson.exit_code == 3
+
+
+def test_devices_check_reports_the_board(lab: Path) -> None:
+    result = run_cli(["devices", "check", "board", "--json"])
+    assert result.exit_code == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["missing"] == [] and "CPUExecutionProvider" in facts["providers"]
+    assert facts["host"]["usable_cores"] >= 1 and facts["python"]
+
+
+def test_verify_gate_runs_on_the_board(lab: Path, servers: dict[str, Server], tiny_encoder: Path,
+                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.test_package import base_run
+
+    run = base_run(tmp_path_factory, tiny_encoder)
+    packed = run_cli(["package", str(run), "--out", str(lab / "dist"), "--json"])
+    archive = json.loads(packed.stdout)["path"]
+    result = run_cli(["verify", archive, "--gate", "--on", "board", "--runs", "5", "--warmup", "1", "--json"])
+    assert result.exit_code in (0, 1), result.stderr
+    report = json.loads(result.stdout)
+    assert report["gate"]["verdict"] in ("pass", "fail")  # the host profile on this machine: a verdict
+    assert any(note.startswith("verified on board over SSH") for note in report["notes"])
+    assert left_on(servers["board"]) == []
+
+
+@pytest.mark.parametrize("board, fragment", [
+    ("nowhere", "unreachable"),
+    ("intruder", "authentication refused"),
+    ("stranger", "host key is unknown or has changed"),
+    ("nopython", "no /nonexistent/python3 on the board"),
+    ("bare", "lacks numpy, onnxruntime, pyyaml, pydantic: pip install numpy onnxruntime pyyaml pydantic"),
+    ("full", "disk is full"),
+    ("ssh://no-such-host.invalid", "unreachable"),
+])
+def test_each_failure_is_one_line_and_exit_2(lab: Path, servers: dict[str, Server], board: str,
+                                            fragment: str) -> None:
+    result = run_cli(["bench", "tiny.onnx", "--on", board, "--runs", "2", "--output", "never.json"])
+    assert result.exit_code == 2, result.stdout + result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and fragment in error, error
+    assert not (lab / "never.json").exists()
+    for server in servers.values():
+        assert left_on(server) == []
+
+
+def test_a_dropped_connection_leaves_nothing_here_and_the_next_run_cleans_the_board(
+        lab: Path, keys: Path, tmp_path: Path) -> None:
+    # A board whose python dies with its SSH server in the middle of the bench.
+    home = tmp_path / "fragile"
+    server = Server(keys, home, sys.executable)
+    try:
+        shim = tmp_path / "python-that-drops"
+        shim.write_text(textwrap.dedent(f"""\
+            #!/bin/sh
+            case "$*" in *" bench "*) kill -9 {server.process.pid}; sleep 5 ;; esac
+            exec {sys.executable} "$@"
+            """))
+        shim.chmod(0o755)
+        devices = yaml.safe_load((lab / "devices.yaml").read_text())
+        devices["fragile"] = {"address": "ssh://fragile", "workdir": str(home), "python": str(shim)}
+        (lab / "devices.yaml").write_text(yaml.safe_dump(devices))
+        config = Path(os.environ["COMPRESS_SSH_CONFIG"])
+        known = (keys / "host_key.pub").read_text().split()
+        with open(lab / "known_hosts", "a") as hosts:
+            hosts.write(f"[127.0.0.1]:{server.port} {known[0]} {known[1]}\n")
+        config.write_text(config.read_text() + f"\nHost fragile\n  HostName 127.0.0.1\n  Port {server.port}\n"
+                          f"  IdentityFile {keys / 'user_key'}\n  IdentitiesOnly yes\n"
+                          f"  UserKnownHostsFile {lab / 'known_hosts'}\n  StrictHostKeyChecking yes\n")
+        # In its own process, as a user's run: once it has exited, its PID names a run that is over.
+        result = subprocess.run([sys.executable, "-c", "from compress.cli import main; main()", "bench", "tiny.onnx",
+                                 "--on", "fragile", "--runs", "2", "--output", "never.json"],
+                                cwd=lab, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert "connection dropped" in result.stderr.strip().splitlines()[-1]
+        assert not (lab / "never.json").exists()
+        assert len(left_on(server)) == 1  # the board could not be told to clean up
+
+        # The next run from this host, with the board back, removes the folder of the dead run.
+        revived = Server(keys, home, sys.executable)
+        try:
+            config.write_text(config.read_text().replace(f"Port {server.port}", f"Port {revived.port}"))
+            with open(lab / "known_hosts", "a") as hosts:
+                hosts.write(f"[127.0.0.1]:{revived.port} {known[0]} {known[1]}\n")
+            devices["fragile"]["python"] = sys.executable
+            (lab / "devices.yaml").write_text(yaml.safe_dump(devices))
+            again = run_cli(["bench", "tiny.onnx", "--on", "fragile", "--runs", "2"])
+            assert again.exit_code == 0, again.stderr
+            assert left_on(revived) == []
+        finally:
+            revived.stop()
+    finally:
+        server.stop()
