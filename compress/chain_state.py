@@ -47,6 +47,7 @@ class ChainOptions:
     bench_runs: int | None = None
     bench_warmup: int | None = None
     quality_texts: int = 256
+    on: str | None = None  # ssh://user@board (or a devices.yaml name): bench and gate measure there
 
     def check(self) -> None:
         if self.stop_after not in STAGES:
@@ -142,3 +143,22 @@ def bench_threads(profile: Profile, notes: list[str]) -> int | None:
     if note:
         notes.append(note)
     return threads
+
+
+def measure_against_teacher(ctx: ChainContext, model: Path, teacher: Path, runs: int, warmup: int) -> object:
+    """The release against the teacher, runs interleaved: on this host, or on the board of ``--on``.
+
+    Threads follow the runtime's one policy wherever it runs (``threads=None``).
+    """
+    from export.runtime.release_kind import kind_of_model, read_any_report
+
+    if ctx.options.on is None:
+        return kind_of_model(model).bench(model, ctx.profile, runs=runs, warmup=warmup, threads=None, other=teacher)
+    import json
+
+    from export.remote import parse_target, remote_bench
+
+    target = parse_target(ctx.options.on)
+    ctx.reporter.message(f"bench: on {target.label} over SSH")
+    return read_any_report(json.dumps(remote_bench(target, model, Path(ctx.profile.source), other=teacher, runs=runs,
+                                                   warmup=warmup)))

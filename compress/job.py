@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from compress.families.base import TaskFamily
 
 # Options of the chain itself (the rest configure distillation).
-CHAIN_OPTIONS = ("stop_after", "precision", "block_size", "prune_heads", "prune_ffn", "recover_steps")
+CHAIN_OPTIONS = ("stop_after", "precision", "block_size", "prune_heads", "prune_ffn", "recover_steps", "on")
 
 
 @dataclass
@@ -56,6 +56,6 @@ def run_distill_job(job: DistillJob, reporter: Reporter | None = None) -> tuple[
             ffn=defaults.ffn if chain["prune_ffn"] is None else chain["prune_ffn"],
             recover_steps=defaults.recover_steps if chain["recover_steps"] is None else chain["recover_steps"])
     options = ChainOptions(stop_after=chain.get("stop_after", "gate"), prune=prune, precision=chain.get("precision"),
-                           block_size=chain.get("block_size", 32))
+                           block_size=chain.get("block_size", 32), on=chain.get("on"))
     run_dir = job.run_dir or Path("runs") / profile.name
     return family, run_chain(run_dir, family, config, profile, options, reporter)

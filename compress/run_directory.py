@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from export.base.errors import CompressError
-from export.base.files import make_folder
+from export.base.files import make_folder, process_alive
 
 LOCK_FILE = ".lock"
 
@@ -53,7 +53,7 @@ def _take(lock: Path, run_dir: Path) -> None:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = _holder(lock)
-            if holder is not None and holder != os.getpid() and _alive(holder):
+            if holder is not None and holder != os.getpid() and process_alive(holder):
                 raise CompressError(f"{run_dir} is in use by another compress run (PID {holder}); wait for it "
                                     "to finish, or choose another --out") from None
             lock.unlink(missing_ok=True)  # left by a run that was killed
@@ -70,16 +70,6 @@ def _holder(lock: Path) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _holds_work(run_dir: Path) -> bool:

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from export.base.errors import CompressError
+from export.base.files import process_alive
 from export.runtime.bench import RemoteRun
 
 CONNECT_TIMEOUT_S = 10
@@ -99,15 +100,18 @@ class Board:
             raise CompressError(self._explain(done.returncode, done.stderr, done.stdout))
         return done.stdout
 
-    def upload(self, files: list[Path], folder: str) -> None:
-        """Copy ``files`` into ``folder`` on the board, each streamed through ssh into ``cat``.
+    def upload(self, files: dict[str, Path], folder: str) -> None:
+        """Copy ``files`` (name on the board -> local path) into ``folder``, each streamed through ssh into ``cat``.
 
         A POSIX shell is all the board needs (no scp or sftp server); what arrives is checked by
         sha256 afterwards anyway.
         """
         port = ["-p", str(self.target.port)] if self.target.port else []
-        for path in files:
-            destination = shlex.quote(f"{folder}/{path.name}")
+        subfolders = sorted({str(Path(name).parent) for name in files} - {"."})
+        if subfolders:
+            self.run("mkdir -p " + " ".join(shlex.quote(f"{folder}/{sub}") for sub in subfolders))
+        for name, path in files.items():
+            destination = shlex.quote(f"{folder}/{name}")
             argv = ["ssh", *self._options, *port, self.target.destination, f"cat > {destination}"]
             with open(path, "rb") as source:
                 done = subprocess.run(argv, stdin=source, capture_output=True, timeout=COMMAND_TIMEOUT_S)
@@ -124,7 +128,7 @@ class Board:
         workdir = shlex.quote(self.target.workdir)
         mine = f"compress-{_HOST}-"
         stale = [name for name in self.run(f"ls -1 {workdir} 2>/dev/null || true").split()
-                 if name.startswith(mine) and not _alive(name[len(mine):].split("-", 1)[0])]
+                 if name.startswith(mine) and _dead(name[len(mine):].split("-", 1)[0])]
         if stale:
             self.run("rm -rf " + " ".join(shlex.quote(f"{self.target.workdir}/{name}") for name in stale), timeout=60)
         folder = self.run(f"mktemp -d {workdir}/{mine}{os.getpid()}-XXXXXXXX").strip()
@@ -164,16 +168,8 @@ class Board:
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 
 
-def _alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return True  # not one of ours to judge
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _dead(pid: str) -> bool:
+    return pid.isdigit() and not process_alive(int(pid))
 
 
 def _last_line(text: str) -> str:
@@ -208,20 +204,18 @@ def build_runtime(folder: Path) -> tuple[Path, str]:
 # What the commands do there
 
 
-def run_remote(target: Target, files: list[Path], command: list[str]) -> tuple[dict[str, Any], RemoteRun]:
-    """Send the runtime and ``files`` to a fresh folder on the board, check them, run ``command`` there.
+def run_remote(target: Target, files: dict[str, Path], command: list[str]) -> tuple[dict[str, Any], RemoteRun]:
+    """Send the runtime and ``files`` (name on the board -> local path) to a fresh folder there, check
+    them, and run ``command`` in that folder.
 
-    ``command`` names the files by their base names (they sit in the work folder). Returns the
-    command's JSON report and how it was measured; nothing is written locally.
+    Returns the command's JSON report and how it was measured; nothing is written locally.
     """
     board = Board(target)
     with tempfile.TemporaryDirectory(prefix="compress-runtime-") as scratch:
         runtime, runtime_sha = build_runtime(Path(scratch))
-        sent = [runtime, *files]
-        names = [path.name for path in sent]
-        if len(set(names)) != len(names):
-            raise CompressError(f"two files to send share a name: {', '.join(names)}")
-        expected = {path.name: _sha256(path) for path in sent}
+        sent = {runtime.name: runtime, **files}
+        names = list(sent)
+        expected = {name: _sha256(path) for name, path in sent.items()}
         with board.workspace() as folder:
             board.upload(sent, folder)
             python = shlex.quote(target.python)
@@ -237,18 +231,19 @@ def run_remote(target: Target, files: list[Path], command: list[str]) -> tuple[d
                              files_checked=len(sent))
 
 
-def model_files(model: Path) -> list[Path]:
-    """An ONNX file with its external data and the tokenizer and config files beside it."""
+def model_files(model: Path, under: str) -> dict[str, Path]:
+    """An ONNX file with its external data and the tokenizer and config files beside it, placed in
+    the board's folder ``under`` (so two models with the same file names do not meet)."""
     if not model.is_file():
         raise CompressError(f"model not found: {model}")
     files = [model, *sorted(p for p in model.parent.glob(f"{model.name}*") if p != model and p.is_file())]
     files += [model.parent / name for name in SIDECARS if (model.parent / name).is_file()]
-    return files
+    return {f"{under}/{path.name}": path for path in files}
 
 
 def check_device(target: Target) -> dict[str, Any]:
     """What the board has and lacks (``compress devices check``)."""
-    facts, run = run_remote(target, [], ["check"])
+    facts, run = run_remote(target, {}, ["check"])
     return {**facts, "target": run.target, "runtime_sha256": run.runtime_sha256}
 
 
@@ -271,24 +266,21 @@ def _sha256(path: Path) -> str:
 def remote_bench(target: Target, model: Path, profile_file: Path, *, other: Path | None = None, runs: int,
                  warmup: int, threads: int | None = None, **workload: int | None) -> dict[str, Any]:
     """``compress bench`` on the board: the report as JSON, with ``remote`` saying where and through what."""
-    files = model_files(model)
-    other_files = model_files(other) if other is not None else []
-    if other is not None and other.name == model.name:
-        raise CompressError(f"--compare {other}: on the board both models would be called {model.name}; "
-                            "rename one")
-    command = ["bench", model.name, "--profile", profile_file.name, "--runs", str(runs), "--warmup", str(warmup)]
+    files = {**model_files(model, "model"), "profile.yaml": profile_file}
+    command = ["bench", f"model/{model.name}", "--profile", "profile.yaml", "--runs", str(runs), "--warmup", str(warmup)]
     if other is not None:
-        command += ["--other", other.name]
+        files.update(model_files(other, "other"))
+        command += ["--other", f"other/{other.name}"]
     if threads is not None:
         command += ["--threads", str(threads)]
     for name, value in workload.items():
         if value is not None:
             command += [f"--{name.replace('_', '-')}", str(value)]
-    shared = {path.name for path in files} & {path.name for path in other_files}
-    sent = files + [path for path in other_files if path.name not in shared] + [profile_file]
-    report, run = run_remote(target, sent, command)
-    # A comparison holds two reports; each says it was measured there.
-    for part in ((report["model"], report["other"]) if "other" in report else (report,)):
+    report, run = run_remote(target, files, command)
+    # Paths as they are here, not in the board's temporary folder; each report says where it was measured.
+    for part, path in (((report["model"], model), (report["other"], other)) if "other" in report else
+                       ((report, model),)):
+        part["model"]["path"] = str(path)
         part["remote"] = dataclasses.asdict(run)
     return report
 
@@ -299,16 +291,16 @@ def remote_verify(target: Target, archive: Path, *, gate: bool, profile_file: Pa
     if not archive.is_file():
         raise CompressError(f"archive not found: {archive}")
     command = ["verify", archive.name, *(["--gate"] if gate else [])]
-    sent = [archive]
+    sent = {archive.name: archive}
     if profile_file is not None:
-        command += ["--profile", profile_file.name]
-        sent.append(profile_file)
+        command += ["--profile", "profile.yaml"]
+        sent["profile.yaml"] = profile_file
     for name, value in (("--runs", runs), ("--warmup", warmup)):
         if value is not None:
             command += [name, str(value)]
-    for key in trust:
-        command += ["--trust", key.name]
-        sent.append(key)
+    for index, key in enumerate(trust):
+        command += ["--trust", f"trusted-{index}.pub"]
+        sent[f"trusted-{index}.pub"] = key
     if require_signature:
         command.append("--require-signature")
     return run_remote(target, sent, command)

@@ -241,3 +241,20 @@ def test_a_dropped_connection_leaves_nothing_here_and_the_next_run_cleans_the_bo
             revived.stop()
     finally:
         server.stop()
+
+
+def test_the_chain_benches_and_gates_on_the_board(lab: Path, servers: dict[str, Server], tiny_encoder: Path) -> None:
+    from tests.conftest import real_sentences
+
+    profile = this_machine_profile(lab)
+    (lab / "texts.txt").write_text("\n".join(real_sentences(80)) + "\n")
+    args = ["distill", "--teacher", str(tiny_encoder), "--data", "texts.txt", "--out", "run", "--max-steps", "2",
+            "--threads", "1", "--batch-size", "16", "--profile", str(profile), "--on", "board"]
+    result = run_cli(args)
+    assert result.exit_code in (0, 1), result.stderr  # a matching board: a verdict, never unverified
+    bench = json.loads((lab / "run" / "bench" / "bench.json").read_text())
+    assert bench["remote"]["target"] == "board"
+    final = json.loads((lab / "run" / "run.json").read_text())["final_model"]
+    assert Path(bench["model"]["path"]).resolve() == (lab / "run" / final).resolve()  # named as it is here
+    assert json.loads((lab / "run" / "bench" / "stage.json").read_text())["params"]["on"] == "board"
+    assert left_on(servers["board"]) == []

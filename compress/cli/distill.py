@@ -93,6 +93,8 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
               help="Tokens per training text (longer texts are cut).")
 @click.option("--block-size", type=int, default=32, show_default=True,
               help="[language models] int4 weight-only quantization block size (a power of two, at least 16).")
+@click.option("--on", default=None, metavar="ssh://USER@BOARD",
+              help="Run the bench and gate stages on that board over SSH (or a board named in devices.yaml).")
 @click.option("--json", "as_json", is_flag=True, help="Print what the chain did and found as JSON on stdout.")
 def distill(**options: Any) -> None:
     """Distil a teacher into a small student for a target profile, then run the release chain.

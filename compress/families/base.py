@@ -137,6 +137,17 @@ class TaskFamily(ABC):
     def quality_summary(self, result: ChainResult) -> QualitySummary: ...
 
 
+def bench_record(ctx: ChainContext, model: Path, teacher: Path, runs: int, warmup: int,
+                 threads: int | None) -> StageRecord:
+    """The bench stage's plan, the same for every family: both models, the profile, where and how it runs."""
+    from compress.chain_state import profile_input
+
+    return StageRecord(stage="bench", inputs={"model": FileRef.of(model), "teacher": FileRef.of(teacher),
+                                              **profile_input(ctx.profile)},
+                       params={"profile": ctx.profile.name, "runs": runs, "warmup": warmup, "threads": threads,
+                               "on": ctx.options.on})
+
+
 def data_input(data: Path | None, inputs: dict[str, FileRef], params: dict[str, Any]) -> None:
     """Pin the training data in a distill stage's plan: the user's file by sha256, or the default corpus's.
 

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from compress.chain_state import TableRow, profile_input
-from compress.families.base import Exported, TaskFamily
+from compress.chain_state import TableRow, measure_against_teacher, profile_input
+from compress.families.base import Exported, TaskFamily, bench_record
 from export.base.errors import CompressError
 from export.base.records import FileRef, StageRecord, read_record, stage_status
 from export.base.stages import StageOutput, run_stage
@@ -109,18 +109,16 @@ class CausalLMFamily(TaskFamily):
         ctx.result.final_model, ctx.result.precision = run.path("model"), method
 
     def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
-        from export.runtime.generation_bench import GenerationComparison, compare_generation_bench
+        from export.runtime.generation_bench import GenerationComparison
 
         runs, warmup = ctx.options.bench_runs or BENCH_RUNS, ctx.options.bench_warmup
         warmup = BENCH_WARMUP if warmup is None else warmup
-        planned = StageRecord(stage="bench", inputs={"model": FileRef.of(model), "teacher": FileRef.of(teacher),
-                                                     **profile_input(ctx.profile)},
-                              params={"profile": ctx.profile.name, "runs": runs, "warmup": warmup, "threads": threads})
+        planned = bench_record(ctx, model, teacher, runs, warmup, threads)
 
         def work(tmp: Path) -> StageOutput:
             ctx.reporter.message(f"bench: generating with {model.name} and the teacher, runs interleaved on this host")
             # threads=None: the runtime's one thread policy, as `compress bench` and `verify --gate` use it.
-            comparison = compare_generation_bench(model, teacher, ctx.profile, runs=runs, warmup=warmup, threads=None)
+            comparison = measure_against_teacher(ctx, model, teacher, runs, warmup)
             comparison.to_json(tmp / "compare.json")
             comparison.model.to_json(tmp / "bench.json")
             return StageOutput({"compare": "compare.json", "bench": "bench.json"})

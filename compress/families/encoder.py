@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from compress.chain_state import PruneOptions, TableRow, profile_input
-from compress.families.base import Exported, TaskFamily
+from compress.chain_state import PruneOptions, TableRow, measure_against_teacher, profile_input
+from compress.families.base import Exported, TaskFamily, bench_record
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json
 from export.base.records import FileRef, StageRecord, read_record, stage_status
@@ -116,21 +116,18 @@ class EncoderFamily(TaskFamily):
             ctx.reporter.warning(why)
 
     def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
-        from export.runtime.bench import BenchReport, ComparisonReport, compare_bench
+        from export.runtime.bench import BenchReport, ComparisonReport
 
         runs, warmup = ctx.options.bench_runs or BENCH_RUNS, ctx.options.bench_warmup
         warmup = BENCH_WARMUP if warmup is None else warmup
-        planned = StageRecord(stage="bench", inputs={"model": FileRef.of(model), "teacher": FileRef.of(teacher),
-                                                     **profile_input(ctx.profile)},
-                              params={"profile": ctx.profile.name, "runs": runs, "warmup": warmup, "threads": threads})
+        planned = bench_record(ctx, model, teacher, runs, warmup, threads)
 
         def work(tmp: Path) -> StageOutput:
             ctx.reporter.message(f"bench: {model.name} against the teacher, runs interleaved "
                                  f"({ctx.profile.name}'s providers, threads and workload)")
             # One measurement: the table's numbers and the gate's are the release's from this run.
             # threads=None: the runtime's one thread policy, as `compress bench` and `verify --gate` use it.
-            comparison = compare_bench(model, teacher, ctx.profile, runs=runs, warmup=warmup, threads=None,
-                                       progress=False)
+            comparison = measure_against_teacher(ctx, model, teacher, runs, warmup)
             release = comparison.model
             release.to_json(tmp / "bench.json")
             comparison.to_json(tmp / "compare.json")

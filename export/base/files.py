@@ -178,7 +178,8 @@ def _temporary_prefix(target: Path) -> str:
     return f".{target.name}.{os.getpid()}."
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -193,7 +194,7 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     removed = []
     for leftover in target.parent.glob(f".{target.name}.*.tmp"):
         pid = leftover.name[len(target.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
             removed.append(leftover)
     return removed

@@ -314,6 +314,22 @@ class Comparison:
         """The report the gate judges: the first model's."""
         return self.model
 
+    def render(self, title: str, rows: list[tuple[str, float, float, str]], detail: str) -> Any:
+        """A rich table: the two models side by side, one row a measure, with the ratio."""
+        from rich.table import Table
+
+        a, b = self.model, self.other
+        table = Table(title=f"{title} · profile {a.profile} · interleaved runs", title_justify="left")
+        table.add_column("")
+        for label in self.labels:
+            table.add_column(label, justify="right")
+        table.add_column("ratio (other / model)", justify="right")
+        for name, x, y, spec in rows:
+            table.add_row(name, format(x, spec), format(y, spec), f"{y / x:.2f}x" if x else "-")
+        table.add_row("providers used", ", ".join(a.session.providers_used), ", ".join(b.session.providers_used), "")
+        table.caption = f"{self.summary} · {detail}"
+        return table
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "summary": self.summary}
 
@@ -603,88 +619,3 @@ def compare_bench(model: str | os.PathLike[str], other: str | os.PathLike[str], 
         model=a, other=b, p50_ratio=b.latency.p50_ms / a.latency.p50_ms,
         mean_ratio=b.latency.mean_ms / a.latency.mean_ms, created_at=utc_now(),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Display (rich is imported here only)
-# ---------------------------------------------------------------------------------------------
-
-def _fmt_mb(value: float) -> str:
-    return f"{value:,.1f} MiB"
-
-
-def _latency_rows(r: BenchReport) -> list[tuple[str, str]]:
-    lat = r.latency
-    return [
-        ("p50 / p90 / p95 / p99", f"{lat.p50_ms:.3f} / {lat.p90_ms:.3f} / {lat.p95_ms:.3f} / {lat.p99_ms:.3f} ms"),
-        ("mean ± std", f"{lat.mean_ms:.3f} ± {lat.std_ms:.3f} ms"),
-        ("min / max", f"{lat.min_ms:.3f} / {lat.max_ms:.3f} ms"),
-        ("throughput", f"{r.throughput.inferences_per_s:,.1f} inferences/s, {r.throughput.samples_per_s:,.1f} samples/s"),
-    ]
-
-
-def render_bench(report: BenchReport) -> Any:
-    """A rich table for one bench report."""
-    from rich.table import Table
-
-    s, m, w = report.session, report.model, report.workload
-    table = Table(title=f"bench {Path(m.path).name} · profile {report.profile}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    files = f" ({len(m.files)} files)" if len(m.files) > 1 else ""
-    table.add_row("model", f"{m.path}{files}")
-    table.add_row("size", f"{m.size_mb:,.2f} MiB{files}")
-    table.add_row("providers used", ", ".join(s.providers_used) + f"  (requested {', '.join(s.providers_requested)})")
-    table.add_row("threads", f"intra {s.intra_op_threads or 'ORT default'}, inter {s.inter_op_threads or 'ORT default'}")
-    seq = f" × seq {w.sequence_length}" if w.sequence_length else ""
-    table.add_row("workload", f"batch {w.batch_size}{seq}, {w.inputs_source}")
-    table.add_row("session load", f"{s.load_s * 1000:.1f} ms")
-    table.add_row("first run", f"{s.first_run_ms:.3f} ms")
-    table.add_row("runs", f"{report.latency.runs} timed after {report.warmup} warm-up")
-    for name, value in _latency_rows(report):
-        table.add_row(name, value)
-    mem = report.memory
-    table.add_row("memory", f"session peak {_fmt_mb(mem.session_peak_mb)} (process RSS {_fmt_mb(mem.baseline_rss_mb)} → "
-                            f"peak {_fmt_mb(mem.peak_rss_mb)})")
-    table.add_row("host", report.host.describe())
-    flags = ", ".join(report.host.relevant_flags) or "-"
-    table.add_row("cpu flags", flags)
-    for note in report.notes:
-        table.add_row("note", note)
-    return table
-
-
-def render_comparison(report: ComparisonReport) -> Any:
-    """A rich table with both models side by side and the speed ratio."""
-    from rich.table import Table
-
-    a, b = report.model, report.other
-    table = Table(title=f"compare · profile {a.profile} · interleaved runs", title_justify="left")
-    table.add_column("")
-    table.add_column(Path(a.model.path).name, justify="right")
-    table.add_column(Path(b.model.path).name, justify="right")
-    table.add_column("ratio (other / model)", justify="right")
-
-    def row(name: str, x: float, y: float, fmt: str) -> None:
-        table.add_row(name, format(x, fmt), format(y, fmt), f"{y / x:.2f}x" if x else "-")
-
-    row("p50 ms", a.latency.p50_ms, b.latency.p50_ms, ".3f")
-    row("p95 ms", a.latency.p95_ms, b.latency.p95_ms, ".3f")
-    row("p99 ms", a.latency.p99_ms, b.latency.p99_ms, ".3f")
-    row("mean ms", a.latency.mean_ms, b.latency.mean_ms, ".3f")
-    row("size MiB", a.model.size_mb, b.model.size_mb, ".2f")
-    row("load + first run MiB", a.memory.session_peak_mb, b.memory.session_peak_mb, ".1f")
-    table.add_row("providers used", ", ".join(a.session.providers_used), ", ".join(b.session.providers_used), "")
-    table.caption = f"{report.summary} · {a.latency.runs} runs each on {a.host.describe()}"
-    return table
-
-
-def print_report(report: BenchReport | ComparisonReport) -> None:
-    """Print the human table for a bench or comparison report on stdout."""
-    from rich.console import Console
-
-    console = Console()
-    if isinstance(report, ComparisonReport):
-        console.print(render_comparison(report))
-    else:
-        console.print(render_bench(report))

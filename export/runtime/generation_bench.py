@@ -29,7 +29,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -404,75 +404,3 @@ def compare_generation_bench(model: str | os.PathLike[str], other: str | os.Path
         tpot_ratio=b.tpot_ms.p50 / a.tpot_ms.p50 if a.tpot_ms.p50 else 0.0,
         tokens_per_s_ratio=a.tokens_per_s / b.tokens_per_s, created_at=utc_now(),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Display (rich is imported here only)
-# ---------------------------------------------------------------------------------------------
-
-def render_generation_bench(report: GenerationBenchReport) -> Any:
-    """A rich table for one generation bench report."""
-    from rich.table import Table
-
-    s, m = report.session, report.model
-    table = Table(title=f"generation bench {Path(m.path).name} · profile {report.profile}", show_header=False,
-                  title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    files = f" ({len(m.files)} files)" if len(m.files) > 1 else ""
-    table.add_row("model", f"{m.path}{files}")
-    table.add_row("size", f"{m.size_mb:,.2f} MiB")
-    table.add_row("providers used", ", ".join(s.providers_used) + f"  (requested {', '.join(s.providers_requested)})")
-    table.add_row("threads", f"intra {s.intra_op_threads or 'ORT default'}, inter {s.inter_op_threads or 'ORT default'}")
-    table.add_row("workload", f"prompt {report.prompt_length} tokens ({report.prompt_source}), "
-                              f"{report.new_tokens} new tokens, greedy")
-    table.add_row("session load", f"{s.load_s * 1000:.1f} ms")
-    table.add_row("runs", f"{report.runs} timed after {report.warmup} warm-up")
-    t, p = report.ttft_ms, report.tpot_ms
-    table.add_row("time to first token", f"p50 {t.p50:.2f} / p95 {t.p95:.2f} ms (min {t.min:.2f}, max {t.max:.2f})")
-    table.add_row("time per output token", f"p50 {p.p50:.3f} / p95 {p.p95:.3f} ms (min {p.min:.3f}, max {p.max:.3f})")
-    table.add_row("tokens/s", f"{report.tokens_per_s:,.1f} end to end, {report.decode_tokens_per_s:,.1f} decoding")
-    mem = report.memory
-    table.add_row("memory", f"session peak {mem.session_peak_mb:,.1f} MiB (process RSS {mem.baseline_rss_mb:,.1f} → "
-                            f"peak {mem.peak_rss_mb:,.1f} MiB)")
-    table.add_row("host", report.host.describe())
-    for note in report.notes:
-        table.add_row("note", note)
-    return table
-
-
-def render_generation_comparison(report: GenerationComparison) -> Any:
-    """A rich table with both models side by side and the ratios."""
-    from rich.table import Table
-
-    a, b = report.model, report.other
-    table = Table(title=f"compare generation · profile {a.profile} · interleaved runs", title_justify="left")
-    table.add_column("")
-    table.add_column(Path(a.model.path).name, justify="right")
-    table.add_column(Path(b.model.path).name, justify="right")
-    table.add_column("ratio (other / model)", justify="right")
-
-    def row(name: str, x: float, y: float, fmt: str) -> None:
-        table.add_row(name, format(x, fmt), format(y, fmt), f"{y / x:.2f}x" if x else "-")
-
-    row("TTFT p50 ms", a.ttft_ms.p50, b.ttft_ms.p50, ".2f")
-    row("TTFT p95 ms", a.ttft_ms.p95, b.ttft_ms.p95, ".2f")
-    row("TPOT p50 ms", a.tpot_ms.p50, b.tpot_ms.p50, ".3f")
-    row("TPOT p95 ms", a.tpot_ms.p95, b.tpot_ms.p95, ".3f")
-    row("tokens/s", a.tokens_per_s, b.tokens_per_s, ",.1f")
-    row("size MiB", a.model.size_mb, b.model.size_mb, ".2f")
-    row("load + first generation MiB", a.memory.session_peak_mb, b.memory.session_peak_mb, ".1f")
-    table.caption = (f"{report.summary} · prompt {a.prompt_length}, {a.new_tokens} new tokens, {a.runs} runs each "
-                     f"on {a.host.describe()}")
-    return table
-
-
-def print_generation_report(report: GenerationBenchReport | GenerationComparison) -> None:
-    """Print the human table for a generation bench or comparison report on stdout."""
-    from rich.console import Console
-
-    console = Console()
-    if isinstance(report, GenerationComparison):
-        console.print(render_generation_comparison(report))
-    else:
-        console.print(render_generation_bench(report))

@@ -82,7 +82,7 @@ class ForwardPass(ReleaseKind):
         return run_bench(model, profile, runs=runs, warmup=warmup, threads=threads, progress=progress, **workload)
 
     def print_report(self, report: object) -> None:
-        from export.runtime.bench import print_report
+        from export.runtime.render import print_report
 
         print_report(report)
 
@@ -143,7 +143,7 @@ class Generation(ReleaseKind):
                                     **workload)
 
     def print_report(self, report: object) -> None:
-        from export.runtime.generation_bench import print_generation_report
+        from export.runtime.render import print_generation_report
 
         print_generation_report(report)
 

@@ -1,0 +1,139 @@
+"""Bench reports for people: rich tables of one measurement or of two side by side.
+
+rich is imported inside the functions, so measuring never needs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from export.runtime.bench import BenchReport, ComparisonReport
+from export.runtime.generation_bench import GenerationBenchReport, GenerationComparison
+
+
+def _fmt_mb(value: float) -> str:
+    return f"{value:,.1f} MiB"
+
+
+def _latency_rows(r: BenchReport) -> list[tuple[str, str]]:
+    lat = r.latency
+    return [
+        ("p50 / p90 / p95 / p99", f"{lat.p50_ms:.3f} / {lat.p90_ms:.3f} / {lat.p95_ms:.3f} / {lat.p99_ms:.3f} ms"),
+        ("mean ± std", f"{lat.mean_ms:.3f} ± {lat.std_ms:.3f} ms"),
+        ("min / max", f"{lat.min_ms:.3f} / {lat.max_ms:.3f} ms"),
+        ("throughput", f"{r.throughput.inferences_per_s:,.1f} inferences/s, {r.throughput.samples_per_s:,.1f} samples/s"),
+    ]
+
+
+def render_bench(report: BenchReport) -> Any:
+    """A rich table for one bench report."""
+    from rich.table import Table
+
+    s, m, w = report.session, report.model, report.workload
+    table = Table(title=f"bench {Path(m.path).name} · profile {report.profile}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    files = f" ({len(m.files)} files)" if len(m.files) > 1 else ""
+    table.add_row("model", f"{m.path}{files}")
+    table.add_row("size", f"{m.size_mb:,.2f} MiB{files}")
+    table.add_row("providers used", ", ".join(s.providers_used) + f"  (requested {', '.join(s.providers_requested)})")
+    table.add_row("threads", f"intra {s.intra_op_threads or 'ORT default'}, inter {s.inter_op_threads or 'ORT default'}")
+    seq = f" × seq {w.sequence_length}" if w.sequence_length else ""
+    table.add_row("workload", f"batch {w.batch_size}{seq}, {w.inputs_source}")
+    table.add_row("session load", f"{s.load_s * 1000:.1f} ms")
+    table.add_row("first run", f"{s.first_run_ms:.3f} ms")
+    table.add_row("runs", f"{report.latency.runs} timed after {report.warmup} warm-up")
+    for name, value in _latency_rows(report):
+        table.add_row(name, value)
+    mem = report.memory
+    table.add_row("memory", f"session peak {_fmt_mb(mem.session_peak_mb)} (process RSS {_fmt_mb(mem.baseline_rss_mb)} → "
+                            f"peak {_fmt_mb(mem.peak_rss_mb)})")
+    table.add_row("host", report.host.describe())
+    if report.remote is not None:
+        table.add_row("measured on", f"{report.remote.target} over SSH, runtime {report.remote.runtime_sha256[:16]}, "
+                                     f"{report.remote.files_checked} files checked on arrival")
+    flags = ", ".join(report.host.relevant_flags) or "-"
+    table.add_row("cpu flags", flags)
+    for note in report.notes:
+        table.add_row("note", note)
+    return table
+
+
+def render_comparison(report: ComparisonReport) -> Any:
+    """A rich table with both models side by side and the speed ratio."""
+    a, b = report.model, report.other
+    return report.render("compare", [("p50 ms", a.latency.p50_ms, b.latency.p50_ms, ".3f"),
+                                     ("p95 ms", a.latency.p95_ms, b.latency.p95_ms, ".3f"),
+                                     ("p99 ms", a.latency.p99_ms, b.latency.p99_ms, ".3f"),
+                                     ("mean ms", a.latency.mean_ms, b.latency.mean_ms, ".3f"),
+                                     ("size MiB", a.model.size_mb, b.model.size_mb, ".2f"),
+                                     ("load + first run MiB", a.memory.session_peak_mb, b.memory.session_peak_mb, ".1f")],
+                         f"{a.latency.runs} runs each on {a.host.describe()}")
+
+
+def print_report(report: BenchReport | ComparisonReport) -> None:
+    """Print the human table for a bench or comparison report on stdout."""
+    from rich.console import Console
+
+    console = Console()
+    if isinstance(report, ComparisonReport):
+        console.print(render_comparison(report))
+    else:
+        console.print(render_bench(report))
+
+
+def render_generation_bench(report: GenerationBenchReport) -> Any:
+    """A rich table for one generation bench report."""
+    from rich.table import Table
+
+    s, m = report.session, report.model
+    table = Table(title=f"generation bench {Path(m.path).name} · profile {report.profile}", show_header=False,
+                  title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    files = f" ({len(m.files)} files)" if len(m.files) > 1 else ""
+    table.add_row("model", f"{m.path}{files}")
+    table.add_row("size", f"{m.size_mb:,.2f} MiB")
+    table.add_row("providers used", ", ".join(s.providers_used) + f"  (requested {', '.join(s.providers_requested)})")
+    table.add_row("threads", f"intra {s.intra_op_threads or 'ORT default'}, inter {s.inter_op_threads or 'ORT default'}")
+    table.add_row("workload", f"prompt {report.prompt_length} tokens ({report.prompt_source}), "
+                              f"{report.new_tokens} new tokens, greedy")
+    table.add_row("session load", f"{s.load_s * 1000:.1f} ms")
+    table.add_row("runs", f"{report.runs} timed after {report.warmup} warm-up")
+    t, p = report.ttft_ms, report.tpot_ms
+    table.add_row("time to first token", f"p50 {t.p50:.2f} / p95 {t.p95:.2f} ms (min {t.min:.2f}, max {t.max:.2f})")
+    table.add_row("time per output token", f"p50 {p.p50:.3f} / p95 {p.p95:.3f} ms (min {p.min:.3f}, max {p.max:.3f})")
+    table.add_row("tokens/s", f"{report.tokens_per_s:,.1f} end to end, {report.decode_tokens_per_s:,.1f} decoding")
+    mem = report.memory
+    table.add_row("memory", f"session peak {mem.session_peak_mb:,.1f} MiB (process RSS {mem.baseline_rss_mb:,.1f} → "
+                            f"peak {mem.peak_rss_mb:,.1f} MiB)")
+    table.add_row("host", report.host.describe())
+    if report.remote is not None:
+        table.add_row("measured on", f"{report.remote.target} over SSH, runtime {report.remote.runtime_sha256[:16]}, "
+                                     f"{report.remote.files_checked} files checked on arrival")
+    for note in report.notes:
+        table.add_row("note", note)
+    return table
+
+
+def render_generation_comparison(report: GenerationComparison) -> Any:
+    """A rich table with both models side by side and the ratios."""
+    a, b = report.model, report.other
+    return report.render("compare generation", [
+        ("TTFT p50 ms", a.ttft_ms.p50, b.ttft_ms.p50, ".2f"), ("TTFT p95 ms", a.ttft_ms.p95, b.ttft_ms.p95, ".2f"),
+        ("TPOT p50 ms", a.tpot_ms.p50, b.tpot_ms.p50, ".3f"), ("TPOT p95 ms", a.tpot_ms.p95, b.tpot_ms.p95, ".3f"),
+        ("tokens/s", a.tokens_per_s, b.tokens_per_s, ",.1f"), ("size MiB", a.model.size_mb, b.model.size_mb, ".2f"),
+        ("load + first generation MiB", a.memory.session_peak_mb, b.memory.session_peak_mb, ".1f"),
+    ], f"prompt {a.prompt_length}, {a.new_tokens} new tokens, {a.runs} runs each on {a.host.describe()}")
+
+
+def print_generation_report(report: GenerationBenchReport | GenerationComparison) -> None:
+    """Print the human table for a generation bench or comparison report on stdout."""
+    from rich.console import Console
+
+    console = Console()
+    if isinstance(report, GenerationComparison):
+        console.print(render_generation_comparison(report))
+    else:
+        console.print(render_generation_bench(report))
