@@ -102,3 +102,33 @@ def test_the_lm_held_out_split_is_capped() -> None:
     examples = [LMExample("", f"text number {i}") for i in range(2000)]
     train, held_out = split_lm_examples(examples, 0.5, seed=0, max_held_out=10)
     assert len(held_out) == 10 and len(train) == 1990 and not set(train) & set(held_out)
+
+
+def test_profiles_list_piped_never_cuts_a_name() -> None:
+    result = run_cli(["profiles", "list"])  # CliRunner's stdout is no terminal: as piped to grep
+    lines = [line for line in result.stdout.splitlines() if line.startswith("jetson-orin-nano ")]
+    assert len(lines) == 1 and "…" not in result.stdout
+    assert lines[0].split()[:2] == ["jetson-orin-nano", "jetson"]
+
+
+def test_debug_keeps_the_exit_code(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from compress.cli import main; main()", "--debug", "bench",
+                           str(tmp_path / "absent.onnx")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" in done.stderr and done.stderr.strip().splitlines()[-1] == \
+        f"error: model not found: {tmp_path / 'absent.onnx'}"
+
+
+def test_compare_tells_two_files_of_one_name_apart_by_their_folders(tmp_path: Path) -> None:
+    from tests.conftest import build_tiny_onnx
+
+    build_tiny_onnx((tmp_path / "student").mkdir() or tmp_path / "student" / "model.onnx")
+    build_tiny_onnx((tmp_path / "teacher").mkdir() or tmp_path / "teacher" / "model.onnx", hidden=24)
+    result = run_cli(["bench", str(tmp_path / "student" / "model.onnx"), "--compare",
+                      str(tmp_path / "teacher" / "model.onnx"), "--runs", "3", "--warmup", "0", "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    assert "student/model.onnx" in summary and "teacher/model.onnx" in summary

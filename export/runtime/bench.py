@@ -335,7 +335,7 @@ class Comparison:
 
 
 @dataclass
-class ComparisonReport(JsonReport, Comparison):
+class ComparisonReport(Comparison, JsonReport):
     """Two models measured in one process with interleaved runs.
 
     ``p50_ratio = other.p50 / model.p50``: 3.1 means ``model`` is 3.1x faster than ``other``.

@@ -146,7 +146,7 @@ class GenerationBenchReport(JsonReport, MeasuredRelease):
 
 
 @dataclass
-class GenerationComparison(JsonReport, Comparison):
+class GenerationComparison(Comparison, JsonReport):
     """Two causal LMs measured in one process with interleaved runs.
 
     Ratios are "how many times better ``model`` is": ``ttft_ratio = other.ttft.p50 / model.ttft.p50``,
