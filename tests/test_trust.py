@@ -112,3 +112,26 @@ def test_require_signature_without_a_trusted_key_is_a_usage_error(signed: Path) 
 def test_keys_are_never_overwritten(keys: dict[str, Path]) -> None:
     result = run_cli(["keys", "new", str(keys["key"].with_suffix(""))])
     assert result.exit_code == 2 and "never overwritten" in result.stderr
+
+
+def test_a_signed_bench_report_with_an_edited_host_is_refused(keys: dict[str, Path], tiny_onnx: Path,
+                                                              tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    signed = run_cli(["bench", str(tiny_onnx), "--runs", "3", "--warmup", "0", "--sign", str(keys["key"]),
+                      "--output", str(report)])
+    assert signed.exit_code == 0, signed.stderr
+    evidence = tmp_path / "quality.json"
+    evidence.write_text(json.dumps({"teacher_agreement": 0.99, "metric": "mean_cosine", "quantization_drop": 0.0}))
+    honest = run_cli(["gate", str(report), "--profile", "host", "--quality", str(evidence), "--trust", str(keys["pub"])])
+    assert honest.exit_code == 0, honest.stdout + honest.stderr
+    assert "a trusted key" in honest.stderr
+    data = json.loads(report.read_text())
+    data["host"].update(cpu_model="Cortex-A78AE", arch="aarch64", board_model="NVIDIA Jetson Orin Nano")
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(data))
+    refused = run_cli(["gate", str(forged), "--profile", "host", "--quality", str(evidence),
+                       "--trust", str(keys["pub"])])
+    assert refused.exit_code == 2 and "signature does not match the bench report" in refused.stderr
+    unsigned = tmp_path / "unsigned.json"
+    unsigned.write_text(json.dumps({k: v for k, v in data.items() if k != "signature"}))
+    assert "unsigned" in run_cli(["gate", str(unsigned), "--profile", "host", "--trust", str(keys["pub"])]).stderr

@@ -40,11 +40,14 @@ _POSITIVE = click.IntRange(min=1)
               help="Write the report JSON here (atomically).")
 @click.option("--on", "target", default=None, metavar="ssh://USER@BOARD",
               help="Measure on that board over SSH (or a board named in devices.yaml): the report is the board's.")
+@click.option("--sign", "key", default=None, type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
+              help="Sign the report with this private key (compress keys new), where it is measured: "
+                   "gate --trust KEY.pub then believes its host and numbers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout instead of the table.")
 def bench(model: Path, profile_name: str, batch_size: int | None, sequence_length: int | None,
           prompt_length: int | None, new_tokens: int | None, runs: int | None, warmup: int | None,
           inputs: Path | None, other: Path | None, threads: int | None, output: Path | None, target: str | None,
-          as_json: bool) -> None:
+          key: Path | None, as_json: bool) -> None:
     """Benchmark MODEL.onnx with a profile's execution providers, threads and workload.
 
     Records latency percentiles, throughput, memory, model size and what really ran (the
@@ -76,10 +79,17 @@ def bench(model: Path, profile_name: str, batch_size: int | None, sequence_lengt
     else:
         report = kind.bench(model, profile, runs=runs, warmup=warmup, threads=threads, progress=True, other=other,
                             **shape)
+    payload = report.to_dict()
+    if key is not None:
+        from export.runtime.signing import sign_report
+
+        payload = sign_report(payload, key)
     if output is not None:
-        report.to_json(output)
+        from export.base.files import atomic_write_json
+
+        atomic_write_json(output, payload)
     if as_json:
-        click.echo(report.to_json())
+        click.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
         return
     kind.print_report(report)
     if output is not None:

@@ -16,13 +16,15 @@ import click
 @click.option("--model", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="The model the report measured: its sha256 and size must match the report's. Default: the "
                    "report's own model path, when that file exists.")
+@click.option("--trust", multiple=True, type=click.Path(dir_okay=False, path_type=Path), metavar="KEY.pub",
+              help="Believe only a report signed where it was measured (bench --sign) by one of these keys.")
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the gate report JSON here (atomically).")
 @click.option("--junit", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write JUnit XML here: one testcase per budget.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gate report JSON on stdout instead of the table.")
-def gate(report_path: Path, profile_name: str, quality: Path | None, model: Path | None, output: Path | None,
-         junit: Path | None, as_json: bool) -> None:
+def gate(report_path: Path, profile_name: str, quality: Path | None, model: Path | None, trust: tuple[Path, ...],
+         output: Path | None, junit: Path | None, as_json: bool) -> None:
     """Check a bench report (encoder or generation) against a profile's budgets.
 
     \b
@@ -38,7 +40,13 @@ def gate(report_path: Path, profile_name: str, quality: Path | None, model: Path
     from export.base.report_json import read_json_object
 
     # An encoder's bench or a language model's generation bench; of a comparison, its first model.
-    kind = read_json_object(report_path, "bench report").get("kind")
+    raw = read_json_object(report_path, "bench report")
+    kind = raw.get("kind")
+    if trust:
+        from export.runtime.signing import check_report_signature, read_public_key
+
+        signer = check_report_signature(raw, [read_public_key(key) for key in trust])
+        click.echo(f"report signed by {signer}, a trusted key", err=True)
     report = read_gate_input(report_path)
     if kind in ("comparison", "generation_comparison"):
         click.echo(f"gating {Path(report.model.path).name}, the first model of the comparison", err=True)

@@ -103,7 +103,8 @@ def read_public_key(path: str | os.PathLike[str]) -> bytes:
     return raw
 
 
-def check_signature(manifest: bytes, signature_file: bytes, trusted: list[bytes]) -> ManifestSignature:
+def check_signature(manifest: bytes, signature_file: bytes, trusted: list[bytes], *,
+                    what: str = "manifest.json") -> ManifestSignature:
     """The signature in ``signature_file`` over ``manifest``; CompressError unless it verifies.
 
     With ``trusted`` keys the signer must be one of them; without, any key that verifies will do
@@ -126,12 +127,42 @@ def check_signature(manifest: bytes, signature_file: bytes, trusted: list[bytes]
     try:
         Ed25519PublicKey.from_public_bytes(raw_key).verify(raw_signature, manifest)
     except InvalidSignature:
-        raise CompressError(f"{SIGNATURE_FILE}: the signature does not match manifest.json: the manifest was "
-                            "changed after signing") from None
+        raise CompressError(f"the signature does not match {what}: it was changed after signing") from None
     if trusted and raw_key not in trusted:
         raise CompressError(f"signed by key {signature.key_id}, which is not among the trusted keys "
                             f"({', '.join(key_id(k) for k in trusted)})")
     return signature
+
+
+REPORT_SIGNATURE = "signature"
+
+
+def _canonical(report: dict[str, object]) -> bytes:
+    body = {key: value for key, value in report.items() if key != REPORT_SIGNATURE}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+
+
+def sign_report(report: dict[str, object], private_key: str | os.PathLike[str]) -> dict[str, object]:
+    """``report`` (a bench report as JSON) with a ``signature`` over all its other fields.
+
+    Made where the report is measured (``compress bench --sign KEY`` on the board), it turns the
+    report's host, numbers and model hash from a claim into evidence for ``gate --trust``.
+    """
+    key = _load_private(Path(private_key))
+    raw = _raw_public(key.public_key())
+    signature = ManifestSignature(ALGORITHM, key_id(raw), base64.b64encode(raw).decode(),
+                                  base64.b64encode(key.sign(_canonical(report))).decode())
+    return {**report, REPORT_SIGNATURE: asdict(signature)}
+
+
+def check_report_signature(report: dict[str, object], trusted: list[bytes]) -> str:
+    """The key id that signed ``report``; CompressError unless one of ``trusted`` did, over these exact fields."""
+    signed = report.get(REPORT_SIGNATURE)
+    if not isinstance(signed, dict):
+        raise CompressError("the bench report is unsigned, and --trust asks for a report signed by a trusted key "
+                            "(sign it where it is measured: compress bench --sign KEY)")
+    return check_signature(_canonical(report), json.dumps(signed).encode("utf-8"), trusted,
+                           what="the bench report").key_id
 
 
 def _load_private(path: Path) -> Ed25519PrivateKey:
