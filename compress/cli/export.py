@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from export.base.errors import CompressError
 from export.base.tasks import SUPPORTED_TASKS
 
 
@@ -30,6 +31,8 @@ def export(model_dir: Path, out_dir: Path, task: str, opset: int | None, samples
     """
     from export.onnx_export import export_model
 
+    if not model_dir.is_dir():
+        raise CompressError(f"model folder not found: {model_dir}")
     click.echo(f"exporting {model_dir} ...", err=True)
     result = export_model(model_dir, out_dir, task=task, opset=opset, samples=samples)
     if as_json:
