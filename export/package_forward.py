@@ -10,7 +10,7 @@ from export.base.errors import CompressError
 from export.base.files import read_json_dict
 from export.base.tasks import read_pooling
 from export.package_kind import (EXAMPLE_DIR, PackageKind, budget_text, fmt, host_words, markdown_table,
-                                 onnx_runtime_note, shape_text)
+                                 onnx_runtime_note, reference_setup, shape_text)
 from export.runtime.manifest import OutputInfo, ReferenceOutput
 from export.runtime.release_kind import FORWARD_PASS, ReleaseKind
 
@@ -51,17 +51,9 @@ class ForwardPassPackaging(PackageKind):
 
     def reference_output(self, model_dir: Path, model_path: Path, manifest: Manifest) -> ReferenceOutput:
         """The primary output for the reference sentence on this host (one thread, CPU: reproducible)."""
-        import onnxruntime as ort
-
         from export.runtime.example.run_model import PackagedModel
 
-        # Paths as they are in the run directory; the example reads everything else from the manifest.
-        local = manifest.to_json()
-        local["model"]["path"] = model_path.name
-        local["tokenizer"]["file"] = "tokenizer.json"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
+        local, options = reference_setup(manifest, model_path)
         model = PackagedModel(model_dir, providers=["CPUExecutionProvider"], manifest=local, session_options=options)
         values = model.answer([REFERENCE_SENTENCE])[0].ravel()
         return ReferenceOutput(sentence=REFERENCE_SENTENCE, values=[round(float(v), 6) for v in values])

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from export.base.errors import CompressError
 from export.base.files import read_json_dict
 from export.package_kind import (EXAMPLE_DIR, PackageKind, budget_text, fmt, host_words, markdown_table,
-                                 onnx_runtime_note, shape_text)
+                                 onnx_runtime_note, reference_setup, shape_text)
 from export.runtime.manifest import Manifest, OutputInfo, PromptFormat, ReferenceOutput, TokenizerInfo
 from export.runtime.release_kind import GENERATION, ReleaseKind
 
@@ -127,16 +127,9 @@ def _prompt_format(model_dir: Path, tokenizer: TokenizerInfo) -> PromptFormat:
 def _reference_output(model_dir: Path, model_path: Path, manifest: Manifest) -> ReferenceOutput:
     """The greedy answer to the reference prompt on this host (CPU, one thread: reproducible), made by
     the archive's own example program."""
-    import onnxruntime as ort
-
     from export.runtime.example.generate import Generator
 
-    local = manifest.to_json()  # paths as they are in the run directory
-    local["model"]["path"] = model_path.name
-    local["tokenizer"]["file"] = "tokenizer.json"
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
+    local, options = reference_setup(manifest, model_path)
     generator = Generator(model_dir, providers=["CPUExecutionProvider"], manifest=local, session_options=options)
     try:
         # Past an end-of-sequence token too: a short answer would leave too few tokens to compare.

@@ -107,3 +107,20 @@ def onnx_runtime_note(manifest: Manifest) -> str:
 
 def shape_text(spec: Any) -> str:
     return "[" + ", ".join(str(d) for d in spec.shape) + "]"
+
+
+def reference_setup(manifest: Manifest, model_path: Path) -> tuple[dict[str, Any], Any]:
+    """The manifest as the run directory lays the files out, and one-thread CPU session options.
+
+    The build host's reference answer is computed this way so that any device can reproduce it
+    (one thread: the same summation order).
+    """
+    import onnxruntime as ort
+
+    local = manifest.to_json()
+    local["model"]["path"] = model_path.name
+    local["tokenizer"]["file"] = "tokenizer.json"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return local, options

@@ -12,7 +12,8 @@ import yaml
 
 from export.base.errors import CompressError
 from export.base.files import sha256_file
-from export.runtime.bench import BenchReport, ComparisonReport, compare_bench, read_report, run_bench
+from export.runtime.bench import BenchReport, ComparisonReport, compare_bench, run_bench
+from export.runtime.release_kind import read_any_report
 from export.runtime.inputs import id_vocab_sizes, synthesize_inputs
 from export.runtime.profiles import load_profile
 from tests.cli_helpers import run_cli
@@ -172,7 +173,7 @@ def test_compare_interleaves_and_reports_the_ratio(tiny_onnx: Path, tmp_path: Pa
     result = run_cli(["bench", str(tiny_onnx), "--compare", str(bigger), *FAST, "--output", str(out)])
     assert result.exit_code == 0, result.stderr
     assert "x faster than" in result.stdout or "x slower than" in result.stdout
-    again = read_report(out)
+    again = read_any_report(out)
     assert isinstance(again, ComparisonReport) and again.p50_ratio > 0
 
 

@@ -17,7 +17,8 @@ from export.base.errors import CompressError
 from export.runtime.gate import QualityEvidence, gate, read_gate_input
 from export.runtime.generation import OnnxGenerator, is_generation_model
 from export.runtime.generation_bench import (GenerationBenchReport, GenerationComparison, compare_generation_bench,
-                                     read_generation_report, run_generation_bench)
+                                             run_generation_bench)
+from export.runtime.release_kind import read_any_report
 from export.runtime.profiles import list_profiles, load_profile
 from tests.cli_helpers import run_cli
 from tests.conftest import build_tiny_onnx
@@ -155,7 +156,7 @@ def test_bench_report_fields(bench_report: GenerationBenchReport, lms: dict[str,
     assert OnnxGenerator(lms["llama"]).generate(prompt, 12).tokens == r.sample_tokens
     again = GenerationBenchReport.from_json(r.to_json())
     assert again == r
-    assert read_generation_report(r.to_json()) == r
+    assert read_any_report(r.to_json()) == r
 
 
 def test_compare_generation_interleaved(lms: dict[str, Path], tmp_path: Path) -> None:

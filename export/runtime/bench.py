@@ -59,7 +59,7 @@ from export.runtime.inputs import (
     synthesize_inputs,
 )
 from export.runtime.profiles import Profile
-from export.base.report_json import SCHEMA_VERSION, JsonReport, read_json_object
+from export.base.report_json import SCHEMA_VERSION, JsonReport
 
 MIB = 2**20
 _log = logging.getLogger(__name__)
@@ -355,14 +355,6 @@ class ComparisonReport(Comparison, JsonReport):
     @property
     def ratio(self) -> float:
         return self.p50_ratio
-
-
-def read_report(path_or_text: str | os.PathLike[str]) -> BenchReport | ComparisonReport:
-    """A bench or comparison report, whichever the file holds."""
-    data = read_json_object(path_or_text, "bench report")
-    if data.get("kind") == "comparison":
-        return ComparisonReport.from_dict(data)
-    return BenchReport.from_dict(data)
 
 
 @dataclass

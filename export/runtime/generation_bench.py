@@ -46,7 +46,7 @@ from export.runtime.generation import GenerationOutput, OnnxGenerator, load_toke
 from export.runtime.host import HostInfo, detect_host
 from export.runtime.limits import check_bench_counts
 from export.runtime.profiles import Profile
-from export.base.report_json import SCHEMA_VERSION, JsonReport, read_json_object
+from export.base.report_json import SCHEMA_VERSION, JsonReport
 
 # Real English for the prompt, repeated to the prompt length: a tokenizer splits real text the way
 # it splits users' prompts (random ids can hit odd special tokens).
@@ -168,14 +168,6 @@ class GenerationComparison(Comparison, JsonReport):
     @property
     def ratio(self) -> float:
         return self.tokens_per_s_ratio
-
-
-def read_generation_report(path_or_text: str | os.PathLike[str]) -> GenerationBenchReport | GenerationComparison:
-    """A generation bench or comparison report, whichever the file holds."""
-    data = read_json_object(path_or_text, "generation bench report")
-    if data.get("kind") == "generation_comparison":
-        return GenerationComparison.from_dict(data)
-    return GenerationBenchReport.from_dict(data)
 
 
 # ---------------------------------------------------------------------------------------------

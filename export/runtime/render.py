@@ -26,38 +26,46 @@ def _latency_rows(r: BenchReport) -> list[tuple[str, str]]:
     ]
 
 
-def render_bench(report: BenchReport) -> Any:
-    """A rich table for one bench report."""
+def _render_one(report: BenchReport | GenerationBenchReport, title: str, rows: list[tuple[str, str]]) -> Any:
+    """The table every single report shares: the model, its session, ``rows`` (the kind's own), memory, host."""
     from rich.table import Table
 
-    s, m, w = report.session, report.model, report.workload
-    table = Table(title=f"bench {Path(m.path).name} · profile {report.profile}", show_header=False, title_justify="left")
+    s, m = report.session, report.model
+    table = Table(title=f"{title} {Path(m.path).name} · profile {report.profile}", show_header=False,
+                  title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     files = f" ({len(m.files)} files)" if len(m.files) > 1 else ""
     table.add_row("model", f"{m.path}{files}")
-    table.add_row("size", f"{m.size_mb:,.2f} MiB{files}")
+    table.add_row("size", f"{m.size_mb:,.2f} MiB")
     table.add_row("providers used", ", ".join(s.providers_used) + f"  (requested {', '.join(s.providers_requested)})")
     table.add_row("threads", f"intra {s.intra_op_threads or 'ORT default'}, inter {s.inter_op_threads or 'ORT default'}")
-    seq = f" × seq {w.sequence_length}" if w.sequence_length else ""
-    table.add_row("workload", f"batch {w.batch_size}{seq}, {w.inputs_source}")
     table.add_row("session load", f"{s.load_s * 1000:.1f} ms")
-    table.add_row("first run", f"{s.first_run_ms:.3f} ms")
-    table.add_row("runs", f"{report.latency.runs} timed after {report.warmup} warm-up")
-    for name, value in _latency_rows(report):
+    for name, value in rows:
         table.add_row(name, value)
     mem = report.memory
-    table.add_row("memory", f"session peak {_fmt_mb(mem.session_peak_mb)} (process RSS {_fmt_mb(mem.baseline_rss_mb)} → "
-                            f"peak {_fmt_mb(mem.peak_rss_mb)})")
+    table.add_row("memory", f"session peak {_fmt_mb(mem.session_peak_mb)} (process RSS {_fmt_mb(mem.baseline_rss_mb)} "
+                            f"→ peak {_fmt_mb(mem.peak_rss_mb)})")
     table.add_row("host", report.host.describe())
     if report.remote is not None:
         table.add_row("measured on", f"{report.remote.target} over SSH, runtime {report.remote.runtime_sha256[:16]}, "
                                      f"{report.remote.files_checked} files checked on arrival")
-    flags = ", ".join(report.host.relevant_flags) or "-"
-    table.add_row("cpu flags", flags)
+    table.add_row("cpu flags", ", ".join(report.host.relevant_flags) or "-")
     for note in report.notes:
         table.add_row("note", note)
     return table
+
+
+def render_bench(report: BenchReport) -> Any:
+    """A rich table for one bench report."""
+    s, w = report.session, report.workload
+    seq = f" × seq {w.sequence_length}" if w.sequence_length else ""
+    return _render_one(report, "bench", [
+        ("workload", f"batch {w.batch_size}{seq}, {w.inputs_source}"),
+        ("first run", f"{s.first_run_ms:.3f} ms"),
+        ("runs", f"{report.latency.runs} timed after {report.warmup} warm-up"),
+        *_latency_rows(report),
+    ])
 
 
 def render_comparison(report: ComparisonReport) -> Any:
@@ -85,36 +93,15 @@ def print_report(report: BenchReport | ComparisonReport) -> None:
 
 def render_generation_bench(report: GenerationBenchReport) -> Any:
     """A rich table for one generation bench report."""
-    from rich.table import Table
-
-    s, m = report.session, report.model
-    table = Table(title=f"generation bench {Path(m.path).name} · profile {report.profile}", show_header=False,
-                  title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    files = f" ({len(m.files)} files)" if len(m.files) > 1 else ""
-    table.add_row("model", f"{m.path}{files}")
-    table.add_row("size", f"{m.size_mb:,.2f} MiB")
-    table.add_row("providers used", ", ".join(s.providers_used) + f"  (requested {', '.join(s.providers_requested)})")
-    table.add_row("threads", f"intra {s.intra_op_threads or 'ORT default'}, inter {s.inter_op_threads or 'ORT default'}")
-    table.add_row("workload", f"prompt {report.prompt_length} tokens ({report.prompt_source}), "
-                              f"{report.new_tokens} new tokens, greedy")
-    table.add_row("session load", f"{s.load_s * 1000:.1f} ms")
-    table.add_row("runs", f"{report.runs} timed after {report.warmup} warm-up")
-    t, p = report.ttft_ms, report.tpot_ms
-    table.add_row("time to first token", f"p50 {t.p50:.2f} / p95 {t.p95:.2f} ms (min {t.min:.2f}, max {t.max:.2f})")
-    table.add_row("time per output token", f"p50 {p.p50:.3f} / p95 {p.p95:.3f} ms (min {p.min:.3f}, max {p.max:.3f})")
-    table.add_row("tokens/s", f"{report.tokens_per_s:,.1f} end to end, {report.decode_tokens_per_s:,.1f} decoding")
-    mem = report.memory
-    table.add_row("memory", f"session peak {mem.session_peak_mb:,.1f} MiB (process RSS {mem.baseline_rss_mb:,.1f} → "
-                            f"peak {mem.peak_rss_mb:,.1f} MiB)")
-    table.add_row("host", report.host.describe())
-    if report.remote is not None:
-        table.add_row("measured on", f"{report.remote.target} over SSH, runtime {report.remote.runtime_sha256[:16]}, "
-                                     f"{report.remote.files_checked} files checked on arrival")
-    for note in report.notes:
-        table.add_row("note", note)
-    return table
+    ttft, tpot = report.ttft_ms, report.tpot_ms
+    return _render_one(report, "generation bench", [
+        ("workload", f"prompt {report.prompt_length} tokens ({report.prompt_source}), {report.new_tokens} new tokens, "
+                     "greedy"),
+        ("runs", f"{report.runs} timed after {report.warmup} warm-up"),
+        ("time to first token", f"p50 {ttft.p50:.2f} / p95 {ttft.p95:.2f} ms (min {ttft.min:.2f}, max {ttft.max:.2f})"),
+        ("time per output token", f"p50 {tpot.p50:.3f} / p95 {tpot.p95:.3f} ms (min {tpot.min:.3f}, max {tpot.max:.3f})"),
+        ("tokens/s", f"{report.tokens_per_s:,.1f} end to end, {report.decode_tokens_per_s:,.1f} decoding"),
+    ])
 
 
 def render_generation_comparison(report: GenerationComparison) -> Any:
