@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -61,20 +62,62 @@ def test_layer_student_copies_the_chosen_teacher_layers(tiny_encoder: Path) -> N
     assert torch.equal(student.model.embeddings.word_embeddings.weight, teacher.model.embeddings.word_embeddings.weight)
 
 
-def test_narrower_student_starts_from_teacher_slices_with_a_projection(tiny_encoder: Path) -> None:
+def test_narrower_student_starts_from_the_teacher_s_chosen_units_with_a_projection(tiny_encoder: Path) -> None:
     import torch
+
+    from compress.distill.width import choose_width
 
     teacher = load_teacher(tiny_encoder)
     plan = plan_student(parse_student_spec("layers=2,hidden=16,heads=2,ffn=32"), teacher.model.config)
     student = build_student(teacher.model, plan)
     config = student.model.config
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (2, 16, 2, 32)
-    t_weight = teacher.model.encoder.layer[plan.teacher_layers[1]].intermediate.dense.weight
-    assert torch.equal(student.model.encoder.layer[1].intermediate.dense.weight, t_weight[:32, :16])
+    choice = choose_width(teacher.model, 16, 2, 32)
+    layer = plan.teacher_layers[1]
+    t_weight = teacher.model.encoder.layer[layer].intermediate.dense.weight
+    expected = t_weight[choice.neurons[layer]][:, choice.hidden]
+    assert torch.equal(student.model.encoder.layer[1].intermediate.dense.weight, expected)
     assert student.projection.in_features == 16 and student.projection.out_features == 32
-    # Starts as the identity onto the teacher's leading units.
+    # Starts as the identity onto the teacher units the student kept.
     x = torch.randn(3, 16)
-    assert torch.allclose(student.projection(x)[:, :16], x) and torch.all(student.projection(x)[:, 16:] == 0)
+    y = student.projection(x)
+    assert torch.allclose(y[:, choice.hidden], x)
+    assert torch.all(y[:, [u for u in range(32) if u not in choice.hidden]] == 0)
+
+
+def test_importance_beats_leading_unit_slicing_on_initial_agreement(tiny_encoder: Path, sentences: list[str]) -> None:
+    """A teacher whose leading FFN neurons do almost nothing: a student that keeps the leading half
+    starts far from it, one that keeps the neurons of largest activation starts close."""
+    import torch
+
+    from compress.distill.student import copy_teacher_weights, make_projection, student_config
+    from export.torch_model import embed
+
+    teacher = load_teacher(tiny_encoder)
+    ffn = int(teacher.model.config.intermediate_size)
+    with torch.no_grad():
+        for layer in teacher.model.encoder.layer:
+            layer.output.dense.weight[:, : ffn // 2] *= 0.01  # their output barely reaches the residual stream
+            layer.output.dense.weight[:, ffn // 2:] *= 30.0  # and theirs dominates it
+            layer.intermediate.dense.weight[: ffn // 2] *= 0.01
+    plan = plan_student(parse_student_spec(f"layers=4,hidden=32,ffn={ffn // 2}"), teacher.model.config)
+    assert plan.slimmer and not plan.narrower
+    calibration = dict(teacher.tokenizer(sentences[16:48], padding=True, truncation=True, max_length=64,
+                                         return_tensors="pt"))
+    chosen = build_student(teacher.model, plan, calibration)
+    leading = type(teacher.model)(student_config(teacher.model.config, plan))
+    copy_teacher_weights(leading, teacher.model, plan.teacher_layers, None)
+
+    batch = dict(teacher.tokenizer(sentences[:16], padding=True, truncation=True, max_length=64, return_tensors="pt"))
+    with torch.no_grad():
+        target = embed(teacher.model, batch, teacher.pooling)
+
+        def agreement(model: torch.nn.Module) -> float:
+            return float(torch.nn.functional.cosine_similarity(embed(model.eval(), batch, teacher.pooling), target).mean())
+
+        important, start = agreement(chosen.model), agreement(leading)
+    assert important > start + 0.05, (important, start)
+    assert make_projection(16, 32, list(range(16, 32))).weight[16:, :].diag().eq(1).all()
 
 
 def test_student_from_a_config_json_file(tiny_encoder: Path, tmp_path: Path) -> None:

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 STUDENT_DIR = "student"
 CHECKPOINT_DIR = "checkpoints/last"
+# Training texts a narrower student's heads and FFN neurons are chosen on (compress.distill.width).
+CALIBRATION_TEXTS = 64
 HISTORY_FILE = "loss_history.json"
 CURVE_FILE = "loss_curve.png"
 HELD_OUT_FILE = "held_out.jsonl"
@@ -226,7 +228,8 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
                            attn_implementation=attention)
     teacher.name = teacher_name
     student_text, why = resolve_student_text(config, profile)
-    student, plan = _make_student(config, student_text, teacher.model, task, teacher_dir)
+    calibration = [example.text for example in split.train[:CALIBRATION_TEXTS]]
+    student, plan = _make_student(config, student_text, teacher, task, calibration)
     if attention:
         student.model.set_attn_implementation("eager")
     if not config.dropout:
@@ -338,8 +341,11 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     )
 
 
-def _make_student(config: DistillConfig, student_text: str, teacher_model: Any, task: Task,
-                  teacher_dir: Path) -> tuple[Student, StudentPlan | None]:
+def _make_student(config: DistillConfig, student_text: str, teacher: Any, task: Task,
+                  calibration: list[str]) -> tuple[Student, StudentPlan | None]:
+    """The student: an existing folder, or one built from the teacher (a narrower one choosing its heads
+    and FFN neurons by their activations on ``calibration``, texts of the training split)."""
+    teacher_model = teacher.model
     if config.init_student is not None:
         student = load_student(Path(config.init_student), task, int(teacher_model.config.hidden_size),
                                int(teacher_model.config.num_hidden_layers))
@@ -349,7 +355,13 @@ def _make_student(config: DistillConfig, student_text: str, teacher_model: Any, 
                                 f"{teacher_model.config.vocab_size}; the student must keep the teacher's tokenizer")
         return student, None
     plan = plan_student(parse_student_spec(student_text), teacher_model.config)
-    return build_student(teacher_model, plan), plan
+    batch = None
+    if plan.slimmer and calibration:
+        device = next(teacher_model.parameters()).device
+        encoded = teacher.tokenizer(calibration, padding=True, truncation=True, max_length=config.max_length,
+                                    return_tensors="pt")
+        batch = {name: tensor.to(device) for name, tensor in encoded.items()}
+    return build_student(teacher_model, plan, batch), plan
 
 
 def _describe(student: Student, plan: StudentPlan | None) -> str:

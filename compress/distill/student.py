@@ -27,12 +27,15 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from export.base.errors import CompressError
 from export.base.files import atomic_directory, atomic_write_json
 from export.base.tasks import Pooling, Task, is_sentence_transformer
 from export.torch_model import DENSE_FOLDER, read_dense
+
+if TYPE_CHECKING:
+    from compress.distill.width import WidthChoice
 
 SPEC_KEYS = ("layers", "hidden", "heads", "ffn")
 _FFN_ATTRIBUTES = ("intermediate_size", "hidden_dim", "ffn_dim", "encoder_ffn_dim")
@@ -70,6 +73,8 @@ class StudentPlan:
     ffn: int
     teacher_hidden: int
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    teacher_heads: int | None = None
+    teacher_ffn: int | None = None
 
     @property
     def num_layers(self) -> int:
@@ -78,6 +83,12 @@ class StudentPlan:
     @property
     def narrower(self) -> bool:
         return self.hidden != self.teacher_hidden
+
+    @property
+    def slimmer(self) -> bool:
+        """Narrower, or with fewer heads or FFN neurons per layer than the teacher: units must be chosen."""
+        return self.narrower or self.teacher_heads is not None and self.heads < self.teacher_heads \
+            or self.teacher_ffn is not None and self.ffn < self.teacher_ffn
 
     def describe(self) -> str:
         layers = ",".join(str(i) for i in self.teacher_layers)
@@ -216,7 +227,8 @@ def plan_student(spec: StudentSpec, teacher_config: Any) -> StudentPlan:
     ffn = spec.ffn or (teacher_ffn if hidden == teacher_hidden else max(1, teacher_ffn * hidden // teacher_hidden))
     if ffn <= 0:
         raise CompressError(f"{where}: ffn must be positive")
-    return StudentPlan(tuple(layers), hidden, heads, ffn, teacher_hidden, dict(spec.config_overrides))
+    return StudentPlan(tuple(layers), hidden, heads, ffn, teacher_hidden, dict(spec.config_overrides),
+                       teacher_heads=int(teacher_config.num_attention_heads), teacher_ffn=teacher_ffn)
 
 
 def student_config(teacher_config: Any, plan: StudentPlan) -> Any:
@@ -231,54 +243,73 @@ def student_config(teacher_config: Any, plan: StudentPlan) -> Any:
     return config
 
 
-def build_student(teacher_model: Any, plan: StudentPlan) -> Student:
-    """A student shaped by ``plan``, initialised from a full-precision teacher's weights."""
+def build_student(teacher_model: Any, plan: StudentPlan, calibration: dict[str, Any] | None = None) -> Student:
+    """A student shaped by ``plan``, initialised from a full-precision teacher's weights.
+
+    A narrower student starts from the teacher's most important hidden units, heads and FFN
+    neurons (:mod:`compress.distill.width`), measured on ``calibration`` (a tokenized batch of
+    real text) when given, not from its leading ones.
+    """
     import torch
+
+    from compress.distill.width import choose_width
 
     config = student_config(teacher_model.config, plan)
     torch.manual_seed(0)  # the parts not copied from the teacher start the same on every run
     model = type(teacher_model)(config)
-    copy_teacher_weights(model, teacher_model, plan.teacher_layers)
-    projection = make_projection(plan.hidden, plan.teacher_hidden) if plan.narrower else None
+    choice = choose_width(teacher_model, plan.hidden, plan.heads, plan.ffn, calibration) if plan.slimmer else None
+    copy_teacher_weights(model, teacher_model, plan.teacher_layers, choice)
+    projection = make_projection(plan.hidden, plan.teacher_hidden, choice.hidden if choice else None) \
+        if plan.narrower else None
     return Student(model.float().train(), projection, plan.teacher_layers)
 
 
-def copy_teacher_weights(student: Any, teacher: Any, teacher_layers: tuple[int, ...]) -> None:
-    """Copy each student tensor from its teacher counterpart (remapped layer, leading slice)."""
+def copy_teacher_weights(student: Any, teacher: Any, teacher_layers: tuple[int, ...],
+                         choice: WidthChoice | None = None) -> None:
+    """Copy each student tensor from its teacher counterpart: the remapped layer, and the units
+    ``choice`` keeps (the leading slice where there is no choice, or the tensor is not known by name)."""
     import torch
+
+    from compress.distill.width import gather
 
     source = teacher.state_dict()
 
-    def teacher_name(name: str) -> str:
+    def teacher_name(name: str) -> tuple[str, int | None]:
         match = _LAYER_INDEX.search(name)
         if not match:
-            return name
+            return name, None
         index = teacher_layers[int(match.group(2))]
-        return f"{name[:match.start()]}.{match.group(1)}.{index}.{name[match.end():]}"
+        return f"{name[:match.start()]}.{match.group(1)}.{index}.{name[match.end():]}", index
 
     with torch.no_grad():
         for name, tensor in student.state_dict().items():
-            origin = source.get(teacher_name(name))
+            origin_name, layer = teacher_name(name)
+            origin = source.get(origin_name)
             if origin is None or origin.dim() != tensor.dim():
+                continue
+            picked = gather(origin, name, layer, choice, tuple(tensor.shape)) if choice is not None else None
+            if picked is not None:
+                tensor.copy_(picked.to(tensor.dtype))
                 continue
             region = tuple(slice(0, min(a, b)) for a, b in zip(tensor.shape, origin.shape))
             tensor[region].copy_(origin[region].to(tensor.dtype))
 
 
-def make_projection(student_hidden: int, teacher_hidden: int) -> Any:
-    """Linear student -> teacher hidden, starting as the identity onto the teacher's leading units.
+def make_projection(student_hidden: int, teacher_hidden: int, kept: list[int] | None = None) -> Any:
+    """Linear student -> teacher hidden, starting as the identity onto the teacher units the student kept.
 
-    The narrower student starts from the teacher's leading hidden units, so this is where its
-    states already sit in the teacher's space.
+    The narrower student's unit ``i`` starts as the teacher's unit ``kept[i]`` (the leading units
+    when ``kept`` is None), so that is where its states already sit in the teacher's space.
     """
     import torch
 
     projection = torch.nn.Linear(student_hidden, teacher_hidden)
+    units = kept if kept is not None else list(range(min(student_hidden, teacher_hidden)))
     with torch.no_grad():
         projection.weight.zero_()
         projection.bias.zero_()
-        size = min(student_hidden, teacher_hidden)
-        projection.weight[:size, :size] = torch.eye(size)
+        for column, unit in enumerate(units[:student_hidden]):
+            projection.weight[unit, column] = 1.0
     return projection
 
 
