@@ -1,3 +1,3 @@
 """The tool's version: recorded in every stage record, run summary and manifest."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
