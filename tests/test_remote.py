@@ -258,3 +258,26 @@ def test_the_chain_benches_and_gates_on_the_board(lab: Path, servers: dict[str, 
     assert Path(bench["model"]["path"]).resolve() == (lab / "run" / final).resolve()  # named as it is here
     assert json.loads((lab / "run" / "bench" / "stage.json").read_text())["params"]["on"] == "board"
     assert left_on(servers["board"]) == []
+
+
+def test_the_runtime_zipapp_is_reproducible_and_runs_with_python_alone(tmp_path: Path) -> None:
+    from export.remote import build_runtime
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, digest = build_runtime(tmp_path / "a")
+    _, again = build_runtime(tmp_path / "b")
+    assert digest == again  # the sha256 a report records names the same runtime every time
+    build_tiny_onnx(tmp_path / "tiny.onnx")
+    checked = subprocess.run([sys.executable, str(first), "check"], capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["missing"] == []
+    profile = load_profile("host").source
+    bench = subprocess.run([sys.executable, str(first), "bench", "tiny.onnx", "--profile", str(profile), "--runs", "3",
+                            "--warmup", "0"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bench.returncode == 0, bench.stderr
+    assert json.loads(bench.stdout)["latency"]["runs"] == 3
+    broken = subprocess.run([sys.executable, str(first), "bench", "absent.onnx", "--profile", str(profile)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert broken.returncode == 2 and json.loads(broken.stdout) == {"error": "model not found: absent.onnx"}
