@@ -142,6 +142,36 @@ def test_verify_gate_is_unverified_off_target(release_archive: Path, scratch: Pa
     assert any("gated against raspberry-pi-5" in note for note in report["notes"])
 
 
+def test_verify_gate_says_when_the_carried_shipped_profile_differs(release_archive: Path, tmp_path: Path,
+                                                                    scratch: Path) -> None:
+    # The archive carries the host profile as it was at build time; this tool's copy now has a stricter
+    # p50. The gate reads this tool's copy (an edited copy must not pass for a shipped profile) and says so.
+    def loosen_p50(items):
+        carried = next(data for info, data in items if info.name == f"{TOP}/profile.yaml").decode()
+        assert "p50: 500" in carried
+        changed = carried.replace("p50: 500", "p50: 100000").encode()
+        manifest = json.loads(next(data for info, data in items if info.name == f"{TOP}/manifest.json"))
+        for record in manifest["files"]:
+            if record["path"] == "profile.yaml":
+                record.update(size=len(changed), sha256=hashlib.sha256(changed).hexdigest())
+        replaced = {"profile.yaml": changed, "manifest.json": json.dumps(manifest, indent=2).encode()}
+        return [(info, replaced.get(info.name.removeprefix(f"{TOP}/"), data)) for info, data in items]
+
+    archive = rewrite(release_archive, tmp_path / "older-profile.tar.gz", loosen_p50)
+    result = run_cli(["verify", str(archive), "--gate", "--runs", "5", "--warmup", "1", "--json"])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["gate"]["profile"] == "host"
+    p50 = next(check for check in report["gate"]["checks"] if check["name"] == "latency_ms.p50")
+    assert p50["budget"] == 500  # this tool's copy, not the archive's
+    assert ("the archive's profile.yaml differs from this tool's host profile (budgets.latency_ms.p50); "
+            "gated against this tool's copy") in report["notes"]
+    # The archive as packaged carries the same settings as this tool's copy: no such note.
+    plain = run_cli(["verify", str(release_archive), "--gate", "--runs", "5", "--warmup", "1", "--json"])
+    assert not any("differs from this tool's" in note for note in json.loads(plain.stdout)["notes"])
+    assert list(scratch.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals: each one line, exit 2, nothing left behind
 # ---------------------------------------------------------------------------------------------

@@ -293,6 +293,43 @@ def load_carried_profile(path: str | Path) -> Profile:
     return load_profile_file(path)
 
 
+def carried_profile_drift(path: str | Path) -> str | None:
+    """How a carried profile that bears a shipped name differs from this tool's copy, or None.
+
+    ``load_carried_profile`` gates against this tool's copy; when the profile changed between the
+    release's build and now (or the carried copy was edited), the user should hear which settings moved.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size > MAX_PROFILE_BYTES:
+        return None
+    try:
+        carried = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+    if not isinstance(carried, dict):
+        return None
+    shipped_path = _shipped_files().get(str(carried.get("name")))
+    if shipped_path is None:
+        return None
+    shipped = yaml.safe_load(shipped_path.read_text(encoding="utf-8")) or {}
+    moved = sorted(_changed_keys(carried, shipped))
+    if not moved:
+        return None
+    shown = ", ".join(moved[:4]) + (f" and {len(moved) - 4} more" if len(moved) > 4 else "")
+    return (f"the archive's {path.name} differs from this tool's {carried['name']} profile ({shown}); "
+            "gated against this tool's copy")
+
+
+def _changed_keys(left: object, right: object, prefix: str = "") -> set[str]:
+    """Dotted keys whose values differ between two parsed YAML mappings."""
+    if isinstance(left, dict) and isinstance(right, dict):
+        changed: set[str] = set()
+        for key in set(left) | set(right):
+            changed |= _changed_keys(left.get(key), right.get(key), f"{prefix}{key}.")
+        return changed
+    return set() if left == right else {prefix.rstrip(".")}
+
+
 def _shipped_names() -> set[str]:
     """Every shipped profile's name and alias, read without validating (no recursion into this check)."""
     names: set[str] = set()

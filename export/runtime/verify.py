@@ -177,12 +177,15 @@ def _gate_here(report: VerifyReport, root: Path, manifest: Manifest, archive: Pa
                runs: int, warmup: int, progress: bool) -> None:
     """Benchmark and gate on this machine; fills ``report.bench``, ``report.gate`` and ``report.verdict``."""
     from export.runtime.gate import QualityEvidence, gate
-    from export.runtime.profiles import load_carried_profile, load_profile
+    from export.runtime.profiles import carried_profile_drift, load_carried_profile, load_profile
 
     if profile_name is not None:
         profile = load_profile(profile_name)
     elif (root / "profile.yaml").is_file():
         profile = load_carried_profile(root / "profile.yaml")
+        drift = carried_profile_drift(root / "profile.yaml")
+        if drift:
+            report.notes.append(drift)
     else:
         profile = load_profile(manifest.profile)
     bench = kind_of_task(manifest.task).bench_archive(root, manifest, profile, runs=runs, warmup=warmup,
