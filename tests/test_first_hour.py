@@ -75,6 +75,24 @@ def test_progress_off_a_terminal_is_plain_lines_with_a_loss_from_the_first_step(
     assert "distill: step 1, loss 0.7310, 30 samples/s" in text
 
 
+def test_time_left_follows_the_pace_of_the_steps_not_the_setup_before_them() -> None:
+    from compress.distill.progress import Reporter, StepReport
+
+    def at(step: int, elapsed_s: float) -> StepReport:
+        return StepReport(step=step, epoch=0.0, loss=1.0, lr=1e-4, samples_per_s=1.0, elapsed_s=elapsed_s,
+                          progress=step / 100)
+
+    # 60 s of held-out scoring before the first step, then 1 s a step: 90 steps at 1 s are left at step 10.
+    reporter = Reporter(show_progress=False)
+    reporter.start("distill")
+    reporter.time_left(at(1, 61.0))
+    assert reporter.time_left(at(10, 70.0)) == pytest.approx(90.0)
+    # A new start (a resumed session) measures its own pace.
+    reporter.start("distill")
+    reporter.time_left(at(50, 500.0))
+    assert reporter.time_left(at(60, 520.0)) == pytest.approx(80.0)
+
+
 def test_the_encoder_trainer_reports_a_loss_before_its_first_log_line(tiny_encoder: Path, tmp_path: Path) -> None:
     import math
 

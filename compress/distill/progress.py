@@ -41,6 +41,7 @@ class Reporter:
         self._console: Any = console
         self._plain: str | None = None  # the description, while a plain-line progress runs
         self._last_plain = 0.0
+        self._pace_from: StepReport | None = None
 
     @property
     def console(self) -> Any:
@@ -57,6 +58,7 @@ class Reporter:
         self.console.print(f"warning: {text}", markup=False, style="yellow")
 
     def start(self, description: str) -> None:
+        self._pace_from = None
         if not self.show_progress:
             return
         if not self.console.is_terminal:
@@ -79,7 +81,7 @@ class Reporter:
 
     def step(self, report: StepReport) -> None:
         """Called after every optimizer step."""
-        left = report.elapsed_s * (1 - report.progress) / report.progress if report.progress > 0 else 0.0
+        left = self.time_left(report)
         if self._plain is not None:
             now = time.monotonic()
             if now - self._last_plain >= PLAIN_EVERY_S or report.progress >= 1:
@@ -91,6 +93,20 @@ class Reporter:
             return
         self._progress.update(self._task, completed=report.progress, step=report.step, loss=f"{report.loss:.4f}",
                               speed=f"{report.samples_per_s:.0f}", left=_duration(left))
+
+    def time_left(self, report: StepReport) -> float:
+        """Seconds left at the pace since the first step of this session.
+
+        The elapsed time before the first step (loading, scoring the held-out split with the teacher,
+        earlier sessions of a resumed run) says nothing about the pace of the steps to come.
+        """
+        first = self._pace_from
+        if first is None:
+            self._pace_from = report
+        elif report.progress > first.progress and report.elapsed_s > first.elapsed_s:
+            pace = (report.elapsed_s - first.elapsed_s) / (report.progress - first.progress)
+            return max(0.0, pace * (1 - report.progress))
+        return report.elapsed_s * (1 - report.progress) / report.progress if report.progress > 0 else 0.0
 
     def stop(self) -> None:
         self._plain = None
