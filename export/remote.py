@@ -26,7 +26,7 @@ import socket
 import subprocess
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ class Target:
     profile: str | None = None  # devices.yaml: the board's profile
     workdir: str = "/tmp"  # where the per-run folder is made on the board
     python: str = "python3"
+    key: str | None = None  # devices.yaml: a signing key on the board; its reports come back signed there
 
 
 def parse_target(text: str, devices_file: Path | None = None) -> Target:
@@ -71,7 +72,8 @@ def parse_target(text: str, devices_file: Path | None = None) -> Target:
             if isinstance(entry, dict) and "address" in entry:
                 inner = parse_target(str(entry["address"]))
                 return Target(inner.destination, inner.port, label=text, profile=entry.get("profile"),
-                              workdir=str(entry.get("workdir", "/tmp")), python=str(entry.get("python", "python3")))
+                              workdir=str(entry.get("workdir", "/tmp")), python=str(entry.get("python", "python3")),
+                              key=str(entry["key"]) if entry.get("key") else None)
     raise CompressError(f"--on {text!r}: expected ssh://[user@]host[:port] or a board named in devices.yaml")
 
 
@@ -204,9 +206,11 @@ def build_runtime(folder: Path) -> tuple[Path, str]:
 # What the commands do there
 
 
-def run_remote(target: Target, files: dict[str, Path], command: list[str]) -> tuple[dict[str, Any], RemoteRun]:
+def run_remote(target: Target, files: dict[str, Path],
+               command: list[str] | Callable[[RemoteRun], list[str]]) -> tuple[dict[str, Any], RemoteRun]:
     """Send the runtime and ``files`` (name on the board -> local path) to a fresh folder there, check
-    them, and run ``command`` in that folder.
+    them, and run ``command`` in that folder (a function of how it is run, when the board must
+    write that into its report).
 
     Returns the command's JSON report and how it was measured; nothing is written locally.
     """
@@ -216,6 +220,10 @@ def run_remote(target: Target, files: dict[str, Path], command: list[str]) -> tu
         sent = {runtime.name: runtime, **files}
         names = list(sent)
         expected = {name: _sha256(path) for name, path in sent.items()}
+        run = RemoteRun(target=target.label or target.destination, runtime_sha256=runtime_sha,
+                        files_checked=len(sent))
+        if callable(command):
+            command = command(run)
         with board.workspace() as folder:
             board.upload(sent, folder)
             python = shlex.quote(target.python)
@@ -227,8 +235,7 @@ def run_remote(target: Target, files: dict[str, Path], command: list[str]) -> tu
                 raise CompressError(f"{target.label}: {', '.join(wrong)} arrived damaged (sha256 differs)")
             report = _json(board.run(f"cd {shlex.quote(folder)} && {python} {pyz} "
                                      + " ".join(shlex.quote(part) for part in command)), target)
-    return report, RemoteRun(target=target.label or target.destination, runtime_sha256=runtime_sha,
-                             files_checked=len(sent))
+    return report, run
 
 
 def model_files(model: Path, under: str) -> dict[str, Path]:
@@ -265,23 +272,25 @@ def _sha256(path: Path) -> str:
 
 def remote_bench(target: Target, model: Path, profile_file: Path, *, other: Path | None = None, runs: int,
                  warmup: int, threads: int | None = None, **workload: int | None) -> dict[str, Any]:
-    """``compress bench`` on the board: the report as JSON, with ``remote`` saying where and through what."""
+    """``compress bench`` on the board: the report as JSON, with ``remote`` saying where and through what.
+
+    The board writes the model paths as they are here and the ``remote`` field itself, so that a
+    board with a signing key (``key:`` in devices.yaml) signs the report exactly as the host keeps it.
+    """
     files = {**model_files(model, "model"), "profile.yaml": profile_file}
-    command = ["bench", f"model/{model.name}", "--profile", "profile.yaml", "--runs", str(runs), "--warmup", str(warmup)]
+    command = ["bench", f"model/{model.name}", "--profile", "profile.yaml", "--runs", str(runs), "--warmup", str(warmup),
+               "--model-label", str(model)]
     if other is not None:
         files.update(model_files(other, "other"))
-        command += ["--other", f"other/{other.name}"]
+        command += ["--other", f"other/{other.name}", "--other-label", str(other)]
     if threads is not None:
         command += ["--threads", str(threads)]
     for name, value in workload.items():
         if value is not None:
             command += [f"--{name.replace('_', '-')}", str(value)]
-    report, run = run_remote(target, files, command)
-    # Paths as they are here, not in the board's temporary folder; each report says where it was measured.
-    for part, path in (((report["model"], model), (report["other"], other)) if "other" in report else
-                       ((report, model),)):
-        part["model"]["path"] = str(path)
-        part["remote"] = dataclasses.asdict(run)
+    if target.key:
+        command += ["--sign", target.key]
+    report, _ = run_remote(target, files, lambda run: [*command, "--remote", json.dumps(dataclasses.asdict(run))])
     return report
 
 

@@ -243,6 +243,40 @@ def test_a_dropped_connection_leaves_nothing_here_and_the_next_run_cleans_the_bo
         server.stop()
 
 
+def test_a_board_with_its_own_key_signs_what_it_measures(lab: Path, servers: dict[str, Server]) -> None:
+    # The key lives on the board (here: the board's home); the host never holds it.
+    board_home = servers["board"].home
+    assert run_cli(["keys", "new", str(board_home / "board")]).exit_code == 0
+    devices = yaml.safe_load((lab / "devices.yaml").read_text())
+    devices["signer"] = {**devices["board"], "key": str(board_home / "board.key")}
+    devices["keyless"] = {**devices["board"], "key": str(board_home / "missing.key")}
+    (lab / "devices.yaml").write_text(yaml.safe_dump(devices))
+    profile = this_machine_profile(lab)
+
+    bench = run_cli(["bench", "tiny.onnx", "--profile", str(profile), "--on", "signer", "--runs", "5",
+                     "--output", "signed.json"])
+    assert bench.exit_code == 0, bench.stderr
+    report = json.loads((lab / "signed.json").read_text())
+    assert report["remote"]["target"] == "signer" and report["model"]["path"] == "tiny.onnx"
+    (lab / "quality.json").write_text(json.dumps({"teacher_agreement": 0.99, "metric": "mean_cosine",
+                                                  "quantization_drop": 0.0}))
+    trusted = run_cli(["gate", "signed.json", "--profile", str(profile), "--quality", "quality.json",
+                       "--trust", str(board_home / "board.pub")])
+    assert trusted.exit_code in (0, 1) and "a trusted key" in trusted.stderr, trusted.stdout + trusted.stderr
+
+    report["host"]["cpu_model"] = "NVIDIA Jetson Orin Nano"  # a claim edited after the board signed
+    (lab / "forged.json").write_text(json.dumps(report))
+    forged = run_cli(["gate", "forged.json", "--profile", str(profile), "--quality", "quality.json",
+                      "--trust", str(board_home / "board.pub")])
+    assert forged.exit_code == 2 and "changed after signing" in forged.stderr
+
+    twice = run_cli(["bench", "tiny.onnx", "--on", "signer", "--sign", str(board_home / "board.key")])
+    assert twice.exit_code == 2 and "drop --sign" in twice.stderr
+    missing = run_cli(["bench", "tiny.onnx", "--on", "keyless", "--runs", "5"])
+    assert missing.exit_code == 2 and "signing key not found" in missing.stderr, missing.stderr
+    assert left_on(servers["board"]) == []
+
+
 def test_the_chain_benches_and_gates_on_the_board(lab: Path, servers: dict[str, Server], tiny_encoder: Path) -> None:
     from tests.conftest import real_sentences
 

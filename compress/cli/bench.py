@@ -73,13 +73,19 @@ def bench(model: Path, profile_name: str, batch_size: int | None, sequence_lengt
         if inputs is not None:
             raise CompressError("--inputs with --on: the samples file is not sent to the board; drop one of them")
         board = parse_target(target)
+        if board.key and key is not None:
+            raise CompressError(f"--sign: {board.label} signs its reports with its own key (devices.yaml key:); "
+                                "drop --sign")
         click.echo(f"measuring on {board.label} over SSH ...", err=True)
-        report = read_any_report(json.dumps(remote_bench(board, model, Path(profile.source), other=other, runs=runs,
-                                                         warmup=warmup, threads=threads, **shape)))
+        measured = remote_bench(board, model, Path(profile.source), other=other, runs=runs, warmup=warmup,
+                                threads=threads, **shape)
+        report = read_any_report(json.dumps(measured))
+        # A report the board signed is kept as it came: a re-serialised one might no longer match its signature.
+        payload = measured if board.key else report.to_dict()
     else:
         report = kind.bench(model, profile, runs=runs, warmup=warmup, threads=threads, progress=True, other=other,
                             **shape)
-    payload = report.to_dict()
+        payload = report.to_dict()
     if key is not None:
         from export.runtime.signing import sign_report
 

@@ -20,6 +20,7 @@ from typing import Any
 # What each kind of work needs on the board, and how to install it.
 NEEDED = {"numpy": "numpy", "onnxruntime": "onnxruntime", "yaml": "pyyaml", "pydantic": "pydantic"}
 NEEDED_FOR_TEXT = {"tokenizers": "tokenizers"}
+NEEDED_TO_SIGN = {"cryptography": "cryptography"}
 
 
 def _check() -> dict[str, Any]:
@@ -45,7 +46,8 @@ def _check() -> dict[str, Any]:
 
 
 def _require(*modules: str) -> None:
-    missing = [NEEDED.get(m, NEEDED_FOR_TEXT.get(m, m)) for m in modules if importlib.util.find_spec(m) is None]
+    names = {**NEEDED, **NEEDED_FOR_TEXT, **NEEDED_TO_SIGN}
+    missing = [names.get(m, m) for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise SystemExit(_fail(f"the board lacks {', '.join(missing)}: pip install {' '.join(missing)}"))
 
@@ -62,9 +64,23 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
                                   "prompt_length": args.prompt_length, "new_tokens": args.new_tokens}.items()
                 if v is not None}
     runs, warmup = kind.default_runs
+    if args.sign:
+        _require("cryptography")
     report = kind.bench(model, profile, runs=args.runs or runs, warmup=warmup if args.warmup is None else args.warmup,
-                        threads=args.threads, other=Path(args.other) if args.other else None, **workload)
-    return report.to_dict()
+                        threads=args.threads, other=Path(args.other) if args.other else None, **workload).to_dict()
+    # Paths as they are on the host, not in this temporary folder; each report says where it was measured.
+    labels = {"model": args.model_label or args.model, "other": args.other_label or args.other}
+    remote = json.loads(args.remote) if args.remote else None
+    for part, name in (((report["model"], "model"), (report["other"], "other")) if "other" in report else
+                       ((report, "model"),)):
+        part["model"]["path"] = labels[name]
+        if remote is not None:
+            part["remote"] = remote
+    if args.sign:
+        from export.runtime.signing import sign_report
+
+        report = sign_report(report, args.sign)
+    return report
 
 
 def _verify(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("model")
     bench.add_argument("--profile", required=True)
     bench.add_argument("--other")
+    for name in ("model-label", "other-label", "remote", "sign"):
+        bench.add_argument(f"--{name}")
     for name in ("runs", "warmup", "threads", "batch-size", "sequence-length", "prompt-length", "new-tokens"):
         bench.add_argument(f"--{name}", type=int)
     verify = commands.add_parser("verify")
