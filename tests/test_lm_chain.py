@@ -97,3 +97,20 @@ def test_bad_lm_options_through_the_cli(tiny_llama: Path, tmp_path: Path) -> Non
     assert result.exit_code == 2
     assert "not available for language models" in result.stderr
     assert not (tmp_path / "r" / "distill" / "stage.json").exists()
+
+
+def test_keep_n_chooses_the_blocks_that_change_their_input_most(tiny_llama: Path, lm_text: Path,
+                                                                 tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = run_cli(["distill", "--teacher", str(tiny_llama), "--data", str(lm_text), "--out", str(run),
+                      "--max-steps", "1", "--threads", "1", "--batch-size", "4", "--student", "keep=3",
+                      "--max-length", "48", "--stop-after", "distill"])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    metrics = json.loads((run / "distill" / "stage.json").read_text())["metrics"]
+    assert metrics["student"] == "keep=3" and len(metrics["student_layers"]) == 3
+    assert "student: keep=3 -> 3 layers (from teacher layers" in " ".join(result.stderr.split())
+    bad = run_cli(["distill", "--teacher", str(tiny_llama), "--data", str(lm_text), "--out", str(tmp_path / "bad"),
+                   "--student", "keep=9", "--max-steps", "1"])
+    assert bad.exit_code == 2, bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == "error: a student needs between 1 and 4 layers; got 9"
+    assert not (tmp_path / "bad").exists()  # the run that bad input stopped left nothing behind

@@ -282,6 +282,42 @@ def test_student_copies_the_chosen_layers(family: str, llama, gpt2) -> None:
     assert not torch.allclose(_logits(student, ids), _logits(teacher, ids))
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_block_importance_ranks_an_identity_block_least_and_keep_drops_it(family: str, tiny_llama: Path,
+                                                                         tiny_gpt2: Path) -> None:
+    import copy
+
+    from compress.lm.block_importance import block_importance
+    from compress.lm.quality import pad_id_of
+    from compress.lm.student import decoder_layers
+
+    loaded, tok = load_causal_lm(tiny_llama if family == "llama" else tiny_gpt2)
+    teacher = copy.deepcopy(loaded)
+    # Block 1 made an identity: its attention and MLP write nothing into the residual stream.
+    block = decoder_layers(teacher)[1]
+    writers = ((block.self_attn.o_proj, block.mlp.down_proj) if family == "llama" else
+               (block.attn.c_proj, block.mlp.c_proj))
+    with torch.no_grad():
+        for linear in writers:
+            linear.weight.zero_()
+            if getattr(linear, "bias", None) is not None:
+                linear.bias.zero_()
+    texts = encode_examples(load_lm_examples(None)[0][:16], tok, 64)
+    importance = block_importance(teacher, texts, pad_id=pad_id_of(tok))
+    assert len(importance) == 4 and importance[1] == pytest.approx(0.0, abs=1e-6)
+    assert min(range(4), key=importance.__getitem__) == 1 and all(v > 1e-4 for i, v in enumerate(importance) if i != 1)
+    plan = plan_lm_student(teacher.config, "keep=3", importance=lambda: importance)
+    assert plan.layers == [0, 2, 3]
+    # Dropping the identity block changes nothing the model computes.
+    ids = torch.tensor([tok("Every object has an identity, a type and a value.")["input_ids"]])
+    assert torch.allclose(_logits(build_lm_student(teacher, plan), ids), _logits(teacher, ids), atol=1e-5)
+    for bad in ("keep=0", "keep=5"):
+        with pytest.raises(CompressError):
+            plan_lm_student(teacher.config, bad, importance=lambda: importance)
+    with pytest.raises(CompressError, match="not measured"):
+        plan_lm_student(teacher.config, "keep=2")
+
+
 def test_student_rejects_a_plan_for_another_teacher(llama) -> None:
     teacher, _ = llama
     with pytest.raises(CompressError, match="8-layer teacher; this one has 4"):

@@ -84,8 +84,9 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
              started: float) -> dict[str, Any]:
     import torch
 
+    from compress.lm.block_importance import IMPORTANCE_EXAMPLES, block_importance
     from compress.lm.data import encode_examples, load_lm_examples, split_lm_examples
-    from compress.lm.quality import lm_quality
+    from compress.lm.quality import lm_quality, pad_id_of
     from compress.lm.student import build_lm_student, plan_lm_student, save_lm_student
     from compress.lm.teacher import load_causal_lm
     from compress.lm.trainer import LMLoopSettings, train_lm
@@ -110,7 +111,9 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
     teacher_params = sum(p.numel() for p in teacher.parameters())
     teacher_layers = int(teacher.config.num_hidden_layers)
     spec = resolve_lm_student(config.student, teacher_layers)
-    plan = plan_lm_student(teacher.config, spec)
+    plan = plan_lm_student(teacher.config, spec, importance=lambda: block_importance(
+        teacher, encode_examples(train[:IMPORTANCE_EXAMPLES], tokenizer, config.max_length),
+        pad_id=pad_id_of(tokenizer), device=device))
     student = build_lm_student(teacher, plan).to(device)
     student_params = sum(p.numel() for p in student.parameters())
     reporter.message(f"teacher: {config.teacher} ({teacher_layers} layers, hidden {teacher.config.hidden_size}, "

@@ -4,13 +4,15 @@ The student is the teacher's own class with fewer layers: token embeddings, the 
 layers (in order), the final norm and the LM head are copied from the teacher, so it starts as a
 shallow version of the teacher rather than from noise, and the tokenizer and chat template carry
 over unchanged. Layers are spread evenly through the depth, keeping the first (closest to the
-embeddings) and the last (closest to the head).
+embeddings) and the last (closest to the head), or (``keep=N``) chosen by how much each block
+changes its input on the training text (``block_importance``).
 """
 
 from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,17 +59,35 @@ def spread_layers(total: int, count: int) -> list[int]:
     return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
 
 
-def plan_lm_student(teacher_config: Any, spec: str) -> LMStudentPlan:
-    """Plan a student from ``spec``: ``"layers=N"`` (spread evenly), ``"layers=0,4,8"`` (exact), or ``"auto"``."""
+def most_important(importance: Sequence[float], count: int) -> list[int]:
+    """The ``count`` blocks of largest importance, in model order (ties go to the earlier block)."""
+    if not 1 <= count <= len(importance):
+        raise CompressError(f"a student needs between 1 and {len(importance)} layers; got {count}")
+    ranked = sorted(range(len(importance)), key=lambda i: (-importance[i], i))
+    return sorted(ranked[:count])
+
+
+def plan_lm_student(teacher_config: Any, spec: str,
+                    importance: Callable[[], Sequence[float]] | None = None) -> LMStudentPlan:
+    """Plan a student from ``spec``: ``"layers=N"`` (spread evenly), ``"layers=0,4,8"`` (exact),
+    ``"keep=N"`` (the N blocks of largest ``importance()``, measured only when asked), or ``"auto"``."""
     total = _num_layers(teacher_config)
     family = str(getattr(teacher_config, "model_type", "unknown"))
     text = str(spec).strip().lower().replace(" ", "")
+    keep = re.fullmatch(r"keep=(\d+)", text)
     if text == "auto":
         layers = spread_layers(total, min(total, max(2, round(total / AUTO_FRACTION))))
+    elif keep:
+        count = int(keep.group(1))
+        if not 1 <= count <= total:
+            raise CompressError(f"a student needs between 1 and {total} layers; got {count}")
+        if importance is None:
+            raise CompressError(f"student spec {spec!r} needs the teacher's block importance, which was not measured")
+        layers = most_important(list(importance()), count)
     else:
         match = re.fullmatch(r"layers=(\d+(?:,\d+)*)", text)
         if not match:
-            raise CompressError(f"student spec {spec!r} is not understood; use auto, layers=N or layers=0,4,8")
+            raise CompressError(f"student spec {spec!r} is not understood; use auto, layers=N, keep=N or layers=0,4,8")
         numbers = [int(n) for n in match.group(1).split(",")]
         if len(numbers) == 1:
             layers = spread_layers(total, numbers[0])
@@ -78,6 +98,15 @@ def plan_lm_student(teacher_config: Any, spec: str) -> LMStudentPlan:
                 raise CompressError(f"student spec {spec!r}: list each layer once, in increasing order")
             layers = numbers
     return LMStudentPlan(family, total, layers)
+
+
+def decoder_layers(model: Any) -> Any:
+    """The model's list of decoder blocks (a ``ModuleList``), wherever its architecture keeps it."""
+    total = _num_layers(model.config)
+    module = model
+    for part in _layer_path(model, total).split("."):
+        module = getattr(module, part)
+    return module
 
 
 def _layer_path(model: Any, total: int) -> str:
