@@ -30,7 +30,6 @@ come from a small reader of ONNX's protobuf wire format that skips the weights.
 
 from __future__ import annotations
 
-import gc
 import math
 import logging
 import os
@@ -45,9 +44,8 @@ from export.base.errors import CompressError
 from export.base.files import sha256_file
 from export.runtime.host import HostInfo, detect_host
 from export.runtime.onnx_file import DataFile, GraphFacts, inspect_model_file
-from export.runtime.progress import RunProgress
-from export.runtime.session import (GPU_PROVIDERS, bench_threads, high_water_mark_bytes, open_session,
-                                    release_freed_memory, reset_high_water_mark, rss_bytes)
+from export.runtime.session import GPU_PROVIDERS, bench_threads, open_session, release_freed_memory, rss_bytes
+from export.runtime.timed_runs import RunMemory, interleaved_runs
 from export.base.records import utc_now
 from export.runtime.limits import check_bench_counts
 from export.runtime.inputs import (
@@ -438,11 +436,6 @@ def _open(path: Path, profile: Profile, *, batch_size: int, sequence_length: int
     return _Opened(path, facts, session, info, feeds, specs, workload, notes, rss_before, rss_bytes())
 
 
-def _memory_method(timings: _Timings) -> str:
-    sampled = "RSS sampled after load, each warm-up run and the last timed run"
-    return sampled + " + kernel high-water mark (VmHWM)" if timings.high_water_mark_used else sampled
-
-
 def _leading_dim(feeds: dict[str, np.ndarray]) -> int:
     first = next(iter(feeds.values()), None)
     return int(first.shape[0]) if first is not None and first.ndim else 1
@@ -455,54 +448,28 @@ def _leading_dim(feeds: dict[str, np.ndarray]) -> int:
 @dataclass
 class _Timings:
     samples: list[list[float]]  # per model, seconds
-    peak_rss: int
-    high_water_mark_used: bool
+    memory: RunMemory
 
 
 def _time_runs(opened: list[_Opened], runs: int, warmup: int, progress: bool, label: str) -> _Timings:
-    """Warm-up then timed runs, interleaved across models (A, B, A, B, ...).
-
-    Between timed runs nothing touches the kernel: even one /proc read between two runs made the
-    next run of a small model ~20 us slower here (ORT's spinning worker threads cool down). So RSS
-    is sampled after every warm-up run and after the last timed run, and the kernel's high-water
-    mark (reset before the first run) catches any peak in between.
-    """
+    """Warm-up then timed runs, interleaved across models (A, B, A, B, ...); only ``session.run`` is timed."""
     samples: list[list[float]] = [[] for _ in opened]
-    peak = rss_bytes()
-    hwm_ok = reset_high_water_mark()
-    display = RunProgress((warmup + runs) * len(opened), label) if progress else None
     clock = time.perf_counter_ns
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
+
+    def timed(index: int, model: _Opened) -> None:
+        run, feeds = model.session.run, model.feeds
+        start = clock()
+        run(None, feeds)
+        elapsed = clock() - start
+        samples[index].append(elapsed / 1e9)
+
     try:
-        for _ in range(warmup):
-            for model in opened:
-                model.session.run(None, model.feeds)
-                peak = max(peak, rss_bytes())
-                if display:
-                    display.advance()
-        for _ in range(runs):
-            for index, model in enumerate(opened):
-                run, feeds = model.session.run, model.feeds
-                start = clock()
-                run(None, feeds)
-                elapsed = clock() - start
-                samples[index].append(elapsed / 1e9)
-                if display:
-                    display.advance()
-        peak = max(peak, rss_bytes())
+        memory = interleaved_runs(opened, warmup=warmup, runs=runs, warm=lambda m: m.session.run(None, m.feeds),
+                                  timed=timed, progress=progress, label=label)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CompressError(f"onnxruntime failed during the timed runs: {first}") from None
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-        if display:
-            display.close()
-    if hwm_ok:
-        peak = max(peak, high_water_mark_bytes() or 0)
-    return _Timings(samples, peak, hwm_ok)
+    return _Timings(samples, memory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,11 +527,11 @@ def run_bench(model: str | os.PathLike[str], profile: Profile, *, batch_size: in
         check_npz_names_used(npz, [opened.session.get_inputs()], Path(inputs))
     after_load = opened.rss_after_first_run
     timings = _time_runs([opened], runs, warmup, progress, f"bench {path.name}")
-    peak = max(timings.peak_rss, after_load)
+    peak = max(timings.memory.peak_rss, after_load)
     memory = MemoryStats(
         baseline_rss_mb=opened.rss_before / MIB, after_load_rss_mb=after_load / MIB, peak_rss_mb=peak / MIB,
         session_peak_mb=(peak - opened.rss_before) / MIB,
-        method=_memory_method(timings),
+        method=timings.memory.method,
     )
     return _report(opened, profile, timings.samples[0], memory, warmup)
 
@@ -592,15 +559,15 @@ def compare_bench(model: str | os.PathLike[str], other: str | os.PathLike[str], 
         check_npz_names_used(npz, [o.session.get_inputs() for o in opened], Path(inputs))
     baseline = opened[0].rss_before
     timings = _time_runs(opened, runs, warmup, progress, f"compare {paths[0].name} vs {paths[1].name}")
-    method = _memory_method(timings)
+    method = timings.memory.method
     reports = []
     for item, samples in zip(opened, timings.samples):
         own = item.rss_after_first_run - item.rss_before
         memory = MemoryStats(
             baseline_rss_mb=item.rss_before / MIB, after_load_rss_mb=item.rss_after_first_run / MIB,
-            peak_rss_mb=timings.peak_rss / MIB, session_peak_mb=own / MIB, method=method, shared_process=True,
+            peak_rss_mb=timings.memory.peak_rss / MIB, session_peak_mb=own / MIB, method=method, shared_process=True,
             note=(f"two sessions in one process: session_peak_mb is this model's load + first run; "
-                  f"both together peaked {(timings.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
+                  f"both together peaked {(timings.memory.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
         )
         report = _report(item, profile, samples, memory, warmup)
         report.notes.append("measured interleaved with another model (compare), intra-op spinning off so that "

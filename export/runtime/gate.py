@@ -25,7 +25,6 @@ No torch, no transformers: this runs on the device.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from export.base.files import atomic_write_bytes
 from export.runtime.bench import MeasuredRelease
 from export.runtime.host import HostInfo, matches_pattern, normalise_arch
 from export.runtime.profiles import Profile
-from export.base.report_json import SCHEMA_VERSION, JsonReport
+from export.base.report_json import SCHEMA_VERSION, JsonReport, read_json_object
 
 Status = Literal["pass", "fail", "not_checked"]
 Verdict = Literal["pass", "fail", "unverified"]
@@ -84,16 +83,7 @@ class QualityEvidence:
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> QualityEvidence:
         """Read a quality JSON file (or a stage.json with ``metrics``). Bad input raises CompressError."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CompressError(f"quality file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CompressError(f"cannot read quality file {path}: {exc}") from None
-        except json.JSONDecodeError as exc:
-            raise CompressError(f"quality file {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json_object(Path(path), "quality file"), source=str(path))
 
 
 def _number(value: Any, where: str) -> float:

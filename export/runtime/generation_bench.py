@@ -24,7 +24,6 @@ Torch-free: onnxruntime, numpy and tokenizers. This runs on the device.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 from dataclasses import dataclass, field
@@ -39,9 +38,8 @@ from export.base.records import utc_now
 from export.runtime.bench import (MIB, BudgetFigure, Comparison, MeasuredRelease, MemoryStats, ModelInfo, RemoteRun,
                                   SessionInfo)
 from export.runtime.onnx_file import inspect_model_file
-from export.runtime.progress import RunProgress
-from export.runtime.session import (GPU_PROVIDERS, bench_threads, high_water_mark_bytes, release_freed_memory,
-                                    reset_high_water_mark, rss_bytes)
+from export.runtime.session import GPU_PROVIDERS, bench_threads, release_freed_memory, rss_bytes
+from export.runtime.timed_runs import RunMemory, interleaved_runs
 from export.runtime.generation import GenerationOutput, OnnxGenerator, load_tokenizer
 from export.runtime.host import HostInfo, detect_host
 from export.runtime.limits import check_bench_counts
@@ -273,47 +271,21 @@ def _open(path: Path, profile: Profile, *, prompt_length: int, new_tokens: int, 
 @dataclass
 class _Timings:
     outputs: list[list[GenerationOutput]]  # per model, the timed runs
-    peak_rss: int
-    high_water_mark_used: bool
+    memory: RunMemory
 
 
 def _time_runs(opened: list[_Opened], new_tokens: int, runs: int, warmup: int, progress: bool,
                label: str) -> _Timings:
-    """Warm-up then timed generations, interleaved across models; RSS sampled only between warm-up
-    runs and after the last timed run (see export/bench.py: /proc reads between runs slow the next)."""
+    """Warm-up then timed generations, interleaved across models (export.runtime.timed_runs)."""
     outputs: list[list[GenerationOutput]] = [[] for _ in opened]
-    peak = rss_bytes()
-    hwm_ok = reset_high_water_mark()
-    display = RunProgress((warmup + runs) * len(opened), label) if progress else None
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(warmup):
-            for model in opened:
-                model.generator.generate(model.prompt, new_tokens)
-                peak = max(peak, rss_bytes())
-                if display:
-                    display.advance()
-        for _ in range(runs):
-            for index, model in enumerate(opened):
-                outputs[index].append(model.generator.generate(model.prompt, new_tokens))
-                if display:
-                    display.advance()
-        peak = max(peak, rss_bytes())
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-        if display:
-            display.close()
-    if hwm_ok:
-        peak = max(peak, high_water_mark_bytes() or 0)
-    return _Timings(outputs, peak, hwm_ok)
 
+    def timed(index: int, model: _Opened) -> None:
+        outputs[index].append(model.generator.generate(model.prompt, new_tokens))
 
-def _memory_method(timings: _Timings) -> str:
-    sampled = "RSS sampled after load, each warm-up run and the last timed run"
-    return sampled + " + kernel high-water mark (VmHWM)" if timings.high_water_mark_used else sampled
+    memory = interleaved_runs(opened, warmup=warmup, runs=runs,
+                              warm=lambda m: m.generator.generate(m.prompt, new_tokens), timed=timed,
+                              progress=progress, label=label)
+    return _Timings(outputs, memory)
 
 
 def _report(opened: _Opened, profile: Profile, outputs: list[GenerationOutput], memory: MemoryStats,
@@ -354,10 +326,10 @@ def run_generation_bench(model: str | os.PathLike[str], profile: Profile, *, pro
     opened = _open(path, profile, prompt_length=prompt_length, new_tokens=new_tokens, threads=threads, spinning=True)
     timings = _time_runs([opened], new_tokens, runs, warmup, progress, f"generate {path.name}")
     after_load = opened.rss_after_first_run
-    peak = max(timings.peak_rss, after_load)
+    peak = max(timings.memory.peak_rss, after_load)
     memory = MemoryStats(baseline_rss_mb=opened.rss_before / MIB, after_load_rss_mb=after_load / MIB,
                          peak_rss_mb=peak / MIB, session_peak_mb=(peak - opened.rss_before) / MIB,
-                         method=_memory_method(timings))
+                         method=timings.memory.method)
     return _report(opened, profile, timings.outputs[0], memory, prompt_length, new_tokens, warmup)
 
 
@@ -382,10 +354,10 @@ def compare_generation_bench(model: str | os.PathLike[str], other: str | os.Path
         own = item.rss_after_first_run - item.rss_before
         memory = MemoryStats(
             baseline_rss_mb=item.rss_before / MIB, after_load_rss_mb=item.rss_after_first_run / MIB,
-            peak_rss_mb=timings.peak_rss / MIB, session_peak_mb=own / MIB, method=_memory_method(timings),
+            peak_rss_mb=timings.memory.peak_rss / MIB, session_peak_mb=own / MIB, method=timings.memory.method,
             shared_process=True,
             note=(f"two sessions in one process: session_peak_mb is this model's load + first generation; "
-                  f"both together peaked {(timings.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
+                  f"both together peaked {(timings.memory.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
         )
         report = _report(item, profile, outputs, memory, prompt_length, new_tokens, warmup)
         report.notes.append("measured interleaved with another model (compare), intra-op spinning off")
