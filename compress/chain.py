@@ -147,7 +147,7 @@ def _write_summary(ctx: ChainContext, family: TaskFamily, gate_report: GateRepor
         profile=ctx.profile.name, task=family.task_of(ctx), precision=result.precision or "fp32",
         teacher=TeacherInfo(name=family.teacher_name(record), path=str(teacher_dir),
                             weights_sha256=sha256_file(weights) if weights.is_file() else sha256_tree(teacher_dir),
-                            params=int(family.teacher_parameters(record))),
+                            params=int(family.teacher_parameters(record)), **family.answers_provenance(record)),
         student=family.student_size(ctx),
         final_model=str(result.final_model.relative_to(ctx.run_dir)),
         quality=family.quality_summary(result),

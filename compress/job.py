@@ -39,12 +39,11 @@ def run_distill_job(job: DistillJob, reporter: Reporter | None = None) -> tuple[
     from export.runtime.profiles import load_profile
 
     profile = load_profile(job.profile)
-    family = family_for(job.teacher)
+    family = family_for(job.teacher, teacher_url=job.settings.get("teacher_url"))
     foreign = sorted(name for name in job.given if name in family.foreign_options)
     if foreign:
         names = ", ".join(sorted(job.flag(name) for name in foreign))
-        kind = "a language model" if family.name == "causal-lm" else "an encoder or classifier"
-        raise CompressError(f"{names}: not used when the teacher is {kind}; drop {'it' if len(foreign) == 1 else 'them'}")
+        raise CompressError(f"{names}: not used when the teacher is {family.teacher_words}; drop {'it' if len(foreign) == 1 else 'them'}")
     settings = {k: v for k, v in job.settings.items() if k not in family.foreign_options}
     chain = {name: settings.pop(name) for name in CHAIN_OPTIONS if name in settings}
     config = family.make_config({**settings, "teacher": job.teacher} if job.teacher else settings)

@@ -73,5 +73,5 @@ def _holder(lock: Path) -> int | None:
 
 
 def _holds_work(run_dir: Path) -> bool:
-    """A finished stage, or a checkpoint to resume from: work a cleanup must not throw away."""
-    return any(run_dir.glob("*/stage.json")) or any(run_dir.glob("*/checkpoint*"))
+    """A finished stage, a checkpoint or teacher answers (paid for): work a cleanup must not throw away."""
+    return any(any(run_dir.glob(pattern)) for pattern in ("*/stage.json", "*/checkpoint*", "*/teacher_answers.jsonl"))

@@ -25,6 +25,7 @@ _METRIC_WORDS = {
     "mean_cosine": "mean cosine similarity to the teacher's embeddings",
     "argmax_agreement": "share of inputs where the student picks the teacher's class",
     "next_token_agreement": "share of held-out tokens where the student's most likely next token is the teacher's",
+    "answer_token_agreement": "share of the tokens of the teacher's held-out answers the student predicts first",
 }
 
 
@@ -95,11 +96,27 @@ def _stages(stages: Mapping[str, StageRecord]) -> list[str]:
     return lines
 
 
+def _provenance(manifest: Manifest) -> list[str]:
+    """How the student came from its teacher: distilled from weights, or taught by an endpoint's answers."""
+    teacher, student = manifest.teacher, manifest.student
+    shape = (f"{student.get('layers')} layers, hidden size {student.get('hidden')} and "
+             f"{_millions(student.get('params', 0))} parameters")
+    after = (f"then exported to ONNX (opset {manifest.model.opset}) and brought to {manifest.precision}.")
+    if teacher.answers_from:
+        return [f"Taught by the answers of **{teacher.name}**, queried at `{teacher.answers_from}` (answers sha256 "
+                f"`{(teacher.answers_sha256 or '')[:16]}…`); the student, with {shape}, started from a local model "
+                f"of {_millions(teacher.params)} parameters (weights sha256 `{teacher.weights_sha256[:16]}…`), "
+                f"{after} The terms of the teacher's licence for its outputs apply to this model."]
+    return [f"Distilled from the teacher **{teacher.name}** ({_millions(teacher.params)} parameters; weights sha256 "
+            f"`{teacher.weights_sha256[:16]}…`) into a student with {shape} "
+            f"({teacher.params / max(student.get('params', 1), 1):.1f}x fewer), {after} The student learned to "
+            "reproduce the teacher's outputs; it saw no labels of its own."]
+
+
 def render_model_card(manifest: Manifest, kind: PackageKind, *, profile: Profile, stages: Mapping[str, StageRecord],
                       archive_name: str, has_training_curve: bool) -> str:
     """The Markdown text of ``MODEL_CARD.md`` for a release."""
     task_word = _TASK_WORDS.get(manifest.task, manifest.task)
-    teacher, student = manifest.teacher, manifest.student
     lines: list[str] = []
     if manifest.released_despite_failed_gate:
         failed = [p for p, g in sorted(manifest.gates.items()) if g.verdict == "fail"]
@@ -120,12 +137,7 @@ def render_model_card(manifest: Manifest, kind: PackageKind, *, profile: Profile
         "",
         "## How it was made",
         "",
-        f"Distilled from the teacher **{teacher.name}** ({_millions(teacher.params)} parameters; weights sha256 "
-        f"`{teacher.weights_sha256[:16]}…`) into a student with {student.get('layers')} layers, hidden size "
-        f"{student.get('hidden')} and {_millions(student.get('params', 0))} parameters "
-        f"({teacher.params / max(student.get('params', 1), 1):.1f}x fewer), then exported to ONNX (opset "
-        f"{manifest.model.opset}) and brought to {manifest.precision}. The student learned to reproduce the "
-        "teacher's outputs; it saw no labels of its own.",
+        *_provenance(manifest),
         "",
         *_stages(stages),
         "",

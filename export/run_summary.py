@@ -31,6 +31,10 @@ class TeacherInfo:
     path: str  # where it was read on the build host (informational; never needed to run the student)
     weights_sha256: str  # sha256 of its weights file(s), export.base.files.sha256_tree of the weights
     params: int
+    # A teacher known only by its answers: the endpoint that gave them and their sha256; then
+    # path, weights_sha256 and params describe the local model the student started from.
+    answers_from: str | None = None
+    answers_sha256: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from click.testing import CliRunner, Result
 from compress.cli import cli, main
 
 
-def run_cli(args: list[str]) -> Result:
+def run_cli(args: list[str], env: dict[str, str | None] | None = None) -> Result:
     """Invoke ``compress ARGS`` through ``main`` (so CompressError maps to exit 2) and capture output."""
     runner = CliRunner()
-    return runner.invoke(_Entry(), args, catch_exceptions=False)
+    return runner.invoke(_Entry(), args, catch_exceptions=False, env=env)
 
 
 class _Entry:

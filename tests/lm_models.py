@@ -39,13 +39,14 @@ def build_bpe_tokenizer(folder: Path, vocab_size: int = 512) -> object:
 
 
 def build_tiny_causal_lm(folder: Path, family: str = "llama", *, layers: int = 4, hidden: int = 64, heads: int = 4,
-                         kv_heads: int = 2, ffn: int = 128, max_positions: int = 256, seed: int = 0) -> Path:
+                         kv_heads: int = 2, ffn: int = 128, max_positions: int = 256, seed: int = 0,
+                         vocab_size: int = 512) -> Path:
     """Save a tiny randomly initialised causal LM of ``family`` (with tokenizer) into ``folder``."""
     import torch
     from transformers import (GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                               Qwen2Config, Qwen2ForCausalLM)
 
-    tokenizer = build_bpe_tokenizer(folder)
+    tokenizer = build_bpe_tokenizer(folder, vocab_size)
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL}
     common = {"vocab_size": len(tokenizer), "bos_token_id": ids["<|im_start|>"], "eos_token_id": ids["<|im_end|>"],
               "pad_token_id": ids["<|endoftext|>"]}
@@ -65,4 +66,46 @@ def build_tiny_causal_lm(folder: Path, family: str = "llama", *, layers: int = 4
     model = model_cls(config).eval()
     model.save_pretrained(folder, safe_serialization=True)
     GenerationConfig(**common).save_pretrained(folder)
+    return folder
+
+
+def build_tiny_chat_teacher(folder: Path, *, steps: int = 60, seed: int = 0) -> Path:
+    """A tiny Llama trained for a few seconds to answer chat prompts with real sentences.
+
+    A randomly initialised model answers with one repeated token (often whitespace); a served
+    teacher must say something a student can learn, so this one learns, by plain next-token
+    cross-entropy, to answer a chat turn with a sentence from Python's documentation.
+    """
+    import torch
+
+    from compress.lm.teacher import load_causal_lm
+    from tests.conftest import real_sentences
+
+    build_tiny_causal_lm(folder, "llama", seed=seed)
+    model, tokenizer = load_causal_lm(folder)
+    sentences = real_sentences(400)
+    rows = []
+    for i, sentence in enumerate(sentences):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": sentence}], add_generation_prompt=True,
+                                               tokenize=False)
+        head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        tail = tokenizer(sentences[(i + 1) % len(sentences)], add_special_tokens=False)["input_ids"][:40]
+        rows.append((head + tail + [tokenizer.eos_token_id], len(head)))
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        batch = rows[(step * 16) % len(rows):][:16]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        for r, (row, head) in enumerate(batch):
+            ids[r, :len(row)] = torch.tensor(row)
+            labels[r, head:len(row)] = torch.tensor(row[head:])  # the answer only, and where it ends
+        loss = model(input_ids=ids, attention_mask=(labels != -100) | (torch.arange(width) < width), labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -24,8 +24,9 @@ def print_chain(family: TaskFamily, result: ChainResult) -> None:
         for line in lines:
             console.print(line, markup=False)
     if result.rows:
-        console.print(_table(f"teacher (fp32 ONNX) vs released student ({result.precision} ONNX), {result.profile}",
-                             ("", "teacher", "student", "ratio"),
+        baseline = family.baseline_label
+        console.print(_table(f"{baseline} (fp32 ONNX) vs released student ({result.precision} ONNX), {result.profile}",
+                             ("", baseline, "student", "ratio"),
                              [(r.label, r.teacher, r.student, r.ratio) for r in result.rows]))
         if result.measured:
             console.print(result.measured, markup=False)

@@ -86,7 +86,24 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
               help="[language models] teacher logits kept (and cached on disk) per position; 0 = the whole vocabulary.")
 @click.option("--teacher-answers", type=int, default=0, show_default=True, metavar="N",
               help="[language models] the teacher answers N prompts and the student also learns from its answers "
-                   "(sequence-level distillation; cached).")
+                   "(sequence-level distillation; cached). With --teacher-url: the prompts asked (default: every "
+                   "prompt of --data, else 512 built-in ones).")
+@click.option("--teacher-url", default=None, metavar="URL",
+              help="[endpoint teachers] Learn from a teacher you can only query: an OpenAI-compatible endpoint "
+                   "(vLLM, llama.cpp server, TGI, Ollama, a hosted API), e.g. http://gpu-box:8000/v1.")
+@click.option("--teacher-model", default=None, metavar="NAME",
+              help="[endpoint teachers] The model name the endpoint serves, e.g. Qwen2.5-7B-Instruct.")
+@click.option("--student-from", default="smollm2", show_default=True, metavar="FOLDER|NAME",
+              help="[endpoint teachers] Local causal LM the student starts from (all its layers unless --student "
+                   "keeps fewer); it must be able to speak the endpoint's chat format.")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, metavar="VAR",
+              help="[endpoint teachers] Environment variable holding the endpoint's API key (never a flag; never "
+                   "written anywhere). Unset: no key is sent.")
+@click.option("--concurrency", type=int, default=4, show_default=True,
+              help="[endpoint teachers] Requests in flight at once.")
+@click.option("--rate-limit", type=float, default=0.0, show_default=True, metavar="PER_S",
+              help="[endpoint teachers] At most this many requests a second (0: no limit). Rate-limited (429) and "
+                   "failed requests are retried with backoff either way.")
 @click.option("--answer-tokens", type=int, default=64, show_default=True, help="[language models] tokens per teacher answer.")
 @click.option("--sample", is_flag=True, help="[language models] sample the teacher's answers instead of greedy decoding.")
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="[language models] nucleus sampling for --sample.")
@@ -129,6 +146,14 @@ def distill(**options: Any) -> None:
     (--lm-loss, --topk), optionally on its own answers (--teacher-answers), then
     export with the KV cache, int4 weight-only (CPU profiles) or fp16 (GPU),
     a generation bench (time to first token, tokens/s) and the gate.
+
+    \b
+    A teacher you can only query: --teacher-url URL --teacher-model NAME
+    asks an OpenAI-compatible endpoint to answer prompts (--data prompts.jsonl,
+    or built-in ones), caches the answers, and teaches a student cut from
+    --student-from on them; with the endpoint's top-k log-probabilities too
+    when its tokenizer is the student's (checked). The API key is read from
+    the variable --api-key-env names.
 
     \b
     Options marked [encoders] or [language models] apply to that kind of

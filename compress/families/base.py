@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from export.runtime.gate import GateReport
 
 
+# `compress distill` options of a teacher you can only query (compress.families.endpoint_lm).
+ENDPOINT_OPTIONS = ("teacher_url", "teacher_model", "student_from", "api_key_env", "concurrency", "rate_limit")
+
+
 @dataclass
 class Exported:
     """An ONNX export the chain can use: where it is, how close it follows PyTorch, ran or skipped."""
@@ -37,6 +41,8 @@ class TaskFamily(ABC):
     """A kind of model the chain can compress (sentence encoders and classifiers, causal LMs)."""
 
     name: ClassVar[str]
+    teacher_words: ClassVar[str]  # what kind of teacher this family distils, for messages
+    baseline_label: ClassVar[str] = "teacher"  # the model every ratio of the final table is against
     # Seconds the stages after distillation take for this family's default job on a 2-core CPU,
     # and the least share of the chain's budget distillation keeps whatever they take.
     later_stages_reserve_s: ClassVar[float]
@@ -126,6 +132,10 @@ class TaskFamily(ABC):
 
     def teacher_parameters(self, record: StageRecord) -> int:
         return int(record.metrics["teacher_parameters"])
+
+    def answers_provenance(self, record: StageRecord) -> dict[str, str]:
+        """For a teacher known only by its answers: ``answers_from`` and ``answers_sha256`` for run.json."""
+        return {}
 
     @abstractmethod
     def student_size(self, ctx: ChainContext) -> StudentInfo: ...

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from compress.chain_state import TableRow, measure_against_teacher, profile_input
-from compress.families.base import Exported, TaskFamily, bench_record
+from compress.families.base import ENDPOINT_OPTIONS, Exported, TaskFamily, bench_record
 from export.base.errors import CompressError
 from export.base.records import FileRef, StageRecord, read_record, stage_status
 from export.base.stages import StageOutput, run_stage
@@ -38,21 +38,25 @@ class CausalLMFamily(TaskFamily):
     """Text generation with a decoder-only model (Llama, Qwen2, GPT-2 layouts)."""
 
     name: ClassVar[str] = "causal-lm"
+    teacher_words: ClassVar[str] = "a language model"
     # On a 2-core CPU for SmolLM2-135M and a 6-layer student: both exports with their parity
     # checks, int4 with its perplexity check, the generation benches.
     later_stages_reserve_s: ClassVar[float] = 240.0
     min_distill_share: ClassVar[float] = 0.4
     foreign_options: ClassVar[tuple[str, ...]] = (
         "task", "embedding_loss", "hidden_weight", "attention_weight", "alpha", "trust_remote_code", "prune_heads",
-        "prune_ffn", "recover_steps")
+        "prune_ffn", "recover_steps", *ENDPOINT_OPTIONS)
 
     def make_config(self, settings: dict[str, Any]) -> LMDistillConfig:
-        from compress.lm.config import LMDistillConfig
-
         renamed = {"lm_loss": "loss", "jsd_beta": "beta"}
         values = {renamed.get(k, k): v for k, v in settings.items()}
         values["temperature"] = 1.0 if values.get("temperature") is None else values["temperature"]
-        return LMDistillConfig(**values)
+        return self.config_type()(**values)
+
+    def config_type(self) -> type[LMDistillConfig]:
+        from compress.lm.config import LMDistillConfig
+
+        return LMDistillConfig
 
     def check_options(self, options: ChainOptions) -> None:
         if options.stop_after == "prune":
@@ -148,9 +152,8 @@ class CausalLMFamily(TaskFamily):
                               params={"profile": ctx.profile.name})
 
         def work(tmp: Path) -> StageOutput:
-            quality = ctx.distilled.metrics["quality"]
-            evidence = QualityEvidence(teacher_agreement=float(quality["next_token_agreement"]),
-                                       metric="next_token_agreement", source=str(distill_json))
+            evidence = QualityEvidence(teacher_agreement=self.teacher_agreement(ctx.distilled.metrics),
+                                       metric=self.agreement_metric, source=str(distill_json))
             verdict = gate(GenerationBenchReport.from_json(bench_json), ctx.profile, evidence)
             verdict.to_json(tmp / "gate.json")
             write_junit(verdict, tmp / "junit.xml")
@@ -160,6 +163,12 @@ class CausalLMFamily(TaskFamily):
         ctx.result.stages["gate"] = run.status
         ctx.result.quality = ctx.distilled.metrics["quality"]
         return GateReport.from_json(run.path("gate"))
+
+    agreement_metric: ClassVar[str] = "next_token_agreement"
+
+    def teacher_agreement(self, metrics: dict[str, Any]) -> float:
+        """The release's agreement with its teacher, as the gate judges it."""
+        return float(metrics["quality"]["next_token_agreement"])
 
     def _held_out_texts(self, ctx: ChainContext) -> list[str]:
         path = ctx.run_dir / "distill" / ctx.distilled.outputs["held_out"]
@@ -195,13 +204,17 @@ class CausalLMFamily(TaskFamily):
                 rows.append(TableRow(label, f"{t:.1f} ms", f"{s:.1f} ms", f"{t / s:.2f}x faster"))
             measured = (f"generation: {speed['prompt_length']}-token prompt, {speed['new_tokens']} new tokens, "
                         f"greedy, runs interleaved on {result.host}; perplexity on the held-out split")
+        return rows + self.quality_rows(result), measured
+
+    def quality_rows(self, result: ChainResult) -> list[TableRow]:
+        """The table's quality rows: perplexity and agreement on the held-out split."""
         quality = result.quality or {}
-        if quality:
-            rows.append(TableRow("perplexity (held-out, PyTorch fp32)", f"{quality['teacher_perplexity']:.2f}",
-                                 f"{quality['student_perplexity']:.2f}",
-                                 f"{quality['student_perplexity'] / quality['teacher_perplexity']:.2f}x"))
-            rows.append(TableRow("next-token agreement", "1.0000", f"{quality['next_token_agreement']:.4f}"))
-        return rows, measured
+        if not quality:
+            return []
+        return [TableRow("perplexity (held-out, PyTorch fp32)", f"{quality['teacher_perplexity']:.2f}",
+                         f"{quality['student_perplexity']:.2f}",
+                         f"{quality['student_perplexity'] / quality['teacher_perplexity']:.2f}x"),
+                TableRow("next-token agreement", "1.0000", f"{quality['next_token_agreement']:.4f}")]
 
     def distill_quality(self, record: StageRecord) -> dict[str, float] | None:
         return record.metrics["quality"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from compress.chain_state import PruneOptions, TableRow, measure_against_teacher, profile_input
-from compress.families.base import Exported, TaskFamily, bench_record
+from compress.families.base import ENDPOINT_OPTIONS, Exported, TaskFamily, bench_record
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json
 from export.base.records import FileRef, StageRecord, read_record, stage_status
@@ -37,13 +37,15 @@ class EncoderFamily(TaskFamily):
     """Sentence embeddings (feature-extraction), text classification and token classification."""
 
     name: ClassVar[str] = "encoder"
+    teacher_words: ClassVar[str] = "an encoder or classifier"
     # Measured on this CPU with the default teacher: about 80 s for both exports, quantization
     # with its checks, bench, comparison and quality evaluation.
     later_stages_reserve_s: ClassVar[float] = 120.0
     min_distill_share: ClassVar[float] = 0.5
     dated_by_gate: ClassVar[bool] = True
     foreign_options: ClassVar[tuple[str, ...]] = (
-        "lm_loss", "jsd_beta", "topk", "teacher_answers", "answer_tokens", "sample", "top_p", "block_size")
+        "lm_loss", "jsd_beta", "topk", "teacher_answers", "answer_tokens", "sample", "top_p", "block_size",
+        *ENDPOINT_OPTIONS)
 
     def make_config(self, settings: dict[str, Any]) -> DistillConfig:
         from compress.distill.config import DistillConfig

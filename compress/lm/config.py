@@ -48,3 +48,52 @@ def resolve_lm_student(spec: str, teacher_layers: int) -> str:
     if spec == "auto":
         return f"layers={max(2, round(teacher_layers / 5))}"
     return spec
+
+
+# OpenAI's API returns at most 20 alternatives per token (vLLM's default limit is the same).
+MAX_ENDPOINT_TOPK = 20
+DEFAULT_ENDPOINT_PROMPTS = 512
+DEFAULT_STUDENT_FROM = "smollm2"
+
+
+@dataclass
+class EndpointDistillConfig(LMDistillConfig):
+    """A causal LM that learns from a teacher it can only query over the OpenAI chat/completions protocol.
+
+    The student starts from a local model (``student_from``, all its layers unless ``student``
+    keeps fewer); the teacher is ``teacher_model`` at ``teacher_url``. ``teacher_answers`` is the
+    number of prompts asked (0: every prompt of ``data``, or 512 built-in prompts).
+    """
+
+    teacher: str | None = None  # unused: the teacher is the endpoint
+    teacher_url: str = ""
+    teacher_model: str = ""
+    student_from: str = DEFAULT_STUDENT_FROM
+    api_key_env: str | None = "OPENAI_API_KEY"
+    concurrency: int = 4
+    rate_limit: float = 0.0  # requests per second; 0: as fast as the concurrency allows
+
+    # Where the answers come from and how fast they are fetched do not change them.
+    run_only_fields: ClassVar[frozenset[str]] = LMDistillConfig.run_only_fields | {
+        "teacher_url", "api_key_env", "concurrency", "rate_limit"}
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return super().checks() + [
+            (bool(self.teacher_url), "--teacher-url is required for a teacher you can only query"),
+            (bool(self.teacher_model), "--teacher-model is required with --teacher-url (the name the server serves)"),
+            (1 <= self.concurrency <= 64, "--concurrency must be in 1..64"),
+            (self.rate_limit >= 0, "--rate-limit must not be negative"),
+            (self.teacher_quant is None, "--teacher-quant: the endpoint's teacher is not loaded here"),
+        ]
+
+    @property
+    def endpoint_topk(self) -> int:
+        """Alternatives asked per answer token."""
+        return min(self.topk, MAX_ENDPOINT_TOPK)
+
+    @property
+    def prompt_count(self) -> int | None:
+        """Prompts to ask: as given, else all of ``data`` (None), else the built-in default."""
+        if self.teacher_answers:
+            return self.teacher_answers
+        return None if self.data is not None else DEFAULT_ENDPOINT_PROMPTS

@@ -301,3 +301,64 @@ def split_lm_examples(examples: Sequence[LMExample], held_out_fraction: float = 
     train = [e for i, e in enumerate(unique) if i not in held]
     held_out = [e for i, e in enumerate(unique) if i in held]
     return train, held_out
+
+
+def load_prompts(path: Path) -> tuple[list[LMExample], str]:
+    """Prompts for a teacher to answer, from ``path``: ``.txt`` (a prompt a line) or ``.jsonl``.
+
+    JSONL rows are ``{"prompt"}``, ``{"messages"}`` (a trailing assistant turn, if any, is dropped:
+    the teacher writes its own) or ``{"text"}``; any completion a row carries is ignored. Returns
+    ``(prompts, description)``; malformed rows are skipped and named, a file with none is an error.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in LM_DATA_FORMATS:
+        raise CompressError(f"{path}: unsupported prompt format {path.suffix or '(none)'!r}; "
+                            f"use {' or '.join(LM_DATA_FORMATS)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CompressError(f"prompt file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CompressError(f"cannot read prompt file {path}: {exc}") from None
+    prompts: list[LMExample] = []
+    bad: list[int] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        prompt = _prompt_of(line) if path.suffix.lower() == ".jsonl" else LMExample(line.strip(), "",
+                                                                                    (("user", line.strip()),))
+        if prompt is None:
+            bad.append(number)
+        else:
+            prompts.append(prompt)
+    if not prompts:
+        raise CompressError(f"prompt file {path} has no usable prompt (expected \"prompt\", \"messages\" or \"text\")")
+    description = f"{path} ({len(prompts)} prompts)"
+    if bad:
+        description += f"; skipped {len(bad)} malformed row{'s' if len(bad) > 1 else ''} (line " + \
+            ", ".join(map(str, bad[:_BAD_ROWS_SHOWN])) + (", ..." if len(bad) > _BAD_ROWS_SHOWN else "") + ")"
+    return prompts, description
+
+
+def _prompt_of(line: str) -> LMExample | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(row, dict):
+        return None
+    messages = row.get("messages")
+    if isinstance(messages, list) and messages:
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                   for m in messages):
+            return None
+        turns = tuple((m["role"], m["content"]) for m in messages)
+        while turns and turns[-1][0] == "assistant":
+            turns = turns[:-1]
+        users = [content for role, content in turns if role == "user"]
+        return LMExample(users[-1], "", turns) if users and users[-1].strip() else None
+    for name in ("prompt", "text"):
+        value = row.get(name)
+        if isinstance(value, str) and value.strip():
+            return LMExample(value.strip(), "", (("user", value.strip()),))
+    return None

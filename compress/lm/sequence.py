@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from export.base.errors import CompressError
-from export.base.files import atomic_write_text
+from compress.lm.answer_cache import AnswerCache, answer_key
 from compress.lm.data import LMExample, prompt_ids, render_prompt
 from compress.lm.topk_cache import model_fingerprint
 
@@ -60,35 +59,9 @@ class GenerationSettings:
         return fields
 
 
-def answer_key(teacher_fingerprint: str, settings: GenerationSettings, prompt_text: str) -> str:
+def local_answer_key(teacher_fingerprint: str, settings: GenerationSettings, prompt_text: str) -> str:
     """The cache key of one answer: sha256 of (teacher, settings, rendered prompt)."""
-    payload = json.dumps([teacher_fingerprint, settings.fingerprint_fields(), prompt_text], sort_keys=True)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def _read_cache(cache_file: Path) -> dict[str, dict[str, Any]]:
-    """The cached lines by key. Lines that do not parse are ignored (their prompts are simply answered again)."""
-    if not cache_file.exists():
-        return {}
-    try:
-        text = cache_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CompressError(f"cannot read the teacher-answer cache {cache_file}: {exc}") from None
-    rows: dict[str, dict[str, Any]] = {}
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("key"), str) and isinstance(row.get("completion"), str):
-            rows[row["key"]] = row
-    return rows
-
-
-def _write_cache(cache_file: Path, rows: dict[str, dict[str, Any]]) -> None:
-    # The whole file is rewritten through a rename after each batch: an interrupted run leaves the
-    # previous complete file, never a half-written line.
-    atomic_write_text(cache_file, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows.values()))
+    return answer_key(teacher_fingerprint, settings.fingerprint_fields(), prompt_text)
 
 
 def _eos_ids(teacher: Any, tokenizer: Any) -> list[int]:
@@ -149,15 +122,15 @@ def teacher_answers(teacher: Any, tokenizer: Any, prompts: list[LMExample], sett
         teacher.to(target)  # "cuda" and "cuda:0" are the same place: no move (quantized models cannot move)
     teacher.eval()
     fingerprint = model_fingerprint(teacher)
-    rows = _read_cache(cache_file)
+    cache = AnswerCache(cache_file)
 
     keys: list[str] = []
     todo: dict[str, tuple[LMExample, list[int]]] = {}
     for example in prompts:
         text = render_prompt(example, tokenizer)
-        key = answer_key(fingerprint, settings, text)
+        key = local_answer_key(fingerprint, settings, text)
         keys.append(key)
-        if key not in rows and key not in todo:
+        if key not in cache and key not in todo:
             ids = prompt_ids(example, tokenizer)
             if not ids:
                 raise CompressError(f"prompt {example.prompt[:60]!r} has no tokens to answer")
@@ -176,13 +149,13 @@ def teacher_answers(teacher: Any, tokenizer: Any, prompts: list[LMExample], sett
         seed = int(hashlib.sha256(seed_text.encode()).hexdigest()[:8], 16)
         answers = _generate(teacher, tokenizer, [ids for _, (_, ids) in chunk], settings, target, seed)
         for (key, (example, _)), answer in zip(chunk, answers):
-            rows[key] = {"key": key, "prompt": example.prompt,
-                         "messages": [list(turn) for turn in example.messages] if example.messages else None,
-                         "completion": answer}
-        _write_cache(cache_file, rows)
+            cache.add({"key": key, "prompt": example.prompt,
+                       "messages": [list(turn) for turn in example.messages] if example.messages else None,
+                       "completion": answer})
+        cache.save()
         done += sum(1 for key in keys if key in {k for k, _ in chunk})
         if progress is not None:
             progress(done, total)
 
-    return [LMExample(example.prompt, rows[key]["completion"], example.messages)
+    return [LMExample(example.prompt, cache[key]["completion"], example.messages)
             for example, key in zip(prompts, keys)]

@@ -105,7 +105,7 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
         raise CompressError(f"{description}: too little text to hold some out (need at least 20 examples, "
                             f"found {len(examples)})")
     reporter.message(f"data: {description}; {len(train)} for training, {len(held_out)} held out (never trained on)")
-    _write_jsonl(stage_dir / HELD_OUT_FILE, [_held_out_row(e) for e in held_out])
+    write_jsonl(stage_dir / HELD_OUT_FILE, [held_out_row(e) for e in held_out])
 
     teacher, tokenizer = load_causal_lm(teacher_dir, device=device)
     teacher_params = sum(p.numel() for p in teacher.parameters())
@@ -132,7 +132,7 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
 
     encoded = encode_examples(train, tokenizer, config.max_length)
     batch_size = config.batch_size or DEFAULT_LM_BATCH_SIZE[device]
-    budget = _training_budget(config, profile, time.perf_counter() - started)
+    budget = training_budget(config, profile, time.perf_counter() - started)
     settings = LMLoopSettings(
         max_steps=config.max_steps, epochs=config.epochs, time_budget_s=budget, batch_size=batch_size, lr=config.lr,
         loss_kind=config.loss, temperature=config.temperature, beta=config.beta, topk=config.topk,
@@ -175,7 +175,7 @@ def _with_teacher_answers(config: LMDistillConfig, teacher: Any, tokenizer: Any,
     return train + answered, len(answered)
 
 
-def _training_budget(config: LMDistillConfig, profile: Profile, spent_s: float) -> float | None:
+def training_budget(config: LMDistillConfig, profile: Profile, spent_s: float) -> float | None:
     """Seconds the training loop may take: the stage's budget less what setting up took and scoring needs."""
     if config.time_budget_s is None and (config.step_determined or profile is None):
         return None
@@ -183,12 +183,12 @@ def _training_budget(config: LMDistillConfig, profile: Profile, spent_s: float) 
     return max(total - spent_s - FINISH_RESERVE_S, 0.25 * total)
 
 
-def _held_out_row(example: Any) -> dict[str, Any]:
+def held_out_row(example: Any) -> dict[str, Any]:
     row: dict[str, Any] = {"prompt": example.prompt, "completion": example.completion}
     if example.messages:
         row["messages"] = [{"role": role, "content": content} for role, content in example.messages]
     return row
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

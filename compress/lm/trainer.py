@@ -40,7 +40,7 @@ from export.base.errors import CompressError, require
 from compress.lm.data import EncodedLM, LMExample, collate_lm, encode_examples
 from compress.lm.losses import LOSS_KINDS, LossKind, TopK, lm_distillation_loss, next_token_loss
 from compress.lm.quality import Predictions, agreement, pad_id_of, predictions
-from compress.lm.topk_cache import TopKCache, teacher_topk
+from compress.lm.targets import LocalTeacherTargets, TeacherTargets
 
 __all__ = ["DistillInterrupted", "LMLoopSettings", "LMTrainingReport", "train_lm", "teacher_fingerprint"]
 
@@ -211,64 +211,23 @@ class _QuietReporter(Reporter):
 class _LMLoop:
     """State shared by the steps of one ``train_lm`` call."""
 
-    def __init__(self, student: Any, teacher: Any, train: list[EncodedLM], settings: LMLoopSettings,
-                 pad_id: int, cache: TopKCache | None) -> None:
+    def __init__(self, student: Any, targets: TeacherTargets | None, train: list[EncodedLM],
+                 settings: LMLoopSettings, pad_id: int) -> None:
         self.student = student
-        self.teacher = teacher
+        self.targets = targets
         self.train = train
         self.s = settings
         self.pad_id = pad_id
-        self.cache = cache
         self.device = settings.device
         self.optimizer = make_lm_optimizer(student, settings.lr, settings.device)
         self.params = [p for p in student.parameters() if p.requires_grad]
-        self.teacher_batches = 0
-        self.cached_batches = 0
-
-    def teacher_targets(self, rows: list[int], width: int) -> TopK | Any:
-        """The teacher's top-k (cached, through fp16) or full logits for a batch of train examples."""
-        import torch
-
-        examples = [self.train[i] for i in rows]
-        if self.cache is None:
-            batch = collate_lm(examples, self.pad_id)
-            device = next(self.teacher.parameters()).device
-            with torch.no_grad(), autocast_context(str(device)):
-                logits = self.teacher(input_ids=batch["input_ids"].to(device),
-                                      attention_mask=batch["attention_mask"].to(device)).logits
-            self.teacher_batches += 1
-            return logits.float().to(self.device)
-        found = [self.cache.get(e.input_ids) for e in examples]
-        missing = [j for j, entry in enumerate(found) if entry is None]
-        if missing:
-            # Only the examples not cached yet go through the teacher.
-            sub = collate_lm([examples[j] for j in missing], self.pad_id)
-            device = next(self.teacher.parameters()).device
-            with autocast_context(str(device)):
-                top = teacher_topk(self.teacher, sub, self.s.topk)
-            for r, j in enumerate(missing):
-                ids = examples[j].input_ids
-                values = top.values[r, :len(ids)].to("cpu", torch.float16).numpy()
-                indices = top.indices[r, :len(ids)].to("cpu", torch.int32).numpy()
-                self.cache.put(ids, values, indices)
-                found[j] = (values, indices)
-            self.teacher_batches += 1
-        else:
-            self.cached_batches += 1
-        k = self.s.topk
-        values = np.zeros((len(rows), width, k), dtype=np.float32)
-        indices = np.zeros((len(rows), width, k), dtype=np.int64)
-        for r, (v, ix) in enumerate(found):  # type: ignore[misc]
-            values[r, :len(v)] = v
-            indices[r, :len(ix)] = ix
-        return TopK(torch.from_numpy(values).to(self.device), torch.from_numpy(indices).to(self.device))
 
     def step(self, rows: list[int], lr: float) -> tuple[Any, int]:
         """One optimizer step on train examples ``rows``; (detached loss, non-padding tokens)."""
         import torch
 
-        batch = collate_lm([self.train[i] for i in rows], self.pad_id)
-        target = self.teacher_targets(rows, batch["input_ids"].shape[1])
+        examples = [self.train[i] for i in rows]
+        batch = collate_lm(examples, self.pad_id)
         batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -277,10 +236,15 @@ class _LMLoop:
         # Aligned: logits at t predict token t + 1, scored when t + 1 is a completion token.
         student_logits = logits[:, :-1]
         mask = batch["completion_mask"][:, 1:]
-        aligned = (TopK(target.values[:, :-1], target.indices[:, :-1]) if isinstance(target, TopK)
-                   else target[:, :-1])
-        loss = lm_distillation_loss(student_logits, aligned, mask, kind=self.s.loss_kind,
-                                    temperature=self.s.temperature, beta=self.s.beta)
+        loss = student_logits.sum() * 0.0
+        if self.targets is not None:
+            target = self.targets.for_batch(examples, batch["input_ids"].shape[1], self.device)
+            teacher = target.teacher
+            aligned = (TopK(teacher.values[:, :-1], teacher.indices[:, :-1]) if isinstance(teacher, TopK)
+                       else teacher[:, :-1])
+            kd_mask = mask if target.mask is None else mask * target.mask[:, :-1]
+            loss = lm_distillation_loss(student_logits, aligned, kd_mask, kind=self.s.loss_kind,
+                                        temperature=self.s.temperature, beta=self.s.beta)
         if self.s.ce_weight > 0:
             loss = loss + self.s.ce_weight * next_token_loss(student_logits, batch["input_ids"][:, 1:], mask)
         loss.backward()
@@ -292,15 +256,18 @@ class _LMLoop:
 
 # -- the loop ---------------------------------------------------------------------------------
 
-def train_lm(student: Any, teacher: Any, tokenizer: Any, train: list[EncodedLM], settings: LMLoopSettings,
+def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[EncodedLM], settings: LMLoopSettings,
              out_dir: Path, *, reporter: Reporter | None = None, resume: bool = False,
-             held_out: list[LMExample] | None = None) -> LMTrainingReport:
+             held_out: list[LMExample] | None = None, targets: TeacherTargets | None = None) -> LMTrainingReport:
     """Distil ``teacher`` into ``student`` (both causal LMs with the same tokenizer) on ``train``.
 
     Checkpoints go to ``out_dir/checkpoint``, the teacher's top-k cache to ``out_dir/teacher_topk``.
     With ``held_out`` the loss history records the student's next-token agreement with the teacher
     (and its perplexity) on up to 256 held-out examples at the start, every ``eval_every`` steps and
     at the end. ``resume`` continues from the checkpoint (made with the same settings and data).
+
+    Without a local ``teacher``, the student learns from ``targets`` (an endpoint's top-k, say) and
+    the cross-entropy term, or from the cross-entropy term alone when ``targets`` is None too.
     """
     import torch
 
@@ -312,21 +279,23 @@ def train_lm(student: Any, teacher: Any, tokenizer: Any, train: list[EncodedLM],
     usable = [e for e in train if any(e.completion_mask[1:])]
     if not usable:
         raise CompressError(f"no training example has a completion token to predict (of {len(train)} given)")
-    student_vocab = int(student.get_output_embeddings().weight.shape[0])
-    teacher_vocab = int(teacher.get_output_embeddings().weight.shape[0])
-    if student_vocab != teacher_vocab:
-        raise CompressError(f"student and teacher vocabularies differ ({student_vocab} vs {teacher_vocab} tokens); "
-                            "the student must use the teacher's tokenizer")
-    if settings.topk > teacher_vocab:
-        raise CompressError(f"topk {settings.topk} is larger than the vocabulary ({teacher_vocab} tokens)")
-
     device = settings.device
     pad_id = pad_id_of(tokenizer)
-    teacher_fp = teacher_fingerprint(teacher)
-    fingerprint = _run_fingerprint(settings, teacher_fp, student, usable)
-    cache = TopKCache(out_dir / TOPK_CACHE_DIR, settings.topk, teacher_fp) if settings.topk > 0 else None
+    if teacher is not None:
+        student_vocab = int(student.get_output_embeddings().weight.shape[0])
+        teacher_vocab = int(teacher.get_output_embeddings().weight.shape[0])
+        if student_vocab != teacher_vocab:
+            raise CompressError(f"student and teacher vocabularies differ ({student_vocab} vs {teacher_vocab} "
+                                "tokens); the student must use the teacher's tokenizer")
+        if settings.topk > teacher_vocab:
+            raise CompressError(f"topk {settings.topk} is larger than the vocabulary ({teacher_vocab} tokens)")
+        targets = LocalTeacherTargets(teacher, teacher_fingerprint(teacher), settings.topk,
+                                      out_dir / TOPK_CACHE_DIR, pad_id)
+    elif targets is None and settings.ce_weight <= 0:
+        raise CompressError("no teacher, no teacher targets and no cross-entropy weight: nothing to learn from")
+    fingerprint = _run_fingerprint(settings, targets.fingerprint if targets else "answers only", student, usable)
     student.to(device)
-    loop = _LMLoop(student, teacher, usable, settings, pad_id, cache)
+    loop = _LMLoop(student, targets, usable, settings, pad_id)
     per_epoch = batches_per_epoch(len(usable), settings.batch_size)
     total_steps, stop_label = _plan_steps(settings, per_epoch)
     schedule = Schedule(base_lr=settings.lr, warmup_fraction=0.0, total_steps=total_steps,
@@ -357,7 +326,7 @@ def train_lm(student: Any, teacher: Any, tokenizer: Any, train: list[EncodedLM],
 
     reference: Predictions | None = None
     held_encoded: list[EncodedLM] = []
-    if held_out:
+    if held_out and teacher is not None:
         held_encoded = encode_examples(held_out[:EVAL_EXAMPLES], tokenizer, max(2, int(lengths.max())))
         if held_encoded:
             reference = predictions(teacher, held_encoded, pad_id=pad_id, device=device,
@@ -468,6 +437,6 @@ def train_lm(student: Any, teacher: Any, tokenizer: Any, train: list[EncodedLM],
         stopped_by=stopped_by,
         loss_history=state.history,
         resumed_from_step=resumed_from,
-        teacher_batches=loop.teacher_batches,
-        cached_batches=loop.cached_batches,
+        teacher_batches=targets.batches_computed if targets else 0,
+        cached_batches=targets.batches_cached if targets else 0,
     )

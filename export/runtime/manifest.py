@@ -163,6 +163,8 @@ class TeacherRef:
     name: str
     weights_sha256: str
     params: int
+    answers_from: str | None = None  # a teacher known only by its answers: the endpoint (see TeacherInfo)
+    answers_sha256: str | None = None
 
 
 @dataclass(frozen=True)
