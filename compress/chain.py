@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from compress.chain_state import (STAGES, ChainContext, ChainOptions, ChainResult, ModelSide, PruneOptions, TableRow,
                                   bench_threads, profile_input)
+from compress.parallel import close_world, world
 from compress.settings import DistillSettings
 from compress.run_directory import claimed
 from export.base.files import sha256_file
@@ -65,8 +66,21 @@ def run_chain(run_dir: str | Path, family: TaskFamily, config: DistillSettings, 
 
     config = with_chain_budget(config, profile, family.later_stages_reserve_s, family.min_distill_share)
     config.validate()  # before anything is written: bad input leaves no run directory
+    if not world().is_main:
+        return _help_distill(run_dir, family, config, profile, options)
     with claimed(run_dir):
         return _run(run_dir, family, config, profile, options, reporter or Reporter(), reaches)
+
+
+def _help_distill(run_dir: Path, family: TaskFamily, config: DistillSettings, profile: Profile,
+                  options: ChainOptions) -> ChainResult:
+    """A rank other than 0 under torchrun: train its shard of distillation, write nothing, leave."""
+    from compress.distill.progress import QuietReporter
+
+    result = ChainResult(run_dir=run_dir, family=family.name, profile=profile.name, stages={}, helper=True)
+    family.distill(ChainContext(run_dir, config, profile, options, QuietReporter(), result))
+    close_world()
+    return result
 
 
 def _run(run_dir: Path, family: TaskFamily, config: DistillSettings, profile: Profile, options: ChainOptions,
@@ -74,6 +88,7 @@ def _run(run_dir: Path, family: TaskFamily, config: DistillSettings, profile: Pr
     result = ChainResult(run_dir=run_dir, family=family.name, profile=profile.name, stages={})
     ctx = ChainContext(run_dir, config, profile, options, reporter, result)
     distilled = family.distill(ctx)
+    close_world()  # the stages after distillation run once, here
     result.stages["distill"], result.distill = distilled.status, distilled.record
     if not reaches("prune"):
         return result

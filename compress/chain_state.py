@@ -107,6 +107,7 @@ class ChainResult:
     gate_exit_code: int = 0
     gate_reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    helper: bool = False  # a data-parallel rank other than 0: it trained, rank 0 wrote and reports
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -36,6 +36,7 @@ def run_distill_job(job: DistillJob, reporter: Reporter | None = None) -> tuple[
     """Run the whole chain for ``job``; an option the teacher's family cannot use is a CompressError."""
     from compress.chain import ChainOptions, PruneOptions, run_chain
     from compress.families import family_for
+    from compress.parallel import close_world, init_world
     from export.runtime.profiles import load_profile
 
     profile = load_profile(job.profile)
@@ -57,4 +58,8 @@ def run_distill_job(job: DistillJob, reporter: Reporter | None = None) -> tuple[
     options = ChainOptions(stop_after=chain.get("stop_after", "gate"), prune=prune, precision=chain.get("precision"),
                            block_size=chain.get("block_size", 32), on=chain.get("on"))
     run_dir = job.run_dir or Path("runs") / profile.name
-    return family, run_chain(run_dir, family, config, profile, options, reporter)
+    init_world(config.device)  # under torchrun: join the ranks (a world of one otherwise)
+    try:
+        return family, run_chain(run_dir, family, config, profile, options, reporter)
+    finally:
+        close_world()

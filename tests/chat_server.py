@@ -40,6 +40,7 @@ class ChatServer:
 
     def __init__(self, model_dir: Path, *, name: str = "tiny-teacher", api_key: str | None = None,
                  port: int = 0) -> None:
+        from compress.lm.endpoint_tokens import token_bytes
         from compress.lm.teacher import load_causal_lm
 
         self.name = name
@@ -47,6 +48,8 @@ class ChatServer:
         self.faults = Faults()
         self.model, self.tokenizer = load_causal_lm(Path(model_dir))
         self.model.eval()
+        self.send_bytes = True
+        self.token_bytes = token_bytes(self.tokenizer)
         self.requests: Counter[str] = Counter()  # chat requests by the prompt's last user turn
         self.chat_requests = 0
         self._lock = threading.Lock()
@@ -91,6 +94,7 @@ class ChatServer:
         eos = self.tokenizer.eos_token_id
         generator = torch.Generator().manual_seed(seed)
         tokens: list[dict[str, Any]] = []
+        generated: list[int] = []
         finish = "length"
         with self._lock, torch.no_grad():  # one generation at a time: the model is shared
             out = self.model(input_ids=ids, use_cache=True)
@@ -104,14 +108,19 @@ class ChatServer:
                     finish = "stop"
                     break
                 entry: dict[str, Any] = {"token": self.tokenizer.decode([token]), "logprob": float(logprobs[token])}
+                if self.send_bytes:  # as OpenAI's API and vLLM do: exact even for part of a character
+                    entry["bytes"] = list(self.token_bytes[token] or b"")
                 if top_logprobs:
                     values, indices = logprobs.topk(top_logprobs)
-                    entry["top_logprobs"] = [{"token": self.tokenizer.decode([int(i)]), "logprob": float(v)}
-                                             for v, i in zip(values, indices)]
+                    entry["top_logprobs"] = [
+                        {"token": self.tokenizer.decode([int(i)]), "logprob": float(v),
+                         **({"bytes": list(self.token_bytes[int(i)] or b"")} if self.send_bytes else {})}
+                        for v, i in zip(values, indices)]
                 tokens.append(entry)
+                generated.append(token)
                 out = self.model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values,
                                  use_cache=True)
-        content = "".join(t["token"] for t in tokens)
+        content = self.tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
                                   "finish_reason": finish}
         if top_logprobs is not None:

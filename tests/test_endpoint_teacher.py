@@ -238,3 +238,26 @@ def test_urls_are_cleaned_and_checked() -> None:
             clean_base_url(bad)
     with pytest.raises(EndpointError, match="cannot reach"):
         ChatEndpoint("http://127.0.0.1:9/v1", "m", retries=0).check()
+
+
+@pytest.mark.parametrize("send_bytes", [True, False])
+def test_the_tokenizers_are_checked_by_bytes_or_by_text(send_bytes: bool, server: ChatServer, chat_teacher: Path,
+                                                        tmp_path: Path) -> None:
+    from compress.lm.endpoint_tokens import match_tokens
+    from compress.lm.teacher import load_causal_lm
+
+    server.send_bytes = send_bytes
+    try:
+        got = ask_endpoint(endpoint(server), default_prompts(12), AnswerSettings(max_tokens=10, top_logprobs=5),
+                           tmp_path / "answers.jsonl")
+    finally:
+        server.send_bytes = True
+    assert all((row["tokens"][0][3] is not None) == send_bytes for row in (a.row for a in got.answered))
+    _, tokenizer = load_causal_lm(chat_teacher)
+    match = match_tokens([(a.example, a.row) for a in got.answered], tokenizer, 5, 256)
+    assert match.used and match.aligned == match.checked == 12, match.reason
+    # Every aligned answer is the teacher's own token sequence, spelling its answer.
+    for answer in got.answered:
+        encoded = match.examples[answer.row["key"]]
+        completion = [t for t, m in zip(encoded.input_ids, encoded.completion_mask) if m]
+        assert tokenizer.decode(completion, skip_special_tokens=True) == answer.row["completion"]

@@ -75,8 +75,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+_INVOKED: list[str] = []
+
+
+def invoked_args() -> list[str]:
+    """The arguments this process's ``compress`` was run with (a command re-launches itself with them)."""
+    return list(_INVOKED)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and map errors to exit codes."""
+    _INVOKED[:] = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("COMPRESS_DEBUG"))
     try:
         # Without standalone mode, click returns ctx.exit()'s code instead of exiting with it.

@@ -113,6 +113,9 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
               help="[language models] int4 weight-only quantization block size (a power of two, at least 16).")
 @click.option("--on", default=None, metavar="ssh://USER@BOARD",
               help="Run the bench and gate stages on that board over SSH (or a board named in devices.yaml).")
+@click.option("--nproc", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Distil data parallel in N processes on this machine (torchrun's engine; gloo on CPUs, NCCL on "
+                   "GPUs). Under torchrun or accelerate launch, leave it out: the launcher says how many.")
 @click.option("--json", "as_json", is_flag=True, help="Print what the chain did and found as JSON on stdout.")
 def distill(**options: Any) -> None:
     """Distil a teacher into a small student for a target profile, then run the release chain.
@@ -160,6 +163,13 @@ def distill(**options: Any) -> None:
     teacher only; naming one for the other kind is an error (exit 2).
 
     \b
+    \b
+    Scaling out: torchrun --nproc-per-node 8 -m compress distill ... (or
+    accelerate launch -m compress distill ..., or --nproc N here) trains the
+    student in DistributedDataParallel, each rank on its share of every batch;
+    rank 0 alone writes, and runs the stages after distillation.
+
+    \b
     Exit code: the gate's (0 pass, 1 fail, 3 unverified: measured on hardware
     that is not the profile's); 0 when the chain stops before the gate.
     """
@@ -168,6 +178,17 @@ def distill(**options: Any) -> None:
     from compress.cli.chain_report import print_chain
     from compress.job import DistillJob, run_distill_job
 
+    nproc = options.pop("nproc")
+    if nproc > 1:
+        from compress.cli import invoked_args
+        from compress.parallel import launched_world_size
+
+        if launched_world_size() == 1:
+            from compress.launch import launch_local
+
+            sys.exit(launch_local(nproc, invoked_args()))
+        if launched_world_size() != nproc:
+            raise click.UsageError(f"--nproc {nproc}, but the launcher started {launched_world_size()} processes")
     ctx = click.get_current_context()
     given = {name for name in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     flags = {param.name: param.opts[0] for param in ctx.command.params if param.name and param.opts}
@@ -177,6 +198,8 @@ def distill(**options: Any) -> None:
     options["time_budget_s"] = options.pop("time_budget")
     job.settings = options
     family, result = run_distill_job(job)
+    if result.helper:
+        return  # a rank other than 0: rank 0 reports
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, default=str))
     else:

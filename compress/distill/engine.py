@@ -34,6 +34,7 @@ from compress.distill.teacher import load_teacher, resolve_task, resolve_teacher
 from export.torch_model import TEACHER_QUANTS, load_model
 from compress.distill.trainer import LoopSettings, Trainer, TrainingReport
 from export.base.errors import CompressError
+from compress.parallel import world
 from export.base.files import atomic_write_json, atomic_write_text
 from export.base.tasks import Task
 
@@ -116,6 +117,10 @@ class DistillResult:
             "samples_seen": self.training.samples_seen,
             "samples_per_s": self.training.samples_per_s,
             "train_time_s": self.training.train_time_s,
+            "world_size": self.training.world_size,
+            "backend": self.training.backend,
+            "rank_samples_per_s": self.training.rank_samples_per_s,
+            "allreduce_share": self.training.allreduce_share,
             "stopped_by": self.training.stopped_by,
             "resumed_from_step": self.training.resumed_from_step,
             "teacher_outputs": self.training.teacher_cache,
@@ -183,10 +188,11 @@ def resolve_student_text(config: DistillConfig, profile: Profile) -> tuple[str, 
 
 
 def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = None, reporter: Reporter | None = None,
-            on_step: Any = None) -> DistillResult:
+            on_step: Any = None) -> DistillResult | None:
     """Distil a teacher into a student under ``work_dir`` (student/, checkpoints/, history, curve).
 
-    ``profile`` (an ``export.runtime.profiles.Profile``) fills ``student="auto"`` and the default time
+    Under ``torchrun`` every rank trains its shard of each batch and rank 0 alone writes; the
+    other ranks return None. ``profile`` (an ``export.runtime.profiles.Profile``) fills ``student="auto"`` and the default time
     budget; None means the ``host`` profile. ``on_step`` is called with a
     :class:`~compress.distill.progress.StepReport` after every optimizer step.
     """
@@ -307,6 +313,10 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     reporter.message(f"training on {where}, batch {batch_size}, "
                      f"lr {config.lr:g}, {plan_text}")
     training = trainer.run(on_step=on_step)
+    ranks = world()
+    ranks.barrier()
+    if not ranks.is_main:
+        return None  # data parallel: rank 0 scores, saves and reports
 
     quality = trainer.evaluate()
     initial = None

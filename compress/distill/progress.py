@@ -143,3 +143,16 @@ class Reporter:
 def _duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class QuietReporter(Reporter):
+    """No bar, no messages: a loop run for its result alone (a data-parallel rank other than 0, a scratch run)."""
+
+    def __init__(self) -> None:
+        super().__init__(show_progress=False)
+
+    def message(self, text: str) -> None:
+        pass
+
+    def warning(self, text: str) -> None:
+        pass

@@ -16,7 +16,8 @@ from compress.distill.engine import (CHECKPOINT_DIR, CURVE_FILE, HELD_OUT_FILE, 
 from compress.distill.progress import Reporter
 from compress.distill.teacher import resolve_teacher
 from export.base.records import FileRef, StageRecord
-from export.base.stages import StageOutput, StageRun, run_stage
+from compress.parallel import run_stage_on_ranks
+from export.base.stages import StageOutput, StageRun
 
 if TYPE_CHECKING:
     from export.runtime.profiles import Profile
@@ -41,8 +42,8 @@ def planned_record(config: DistillConfig, profile: Profile) -> StageRecord:
 
 
 def run_distill_stage(run_dir: Path, config: DistillConfig, profile: Profile | None = None,
-                      reporter: Reporter | None = None) -> StageRun:
-    """Run (or skip) the distill stage into ``run_dir/distill``.
+                      reporter: Reporter | None = None) -> StageRun | None:
+    """Run (or skip) the distill stage into ``run_dir/distill`` (None on ranks other than 0 under torchrun).
 
     The record's ``outputs`` are relative to ``run_dir/distill``; its ``metrics`` are
     :meth:`DistillResult.metrics`. The stage writes in place (not atomically): its checkpoints
@@ -54,10 +55,12 @@ def run_distill_stage(run_dir: Path, config: DistillConfig, profile: Profile | N
 
     def work(folder: Path) -> StageOutput:
         result = distill(config, folder, profile, reporter)
+        if result is None:  # a rank other than 0: it trained, rank 0 writes
+            return StageOutput({}, {})
         return StageOutput({"student": STUDENT_DIR, "loss_history": HISTORY_FILE, "loss_curve": CURVE_FILE,
                             "held_out": HELD_OUT_FILE, "checkpoint": CHECKPOINT_DIR}, result.metrics())
 
-    run = run_stage(stage_dir, planned_record(config, profile), work, atomic=False)
-    if run.status == "skipped":
+    run = run_stage_on_ranks(stage_dir, planned_record(config, profile), work, atomic=False)
+    if run is not None and run.status == "skipped":
         reporter.message(f"distill: up to date in {stage_dir} (inputs and settings unchanged); skipped")
     return run

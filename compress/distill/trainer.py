@@ -22,7 +22,9 @@ from typing import Any
 
 from compress.distill.batching import EncodedSet, TeacherCache, batches_per_epoch, collate, epoch_batches
 from compress.distill.checkpoint import TrainingState, load_checkpoint, read_state, save_checkpoint
-from export.torch_model import task_outputs
+from compress.parallel import allreduce_share, data_parallel, world
+from export.base.errors import CompressError
+from export.torch_model import TaskOutputs, task_outputs
 from compress.distill.losses import LossSettings, distillation_loss
 from compress.distill.progress import Reporter, StepReport
 from compress.distill.quality import HeldOutOutputs, QualityReport, compare, held_out_outputs
@@ -50,6 +52,10 @@ class TrainingReport:
     resumed_from_step: int | None
     teacher_cache: str  # how teacher outputs were obtained
     history: list[dict[str, Any]] = field(default_factory=list)
+    world_size: int = 1  # processes training data-parallel
+    backend: str | None = None  # gloo | nccl
+    rank_samples_per_s: list[float] = field(default_factory=list)  # each rank's own rows, this session
+    allreduce_share: float | None = None  # of forward + backward time, by DDP's timers (None: one process)
 
 
 @dataclass
@@ -122,6 +128,25 @@ def _graceful_interrupt(reporter: Reporter) -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _trainable(student: Student, task: Task, pooling: Pooling | None) -> Any:
+    """The student's trained modules as one ``nn.Module`` whose forward is ``task_outputs`` (what DDP wraps)."""
+    import torch
+
+    class Trainable(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = student.model
+            self.projection = student.projection
+
+        def forward(self, batch: dict[str, Any], hidden_states: bool, attentions: bool) -> Any:
+            projection = self.projection if task == "feature-extraction" else None
+            out = task_outputs(self.model, batch, task, pooling, projection, hidden_states=hidden_states,
+                               attentions=attentions)
+            return out.final, out.hidden_states, out.attentions  # tensors DDP can follow
+
+    return Trainable()
+
+
 class Trainer:
     """Distils ``teacher_model`` into ``student`` on ``train``, scoring on ``held_out`` against ``reference``."""
 
@@ -145,6 +170,12 @@ class Trainer:
         self._params = [p for m in student.modules() for p in m.parameters() if p.requires_grad]
         self.batches_per_epoch = batches_per_epoch(len(train), settings.batch_size)
         self._pad_multiple = 8 if settings.device.startswith("cuda") else 1  # tensor-core friendly shapes
+        self.world = world()
+        if settings.batch_size < self.world.size:
+            raise CompressError(f"--batch-size {settings.batch_size} is smaller than the {self.world.size} "
+                                "processes: each needs a row of every batch")
+        # Heads the task does not read (a pooler, say) get no gradient: DDP must be told to look for them.
+        self.forward = data_parallel(_trainable(student, settings.task, pooling), find_unused=True)
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -168,41 +199,51 @@ class Trainer:
         token_task = self.s.task == "token-classification"
         length = batch["input_ids"].shape[1]
         cached = self.cache.lookup(indices, length if token_task else None)
-        if cached is not None:
-            return cached, None
         losses = self.s.losses
+        # Across ranks every rank computes its own rows and keeps everyone's: one teacher pass per row.
+        gathering = self.world.distributed and not losses.needs_teacher_internals
+        if gathering:
+            if not self.world.any(cached is None):
+                return cached, None
+        elif cached is not None:
+            return cached, None
         context = autocast_context(self.s.device) if self.teacher_autocast else contextlib.nullcontext()
         with torch.no_grad(), context:
             out = task_outputs(self.teacher, batch, self.s.task, self.pooling,
                                hidden_states=losses.hidden_weight > 0, attentions=losses.attention_weight > 0)
         # Token rows are kept at the longest a batch can be (max_length, padded up to the multiple of 8 on CUDA).
-        row_length = math.ceil(self.s.max_length / self._pad_multiple) * self._pad_multiple
-        final = self.cache.store(indices, out.final, row_length if token_task else None)
-        return final, (out if losses.needs_teacher_internals else None)
+        row_length = math.ceil(self.s.max_length / self._pad_multiple) * self._pad_multiple if token_task else None
+        if not gathering:
+            final = self.cache.store(indices, out.final, row_length)
+            return final, (out if losses.needs_teacher_internals else None)
+        kept = [self.cache.store(rows, outputs, row_length)
+                for rows, outputs in zip(self.world.gather_rows(indices), self.world.gather_rows(out.final))]
+        return kept[self.world.rank], None
 
     def train_step(self, indices: Any, lr: float) -> Any:
         """One optimizer step on the examples ``indices``; returns the loss (a detached tensor)."""
         import torch
 
         device = self.s.device
-        batch = collate(self.train, indices, device, pad_to_multiple=self._pad_multiple)
-        index_tensor = torch.as_tensor(indices, device=device)
+        shard = self.world.shard(indices)  # all of them in a world of one
+        batch = collate(self.train, shard, device, pad_to_multiple=self._pad_multiple)
+        index_tensor = torch.as_tensor(shard, device=device)
         teacher_final, teacher_internals = self._teacher_targets(batch, index_tensor)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         losses = self.s.losses
-        projection = self.student.projection
         with autocast_context(device):
-            out = task_outputs(self.student.model, batch, self.s.task, self.pooling,
-                               projection if self.s.task == "feature-extraction" else None,
-                               hidden_states=losses.hidden_weight > 0, attentions=losses.attention_weight > 0)
+            final, hidden, attentions = self.forward(batch, losses.hidden_weight > 0, losses.attention_weight > 0)
+            out = TaskOutputs(final=final, hidden_states=hidden, attentions=attentions)
             loss = distillation_loss(losses, out, teacher_final, teacher_internals, batch,
-                                     self.student.teacher_layers, projection)
+                                     self.student.teacher_layers, self.student.projection)
+            # Weighted by this shard's share of the batch: DDP's averaged gradient is the whole batch's.
+            loss = loss * self.world.share(len(shard), len(indices))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self._params, GRAD_CLIP_NORM)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return self.world.sum(loss.detach()) / self.world.size
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -232,7 +273,8 @@ class Trainer:
                                   "(pass --resume to continue it instead)")
         for module in self.student.modules():
             module.train()
-        if not state.history:
+        ranks = self.world
+        if not state.history and ranks.is_main:  # rank 0 alone scores and reports
             initial = self.evaluate()
             state.history.append({"step": 0, "loss": None, "lr": 0.0, "samples_per_s": None, "elapsed_s": 0.0,
                                   "epoch": 0.0, **_quality_fields(initial)})
@@ -241,7 +283,7 @@ class Trainer:
         epoch_cache: tuple[int, list[Any]] | None = None
         session_start = time.perf_counter()
         base_elapsed = state.elapsed_s
-        session_samples = 0
+        session_samples = rank_samples = 0
         window_loss = torch.zeros((), device=s.device)
         window_steps = window_samples = 0
         window_start = time.perf_counter()
@@ -252,11 +294,13 @@ class Trainer:
             with _graceful_interrupt(self.reporter) as interrupted:
                 while True:
                     elapsed = base_elapsed + time.perf_counter() - session_start
-                    reason = s.schedule.finished(state.step, elapsed)
+                    # Every rank stops together: on rank 0's clock, or when any rank was interrupted.
+                    reason = ranks.agree(s.schedule.finished(state.step, elapsed))
                     if reason:
                         stopped_by = s.stop_label if reason == "max_steps" else reason
                         break
-                    if interrupted[0]:
+                    if ranks.any(interrupted[0]):
+                        interrupted[0] = True
                         break
                     if epoch_cache is None or epoch_cache[0] != state.epoch:
                         epoch_cache = (state.epoch, epoch_batches(lengths, s.batch_size, s.seed, state.epoch))
@@ -272,12 +316,13 @@ class Trainer:
                     state.position += 1
                     state.samples_seen += len(indices)
                     session_samples += len(indices)
+                    rank_samples += len(ranks.shard(indices))
                     window_steps += 1
                     window_samples += len(indices)
                     elapsed = base_elapsed + time.perf_counter() - session_start
                     state.elapsed_s = elapsed
                     epoch_float = state.epoch + state.position / self.batches_per_epoch
-                    eval_now = self._eval_due(state.step, progress, evals_done)
+                    eval_now = ranks.is_main and self._eval_due(state.step, progress, evals_done)
                     loss_value = None
                     if state.step % s.log_every == 0 or eval_now or s.schedule.finished(state.step, elapsed):
                         now = time.perf_counter()
@@ -294,7 +339,7 @@ class Trainer:
                         window_start = time.perf_counter()
                     due_by_steps = s.checkpoint_every_steps and state.step % s.checkpoint_every_steps == 0
                     due_by_time = time.perf_counter() - last_checkpoint >= s.checkpoint_every_s
-                    if eval_now or due_by_steps or due_by_time:
+                    if (eval_now or due_by_steps or due_by_time) and ranks.is_main:
                         save_checkpoint(s.checkpoint_dir, state, self.student, self.optimizer, self.cache)
                         last_checkpoint = time.perf_counter()
                     if loss_value is None:  # between log lines: the last logged loss, else this window's so far
@@ -308,7 +353,9 @@ class Trainer:
                     if on_step is not None:
                         on_step(report)
                 if interrupted[0] and not stopped_by:
-                    save_checkpoint(s.checkpoint_dir, state, self.student, self.optimizer, self.cache)
+                    if ranks.is_main:
+                        save_checkpoint(s.checkpoint_dir, state, self.student, self.optimizer, self.cache)
+                    ranks.barrier()  # no rank leaves (and gets the others stopped) before the checkpoint is saved
                     message = (f"stopped at step {state.step}; checkpoint saved in {s.checkpoint_dir}; "
                                "run the same command with --resume to continue")
                     self.reporter.stop()
@@ -317,7 +364,9 @@ class Trainer:
         finally:
             self.reporter.stop()
         session_time = time.perf_counter() - session_start
-        save_checkpoint(s.checkpoint_dir, state, self.student, self.optimizer, self.cache)
+        if ranks.is_main:
+            save_checkpoint(s.checkpoint_dir, state, self.student, self.optimizer, self.cache)
+        per_rank = ranks.gather_rows(torch.tensor([rank_samples / max(session_time, 1e-9)]))
         return TrainingReport(
             steps=state.step,
             epochs=round(state.epoch + state.position / self.batches_per_epoch, 4),
@@ -329,6 +378,10 @@ class Trainer:
             teacher_cache=("cached in fp16 after first use" if self.cache.disabled_reason is None
                            else f"recomputed every step ({self.cache.disabled_reason})"),
             history=state.history,
+            world_size=ranks.size,
+            backend=ranks.backend,
+            rank_samples_per_s=[round(float(r), 2) for r in per_rank],
+            allreduce_share=allreduce_share([self.forward]),
         )
 
 

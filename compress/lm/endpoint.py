@@ -42,11 +42,16 @@ class BadAnswer(Exception):
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """One answer token as the endpoint wrote it, its log-probability and the top alternatives."""
+    """One answer token as the endpoint wrote it, its log-probability, the top alternatives and its bytes.
+
+    ``raw`` (and the third item of each alternative) is the token's UTF-8 bytes when the endpoint
+    sends them: a token that is part of a character reads as "\ufffd" but its bytes are exact.
+    """
 
     token: str
     logprob: float
-    top: tuple[tuple[str, float], ...]
+    top: tuple[tuple[str, float, tuple[int, ...] | None], ...]
+    raw: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -211,12 +216,21 @@ def parse_answer(raw: bytes) -> EndpointAnswer:
     if content:
         try:
             tokens = tuple(TokenLogprob(str(item["token"]), float(item["logprob"]),
-                                        tuple((str(top["token"]), float(top["logprob"]))
-                                              for top in item.get("top_logprobs") or ()))
+                                        tuple((str(top["token"]), float(top["logprob"]), _bytes(top))
+                                              for top in item.get("top_logprobs") or ()), _bytes(item))
                            for item in content)
         except (KeyError, TypeError, ValueError):
             raise BadAnswer("malformed logprobs") from None
     return EndpointAnswer(text=text, finish_reason=finish, tokens=tokens)
+
+
+def _bytes(item: dict[str, Any]) -> tuple[int, ...] | None:
+    raw = item.get("bytes")
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(b, int) and 0 <= b < 256 for b in raw):
+        raise BadAnswer("malformed logprobs")
+    return tuple(raw)
 
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:

@@ -117,7 +117,8 @@ def ask_endpoint(endpoint: ChatEndpoint, prompts: list[LMExample], settings: Ans
 def _row(key: str, example: LMExample, answer: EndpointAnswer) -> dict[str, Any]:
     tokens = None
     if answer.tokens is not None:
-        tokens = [[t.token, t.logprob, [[top, lp] for top, lp in t.top]] for t in answer.tokens]
+        tokens = [[t.token, t.logprob, [[top, lp, list(raw) if raw is not None else None] for top, lp, raw in t.top],
+                   list(t.raw) if t.raw is not None else None] for t in answer.tokens]
     return {"key": key, "prompt": example.prompt,
             "messages": [list(turn) for turn in example.messages] if example.messages else None,
             "completion": answer.text, "finish_reason": answer.finish_reason, "tokens": tokens}

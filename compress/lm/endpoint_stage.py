@@ -25,16 +25,20 @@ from compress.distill.config import cpu_threads, resolve_device
 from compress.distill.progress import Reporter
 from compress.families.base import data_input
 from compress.lm.config import DEFAULT_LM_BATCH_SIZE, EndpointDistillConfig
-from compress.lm.stage import (ANSWERS_FILE, HELD_OUT_FRACTION, HELD_OUT_MAX, HISTORY_FILE, HELD_OUT_FILE, STAGE,
+from compress.lm.stage import (ANSWERS_FILE, HELD_OUT_MAX, HISTORY_FILE, HELD_OUT_FILE, STAGE,
                                STUDENT_DIR, held_out_row, training_budget, write_jsonl)
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json, make_folder
 from export.base.records import FileRef, StageRecord
 from export.base.stages import StageOutput, StageRun, run_stage
 
+# Prompts are fewer than training texts usually are: a tenth is held out, for a quality number worth reading.
+HELD_OUT_SHARE = 0.1
+
 if TYPE_CHECKING:
     from compress.lm.endpoint import ChatEndpoint
     from compress.lm.data import LMExample
+    from compress.lm.student import LMStudentPlan
     from export.runtime.profiles import Profile
 
 
@@ -62,9 +66,14 @@ def run_endpoint_distill_stage(run_dir: Path, config: EndpointDistillConfig, pro
     """Run (or skip) the distill stage against ``config.teacher_url`` into ``run_dir/distill``."""
     from compress.lm.teacher import resolve_lm_teacher
 
+    from compress.parallel import world
+
     started = time.perf_counter()
     reporter = reporter or Reporter()
     config.validate()
+    if world().distributed:
+        raise CompressError("--teacher-url: distillation from an endpoint runs in one process (the endpoint is "
+                            "the slow part); drop torchrun / --nproc")
     endpoint = endpoint_of(config)
     student_from = resolve_lm_teacher(config.student_from)
 
@@ -111,7 +120,7 @@ def _distill(config: EndpointDistillConfig, profile: Profile | None, endpoint: C
     from compress.lm.endpoint import AnswerSettings
     from compress.lm.endpoint_answers import AnsweredPrompt, ask_endpoint
     from compress.lm.endpoint_tokens import match_tokens
-    from compress.lm.student import build_lm_student, plan_lm_student, save_lm_student
+    from compress.lm.student import build_lm_student, save_lm_student
     from compress.lm.targets import AnswerTopKTargets
     from compress.lm.teacher import load_causal_lm
     from compress.lm.trainer import LMLoopSettings, train_lm
@@ -125,7 +134,7 @@ def _distill(config: EndpointDistillConfig, profile: Profile | None, endpoint: C
     torch.manual_seed(config.seed)
 
     prompts, description = prompts_of(config)
-    train_prompts, held_prompts = split_lm_examples(prompts, HELD_OUT_FRACTION, seed=config.seed,
+    train_prompts, held_prompts = split_lm_examples(prompts, HELD_OUT_SHARE, seed=config.seed,
                                                     max_held_out=HELD_OUT_MAX)
     reporter.message(f"teacher: {config.teacher_model} at {endpoint.base_url} (answers only: no weights here)")
     reporter.message(f"prompts: {description}; {len(train_prompts)} to learn from, {len(held_prompts)} held out")
@@ -149,7 +158,7 @@ def _distill(config: EndpointDistillConfig, profile: Profile | None, endpoint: C
     base_params = sum(p.numel() for p in base.parameters())
     layers = int(base.config.num_hidden_layers)
     spec = f"layers={layers}" if config.student == "auto" else config.student
-    plan = plan_lm_student(base.config, spec)
+    plan = _student_plan(base, tokenizer, spec, [a.example for a in train], config.max_length, device)
     student = build_lm_student(base, plan).to(device)
     student_params = sum(p.numel() for p in student.parameters())
     reporter.message(f"student: {config.student_from} ({layers} layers, {base_params / 1e6:.1f}M parameters) -> "
@@ -206,6 +215,19 @@ def _distill(config: EndpointDistillConfig, profile: Profile | None, endpoint: C
         "quality": {"base": base_quality.to_json(), "before": before.to_json(), "after": after.to_json(),
                     "next_token_agreement": after.token_agreement},
     }
+
+
+def _student_plan(base: Any, tokenizer: Any, spec: str, train: list[LMExample], max_length: int,
+                  device: str) -> LMStudentPlan:
+    """The student's layers; for keep=N, the blocks that change their input most on the teacher's answers."""
+    from compress.lm.block_importance import IMPORTANCE_EXAMPLES, block_importance
+    from compress.lm.data import encode_examples
+    from compress.lm.quality import pad_id_of
+    from compress.lm.student import plan_lm_student
+
+    return plan_lm_student(base.config, spec, importance=lambda: block_importance(
+        base, encode_examples(train[:IMPORTANCE_EXAMPLES], tokenizer, max_length), pad_id=pad_id_of(tokenizer),
+        device=device))
 
 
 def _prompt_of(example: LMExample) -> LMExample:

@@ -30,7 +30,8 @@ from export.base.errors import CompressError
 from export.base.files import atomic_write_json, atomic_write_text, make_folder
 from compress.lm.config import DEFAULT_LM_BATCH_SIZE, LMDistillConfig, resolve_lm_student
 from export.base.records import FileRef, StageRecord
-from export.base.stages import StageOutput, StageRun, run_stage
+from compress.parallel import run_stage_on_ranks, world
+from export.base.stages import StageOutput, StageRun
 
 if TYPE_CHECKING:
     from export.runtime.profiles import Profile
@@ -59,8 +60,11 @@ def planned_record(config: LMDistillConfig, profile: Profile, teacher_dir: Path)
 
 
 def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Profile | None = None,
-                         reporter: Reporter | None = None) -> StageRun:
-    """Run (or skip) the causal-LM distill stage into ``run_dir/distill`` (in place, for its checkpoints)."""
+                         reporter: Reporter | None = None) -> StageRun | None:
+    """Run (or skip) the causal-LM distill stage into ``run_dir/distill`` (in place, for its checkpoints).
+
+    Data parallel (``torchrun``): every rank trains; rank 0 writes and returns the run, the others None.
+    """
     from compress.lm.teacher import resolve_lm_teacher
 
     started = time.perf_counter()  # a first run's GGUF conversion counts against the budget too
@@ -74,8 +78,8 @@ def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Profil
         return StageOutput({"student": STUDENT_DIR, "held_out": HELD_OUT_FILE, "loss_history": HISTORY_FILE},
                            metrics)
 
-    run = run_stage(stage_dir, planned_record(config, profile, teacher_dir), work, atomic=False)
-    if run.status == "skipped":
+    run = run_stage_on_ranks(stage_dir, planned_record(config, profile, teacher_dir), work, atomic=False)
+    if run is not None and run.status == "skipped":
         reporter.message(f"distill: up to date in {stage_dir} (inputs and settings unchanged); skipped")
     return run
 
@@ -91,7 +95,9 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
     from compress.lm.teacher import load_causal_lm
     from compress.lm.trainer import LMLoopSettings, train_lm
 
-    make_folder(stage_dir)
+    ranks = world()
+    if ranks.is_main:
+        make_folder(stage_dir)
     device, warning = resolve_device(config.device)
     if warning:
         reporter.warning(warning)
@@ -105,7 +111,8 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
         raise CompressError(f"{description}: too little text to hold some out (need at least 20 examples, "
                             f"found {len(examples)})")
     reporter.message(f"data: {description}; {len(train)} for training, {len(held_out)} held out (never trained on)")
-    write_jsonl(stage_dir / HELD_OUT_FILE, [held_out_row(e) for e in held_out])
+    if ranks.is_main:
+        write_jsonl(stage_dir / HELD_OUT_FILE, [held_out_row(e) for e in held_out])
 
     teacher, tokenizer = load_causal_lm(teacher_dir, device=device)
     teacher_params = sum(p.numel() for p in teacher.parameters())
@@ -140,6 +147,9 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
     )
     report = train_lm(student, teacher, tokenizer, encoded, settings, stage_dir, reporter=reporter,
                       resume=config.resume, held_out=held_out)
+    ranks.barrier()
+    if not ranks.is_main:
+        return {}  # rank 0 scores, saves and reports
     atomic_write_json(stage_dir / HISTORY_FILE, {"history": report.loss_history})
 
     if config.teacher_quant:  # quality is always measured against the full-precision teacher
@@ -170,7 +180,13 @@ def _with_teacher_answers(config: LMDistillConfig, teacher: Any, tokenizer: Any,
                                   temperature=config.answer_temperature, top_p=config.top_p, seed=config.seed)
     reporter.message(f"teacher answers: {len(prompts)} prompts, up to {config.answer_tokens} tokens each "
                      f"({'sampled' if config.sample else 'greedy'}), cached in {stage_dir / ANSWERS_FILE}")
-    answered = teacher_answers(teacher, tokenizer, prompts, settings, stage_dir / ANSWERS_FILE, device=device)
+    # Rank 0 writes the answers; the others then read every one of them from its cache.
+    ranks = world()
+    if ranks.is_main:
+        answered = teacher_answers(teacher, tokenizer, prompts, settings, stage_dir / ANSWERS_FILE, device=device)
+    ranks.barrier()
+    if not ranks.is_main:
+        answered = teacher_answers(teacher, tokenizer, prompts, settings, stage_dir / ANSWERS_FILE, device=device)
     answered = [a for a in answered if a.completion.strip()]
     return train + answered, len(answered)
 

@@ -24,6 +24,7 @@ from compress.distill.trainer import autocast_context
 from compress.lm.data import EncodedLM, collate_lm
 from compress.lm.losses import TopK
 from compress.lm.topk_cache import TopKCache, teacher_topk
+from compress.parallel import world
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +76,7 @@ class LocalTeacherTargets(TeacherTargets):
             return BatchTargets(logits.float().to(device))
         found = [self.cache.get(e.input_ids) for e in examples]
         missing = [j for j, entry in enumerate(found) if entry is None]
+        computed: list[tuple[list[int], np.ndarray, np.ndarray]] = []
         if missing:
             # Only the examples not cached yet go through the teacher.
             sub = collate_lm([examples[j] for j in missing], self.pad_id)
@@ -84,17 +86,46 @@ class LocalTeacherTargets(TeacherTargets):
                 ids = examples[j].input_ids
                 values = top.values[r, :len(ids)].to("cpu", torch.float16).numpy()
                 indices = top.indices[r, :len(ids)].to("cpu", torch.int32).numpy()
-                self.cache.put(ids, values, indices)
+                computed.append((list(ids), values, indices))
                 found[j] = (values, indices)
             self.batches_computed += 1
         else:
             self.batches_cached += 1
+        self._keep(computed)
         values = np.zeros((len(examples), width, self.topk), dtype=np.float32)
         indices = np.zeros((len(examples), width, self.topk), dtype=np.int64)
         for r, (v, ix) in enumerate(found):  # type: ignore[misc]
             values[r, :len(v)] = v
             indices[r, :len(ix)] = ix
         return BatchTargets(TopK(torch.from_numpy(values).to(device), torch.from_numpy(indices).to(device)))
+
+
+    def _keep(self, computed: list[tuple[list[int], np.ndarray, np.ndarray]]) -> None:
+        """Put new entries in the cache: here, or, across ranks, all of them by rank 0 (the one that writes)."""
+        ranks = world()
+        if not ranks.distributed:
+            for ids, values, indices in computed:
+                self.cache.put(ids, values, indices)  # type: ignore[union-attr]
+            return
+        if not ranks.any(bool(computed)):
+            return
+        import torch
+
+        width = max([len(ids) for ids, _, _ in computed], default=0)
+        ids_rows = torch.full((len(computed), width), -1, dtype=torch.int64)
+        value_rows = torch.zeros((len(computed), width, self.topk), dtype=torch.float32)
+        index_rows = torch.zeros((len(computed), width, self.topk), dtype=torch.int64)
+        for r, (ids, values, indices) in enumerate(computed):
+            ids_rows[r, :len(ids)] = torch.tensor(ids)
+            value_rows[r, :len(ids)] = torch.from_numpy(values.astype(np.float32))
+            index_rows[r, :len(ids)] = torch.from_numpy(indices.astype(np.int64))
+        gathered = zip(ranks.gather_rows(ids_rows), ranks.gather_rows(value_rows), ranks.gather_rows(index_rows))
+        if not ranks.is_main:
+            return
+        for all_ids, all_values, all_indices in gathered:
+            for ids, values, indices in zip(all_ids, all_values, all_indices):
+                n = int((ids >= 0).sum())
+                self.cache.put(ids[:n].tolist(), values[:n].numpy(), indices[:n].numpy())  # type: ignore[union-attr]
 
 
 class AnswerTopKTargets(TeacherTargets):

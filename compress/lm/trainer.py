@@ -33,7 +33,7 @@ import numpy as np
 
 from compress.distill.batching import TeacherCache, batches_per_epoch, epoch_batches
 from compress.distill.checkpoint import TrainingState, load_checkpoint, read_state, save_checkpoint
-from compress.distill.progress import Reporter, StepReport
+from compress.distill.progress import QuietReporter, Reporter, StepReport
 from compress.distill.schedule import Schedule
 from compress.distill.trainer import GRAD_CLIP_NORM, DistillInterrupted, _graceful_interrupt, autocast_context
 from export.base.errors import CompressError, require
@@ -41,6 +41,7 @@ from compress.lm.data import EncodedLM, LMExample, collate_lm, encode_examples
 from compress.lm.losses import LOSS_KINDS, LossKind, TopK, lm_distillation_loss, next_token_loss
 from compress.lm.quality import Predictions, agreement, pad_id_of, predictions
 from compress.lm.targets import LocalTeacherTargets, TeacherTargets
+from compress.parallel import allreduce_share, data_parallel, world
 
 __all__ = ["DistillInterrupted", "LMLoopSettings", "LMTrainingReport", "train_lm", "teacher_fingerprint"]
 
@@ -108,6 +109,10 @@ class LMTrainingReport:
     resumed_from_step: int | None = None
     teacher_batches: int = 0  # batches (this session) that needed a teacher forward pass
     cached_batches: int = 0  # batches whose teacher targets all came from the top-k cache
+    world_size: int = 1  # processes training data-parallel
+    backend: str | None = None  # gloo | nccl
+    rank_samples_per_s: list[float] = field(default_factory=list)  # each rank's own rows, this session
+    allreduce_share: float | None = None  # of forward + backward time, by DDP's timers (None: one process)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,25 +200,14 @@ def _learning_rate(settings: LMLoopSettings, schedule: Schedule, step: int, elap
     return settings.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class _QuietReporter(Reporter):
-    """No bar, no messages: what the loop uses when no reporter is given."""
-
-    def __init__(self) -> None:
-        super().__init__(show_progress=False)
-
-    def message(self, text: str) -> None:
-        pass
-
-    def warning(self, text: str) -> None:
-        pass
-
-
 class _LMLoop:
     """State shared by the steps of one ``train_lm`` call."""
 
     def __init__(self, student: Any, targets: TeacherTargets | None, train: list[EncodedLM],
                  settings: LMLoopSettings, pad_id: int) -> None:
         self.student = student
+        self.world = world()
+        self.model = data_parallel(student)  # the student itself in a world of one
         self.targets = targets
         self.train = train
         self.s = settings
@@ -223,35 +217,47 @@ class _LMLoop:
         self.params = [p for p in student.parameters() if p.requires_grad]
 
     def step(self, rows: list[int], lr: float) -> tuple[Any, int]:
-        """One optimizer step on train examples ``rows``; (detached loss, non-padding tokens)."""
+        """One optimizer step on the global batch ``rows`` (this rank trains its shard of it).
+
+        Returns the global batch's loss (detached; the same on every rank) and this rank's
+        non-padding tokens. Each term is a mean over this shard's positions weighted by the shard's
+        share of the batch's positions, so DDP's averaged gradient is that of the whole batch.
+        """
         import torch
 
-        examples = [self.train[i] for i in rows]
+        examples = [self.train[i] for i in self.world.shard(rows)]
         batch = collate_lm(examples, self.pad_id)
         batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast_context(self.device):
-            logits = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         # Aligned: logits at t predict token t + 1, scored when t + 1 is a completion token.
         student_logits = logits[:, :-1]
         mask = batch["completion_mask"][:, 1:]
-        loss = student_logits.sum() * 0.0
+        kd_mask = mask
+        target = None
         if self.targets is not None:
             target = self.targets.for_batch(examples, batch["input_ids"].shape[1], self.device)
+            kd_mask = mask if target.mask is None else mask * target.mask[:, :-1]
+        counts = torch.tensor([float(kd_mask.sum()), float(mask.sum())])
+        totals = self.world.sum(counts)
+        loss = student_logits.sum() * 0.0
+        if target is not None:
             teacher = target.teacher
             aligned = (TopK(teacher.values[:, :-1], teacher.indices[:, :-1]) if isinstance(teacher, TopK)
                        else teacher[:, :-1])
-            kd_mask = mask if target.mask is None else mask * target.mask[:, :-1]
             loss = lm_distillation_loss(student_logits, aligned, kd_mask, kind=self.s.loss_kind,
-                                        temperature=self.s.temperature, beta=self.s.beta)
+                                        temperature=self.s.temperature, beta=self.s.beta) * \
+                self.world.share(float(counts[0]), float(totals[0]))
         if self.s.ce_weight > 0:
-            loss = loss + self.s.ce_weight * next_token_loss(student_logits, batch["input_ids"][:, 1:], mask)
+            loss = loss + self.s.ce_weight * next_token_loss(student_logits, batch["input_ids"][:, 1:], mask) * \
+                self.world.share(float(counts[1]), float(totals[1]))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP_NORM)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), int(batch["attention_mask"].sum())
+        return self.world.sum(loss.detach()) / self.world.size, int(batch["attention_mask"].sum())
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -272,7 +278,7 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
     import torch
 
     settings.validate()
-    reporter = reporter or _QuietReporter()
+    reporter = reporter or QuietReporter()
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / CHECKPOINT_DIR
     # An example whose only completion token is the first has nothing to predict: it would train nothing.
@@ -281,6 +287,10 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
         raise CompressError(f"no training example has a completion token to predict (of {len(train)} given)")
     device = settings.device
     pad_id = pad_id_of(tokenizer)
+    ranks = world()
+    if settings.batch_size < ranks.size:
+        raise CompressError(f"--batch-size {settings.batch_size} is smaller than the {ranks.size} processes: "
+                            "each needs a row of every batch")
     if teacher is not None:
         student_vocab = int(student.get_output_embeddings().weight.shape[0])
         teacher_vocab = int(teacher.get_output_embeddings().weight.shape[0])
@@ -326,7 +336,7 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
 
     reference: Predictions | None = None
     held_encoded: list[EncodedLM] = []
-    if held_out and teacher is not None:
+    if held_out and teacher is not None and ranks.is_main:  # rank 0 alone scores and reports
         held_encoded = encode_examples(held_out[:EVAL_EXAMPLES], tokenizer, max(2, int(lengths.max())))
         if held_encoded:
             reference = predictions(teacher, held_encoded, pad_id=pad_id, device=device,
@@ -345,7 +355,7 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
                               "elapsed_s": round(elapsed_now(), 2), "epoch": 0.0, **evaluate()})
 
     epoch_cache: tuple[int, list[Any]] | None = None
-    session_samples = session_tokens = 0
+    session_samples = session_tokens = rank_samples = 0
     window_loss = torch.zeros((), device=device)
     window_steps = window_samples = window_tokens = 0
     window_start = last_checkpoint = time.perf_counter()
@@ -371,11 +381,13 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
     try:
         with _graceful_interrupt(reporter) as interrupted:
             while True:
-                reason = schedule.finished(state.step, elapsed_now())
+                # Every rank stops together: on rank 0's clock, or when any rank was interrupted.
+                reason = ranks.agree(schedule.finished(state.step, elapsed_now()))
                 if reason:
                     stopped_by = stop_label if reason == "max_steps" else reason
                     break
-                if interrupted[0]:
+                if ranks.any(interrupted[0]):
+                    interrupted[0] = True
                     break
                 if epoch_cache is None or epoch_cache[0] != state.epoch:
                     epoch_cache = (state.epoch, epoch_batches(lengths, settings.batch_size, settings.seed,
@@ -392,6 +404,7 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
                 state.position += 1
                 state.samples_seen += len(rows)
                 session_samples += len(rows)
+                rank_samples += len(ranks.shard(rows))
                 session_tokens += tokens
                 window_steps += 1
                 window_samples += len(rows)
@@ -406,7 +419,8 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
                     last_speed = state.history[-1]["samples_per_s"]
                     state.elapsed_s = elapsed_now()
                 if time.perf_counter() - last_checkpoint >= settings.checkpoint_every_s:
-                    save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
+                    if ranks.is_main:
+                        save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
                     last_checkpoint = time.perf_counter()
                 reporter.step(StepReport(step=state.step, epoch=epoch_float, lr=lr, samples_per_s=last_speed,
                                          loss=last_loss if not math.isnan(last_loss) else float(loss),
@@ -415,7 +429,9 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
             if interrupted[0] and not stopped_by:
                 if window_steps:
                     log(state.step, lr, state.epoch + state.position / per_epoch, False)
-                save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
+                if ranks.is_main:
+                    save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
+                ranks.barrier()  # no rank leaves (and gets the others stopped) before the checkpoint is saved
                 message = (f"stopped at step {state.step}; checkpoint saved in {checkpoint_dir}; "
                            "run the same command with --resume to continue")
                 reporter.stop()
@@ -424,7 +440,9 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
     finally:
         reporter.stop()
     session_time = max(time.perf_counter() - session_start, 1e-9)
-    save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
+    if ranks.is_main:
+        save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
+    per_rank = [float(r) for r in ranks.gather_rows(torch.tensor([rank_samples / session_time]))]
     student.eval()
     return LMTrainingReport(
         steps=state.step,
@@ -439,4 +457,8 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
         resumed_from_step=resumed_from,
         teacher_batches=targets.batches_computed if targets else 0,
         cached_batches=targets.batches_cached if targets else 0,
+        world_size=ranks.size,
+        backend=ranks.backend,
+        rank_samples_per_s=[round(r, 2) for r in per_rank],
+        allreduce_share=allreduce_share([loop.model]),
     )
