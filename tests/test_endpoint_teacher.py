@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -82,8 +83,23 @@ def test_the_whole_chain_learns_from_a_served_teacher(server: ChatServer, chat_t
     assert summary["teacher"]["answers_from"] == server.url
     assert summary["quality"]["metric"] == "answer_token_agreement"
 
-    # The key is sent (the server demands it) and written nowhere.
+    # The release says whose answers taught it.
+    packaged = run_cli(["package", str(run), "--out", str(tmp_path / "release"), "--name", "taught", "--version", "1",
+                        "--allow-failed"])
+    assert packaged.exit_code == 0, packaged.output
+    archive = next((tmp_path / "release").glob("*.tar.gz"))
+    with tarfile.open(archive, "r:gz") as tar:
+        card = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("MODEL_CARD.md"))).read().decode()
+        manifest = json.loads(tar.extractfile(next(m for m in tar.getmembers()
+                                                   if m.name.endswith("manifest.json"))).read())
+    assert f"Taught by the answers of **{SERVED}**, queried at `{server.url}`" in " ".join(card.split())
+    assert manifest["teacher"]["answers_from"] == server.url
+    assert manifest["teacher"]["answers_sha256"] == metrics["answers"]["sha256"]
+
+    # The key is sent (the server demands it) and written nowhere: not in the run, not in the release.
     assert not [path for path, data in all_bytes(run) if API_KEY.encode() in data]
+    with tarfile.open(archive, "r:gz") as tar:
+        assert not [m.name for m in tar.getmembers() if m.isfile() and API_KEY.encode() in tar.extractfile(m).read()]
 
     # Again: every stage is up to date, and the endpoint is not asked a thing.
     asked = server.chat_requests

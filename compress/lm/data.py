@@ -161,15 +161,7 @@ def load_lm_examples(path: Path | None) -> tuple[list[LMExample], str]:
         corpus = _default_corpus()
         return [LMExample("", example.text) for example in corpus.examples], f"{corpus.description} as plain text"
     path = Path(path)
-    if path.suffix.lower() not in LM_DATA_FORMATS:
-        raise CompressError(f"{path}: unsupported data format {path.suffix or '(none)'!r}; "
-                            f"use {' or '.join(LM_DATA_FORMATS)}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CompressError(f"data file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CompressError(f"cannot read data file {path}: {exc}") from None
+    text = _read_text_file(path, "data")
     bad: list[tuple[int, str]] = []
     if path.suffix.lower() == ".txt":
         examples = [LMExample("", line.strip()) for line in text.splitlines() if line.strip()]
@@ -184,6 +176,19 @@ def load_lm_examples(path: Path | None) -> tuple[list[LMExample], str]:
         lines = ", ".join(str(n) for n, _ in bad[:_BAD_ROWS_SHOWN]) + (", ..." if len(bad) > _BAD_ROWS_SHOWN else "")
         description += f"; skipped {len(bad)} malformed row{'s' if len(bad) > 1 else ''} (line {lines}: {bad[0][1]})"
     return examples, description
+
+
+def _read_text_file(path: Path, what: str) -> str:
+    """The text of a ``.txt`` / ``.jsonl`` file, or a CompressError naming the ``what`` file and the problem."""
+    if path.suffix.lower() not in LM_DATA_FORMATS:
+        raise CompressError(f"{path}: unsupported {what} format {path.suffix or '(none)'!r}; "
+                            f"use {' or '.join(LM_DATA_FORMATS)}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CompressError(f"{what} file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CompressError(f"cannot read {what} file {path}: {exc}") from None
 
 
 def _read_jsonl(text: str) -> tuple[list[LMExample], list[tuple[int, str]], str]:
@@ -311,15 +316,7 @@ def load_prompts(path: Path) -> tuple[list[LMExample], str]:
     ``(prompts, description)``; malformed rows are skipped and named, a file with none is an error.
     """
     path = Path(path)
-    if path.suffix.lower() not in LM_DATA_FORMATS:
-        raise CompressError(f"{path}: unsupported prompt format {path.suffix or '(none)'!r}; "
-                            f"use {' or '.join(LM_DATA_FORMATS)}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CompressError(f"prompt file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CompressError(f"cannot read prompt file {path}: {exc}") from None
+    text = _read_text_file(path, "prompt")
     prompts: list[LMExample] = []
     bad: list[int] = []
     for number, line in enumerate(text.splitlines(), start=1):

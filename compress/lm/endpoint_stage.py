@@ -21,15 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.distill.config import cpu_threads, resolve_device
 from compress.distill.progress import Reporter
-from compress.families.base import data_input
 from compress.lm.config import DEFAULT_LM_BATCH_SIZE, EndpointDistillConfig
-from compress.lm.stage import (ANSWERS_FILE, HELD_OUT_MAX, HISTORY_FILE, HELD_OUT_FILE, STAGE,
+from compress.lm.stage import (ANSWERS_FILE, HELD_OUT_MAX, planned_record, prepare_device, HISTORY_FILE, HELD_OUT_FILE, STAGE,
                                STUDENT_DIR, held_out_row, training_budget, write_jsonl)
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json, make_folder
-from export.base.records import FileRef, StageRecord
 from export.base.stages import StageOutput, StageRun, run_stage
 
 # Prompts are fewer than training texts usually are: a tenth is held out, for a quality number worth reading.
@@ -40,17 +37,6 @@ if TYPE_CHECKING:
     from compress.lm.data import LMExample
     from compress.lm.student import LMStudentPlan
     from export.runtime.profiles import Profile
-
-
-def planned_record(config: EndpointDistillConfig, profile: Profile | None, student_from: Path) -> StageRecord:
-    """The record this stage would write, minus outputs and metrics (enough to decide skipping)."""
-    inputs = {"student_from": FileRef.of(student_from)}
-    params = config.params()
-    data_input(config.data, inputs, params)
-    params["profile"] = profile.name if profile is not None else None
-    if config.time_budget_s is None and not config.step_determined and profile is not None:
-        params["time_budget_s"] = profile.distill.time_budget_s
-    return StageRecord(stage=STAGE, inputs=inputs, params=params)
 
 
 def endpoint_of(config: EndpointDistillConfig) -> ChatEndpoint:
@@ -82,7 +68,8 @@ def run_endpoint_distill_stage(run_dir: Path, config: EndpointDistillConfig, pro
         return StageOutput({"student": STUDENT_DIR, "held_out": HELD_OUT_FILE, "loss_history": HISTORY_FILE,
                             "answers": ANSWERS_FILE}, metrics)
 
-    run = run_stage(Path(run_dir) / STAGE, planned_record(config, profile, student_from), work, atomic=False)
+    planned = planned_record(config, profile, student_from, model_input="student_from")
+    run = run_stage(Path(run_dir) / STAGE, planned, work, atomic=False)
     if run.status == "skipped":
         reporter.message(f"distill: up to date in {Path(run_dir) / STAGE} (inputs and settings unchanged); skipped")
     return run
@@ -113,8 +100,6 @@ def _progress(reporter: Reporter, label: str, total: int) -> Iterator[Callable[[
 
 def _distill(config: EndpointDistillConfig, profile: Profile | None, endpoint: ChatEndpoint, student_from: Path,
              stage_dir: Path, reporter: Reporter, started: float) -> dict[str, Any]:
-    import torch
-
     from compress.lm.answer_quality import answer_quality
     from compress.lm.data import EncodedLM, encode_examples, split_lm_examples
     from compress.lm.endpoint import AnswerSettings
@@ -126,12 +111,7 @@ def _distill(config: EndpointDistillConfig, profile: Profile | None, endpoint: C
     from compress.lm.trainer import LMLoopSettings, train_lm
 
     make_folder(stage_dir)
-    device, warning = resolve_device(config.device)
-    if warning:
-        reporter.warning(warning)
-    if device == "cpu":
-        torch.set_num_threads(config.threads or cpu_threads())
-    torch.manual_seed(config.seed)
+    device = prepare_device(config, reporter)
 
     prompts, description = prompts_of(config)
     train_prompts, held_prompts = split_lm_examples(prompts, HELD_OUT_SHARE, seed=config.seed,

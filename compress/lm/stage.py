@@ -48,9 +48,13 @@ HELD_OUT_MAX = 512
 FINISH_RESERVE_S = 60.0
 
 
-def planned_record(config: LMDistillConfig, profile: Profile, teacher_dir: Path) -> StageRecord:
-    """The record this stage would write, minus outputs and metrics (enough to decide skipping)."""
-    inputs = {"teacher": FileRef.of(teacher_dir)}
+def planned_record(config: LMDistillConfig, profile: Profile | None, teacher_dir: Path, *,
+                   model_input: str = "teacher") -> StageRecord:
+    """The record this stage would write, minus outputs and metrics (enough to decide skipping).
+
+    ``teacher_dir`` is the local model the stage reads, recorded as ``model_input``.
+    """
+    inputs = {model_input: FileRef.of(teacher_dir)}
     params = config.params()
     data_input(config.data, inputs, params)
     params["profile"] = profile.name if profile is not None else None
@@ -86,8 +90,6 @@ def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Profil
 
 def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage_dir: Path, reporter: Reporter,
              started: float) -> dict[str, Any]:
-    import torch
-
     from compress.lm.block_importance import IMPORTANCE_EXAMPLES, block_importance
     from compress.lm.data import encode_examples, load_lm_examples, split_lm_examples
     from compress.lm.quality import lm_quality, pad_id_of
@@ -98,12 +100,7 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
     ranks = world()
     if ranks.is_main:
         make_folder(stage_dir)
-    device, warning = resolve_device(config.device)
-    if warning:
-        reporter.warning(warning)
-    if device == "cpu":
-        torch.set_num_threads(config.threads or cpu_threads())
-    torch.manual_seed(config.seed)
+    device = prepare_device(config, reporter)
 
     examples, description = load_lm_examples(config.data)
     train, held_out = split_lm_examples(examples, HELD_OUT_FRACTION, seed=config.seed, max_held_out=HELD_OUT_MAX)
@@ -168,6 +165,19 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
         "teacher_answers": answers, "batch_size": batch_size, "device": device,
         "training": report.to_json(), "quality": quality.to_json(),
     }
+
+
+def prepare_device(config: LMDistillConfig, reporter: Reporter) -> str:
+    """The device to train on (a warning when it is the CPU by default); torch's threads and seed set."""
+    import torch
+
+    device, warning = resolve_device(config.device)
+    if warning:
+        reporter.warning(warning)
+    if device == "cpu":
+        torch.set_num_threads(config.threads or cpu_threads())
+    torch.manual_seed(config.seed)
+    return device
 
 
 def _with_teacher_answers(config: LMDistillConfig, teacher: Any, tokenizer: Any, train: list[Any], stage_dir: Path,
