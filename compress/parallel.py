@@ -19,6 +19,7 @@ One process (no ``WORLD_SIZE``, or 1) is the world of size 1: every collective i
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,7 @@ class World:
 
 
 _WORLD = World()
+COLLECTIVE_TIMEOUT_MIN = 120
 
 
 def world() -> World:
@@ -147,7 +149,8 @@ def init_world(device: str = "auto") -> World:
     backend = "nccl" if cuda else "gloo"
     if cuda:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend)
+    # Ranks wait on rank 0 while it alone works (teacher answers, held-out scoring): not a hang.
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=COLLECTIVE_TIMEOUT_MIN))
     _WORLD = World(rank=rank, size=size, local_rank=local_rank, backend=backend)
     return _WORLD
 

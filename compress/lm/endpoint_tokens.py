@@ -83,7 +83,8 @@ class PieceTable:
     by_text: dict[str, int]
 
     def lookup(self, text: str, raw: Sequence[int] | None) -> int | None:
-        if raw is not None:
+        # Some servers send no bytes (or none for special tokens such as an end of turn): then the text.
+        if raw:
             return self.by_bytes.get(bytes(raw))
         return self.by_text.get(text)
 
