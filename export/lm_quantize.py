@@ -44,6 +44,13 @@ class LMQuantizeResult:
     perplexity: float
     perplexity_ratio: float  # quantized / fp32: 1.02 = 2% worse
     block_size: int | None  # int4-weight only
+    setting: str = ""  # the int4 setting released (see Int4Setting.describe)
+    max_ratio: float | None = None  # the budget the settings were tried against
+    tries: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # every setting tried, in order
+
+    @property
+    def within_budget(self) -> bool | None:
+        return None if self.max_ratio is None else self.perplexity_ratio <= self.max_ratio
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -109,15 +116,38 @@ def _check_generation_onnx(onnx_dir: Path) -> Any:
     return model
 
 
+@dataclass(frozen=True)
+class Int4Setting:
+    """One way to write int4 weights: the block size, and whether the LM head stays in fp32."""
+
+    block_size: int
+    keep_head: bool = False
+
+    def describe(self) -> str:
+        return f"block {self.block_size}" + (", LM head fp32" if self.keep_head else "")
+
+
+def int4_ladder(block_size: int) -> list[Int4Setting]:
+    """int4 settings from smallest and fastest to most faithful: the asked block size, block 16, then the
+    LM head (the widest MatMul, and the one every token's choice goes through) left in fp32."""
+    ladder = [Int4Setting(block_size)]
+    if block_size > 16:
+        ladder.append(Int4Setting(16))
+    ladder.append(Int4Setting(16, keep_head=True))
+    return ladder
+
+
 def quantize_causal_lm(onnx_dir: Path, out_dir: Path, method: str, *, block_size: int = 32,
-                       eval_texts: list[str]) -> LMQuantizeResult:
+                       eval_texts: list[str], max_ratio: float | None = None) -> LMQuantizeResult:
     """Quantize the exported language model in ``onnx_dir`` into ``out_dir/model.onnx`` with ``method``.
 
     ``int4-weight``: 4-bit asymmetric block-wise MatMul and embedding weights (``block_size`` a
     power of two, >= 16); ``int8-dynamic``: int8 MatMul weights, activations quantized at run time; ``fp16``.
     Tokenizer, chat template and config files are copied so ``out_dir`` loads like the export.
-    Perplexity is measured on ``eval_texts`` before and after. The folder appears complete or
-    not at all.
+    Perplexity is measured on ``eval_texts`` before and after. With ``max_ratio`` (the profile's
+    quantization budget), int4 settings are tried in :func:`int4_ladder` order and the first whose
+    perplexity ratio fits is kept; when none fits, the most faithful one tried is, and the result
+    says so. The folder appears complete or not at all.
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     if method not in LM_QUANTIZE_METHODS:
@@ -127,30 +157,57 @@ def quantize_causal_lm(onnx_dir: Path, out_dir: Path, method: str, *, block_size
         raise CompressError(f"int4 block size must be a power of two >= 16, not {block_size}")
     if out_dir.resolve() == onnx_dir.resolve():
         raise CompressError(f"output folder {out_dir} is the input folder; choose another")
+    if max_ratio is not None and not max_ratio > 0:
+        raise CompressError(f"the quantization perplexity budget must be positive, not {max_ratio}")
     texts = clean_texts(eval_texts, "perplexity texts")
-    source = _check_generation_onnx(onnx_dir)
+    _check_generation_onnx(onnx_dir)
     perplexity_fp32 = onnx_perplexity(onnx_dir, texts)
+    ladder = int4_ladder(block_size) if method == "int4-weight" and max_ratio is not None else [
+        Int4Setting(block_size)]
 
+    tries: list[dict[str, Any]] = []
     with atomic_directory(out_dir) as tmp:
-        with quiet_export(root=True):
-            _quantize_graph(source, onnx_dir / MODEL_FILE, tmp / MODEL_FILE, method, block_size)
-        del source
         _copy_sidecars(onnx_dir, tmp)
+        for setting in ladder:
+            _write_quantized(onnx_dir, tmp, method, setting)
+            ratio = onnx_perplexity(tmp, texts) / perplexity_fp32
+            tries.append({"setting": setting.describe(), "perplexity_ratio": ratio,
+                          "size_mb": round(size_mb(tmp / MODEL_FILE), 3)})
+            if max_ratio is None or ratio <= max_ratio:
+                break
+        else:  # nothing fits: keep the most faithful setting tried
+            best = min(range(len(tries)), key=lambda i: tries[i]["perplexity_ratio"])
+            if best != len(tries) - 1:
+                _write_quantized(onnx_dir, tmp, method, ladder[best])
+            setting = ladder[best]
         perplexity = onnx_perplexity(tmp, texts)
         quantized_mb = size_mb(tmp / MODEL_FILE)
     return LMQuantizeResult(
         method=method, out_path=out_dir / MODEL_FILE, size_mb=round(quantized_mb, 3),
         fp32_size_mb=round(size_mb(onnx_dir / MODEL_FILE), 3), perplexity_fp32=perplexity_fp32,
         perplexity=perplexity, perplexity_ratio=perplexity / perplexity_fp32,
-        block_size=block_size if method == "int4-weight" else None,
+        block_size=setting.block_size if method == "int4-weight" else None,
+        setting=setting.describe() if method == "int4-weight" else method, max_ratio=max_ratio, tries=tries,
     )
 
 
-def _quantize_graph(model: Any, source: Path, target: Path, method: str, block_size: int) -> None:
+def _write_quantized(onnx_dir: Path, folder: Path, method: str, setting: Int4Setting) -> None:
+    """Quantize the fp32 graph of ``onnx_dir`` into ``folder/model.onnx`` (replacing what is there)."""
+    import onnx
+
+    for stale in folder.glob(MODEL_FILE + "*"):
+        stale.unlink()
+    source = onnx.load(str(onnx_dir / MODEL_FILE))  # each try starts from the fp32 graph: quantizers edit it
+    with quiet_export(root=True):
+        _quantize_graph(source, onnx_dir / MODEL_FILE, folder / MODEL_FILE, method, setting)
+
+
+def _quantize_graph(model: Any, source: Path, target: Path, method: str, setting: Int4Setting) -> None:
     """Write ``source`` (already loaded as ``model``) quantized with ``method`` to ``target``."""
     import onnx
 
     large = size_mb(source) * 1024**2 > _PROTOBUF_LIMIT
+    block_size = setting.block_size
     if method in ("int4-weight", "int8-dynamic"):
         expose_constant_weights(model)
     if method == "int4-weight":
@@ -163,7 +220,8 @@ def _quantize_graph(model: Any, source: Path, target: Path, method: str, block_s
         # becomes GatherBlockQuantized, blocks along the hidden axis (no measurable perplexity cost).
         quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=False, accuracy_level=4,
                                          op_types_to_quantize=("MatMul", "Gather"),
-                                         quant_axes=(("MatMul", 0), ("Gather", 1)))
+                                         quant_axes=(("MatMul", 0), ("Gather", 1)),
+                                         nodes_to_exclude=[lm_head_node(model)] if setting.keep_head else [])
         quantizer.process()
         quantizer.model.save_model_to_file(str(target), use_external_data_format=large)
     elif method == "int8-dynamic":
@@ -181,6 +239,19 @@ def _quantize_graph(model: Any, source: Path, target: Path, method: str, block_s
         # KV cache stays fp32 across steps.
         half = convert_float_to_float16(model, keep_io_types=True)
         onnx.save(half, str(target), save_as_external_data=large)
+
+
+def lm_head_node(model: Any) -> str:
+    """The name of the MatMul that writes the ``logits`` output (named here when the exporter left it unnamed)."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    node = producers.get("logits")
+    while node is not None and node.op_type != "MatMul":  # e.g. an Add of a bias, a Cast
+        node = producers.get(node.input[0])
+    if node is None:
+        raise CompressError("no MatMul writes the logits output: the LM head cannot be kept in fp32")
+    if not node.name:
+        node.name = "lm_head_matmul"
+    return str(node.name)
 
 
 def expose_constant_weights(model: Any) -> int:

@@ -235,6 +235,42 @@ def test_gate_passes_and_fails_on_matching_hardware(bench_report: GenerationBenc
     assert verdict.verdict == "fail" and verdict.check("quality.min_teacher_agreement").status == "fail"
 
 
+def test_gate_checks_an_lm_s_perplexity_beside_its_agreement(bench_report: GenerationBenchReport,
+                                                            tmp_path: Path) -> None:
+    r = bench_report
+
+    def budgets(d: dict) -> None:
+        _generation_workload(d)
+        d["budgets"]["generation"] = {"ttft_ms": r.ttft_ms.p95 * 20, "tpot_ms": r.tpot_ms.p95 * 20,
+                                      "tokens_per_s": r.tokens_per_s / 20, "model_size_mb": 100,
+                                      "peak_memory_mb": 8192}
+        d["budgets"]["quality"] = {"min_teacher_agreement": 0.8, "max_perplexity_ratio": 1.3,
+                                   "max_quantization_perplexity_ratio": 1.1}
+
+    profile = load_profile(user_profile(tmp_path, budgets))
+
+    def verdict_for(**evidence: float) -> object:
+        return gate(r, profile, QualityEvidence(metric="next_token_agreement", **{"teacher_agreement": 0.9,
+                                                                                   **evidence}))
+
+    good = verdict_for(perplexity_ratio=1.2, quantization_perplexity_ratio=1.05)
+    assert good.verdict == "pass", good.reasons
+    assert good.check("quality.max_perplexity_ratio").status == "pass"
+    assert good.check("quality.max_quantization_perplexity_ratio").status == "pass"
+    assert not any(c.name == "quality.max_quantization_drop" for c in good.checks)  # an encoder's budget
+    for evidence, failing in (({"perplexity_ratio": 1.5, "quantization_perplexity_ratio": 1.05},
+                               {"quality.max_perplexity_ratio"}),
+                              ({"perplexity_ratio": 1.2, "quantization_perplexity_ratio": 1.4},
+                               {"quality.max_quantization_perplexity_ratio"}),
+                              ({"teacher_agreement": 0.5, "perplexity_ratio": 1.5, "quantization_perplexity_ratio": 1.05},
+                               {"quality.min_teacher_agreement", "quality.max_perplexity_ratio"})):
+        verdict = verdict_for(**evidence)
+        assert verdict.verdict == "fail" and {c.name for c in verdict.checks if c.status == "fail"} == failing
+    missing = verdict_for()
+    assert missing.check("quality.max_perplexity_ratio").status == "not_checked"
+    assert "no perplexity_ratio in the evidence" in missing.check("quality.max_perplexity_ratio").note
+
+
 def test_gate_off_target_and_other_workload_is_unverified(bench_report: GenerationBenchReport,
                                                           tmp_path: Path) -> None:
     r = bench_report

@@ -235,3 +235,50 @@ def test_quantize_rejects_bad_input(llama_onnx: LMExportResult, texts: list[str]
     with pytest.raises(CompressError, match="has no model.onnx"):
         onnx_perplexity(tmp_path / "missing", texts)
     assert not (tmp_path / "q").exists() and not (tmp_path / "twice").exists()
+
+
+def test_int4_settings_are_tried_until_the_quantization_budget_fits(llama_onnx: LMExportResult, texts: list[str],
+                                                                    tmp_path: Path) -> None:
+    source = llama_onnx.out_path.parent
+    ladder = ["block 32", "block 16", "block 16, LM head fp32"]
+    # A budget nothing meets: every setting is tried and the most faithful one is released.
+    strict = quantize_causal_lm(source, tmp_path / "strict", "int4-weight", eval_texts=texts, max_ratio=1e-6)
+    assert [t["setting"] for t in strict.tries] == ladder
+    assert strict.within_budget is False
+    best = min(strict.tries, key=lambda t: t["perplexity_ratio"])
+    assert strict.setting == best["setting"]
+    assert strict.perplexity_ratio == pytest.approx(best["perplexity_ratio"], rel=1e-9)
+    # The LM head kept in fp32: the logits come from a plain MatMul.
+    head = quantize_causal_lm(source, tmp_path / "head", "int4-weight", block_size=16, eval_texts=texts,
+                              max_ratio=1e-6)
+    assert head.tries[-1]["setting"] == ladder[-1]
+    # A budget exactly the best ratio: the loop stops at the first setting that reaches it.
+    target = best["perplexity_ratio"]
+    first = next(i for i, t in enumerate(strict.tries) if t["perplexity_ratio"] <= target)
+    stopped = quantize_causal_lm(source, tmp_path / "stopped", "int4-weight", eval_texts=texts, max_ratio=target)
+    assert len(stopped.tries) == first + 1 and stopped.within_budget is True
+    # A generous budget: the first setting, as without one.
+    generous = quantize_causal_lm(source, tmp_path / "generous", "int4-weight", eval_texts=texts, max_ratio=100.0)
+    assert [t["setting"] for t in generous.tries] == ladder[:1] and generous.setting == "block 32"
+
+
+def test_the_lm_head_can_stay_in_fp32(llama_onnx: LMExportResult, texts: list[str], tmp_path: Path) -> None:
+    import onnx
+
+    from export.lm_quantize import Int4Setting, _quantize_graph, lm_head_node
+
+    def head_op(keep_head: bool) -> str:
+        source = llama_onnx.out_path
+        target = tmp_path / f"keep-{keep_head}" / "model.onnx"
+        target.parent.mkdir()
+        _quantize_graph(onnx.load(str(source)), source, target, "int4-weight", Int4Setting(16, keep_head=keep_head))
+        assert _ops(target)["MatMulNBits"] > 0  # the rest is int4 either way
+        producers = {o: n for n in onnx.load(str(target)).graph.node for o in n.output}
+        node = producers["logits"]
+        while not node.op_type.startswith("MatMul"):
+            node = producers[node.input[0]]
+        return node.op_type
+
+    assert head_op(keep_head=False) == "MatMulNBits"
+    assert head_op(keep_head=True) == "MatMul"
+    assert lm_head_node(onnx.load(str(llama_onnx.out_path)))  # found (and named) in the fp32 export

@@ -92,15 +92,17 @@ class CausalLMFamily(TaskFamily):
             return
         texts = self._held_out_texts(ctx)[:PERPLEXITY_TEXTS]
         export_dir = fp32.parent
+        budget = ctx.profile.budgets.quality.max_quantization_perplexity_ratio
         planned = StageRecord(stage="quantize", inputs={"model": FileRef.of(export_dir)},
                               params={"method": method, "block_size": ctx.options.block_size,
-                                      "eval_texts": len(texts)})
+                                      "eval_texts": len(texts), "max_ratio": budget})
 
         def work(tmp: Path) -> StageOutput:
-            ctx.reporter.message(f"quantize: {method} for {ctx.profile.name}, perplexity measured against the fp32 "
-                                 "student")
+            within = f" within {budget}x" if budget is not None else ""
+            ctx.reporter.message(f"quantize: {method} for {ctx.profile.name}, perplexity against the fp32 student"
+                                 f"{within}")
             quantized = quantize_causal_lm(export_dir, tmp, method, block_size=ctx.options.block_size,
-                                           eval_texts=texts)
+                                           eval_texts=texts, max_ratio=budget)
             quantized.out_path = ctx.run_dir / "quantize" / Path(quantized.out_path).name
             return StageOutput({"model": quantized.out_path.name}, {"result": quantized.to_json()})
 
@@ -109,6 +111,11 @@ class CausalLMFamily(TaskFamily):
         ctx.reporter.message(f"quantize: {quantized.size_mb:.1f} MiB (fp32 {quantized.fp32_size_mb:.1f}); perplexity "
                              f"on {len(texts)} held-out texts (ONNX) {quantized.perplexity_fp32:.2f} -> "
                              f"{quantized.perplexity:.2f} ({quantized.perplexity_ratio:.3f}x)")
+        if len(quantized.tries) > 1 or quantized.within_budget is False:
+            tried = "; ".join(f"{t['setting']} {t['perplexity_ratio']:.3f}x" for t in quantized.tries)
+            verdict = "within" if quantized.within_budget else "none within"
+            ctx.reporter.message(f"quantize: int4 settings tried ({verdict} {quantized.max_ratio}x): {tried}; "
+                                 f"released {quantized.setting}")
         ctx.result.stages["quantize"] = run.status
         ctx.result.final_model, ctx.result.precision = run.path("model"), method
 
@@ -147,13 +154,19 @@ class CausalLMFamily(TaskFamily):
 
         bench_json = ctx.run_dir / "bench" / "bench.json"
         distill_json = ctx.run_dir / "distill" / "stage.json"
-        planned = StageRecord(stage="gate", inputs={"bench": FileRef.of(bench_json),
-                                                    "distill": FileRef.of(distill_json), **profile_input(ctx.profile)},
-                              params={"profile": ctx.profile.name})
+        quantize_json = ctx.run_dir / "quantize" / "stage.json"
+        quantized = ctx.result.stages.get("quantize") in ("ran", "skipped")
+        inputs = {"bench": FileRef.of(bench_json), "distill": FileRef.of(distill_json), **profile_input(ctx.profile)}
+        if quantized:
+            inputs["quantize"] = FileRef.of(quantize_json)
+        planned = StageRecord(stage="gate", inputs=inputs, params={"profile": ctx.profile.name})
 
         def work(tmp: Path) -> StageOutput:
+            cost = read_record(quantize_json.parent).metrics["result"]["perplexity_ratio"] if quantized else None
             evidence = QualityEvidence(teacher_agreement=self.teacher_agreement(ctx.distilled.metrics),
-                                       metric=self.agreement_metric, source=str(distill_json))
+                                       metric=self.agreement_metric, source=str(distill_json),
+                                       perplexity_ratio=self.perplexity_ratio(ctx.distilled.metrics),
+                                       quantization_perplexity_ratio=cost)
             verdict = gate(GenerationBenchReport.from_json(bench_json), ctx.profile, evidence)
             verdict.to_json(tmp / "gate.json")
             write_junit(verdict, tmp / "junit.xml")
@@ -169,6 +182,11 @@ class CausalLMFamily(TaskFamily):
     def teacher_agreement(self, metrics: dict[str, Any]) -> float:
         """The release's agreement with its teacher, as the gate judges it."""
         return float(metrics["quality"]["next_token_agreement"])
+
+    def perplexity_ratio(self, metrics: dict[str, Any]) -> float | None:
+        """The student's held-out perplexity over the teacher's (None when there is no teacher to score)."""
+        quality = metrics["quality"]
+        return round(float(quality["student_perplexity"]) / float(quality["teacher_perplexity"]), 4)
 
     def _held_out_texts(self, ctx: ChainContext) -> list[str]:
         path = ctx.run_dir / "distill" / ctx.distilled.outputs["held_out"]

@@ -46,6 +46,9 @@ class EndpointLMFamily(CausalLMFamily):
     def teacher_agreement(self, metrics: dict[str, Any]) -> float:
         return float(metrics["quality"]["after"]["token_agreement"])
 
+    def perplexity_ratio(self, metrics: dict[str, Any]) -> float | None:
+        return None  # the teacher's own perplexity is not known here
+
     # -- what the baseline is ----------------------------------------------------------------------
     def teacher_name(self, record: StageRecord) -> str:
         return str(record.metrics["teacher"])

@@ -36,7 +36,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -58,6 +58,9 @@ from export.runtime.inputs import (
 )
 from export.runtime.profiles import Profile
 from export.base.report_json import SCHEMA_VERSION, JsonReport
+
+if TYPE_CHECKING:
+    from export.runtime.gate import QualityEvidence
 
 MIB = 2**20
 _log = logging.getLogger(__name__)
@@ -190,6 +193,11 @@ class MeasuredRelease:
     def speed_figures(self, profile: Profile) -> list[BudgetFigure]:
         """The hardware-dependent speed figures against the profile's budgets for this kind of model."""
         raise NotImplementedError
+
+    def quality_figures(self, profile: Profile, quality: QualityEvidence | None) -> list[BudgetFigure]:
+        """The quality budgets beside teacher agreement for this kind of model: what quantization cost."""
+        return [BudgetFigure("quality.max_quantization_drop", profile.budgets.quality.max_quantization_drop,
+                             quality.quantization_drop if quality else None, "agreement", "<=")]
 
     def size_budget(self, profile: Profile) -> tuple[float | None, str]:
         """The model-size budget that applies, and a note naming where it came from ("" for the default)."""

@@ -58,6 +58,8 @@ class QualityEvidence:
     metric: str
     quantization_drop: float | None = None
     source: str | None = None
+    perplexity_ratio: float | None = None  # causal LMs: student over teacher, held-out, fp32
+    quantization_perplexity_ratio: float | None = None  # causal LMs: release precision over fp32 ONNX
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> QualityEvidence:
@@ -73,12 +75,14 @@ class QualityEvidence:
         agreement = _number(block["teacher_agreement"], f"{where}: teacher_agreement")
         if not -1.0 <= agreement <= 1.0:
             raise CompressError(f"{where}: teacher_agreement {agreement} is outside [-1, 1]")
-        drop = block.get("quantization_drop")
-        drop = None if drop is None else _number(drop, f"{where}: quantization_drop")
+        optional = {}
+        for name in ("quantization_drop", "perplexity_ratio", "quantization_perplexity_ratio"):
+            value = block.get(name)
+            optional[name] = None if value is None else _number(value, f"{where}: {name}")
         metric = block.get("metric") or data.get("metric") or "unspecified"
         if not isinstance(metric, str):
             raise CompressError(f"{where}: metric must be a string")
-        return cls(teacher_agreement=agreement, metric=metric, quantization_drop=drop, source=source)
+        return cls(teacher_agreement=agreement, metric=metric, source=source, **optional)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> QualityEvidence:
@@ -266,10 +270,10 @@ def gate(report: MeasuredRelease, profile: Profile, quality: QualityEvidence | N
     checks.append(_compare("quality.min_teacher_agreement", budgets.quality.min_teacher_agreement,
                            quality.teacher_agreement if quality else None, quality.metric if quality else "agreement",
                            ">=", hardware_dependent=False, on_target=True, missing_note=no_quality))
-    drop_note = no_quality if quality is None else "no quantization_drop in the evidence"
-    checks.append(_compare("quality.max_quantization_drop", budgets.quality.max_quantization_drop,
-                           quality.quantization_drop if quality else None, "agreement", "<=",
-                           hardware_dependent=False, on_target=True, missing_note=drop_note))
+    for figure in report.quality_figures(profile, quality):
+        missing = no_quality if quality is None else f"no {figure.name.split('.max_')[-1]} in the evidence"
+        checks.append(_compare(figure.name, figure.budget, figure.measured, figure.unit, figure.comparison,
+                               hardware_dependent=False, on_target=True, missing_note=missing))
     if report.memory.shared_process:
         memory = next(c for c in checks if c.name == "peak_memory_mb")
         memory.note = (memory.note + "; " if memory.note else "") + "from a comparison: this model's load + first run"

@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from export.runtime.host import HostInfo, detect_host
 from export.runtime.limits import check_bench_counts
 from export.runtime.profiles import Profile
 from export.base.report_json import SCHEMA_VERSION, JsonReport
+
+if TYPE_CHECKING:
+    from export.runtime.gate import QualityEvidence
 
 # Real English for the prompt, repeated to the prompt length: a tokenizer splits real text the way
 # it splits users' prompts (random ids can hit odd special tokens).
@@ -124,6 +127,13 @@ class GenerationBenchReport(JsonReport, MeasuredRelease):
         return [BudgetFigure("generation.ttft_ms.p95", gen.ttft_ms, self.ttft_ms.p95, "ms", "<="),
                 BudgetFigure("generation.tpot_ms.p95", gen.tpot_ms, self.tpot_ms.p95, "ms", "<="),
                 BudgetFigure("generation.tokens_per_s", gen.tokens_per_s, self.tokens_per_s, "tokens/s", ">=")]
+
+    def quality_figures(self, profile: Profile, quality: QualityEvidence | None) -> list[BudgetFigure]:
+        budget = profile.budgets.quality
+        return [BudgetFigure("quality.max_perplexity_ratio", budget.max_perplexity_ratio,
+                             quality.perplexity_ratio if quality else None, "x the teacher's perplexity", "<="),
+                BudgetFigure("quality.max_quantization_perplexity_ratio", budget.max_quantization_perplexity_ratio,
+                             quality.quantization_perplexity_ratio if quality else None, "x fp32 perplexity", "<=")]
 
     def size_budget(self, profile: Profile) -> tuple[float | None, str]:
         own = profile.budgets.generation.model_size_mb

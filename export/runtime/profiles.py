@@ -127,6 +127,11 @@ class QualityBudget(_Strict):
     min_teacher_agreement: Fraction | None = None
     # Largest drop in that agreement quantization may cost against the fp32 ONNX model.
     max_quantization_drop: Fraction = 0.01
+    # Causal LMs: the student's held-out perplexity over the teacher's (fp32, PyTorch), and what the
+    # release precision may cost on top (quantized over fp32 ONNX perplexity; int4 settings are tried
+    # in order until one fits).
+    max_perplexity_ratio: PositiveFloat | None = None
+    max_quantization_perplexity_ratio: PositiveFloat | None = None
 
 
 class GenerationBudget(_Strict):
