@@ -203,16 +203,20 @@ def test_shipped_profiles_carry_generation_budgets(tmp_path: Path) -> None:
         load_profile(bad)
 
 
+def _loose_generation_budgets(d: dict, r: GenerationBenchReport, quality: dict) -> None:
+    """A profile this host meets 20 times over, at the bench's workload, with ``quality`` budgets."""
+    _generation_workload(d)
+    d["budgets"]["generation"] = {"ttft_ms": r.ttft_ms.p95 * 20, "tpot_ms": r.tpot_ms.p95 * 20,
+                                  "tokens_per_s": r.tokens_per_s / 20, "model_size_mb": 100, "peak_memory_mb": 8192}
+    d["budgets"]["quality"] = quality
+
+
 def test_gate_passes_and_fails_on_matching_hardware(bench_report: GenerationBenchReport, tmp_path: Path) -> None:
     r = bench_report
 
     def loose(d: dict) -> None:
-        _generation_workload(d)
-        d["budgets"]["generation"] = {"ttft_ms": r.ttft_ms.p95 * 20, "tpot_ms": r.tpot_ms.p95 * 20,
-                                      "tokens_per_s": r.tokens_per_s / 20, "model_size_mb": 100,
-                                      "peak_memory_mb": 8192}
+        _loose_generation_budgets(d, r, {"min_teacher_agreement": 0.8})
         d["budgets"]["model_size_mb"] = 0.001  # the encoder budget: replaced by the generation one
-        d["budgets"]["quality"] = {"min_teacher_agreement": 0.8}
 
     profile = load_profile(user_profile(tmp_path, loose))
     evidence = QualityEvidence(teacher_agreement=0.9, metric="next_token_agreement")
@@ -240,12 +244,8 @@ def test_gate_checks_an_lm_s_perplexity_beside_its_agreement(bench_report: Gener
     r = bench_report
 
     def budgets(d: dict) -> None:
-        _generation_workload(d)
-        d["budgets"]["generation"] = {"ttft_ms": r.ttft_ms.p95 * 20, "tpot_ms": r.tpot_ms.p95 * 20,
-                                      "tokens_per_s": r.tokens_per_s / 20, "model_size_mb": 100,
-                                      "peak_memory_mb": 8192}
-        d["budgets"]["quality"] = {"min_teacher_agreement": 0.8, "max_perplexity_ratio": 1.3,
-                                   "max_quantization_perplexity_ratio": 1.1}
+        _loose_generation_budgets(d, r, {"min_teacher_agreement": 0.8, "max_perplexity_ratio": 1.3,
+                                         "max_quantization_perplexity_ratio": 1.1})
 
     profile = load_profile(user_profile(tmp_path, budgets))
 
