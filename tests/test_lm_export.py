@@ -240,7 +240,7 @@ def test_quantize_rejects_bad_input(llama_onnx: LMExportResult, texts: list[str]
 def test_int4_settings_are_tried_until_the_quantization_budget_fits(llama_onnx: LMExportResult, texts: list[str],
                                                                     tmp_path: Path) -> None:
     source = llama_onnx.out_path.parent
-    ladder = ["block 32", "block 16", "block 16, LM head fp32"]
+    ladder = ["block 32", "block 32, LM head int8", "block 16, LM head int8", "block 16, LM head fp32"]
     # A budget nothing meets: every setting is tried and the most faithful one is released.
     strict = quantize_causal_lm(source, tmp_path / "strict", "int4-weight", eval_texts=texts, max_ratio=1e-6)
     assert [t["setting"] for t in strict.tries] == ladder
@@ -265,20 +265,19 @@ def test_int4_settings_are_tried_until_the_quantization_budget_fits(llama_onnx: 
 def test_the_lm_head_can_stay_in_fp32(llama_onnx: LMExportResult, texts: list[str], tmp_path: Path) -> None:
     import onnx
 
-    from export.lm_quantize import Int4Setting, _quantize_graph, lm_head_node
+    from export.lm_quantize import Int4Setting, lm_head_node, write_int4
 
-    def head_op(keep_head: bool) -> str:
-        source = llama_onnx.out_path
-        target = tmp_path / f"keep-{keep_head}" / "model.onnx"
-        target.parent.mkdir()
-        _quantize_graph(onnx.load(str(source)), source, target, "int4-weight", Int4Setting(16, keep_head=keep_head))
+    def head_op(head: str) -> tuple[str, int | None]:
+        target = write_int4(llama_onnx.out_path.parent, tmp_path / head, Int4Setting(16, head=head))
         assert _ops(target)["MatMulNBits"] > 0  # the rest is int4 either way
         producers = {o: n for n in onnx.load(str(target)).graph.node for o in n.output}
         node = producers["logits"]
         while not node.op_type.startswith("MatMul"):
             node = producers[node.input[0]]
-        return node.op_type
+        bits = next((a.i for a in node.attribute if a.name == "bits"), None)
+        return node.op_type, bits
 
-    assert head_op(keep_head=False) == "MatMulNBits"
-    assert head_op(keep_head=True) == "MatMul"
+    assert head_op("int4") == ("MatMulNBits", 4)
+    assert head_op("int8") == ("MatMulNBits", 8)
+    assert head_op("fp32") == ("MatMul", None)
     assert lm_head_node(onnx.load(str(llama_onnx.out_path)))  # found (and named) in the fp32 export

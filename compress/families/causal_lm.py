@@ -84,7 +84,7 @@ class CausalLMFamily(TaskFamily):
                         stage_status(before, read_record(out)))
 
     def quantize(self, ctx: ChainContext, fp32: Path) -> None:
-        from export.lm_quantize import LMQuantizeResult, quantize_causal_lm
+        from export.lm_quantize import LMQuantizeResult, int4_ladder, quantize_causal_lm
 
         method = release_precision(ctx.profile, ctx.options.precision)
         if method == "fp32":
@@ -93,9 +93,11 @@ class CausalLMFamily(TaskFamily):
         texts = self._held_out_texts(ctx)[:PERPLEXITY_TEXTS]
         export_dir = fp32.parent
         budget = ctx.profile.budgets.quality.max_quantization_perplexity_ratio
+        # The settings that may be tried are part of the plan: a different ladder is a different stage.
+        ladder = [s.describe() for s in int4_ladder(ctx.options.block_size)] if method == "int4-weight" else []
         planned = StageRecord(stage="quantize", inputs={"model": FileRef.of(export_dir)},
                               params={"method": method, "block_size": ctx.options.block_size,
-                                      "eval_texts": len(texts), "max_ratio": budget})
+                                      "eval_texts": len(texts), "max_ratio": budget, "ladder": ladder})
 
         def work(tmp: Path) -> StageOutput:
             within = f" within {budget}x" if budget is not None else ""
