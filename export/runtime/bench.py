@@ -60,7 +60,7 @@ from export.runtime.profiles import Profile
 from export.base.report_json import SCHEMA_VERSION, JsonReport
 
 if TYPE_CHECKING:
-    from export.runtime.gate import QualityEvidence
+    from export.runtime.quality_evidence import QualityEvidence
 
 MIB = 2**20
 _log = logging.getLogger(__name__)

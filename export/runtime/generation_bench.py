@@ -47,7 +47,7 @@ from export.runtime.profiles import Profile
 from export.base.report_json import SCHEMA_VERSION, JsonReport
 
 if TYPE_CHECKING:
-    from export.runtime.gate import QualityEvidence
+    from export.runtime.quality_evidence import QualityEvidence
 
 # Real English for the prompt, repeated to the prompt length: a tokenizer splits real text the way
 # it splits users' prompts (random ids can hit odd special tokens).
