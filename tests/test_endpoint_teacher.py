@@ -203,7 +203,7 @@ def test_bad_answers_are_counted_and_never_cached(server: ChatServer, tmp_path: 
 
 
 @pytest.mark.parametrize("case", ["unreachable", "wrong-key", "no-key", "unknown-model", "rate-limited",
-                                  "credentials-in-url", "two-teachers", "no-model-name"])
+                                  "credentials-in-url", "two-teachers", "no-model-name", "many-processes"])
 def test_bad_endpoints_are_one_line_and_leave_nothing(case: str, server: ChatServer, chat_teacher: Path,
                                                       tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -218,6 +218,7 @@ def test_bad_endpoints_are_one_line_and_leave_nothing(case: str, server: ChatSer
         "credentials-in-url": "--teacher-url must not hold credentials",
         "two-teachers": "--teacher and --teacher-url both name a teacher",
         "no-model-name": "--teacher-model is required with --teacher-url",
+        "many-processes": "--nproc with --teacher-url: distillation from an endpoint runs in one process",
     }[case]
     if case == "unreachable":
         args[args.index("--teacher-url") + 1] = "http://127.0.0.1:9/v1"
@@ -233,6 +234,8 @@ def test_bad_endpoints_are_one_line_and_leave_nothing(case: str, server: ChatSer
         args[args.index("--teacher-url") + 1] = server.url.replace("http://", "http://user:secret@")
     elif case == "two-teachers":
         args += ["--teacher", str(chat_teacher)]
+    elif case == "many-processes":
+        args += ["--nproc", "2"]
     else:
         at = args.index("--teacher-model")
         del args[at:at + 2]

@@ -179,6 +179,9 @@ def distill(**options: Any) -> None:
     from compress.job import DistillJob, run_distill_job
 
     nproc = options.pop("nproc")
+    if nproc > 1 and options.get("teacher_url"):
+        raise click.UsageError("--nproc with --teacher-url: distillation from an endpoint runs in one process "
+                               "(the endpoint is the slow part)")
     if nproc > 1:
         from compress.cli import invoked_args
         from compress.parallel import launched_world_size
