@@ -62,4 +62,4 @@ def run_distill_job(job: DistillJob, reporter: Reporter | None = None) -> tuple[
     try:
         return family, run_chain(run_dir, family, config, profile, options, reporter)
     finally:
-        close_world()
+        close_world(together=False)  # the chain left the group after distillation; this is for errors

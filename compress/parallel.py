@@ -155,13 +155,17 @@ def init_world(device: str = "auto") -> World:
     return _WORLD
 
 
-def close_world() -> None:
-    """Leave the process group (at the end of a job)."""
+def close_world(*, together: bool = True) -> None:
+    """Leave the process group. ``together``: every rank is leaving at this point, so wait for all of
+    them first (no rank tears its connections down while another still talks to it); False on the way
+    out after an error, when the others may never get here."""
     global _WORLD
     if _WORLD.distributed:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if together:
+                dist.barrier()
             dist.destroy_process_group()
     _WORLD = World()
 
