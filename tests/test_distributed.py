@@ -223,3 +223,18 @@ def test_a_killed_rank_ends_the_run_with_one_line(tiny_llama: Path, texts: Path,
     for entry in (run / "distill" / "teacher_topk").rglob("*.npz"):
         with __import__("numpy").load(entry) as stored:  # each one readable
             assert stored["values"].shape == stored["indices"].shape
+
+
+def test_accelerate_launch_starts_the_same_ranks(tiny_encoder: Path, texts: Path, tmp_path: Path) -> None:
+    pytest.importorskip("accelerate")
+    run = tmp_path / "run"
+    # On a machine without GPUs accelerate starts several processes only when told --multi_gpu (then gloo).
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--main_process_port", str(_free_port()), "-m", "compress", "distill",
+               "--teacher", str(tiny_encoder), "--data", str(texts), "--student", "layers=1,hidden=16,heads=2,ffn=32",
+               "--max-steps", "4", "--batch-size", "8", "--threads", "1", "--out", str(run), "--stop-after", "distill"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "distill" / "stage.json").read_text())["metrics"]
+    assert (metrics["world_size"], metrics["backend"]) == (2, "gloo")
