@@ -113,4 +113,5 @@ def test_keep_n_chooses_the_blocks_that_change_their_input_most(tiny_llama: Path
                    "--student", "keep=9", "--max-steps", "1"])
     assert bad.exit_code == 2, bad.stderr
     assert bad.stderr.strip().splitlines()[-1] == "error: a student needs between 1 and 4 layers; got 9"
+    assert "teacher:" not in bad.stderr and "data:" not in bad.stderr  # refused from config.json, before loading
     assert not (tmp_path / "bad").exists()  # the run that bad input stopped left nothing behind

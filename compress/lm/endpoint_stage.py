@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from compress.distill.progress import Reporter
 from compress.lm.config import DEFAULT_LM_BATCH_SIZE, EndpointDistillConfig
-from compress.lm.stage import (ANSWERS_FILE, HELD_OUT_MAX, planned_record, prepare_device, HISTORY_FILE, HELD_OUT_FILE, STAGE,
+from compress.lm.stage import (ANSWERS_FILE, HELD_OUT_MAX, check_student_spec, planned_record, prepare_device, HISTORY_FILE, HELD_OUT_FILE, STAGE,
                                STUDENT_DIR, held_out_row, training_budget, write_jsonl)
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json, make_folder
@@ -62,6 +62,8 @@ def run_endpoint_distill_stage(run_dir: Path, config: EndpointDistillConfig, pro
                             "the slow part); drop torchrun / --nproc")
     endpoint = endpoint_of(config)
     student_from = resolve_lm_teacher(config.student_from)
+    if config.student != "auto":
+        check_student_spec(config.student, student_from)
 
     def work(folder: Path) -> StageOutput:
         metrics = _distill(config, profile, endpoint, student_from, folder, reporter, started)

@@ -76,6 +76,7 @@ def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Profil
     config.validate()
     stage_dir = Path(run_dir) / STAGE
     teacher_dir = resolve_lm_teacher(config.teacher)
+    check_student_spec(config.student, teacher_dir)
 
     def work(folder: Path) -> StageOutput:
         metrics = _distill(config, profile, teacher_dir, folder, reporter, started)
@@ -165,6 +166,22 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
         "teacher_answers": answers, "batch_size": batch_size, "device": device,
         "training": report.to_json(), "quality": quality.to_json(),
     }
+
+
+def check_student_spec(spec: str, model_dir: Path) -> None:
+    """Refuse a student ``spec`` the model in ``model_dir`` cannot give (say, more layers than it has),
+    from its config alone: before the data, the weights or the block importance are loaded."""
+    from transformers import AutoConfig
+
+    from compress.lm.student import plan_lm_student
+
+    try:
+        model_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CompressError(f"{model_dir}: cannot read its config.json ({exc})") from None
+    layers = int(getattr(model_config, "num_hidden_layers", 0) or getattr(model_config, "n_layer", 0))
+    # Importance only orders the blocks; any values check a keep=N count.
+    plan_lm_student(model_config, resolve_lm_student(spec, layers), importance=lambda: [0.0] * layers)
 
 
 def prepare_device(config: LMDistillConfig, reporter: Reporter) -> str:
