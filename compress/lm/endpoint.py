@@ -35,6 +35,10 @@ MAX_RETRY_WAIT_S = 30.0
 class EndpointError(CompressError):
     """The endpoint cannot be used at all; the run stops (answers already received stay cached)."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status that ended the request, if one did
+
 
 class BadAnswer(Exception):
     """One response that cannot be used; the prompt is skipped and counted, nothing is cached."""
@@ -149,7 +153,7 @@ class ChatEndpoint:
                 if exc.code == 404 and body is not None and "model" in detail.lower():
                     raise EndpointError(f"{where}: the server does not serve model {self.model!r}{detail}") from None
                 if exc.code not in RETRIED_STATUS:
-                    raise EndpointError(f"{where}: {exc.code} {exc.reason}{detail}") from None
+                    raise EndpointError(f"{where}: {exc.code} {exc.reason}{detail}", exc.code) from None
                 if attempt == retries:
                     what = "rate limited" if exc.code == 429 else f"{exc.code} {exc.reason}"
                     raise EndpointError(f"{where}: still {what} after {retries} retries; lower --concurrency "
@@ -172,7 +176,7 @@ class ChatEndpoint:
         try:
             body = self._request("GET", "/models", retry_unreachable=False)
         except EndpointError as exc:
-            if " 404 " in str(exc) or " 405 " in str(exc):
+            if exc.status in (404, 405):
                 return None
             raise
         try:

@@ -15,6 +15,7 @@ model name and the answers' sha256.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -191,7 +192,7 @@ def _distill(config: EndpointDistillConfig, profile: Profile | None, endpoint: C
         "data": description, "train_examples": len(encoded), "held_out_examples": len(held_encoded),
         "teacher_answers": len(answers.answered), "answers": {
             "sha256": answers.sha256, "asked": answers.asked, "reused": answers.reused,
-            "skipped": answers.skipped, "retried": answers.retried, "settings": settings.__dict__},
+            "skipped": answers.skipped, "retried": answers.retried, "settings": dataclasses.asdict(settings)},
         "token_match": match.to_json(), "batch_size": batch_size, "device": device,
         "training": report.to_json(),
         "quality": {"base": base_quality.to_json(), "before": before.to_json(), "after": after.to_json(),

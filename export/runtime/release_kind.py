@@ -42,8 +42,11 @@ class ReleaseKind(ABC):
               progress: bool = False, other: Path | None = None, **workload: object) -> object:
         """Measure ``model`` (against ``other`` in the same process, runs interleaved, when given)."""
 
-    @abstractmethod
-    def print_report(self, report: object) -> None: ...
+    def print_report(self, report: object) -> None:
+        """The report's human table on stdout."""
+        from export.runtime.render import print_report
+
+        print_report(report)  # type: ignore[arg-type]
 
     @abstractmethod
     def bench_archive(self, root: Path, manifest: Manifest, profile: Profile, *, runs: int, warmup: int,
@@ -80,11 +83,6 @@ class ForwardPass(ReleaseKind):
             return compare_bench(model, other, profile, runs=runs, warmup=warmup, threads=threads, progress=progress,
                                  **workload)
         return run_bench(model, profile, runs=runs, warmup=warmup, threads=threads, progress=progress, **workload)
-
-    def print_report(self, report: object) -> None:
-        from export.runtime.render import print_report
-
-        print_report(report)
 
     def bench_archive(self, root: Path, manifest: Manifest, profile: Profile, *, runs: int, warmup: int,
                       progress: bool) -> MeasuredRelease:
@@ -141,11 +139,6 @@ class Generation(ReleaseKind):
                                             progress=progress, **workload)
         return run_generation_bench(model, profile, runs=runs, warmup=warmup, threads=threads, progress=progress,
                                     **workload)
-
-    def print_report(self, report: object) -> None:
-        from export.runtime.render import print_generation_report
-
-        print_generation_report(report)
 
     def bench_archive(self, root: Path, manifest: Manifest, profile: Profile, *, runs: int, warmup: int,
                       progress: bool) -> MeasuredRelease:

@@ -80,17 +80,6 @@ def render_comparison(report: ComparisonReport) -> Any:
                          f"{a.latency.runs} runs each on {a.host.describe()}")
 
 
-def print_report(report: BenchReport | ComparisonReport) -> None:
-    """Print the human table for a bench or comparison report on stdout."""
-    from rich.console import Console
-
-    console = Console()
-    if isinstance(report, ComparisonReport):
-        console.print(render_comparison(report))
-    else:
-        console.print(render_bench(report))
-
-
 def render_generation_bench(report: GenerationBenchReport) -> Any:
     """A rich table for one generation bench report."""
     ttft, tpot = report.ttft_ms, report.tpot_ms
@@ -115,12 +104,10 @@ def render_generation_comparison(report: GenerationComparison) -> Any:
     ], f"prompt {a.prompt_length}, {a.new_tokens} new tokens, {a.runs} runs each on {a.host.describe()}")
 
 
-def print_generation_report(report: GenerationBenchReport | GenerationComparison) -> None:
-    """Print the human table for a generation bench or comparison report on stdout."""
+def print_report(report: BenchReport | ComparisonReport | GenerationBenchReport | GenerationComparison) -> None:
+    """Print the human table for any bench or comparison report on stdout."""
     from rich.console import Console
 
-    console = Console()
-    if isinstance(report, GenerationComparison):
-        console.print(render_generation_comparison(report))
-    else:
-        console.print(render_generation_bench(report))
+    renderers = {BenchReport: render_bench, ComparisonReport: render_comparison,
+                 GenerationBenchReport: render_generation_bench, GenerationComparison: render_generation_comparison}
+    Console().print(renderers[type(report)](report))  # type: ignore[operator]
