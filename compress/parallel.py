@@ -20,6 +20,7 @@ One process (no ``WORLD_SIZE``, or 1) is the world of size 1: every collective i
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -164,6 +165,9 @@ def close_world(*, together: bool = True) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # DDP wrappers left in reference cycles hold the group; freed after it is gone, gloo's
+            # threads abort the process at exit ("terminate called without an active exception").
+            gc.collect()
             if together:
                 dist.barrier()
             dist.destroy_process_group()
