@@ -22,7 +22,8 @@ from pathlib import Path
 
 from record import RESULTS_DIR, ROOT, ResultRecord  # first: puts the checkout on sys.path
 
-from export.lm_quantize import Int4Setting, int4_ladder, onnx_perplexity, write_int4
+from export.lm_quantize import Int4Setting, int4_ladder, write_int4
+from export.lm_scores import onnx_perplexity
 from export.runtime.generation_bench import compare_generation_bench
 from export.runtime.host import detect_host
 from export.runtime.profiles import load_profile

@@ -7,6 +7,8 @@
     export/     model.onnx + tokenizer files: the student in fp32, parity-checked against PyTorch
     teacher/    model.onnx + tokenizer files: the teacher in fp32, the baseline every number is against
     quantize/   the release precision (absent for fp32 profiles)
+    release/    candidates.json: every model that could ship, measured side by side, and the one chosen
+                (causal LMs; with the teacher quantized beside the student)
     bench/      bench.json (the release alone), compare.json (release vs teacher, runs interleaved)
     gate/       gate.json, junit.xml (+ quality.json for encoders)
     run.json    what the run holds, where, and the verdict (read by ``compress package``)
@@ -102,9 +104,11 @@ def _run(run_dir: Path, family: TaskFamily, config: DistillSettings, profile: Pr
     result.final_model, result.precision = student_onnx, "fp32"
     if reaches("quantize"):
         family.quantize(ctx, student_onnx)
+    if reaches("bench"):
+        family.choose_release(ctx, student_onnx, teacher_onnx)
 
     result.teacher = ModelSide(teacher_onnx, family.teacher_parameters(ctx.distilled), family.size_bytes(teacher_onnx))
-    result.student = ModelSide(result.final_model, family.student_size(ctx).params,
+    result.student = ModelSide(result.final_model, family.released_parameters(ctx),
                                family.size_bytes(result.final_model))
     gate_report: GateReport | None = None
     if reaches("bench"):
@@ -148,8 +152,8 @@ def _write_summary(ctx: ChainContext, family: TaskFamily, gate_report: GateRepor
     from export.run_summary import ReportPaths, RunSummary, TeacherInfo, write_run_summary
 
     result, record = ctx.result, ctx.distilled
-    stages = {name: f"{name}/stage.json" for name in ("distill", "prune", "export", "teacher", "quantize", "bench",
-                                                      "gate")
+    stages = {name: f"{name}/stage.json" for name in ("distill", "prune", "export", "teacher", "quantize", "release",
+                                                      "bench", "gate")
               if result.stages.get(name) in ("ran", "skipped")}
     teacher_dir = family.teacher_dir(record)
     weights = teacher_dir / "model.safetensors"

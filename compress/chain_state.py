@@ -18,6 +18,7 @@ from export.base.records import FileRef, StageRecord
 if TYPE_CHECKING:
     from compress.distill.progress import Reporter
     from export.runtime.profiles import Profile
+    from export.runtime.release_choice import ReleaseChoice
 
 STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")
 
@@ -107,6 +108,7 @@ class ChainResult:
     gate_exit_code: int = 0
     gate_reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    release: ReleaseChoice | None = None  # the candidates measured and the one released (families that have some)
     helper: bool = False  # a data-parallel rank other than 0: it trained, rank 0 wrote and reports
 
     def to_json(self) -> dict[str, Any]:

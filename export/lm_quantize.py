@@ -11,7 +11,6 @@ same texts before and after.
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,8 @@ import numpy as np
 
 from export.base.errors import CompressError
 from export.base.files import atomic_directory
-from export.lm_export import (MODEL_FILE, PARITY_BATCH, clean_texts, load_lm_tokenizer, load_ort_causal_lm,
-                              padded_batches, quiet_export, size_mb)
+from export.lm_export import MODEL_FILE, clean_texts, quiet_export, size_mb
+from export.lm_scores import onnx_perplexity
 
 LM_QUANTIZE_METHODS = ("int4-weight", "int8-dynamic", "fp16")
 # Files the ONNX folder needs to be used without the source folder (tokenizer, chat template, configs).
@@ -74,33 +73,6 @@ def _copy_sidecars(source_dir: Path, target_dir: Path) -> list[str]:
             copied.append(path.name)
     return copied
 
-
-
-def onnx_perplexity(onnx_dir: Path, texts: list[str], *, max_length: int = 256,
-                    file_name: str = MODEL_FILE) -> float:
-    """Perplexity of the ONNX model in ``onnx_dir`` on ``texts``: every token after each text's first.
-
-    Texts are tokenized by the folder's own tokenizer, truncated to ``max_length`` tokens and run
-    through ``ORTModelForCausalLM`` in right-padded batches.
-    """
-    import torch
-
-    onnx_dir = Path(onnx_dir)
-    texts = clean_texts(texts, "perplexity texts")
-    model = load_ort_causal_lm(onnx_dir, file_name)
-    tokenizer = load_lm_tokenizer(onnx_dir)
-    total_nll, total_tokens = 0.0, 0
-    with torch.inference_mode(), quiet_export():
-        for batch in padded_batches(tokenizer, texts, max_length, PARITY_BATCH):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            targets = batch["input_ids"][:, 1:]
-            mask = batch["attention_mask"][:, 1:].bool()
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
-            total_nll += float(nll[mask].double().sum())
-            total_tokens += int(mask.sum())
-    if total_tokens == 0:
-        raise CompressError("perplexity texts: every text is a single token; nothing to score")
-    return math.exp(total_nll / total_tokens)
 
 
 def _check_generation_onnx(onnx_dir: Path) -> Any:

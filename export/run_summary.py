@@ -44,6 +44,9 @@ class StudentInfo:
     params: int
     layers: int
     hidden: int
+    # "teacher": no distilled student met the profile's quality budgets and the teacher itself,
+    # quantized, is the release (RUN_DIR/release/candidates.json says why).
+    released_from: str = "student"
 
 
 @dataclass(frozen=True)

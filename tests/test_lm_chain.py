@@ -40,7 +40,8 @@ def test_the_lm_chain_through_the_cli(tiny_llama: Path, lm_text: Path, tmp_path:
     for stage in ("distill", "export", "teacher", "quantize", "bench", "gate"):
         assert (run / stage / "stage.json").is_file(), stage
     out = " ".join(result.stdout.split())
-    assert "teacher (fp32 ONNX) vs released student (int4-weight ONNX), host" in out
+    assert "release candidates vs the fp32 teacher, host" in out and "released: " in out
+    assert "teacher (fp32 ONNX) vs released student (" in out
     for row in ("parameters", "file size", "tokens/s", "time to first token p50", "perplexity"):
         assert row in out, row
     distill = json.loads((run / "distill" / "stage.json").read_text())["metrics"]

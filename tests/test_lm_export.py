@@ -16,7 +16,8 @@ import pytest
 
 from export.base.errors import CompressError
 from export.lm_export import LMExportResult, check_lm_parity, export_causal_lm, load_ort_causal_lm, read_lm_export
-from export.lm_quantize import LMQuantizeResult, expose_constant_weights, onnx_perplexity, quantize_causal_lm
+from export.lm_quantize import LMQuantizeResult, expose_constant_weights, quantize_causal_lm
+from export.lm_scores import onnx_perplexity
 
 
 def _ops(path: Path) -> Counter:

@@ -23,10 +23,14 @@ def print_chain(family: TaskFamily, result: ChainResult) -> None:
             console.print(_table(title, ("", "teacher", "student"), [(r.label, r.teacher, r.student) for r in rows]))
         for line in lines:
             console.print(line, markup=False)
+    if result.release is not None:
+        print_candidates(console, result)
     if result.rows:
         baseline = family.baseline_label
-        console.print(_table(f"{baseline} (fp32 ONNX) vs released student ({result.precision} ONNX), {result.profile}",
-                             ("", baseline, "student", "ratio"),
+        chosen = result.release.chosen if result.release is not None else None
+        released = "teacher, quantized" if chosen is not None and chosen.source == "teacher" else "student"
+        console.print(_table(f"{baseline} (fp32 ONNX) vs released {released} ({result.precision} ONNX), {result.profile}",
+                             ("", baseline, "released", "ratio"),
                              [(r.label, r.teacher, r.student, r.ratio) for r in result.rows]))
         if result.measured:
             console.print(result.measured, markup=False)
@@ -37,6 +41,25 @@ def print_chain(family: TaskFamily, result: ChainResult) -> None:
         console.print(f"run: {result.run_dir / 'run.json'}", markup=False)
         if result.verdict in ("pass", "unverified"):
             console.print(f"next: compress package {result.run_dir}", markup=False)
+
+
+def print_candidates(console: Any, result: ChainResult) -> None:
+    """Every model that could ship, measured side by side, and which one was released and why."""
+    assert result.release is not None
+    rows, misses = [], []
+    for c in result.release.candidates:
+        q, s = c.quality, c.speed
+        rows.append((c.name, f"{c.parameters / 1e6:.1f}M", f"{c.size_mb:.1f}", f"{s['tokens_per_s']:.1f}",
+                     f"{c.speedup:.2f}x", f"{s['ttft_ms']:.0f}", f"{q['perplexity_ratio']:.3f}x",
+                     f"{q['next_token_agreement']:.3f}", "yes" if c.passes else "no"))
+        if not c.passes:
+            misses.append(f"  {c.name} misses {'; '.join(c.misses())}")
+    console.print(_table(f"release candidates vs the fp32 teacher, {result.profile}",
+                         ("candidate", "params", "MiB", "tok/s", "speed", "TTFT ms", "ppl", "agree", "ok"), rows))
+    for line in [result.release.measured_on, *misses]:
+        console.print(line, markup=False)
+    released = result.release.released or "none"
+    console.print(f"released: {released}: {result.release.why}", markup=False)
 
 
 def print_verdict(console: Any, profile: str, verdict: str | None, reasons: list[str]) -> None:

@@ -83,6 +83,14 @@ class TaskFamily(ABC):
     def quantize(self, ctx: ChainContext, fp32: Path) -> None:
         """Make the release precision from ``fp32``; set ``ctx.result``'s stage, final model and precision."""
 
+    def choose_release(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> None:
+        """Measure every model that could ship beside the release and keep the best (a stage).
+
+        A family that has other candidates (the teacher quantized, the student in another
+        precision) sets ``ctx.result.release`` and, when one wins, ``final_model`` and ``precision``.
+        By default the release is the quantized student, alone.
+        """
+
     @abstractmethod
     def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
         """Benchmark the release against the teacher (a stage); fill ``ctx.result``'s speed.
@@ -139,6 +147,10 @@ class TaskFamily(ABC):
 
     @abstractmethod
     def student_size(self, ctx: ChainContext) -> StudentInfo: ...
+
+    def released_parameters(self, ctx: ChainContext) -> int:
+        """Parameters of the model released (the student's, unless another candidate won)."""
+        return self.student_size(ctx).params
 
     @abstractmethod
     def task_of(self, ctx: ChainContext) -> str: ...

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from export.run_summary import QualitySummary, StudentInfo
     from export.runtime.gate import GateReport
     from export.runtime.profiles import Profile
+    from export.runtime.release_choice import ReleaseCandidate
 
 LM_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int4-weight")
 BENCH_RUNS = 5
@@ -40,8 +41,9 @@ class CausalLMFamily(TaskFamily):
     name: ClassVar[str] = "causal-lm"
     teacher_words: ClassVar[str] = "a language model"
     # On a 2-core CPU for SmolLM2-135M and a 6-layer student: both exports with their parity
-    # checks, int4 with its perplexity check, the generation benches.
-    later_stages_reserve_s: ClassVar[float] = 240.0
+    # checks, int4 with its perplexity check, the teacher quantized and every candidate measured,
+    # the generation benches.
+    later_stages_reserve_s: ClassVar[float] = 360.0
     min_distill_share: ClassVar[float] = 0.4
     foreign_options: ClassVar[tuple[str, ...]] = (
         "task", "embedding_loss", "hidden_weight", "attention_weight", "alpha", "trust_remote_code", "prune_heads",
@@ -121,6 +123,31 @@ class CausalLMFamily(TaskFamily):
         ctx.result.stages["quantize"] = run.status
         ctx.result.final_model, ctx.result.precision = run.path("model"), method
 
+    def choose_release(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> None:
+        from compress.lm.release_stage import run_lm_release_stage
+
+        quantized = ctx.result.stages.get("quantize") in ("ran", "skipped")
+        cost = read_record(ctx.run_dir / "quantize").metrics["result"]["perplexity_ratio"] if quantized else None
+        choice = run_lm_release_stage(ctx, student_fp32, teacher, self._held_out_texts(ctx), cost)
+        ctx.result.release = choice
+        chosen = choice.chosen
+        if chosen is not None:
+            ctx.result.final_model, ctx.result.precision = ctx.run_dir / chosen.model, chosen.precision
+            ctx.reporter.message(f"release: {chosen.name}: {choice.why}")
+        else:
+            ctx.reporter.warning(f"release: {choice.why}; the student's release stays the release")
+
+    def released_candidate(self, result: ChainResult) -> ReleaseCandidate | None:
+        """The release's own measurements among the candidates (None: no release stage ran)."""
+        if result.release is None or result.final_model is None:
+            return None
+        return next((c for c in result.release.candidates
+                     if (result.run_dir / c.model).resolve() == result.final_model.resolve()), None)
+
+    def released_parameters(self, ctx: ChainContext) -> int:
+        candidate = self.released_candidate(ctx.result)
+        return candidate.parameters if candidate is not None else self.student_size(ctx).params
+
     def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
         from export.runtime.generation_bench import GenerationComparison
 
@@ -157,18 +184,30 @@ class CausalLMFamily(TaskFamily):
         bench_json = ctx.run_dir / "bench" / "bench.json"
         distill_json = ctx.run_dir / "distill" / "stage.json"
         quantize_json = ctx.run_dir / "quantize" / "stage.json"
+        candidates_json = ctx.run_dir / "release" / "candidates.json"
         quantized = ctx.result.stages.get("quantize") in ("ran", "skipped")
         inputs = {"bench": FileRef.of(bench_json), "distill": FileRef.of(distill_json), **profile_input(ctx.profile)}
         if quantized:
             inputs["quantize"] = FileRef.of(quantize_json)
+        released = self.released_candidate(ctx.result)
+        if released is not None:
+            inputs["release"] = FileRef.of(candidates_json)
         planned = StageRecord(stage="gate", inputs=inputs, params={"profile": ctx.profile.name})
 
         def work(tmp: Path) -> StageOutput:
-            cost = read_record(quantize_json.parent).metrics["result"]["perplexity_ratio"] if quantized else None
-            evidence = QualityEvidence(teacher_agreement=self.teacher_agreement(ctx.distilled.metrics),
-                                       metric=self.agreement_metric, source=str(distill_json),
-                                       perplexity_ratio=self.perplexity_ratio(ctx.distilled.metrics),
-                                       quantization_perplexity_ratio=cost)
+            if released is not None:  # the release's own figures, measured as ONNX beside the others
+                evidence = QualityEvidence(teacher_agreement=released.quality["next_token_agreement"],
+                                           metric=self.agreement_metric, source=str(candidates_json),
+                                           perplexity_ratio=released.quality["perplexity_ratio"],
+                                           quantization_perplexity_ratio=released.quality[
+                                               "quantization_perplexity_ratio"] if released.precision != "fp32"
+                                           else None)
+            else:
+                cost = read_record(quantize_json.parent).metrics["result"]["perplexity_ratio"] if quantized else None
+                evidence = QualityEvidence(teacher_agreement=self.teacher_agreement(ctx.distilled.metrics),
+                                           metric=self.agreement_metric, source=str(distill_json),
+                                           perplexity_ratio=self.perplexity_ratio(ctx.distilled.metrics),
+                                           quantization_perplexity_ratio=cost)
             verdict = gate(GenerationBenchReport.from_json(bench_json), ctx.profile, evidence)
             verdict.to_json(tmp / "gate.json")
             write_junit(verdict, tmp / "junit.xml")
@@ -176,7 +215,7 @@ class CausalLMFamily(TaskFamily):
 
         run = run_stage(ctx.run_dir / "gate", planned, work)
         ctx.result.stages["gate"] = run.status
-        ctx.result.quality = ctx.distilled.metrics["quality"]
+        ctx.result.quality = ctx.distilled.metrics["quality"]  # the student's, from distillation (PyTorch)
         return GateReport.from_json(run.path("gate"))
 
     agreement_metric: ClassVar[str] = "next_token_agreement"
@@ -227,7 +266,15 @@ class CausalLMFamily(TaskFamily):
         return rows + self.quality_rows(result), measured
 
     def quality_rows(self, result: ChainResult) -> list[TableRow]:
-        """The table's quality rows: perplexity and agreement on the held-out split."""
+        """The table's quality rows: perplexity and agreement on the held-out split (of the release itself,
+        as ONNX, when the release stage measured it; else of the student in PyTorch)."""
+        released = self.released_candidate(result)
+        if released is not None:
+            q = released.quality
+            teacher_ppl = q["perplexity"] / q["perplexity_ratio"]
+            return [TableRow("perplexity (held-out, ONNX)", f"{teacher_ppl:.2f}", f"{q['perplexity']:.2f}",
+                             f"{q['perplexity_ratio']:.2f}x"),
+                    TableRow("next-token agreement", "1.0000", f"{q['next_token_agreement']:.4f}")]
         quality = result.quality or {}
         if not quality:
             return []
@@ -249,6 +296,10 @@ class CausalLMFamily(TaskFamily):
         from export.run_summary import StudentInfo
 
         m = ctx.distilled.metrics
+        released = self.released_candidate(ctx.result)
+        if released is not None and released.source == "teacher":
+            return StudentInfo(params=int(m["teacher_parameters"]), layers=int(m["teacher_layers"]),
+                               hidden=int(m["hidden"]), released_from="teacher")
         return StudentInfo(params=int(m["student_parameters"]), layers=len(m["student_layers"]), hidden=int(m["hidden"]))
 
     def task_of(self, ctx: ChainContext) -> str:
@@ -257,6 +308,10 @@ class CausalLMFamily(TaskFamily):
     def quality_summary(self, result: ChainResult) -> QualitySummary:
         from export.run_summary import QualitySummary
 
+        released = self.released_candidate(result)
+        if released is not None:
+            return QualitySummary(teacher_agreement=released.quality["next_token_agreement"],
+                                  metric="next_token_agreement", heldout_samples=int(released.quality["texts"]))
         quality = result.distill.metrics["quality"] if result.distill else {}
         return QualitySummary(teacher_agreement=quality.get("next_token_agreement"), metric="next_token_agreement",
                               heldout_samples=quality.get("samples"))

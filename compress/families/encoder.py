@@ -44,7 +44,7 @@ class EncoderFamily(TaskFamily):
     min_distill_share: ClassVar[float] = 0.5
     dated_by_gate: ClassVar[bool] = True
     foreign_options: ClassVar[tuple[str, ...]] = (
-        "lm_loss", "jsd_beta", "topk", "teacher_answers", "answer_tokens", "sample", "top_p", "block_size",
+        "lm_loss", "jsd_beta", "topk", "embeddings", "teacher_answers", "answer_tokens", "sample", "top_p", "block_size",
         *ENDPOINT_OPTIONS)
 
     def make_config(self, settings: dict[str, Any]) -> DistillConfig:

@@ -43,6 +43,9 @@ class EndpointLMFamily(CausalLMFamily):
 
         return run_endpoint_distill_stage(ctx.run_dir, ctx.config, ctx.profile, ctx.reporter)
 
+    def choose_release(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> None:
+        """The endpoint's teacher has no weights here to quantize: the student's release is the release."""
+
     def teacher_agreement(self, metrics: dict[str, Any]) -> float:
         return float(metrics["quality"]["after"]["token_agreement"])
 

@@ -9,6 +9,7 @@ from compress.settings import DistillSettings
 
 DEFAULT_LM_TEACHER = "smollm2"
 LOSSES = ("forward_kl", "reverse_kl", "jsd")
+EMBEDDINGS = ("auto", "frozen", "trained")
 # On a CPU one step of a 50M-parameter student over a 49k vocabulary is already seconds; on a GPU
 # a bigger batch is nearly free.
 DEFAULT_LM_BATCH_SIZE = {"cuda": 32, "cpu": 8}
@@ -29,6 +30,7 @@ class LMDistillConfig(DistillSettings):
     top_p: float = 1.0
     answer_temperature: float = 1.0
     ce_weight: float = 0.5  # weight of next-token cross-entropy on the teacher's answers, when there are any
+    embeddings: str = "auto"  # auto | frozen | trained: the token embedding and LM head during distillation
 
     min_max_length: ClassVar[int] = 16
 
@@ -40,7 +42,13 @@ class LMDistillConfig(DistillSettings):
             (self.teacher_answers >= 0, "--teacher-answers must not be negative"),
             (self.answer_tokens > 0, "--answer-tokens must be positive"),
             (0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
+            (self.embeddings in EMBEDDINGS, f"--embeddings must be one of {', '.join(EMBEDDINGS)}"),
         ]
+
+    def embeddings_frozen(self, device: str) -> bool:
+        """Whether the token embedding and LM head stay as the teacher left them: ``auto`` freezes them
+        on a CPU, where a time budget buys a few hundred steps; a GPU's thousands of steps can move them."""
+        return self.embeddings == "frozen" or (self.embeddings == "auto" and not device.startswith("cuda"))
 
 
 def resolve_lm_student(spec: str, teacher_layers: int) -> str:

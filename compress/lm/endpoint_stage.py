@@ -176,7 +176,7 @@ def _distill(config: EndpointDistillConfig, profile: Profile | None, endpoint: C
         time_budget_s=training_budget(config, profile, time.perf_counter() - started), batch_size=batch_size,
         lr=config.lr, loss_kind=config.loss, temperature=config.temperature, beta=config.beta,
         topk=config.endpoint_topk if match.used else 0, ce_weight=config.ce_weight if match.used else 1.0,
-        seed=config.seed, device=device)
+        seed=config.seed, device=device, freeze_embeddings=config.embeddings_frozen(device))
     report = train_lm(student, None, tokenizer, encoded, loop, stage_dir, reporter=reporter, resume=config.resume,
                       targets=targets)
     atomic_write_json(stage_dir / HISTORY_FILE, {"history": report.loss_history})

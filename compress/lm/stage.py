@@ -142,6 +142,7 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
         max_steps=config.max_steps, epochs=config.epochs, time_budget_s=budget, batch_size=batch_size, lr=config.lr,
         loss_kind=config.loss, temperature=config.temperature, beta=config.beta, topk=config.topk,
         ce_weight=config.ce_weight if answers else 0.0, seed=config.seed, device=device,
+        freeze_embeddings=config.embeddings_frozen(device),
     )
     report = train_lm(student, teacher, tokenizer, encoded, settings, stage_dir, reporter=reporter,
                       resume=config.resume, held_out=held_out)

@@ -73,6 +73,10 @@ class LMLoopSettings:
     eval_every: int = 50  # steps between held-out agreement measurements (0: only at the start and end)
     seed: int = 0
     device: str = "cpu"
+    # Keep the token embedding and LM head as the teacher left them: on a small step budget a
+    # pruned student heals its blocks faster without moving the largest matrix (28M of
+    # SmolLM2-135M's parameters), and every step is cheaper without its gradient.
+    freeze_embeddings: bool = False
 
     def validate(self) -> None:
         """Reject settings that cannot work, naming the setting."""
@@ -113,6 +117,7 @@ class LMTrainingReport:
     backend: str | None = None  # gloo | nccl
     rank_samples_per_s: list[float] = field(default_factory=list)  # each rank's own rows, this session
     allreduce_share: float | None = None  # of forward + backward time, by DDP's timers (None: one process)
+    embeddings_frozen: bool = False  # token embedding and LM head kept as the teacher left them
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,6 +163,16 @@ def _run_fingerprint(settings: LMLoopSettings, teacher_fp: str, student: Any, tr
 
 
 # -- pieces of the loop -----------------------------------------------------------------------
+
+def freeze_embeddings(student: Any) -> list[Any]:
+    """Stop the token embedding and the LM head (often one tied matrix) from training; returns them."""
+    frozen = []
+    for module in (student.get_input_embeddings(), student.get_output_embeddings()):
+        if module is not None and module.weight.requires_grad:
+            module.weight.requires_grad_(False)
+            frozen.append(module.weight)
+    return frozen
+
 
 def make_lm_optimizer(student: Any, lr: float, device: str) -> Any:
     """AdamW (fused on CUDA); no weight decay on biases and normalisation weights."""
@@ -305,6 +320,7 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
         raise CompressError("no teacher, no teacher targets and no cross-entropy weight: nothing to learn from")
     fingerprint = _run_fingerprint(settings, targets.fingerprint if targets else "answers only", student, usable)
     student.to(device)
+    frozen = freeze_embeddings(student) if settings.freeze_embeddings else []
     loop = _LMLoop(student, targets, usable, settings, pad_id)
     per_epoch = batches_per_epoch(len(usable), settings.batch_size)
     total_steps, stop_label = _plan_steps(settings, per_epoch)
@@ -444,6 +460,8 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
         save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
     per_rank = [float(r) for r in ranks.gather_rows(torch.tensor([rank_samples / session_time]))]
     student.eval()
+    for weight in frozen:
+        weight.requires_grad_(True)
     return LMTrainingReport(
         steps=state.step,
         epochs=round(state.epoch + state.position / per_epoch, 4),
@@ -461,4 +479,5 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
         backend=ranks.backend,
         rank_samples_per_s=[round(r, 2) for r in per_rank],
         allreduce_share=allreduce_share([loop.model]),
+        embeddings_frozen=bool(frozen),
     )

@@ -349,16 +349,33 @@ def compare_generation_bench(model: str | os.PathLike[str], other: str | os.Path
                              progress: bool = False) -> GenerationComparison:
     """Benchmark ``model`` against ``other`` in one process, generations interleaved (A, B, A, B, ...).
 
-    Both get the same prompt length, new tokens and settings (each its own tokenizer's prompt);
-    intra-op spinning is off so one session's idle threads do not steal the other's cores. Memory
+    See :func:`bench_side_by_side`, which this is for two models.
+    """
+    a, b = bench_side_by_side([model, other], profile, prompt_length=prompt_length, new_tokens=new_tokens, runs=runs,
+                              warmup=warmup, threads=threads, progress=progress)
+    return GenerationComparison(
+        model=a, other=b, ttft_ratio=b.ttft_ms.p50 / a.ttft_ms.p50 if a.ttft_ms.p50 else 0.0,
+        tpot_ratio=b.tpot_ms.p50 / a.tpot_ms.p50 if a.tpot_ms.p50 else 0.0,
+        tokens_per_s_ratio=a.tokens_per_s / b.tokens_per_s, created_at=utc_now(),
+    )
+
+
+def bench_side_by_side(models: list[str | os.PathLike[str]], profile: Profile, *, prompt_length: int | None = None,
+                       new_tokens: int | None = None, runs: int = 10, warmup: int = 2, threads: int | None = None,
+                       progress: bool = False) -> list[GenerationBenchReport]:
+    """Benchmark several models in one process, generations interleaved (A, B, C, A, B, C, ...).
+
+    All get the same prompt length, new tokens and settings (each its own tokenizer's prompt);
+    intra-op spinning is off so one session's idle threads do not steal another's cores. Memory
     per model is its session creation and first generation (``shared_process=True``).
     """
-    paths = [Path(model), Path(other)]
+    paths = [Path(m) for m in models]
     prompt_length, new_tokens = _settings(profile, prompt_length, new_tokens, runs, warmup, threads)
     opened = [_open(p, profile, prompt_length=prompt_length, new_tokens=new_tokens, threads=threads, spinning=False)
               for p in paths]
     baseline = opened[0].rss_before
-    timings = _time_runs(opened, new_tokens, runs, warmup, progress, f"compare {paths[0].name} vs {paths[1].name}")
+    label = " vs ".join(p.name if p.name != "model.onnx" else f"{p.parent.name}/{p.name}" for p in paths)
+    timings = _time_runs(opened, new_tokens, runs, warmup, progress, f"compare {label}")
     reports = []
     for item, outputs in zip(opened, timings.outputs):
         own = item.rss_after_first_run - item.rss_before
@@ -366,15 +383,10 @@ def compare_generation_bench(model: str | os.PathLike[str], other: str | os.Path
             baseline_rss_mb=item.rss_before / MIB, after_load_rss_mb=item.rss_after_first_run / MIB,
             peak_rss_mb=timings.memory.peak_rss / MIB, session_peak_mb=own / MIB, method=timings.memory.method,
             shared_process=True,
-            note=(f"two sessions in one process: session_peak_mb is this model's load + first generation; "
-                  f"both together peaked {(timings.memory.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
+            note=(f"{len(paths)} sessions in one process: session_peak_mb is this model's load + first generation; "
+                  f"all together peaked {(timings.memory.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
         )
         report = _report(item, profile, outputs, memory, prompt_length, new_tokens, warmup)
-        report.notes.append("measured interleaved with another model (compare), intra-op spinning off")
+        report.notes.append("measured interleaved with other models, intra-op spinning off")
         reports.append(report)
-    a, b = reports
-    return GenerationComparison(
-        model=a, other=b, ttft_ratio=b.ttft_ms.p50 / a.ttft_ms.p50 if a.ttft_ms.p50 else 0.0,
-        tpot_ratio=b.tpot_ms.p50 / a.tpot_ms.p50 if a.tpot_ms.p50 else 0.0,
-        tokens_per_s_ratio=a.tokens_per_s / b.tokens_per_s, created_at=utc_now(),
-    )
+    return reports

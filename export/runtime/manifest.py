@@ -225,7 +225,7 @@ class Manifest:
     output: OutputInfo
     reference: ReferenceOutput
     teacher: TeacherRef
-    student: dict[str, int]  # params, layers, hidden
+    student: dict[str, int | str]  # params, layers, hidden, released_from
     quality: dict[str, Any]  # teacher_agreement, metric, neighbour_agreement, quantization_drop, heldout_samples
     bench: BenchSummary | None
     gates: dict[str, GateSummary]  # profile name -> verdict measured for it

@@ -1,0 +1,167 @@
+"""The ``release`` stage for causal LMs: measure every model that could ship, release the best.
+
+A short distillation on a CPU cannot always teach a small student back to the teacher's quality;
+the teacher itself, quantized, may then be the model that keeps its quality at a useful speed.
+The stage puts them side by side:
+
+- the distilled student, in the release precision and in fp32;
+- the teacher, quantized the way the profile's runtime runs it (int4 weight-only and int8 on
+  CPUs, with the same int4 settings ladder and quantization budget as the student; fp16 on GPUs).
+
+Each is scored on the same held-out texts against the fp32 teacher (ONNX perplexity ratio and
+next-token agreement) and timed generating, runs interleaved with the teacher in one process. The
+release is the fastest that meets every quality budget of the profile
+(:func:`export.runtime.release_choice.choose_release`); when none does, the student's release
+stays the release and the gate fails on the budgets it misses. ``RUN_DIR/release/candidates.json``
+holds every figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from export.base.records import FileRef, StageRecord
+from export.base.stages import StageOutput, run_stage
+from export.runtime.bench import BudgetFigure
+from export.runtime.release_choice import CANDIDATES_FILE, ReleaseCandidate, ReleaseChoice, choose_release
+
+if TYPE_CHECKING:
+    from compress.chain_state import ChainContext
+    from export.runtime.profiles import Profile
+
+STAGE = "release"
+CANDIDATE_TEXTS = 64
+RELEASE_BENCH_RUNS = 3
+
+
+@dataclass
+class Contender:
+    """A model to measure: its name, file, what it was made from and how."""
+
+    name: str
+    model: Path
+    source: str
+    precision: str
+    parameters: int
+    quantization_ratio: float | None  # perplexity over its own fp32 export's (None: fp32)
+
+
+def teacher_precisions(profile: Profile, release_precision: str) -> list[str]:
+    """How the teacher is quantized to stand beside the student: as the student is, plus int8 on CPUs."""
+    if release_precision == "fp32":
+        return []
+    if release_precision == "int4-weight":
+        return ["int4-weight", "int8-dynamic"]
+    return [release_precision]
+
+
+def run_lm_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp32: Path, texts: list[str],
+                         student_quantization_ratio: float | None) -> ReleaseChoice:
+    """Measure the candidates and choose the release (a stage: skipped when nothing it reads changed)."""
+    from compress.chain_state import profile_input
+    from export.lm_quantize import int4_ladder
+
+    released, precision = ctx.result.final_model, ctx.result.precision or "fp32"
+    assert released is not None
+    budgets = ctx.profile.budgets.quality
+    teacher_methods = teacher_precisions(ctx.profile, precision)
+    texts = texts[:CANDIDATE_TEXTS]
+    runs = ctx.options.bench_runs or RELEASE_BENCH_RUNS
+    inputs = {"release": FileRef.of(released.parent), "student_fp32": FileRef.of(student_fp32.parent),
+              "teacher": FileRef.of(teacher_fp32.parent), **profile_input(ctx.profile)}
+    planned = StageRecord(stage=STAGE, inputs=inputs, params={
+        "profile": ctx.profile.name, "precision": precision, "teacher_precisions": teacher_methods,
+        "texts": len(texts), "runs": runs, "block_size": ctx.options.block_size,
+        "ladder": [s.describe() for s in int4_ladder(ctx.options.block_size)],
+        "max_perplexity_ratio": budgets.max_perplexity_ratio,
+        "min_teacher_agreement": budgets.min_teacher_agreement,
+        "max_quantization_perplexity_ratio": budgets.max_quantization_perplexity_ratio})
+    student_params = int(ctx.distilled.metrics["student_parameters"])
+    teacher_params = int(ctx.distilled.metrics["teacher_parameters"])
+
+    def work(tmp: Path) -> StageOutput:
+        contenders = [Contender(f"student {_label(precision)}", released, "student", precision, student_params,
+                                student_quantization_ratio)]
+        if precision != "fp32":
+            contenders.append(Contender("student fp32", student_fp32, "student", "fp32", student_params, None))
+        for method in teacher_methods:
+            contenders.append(_quantized_teacher(ctx, teacher_fp32, tmp, method, texts, teacher_params))
+        choice = _measure_and_choose(ctx, contenders, teacher_fp32, texts, runs)
+        for candidate in choice.candidates:  # paths as they will be once the stage folder is in place
+            candidate.model = _relative(Path(candidate.model), tmp, ctx.run_dir)
+        choice.to_json(tmp / CANDIDATES_FILE)
+        return StageOutput({"candidates": CANDIDATES_FILE}, {"released": choice.released, "why": choice.why})
+
+    run = run_stage(ctx.run_dir / STAGE, planned, work)
+    ctx.result.stages[STAGE] = run.status
+    return ReleaseChoice.from_json(run.path("candidates"))
+
+
+def _label(precision: str) -> str:
+    return {"int4-weight": "int4", "int8-dynamic": "int8"}.get(precision, precision)
+
+
+def _quantized_teacher(ctx: ChainContext, teacher_fp32: Path, tmp: Path, method: str, texts: list[str],
+                       parameters: int) -> Contender:
+    from export.lm_quantize import quantize_causal_lm
+
+    budget = ctx.profile.budgets.quality.max_quantization_perplexity_ratio
+    ctx.reporter.message(f"release: quantizing the teacher ({method}) to stand beside the student")
+    quantized = quantize_causal_lm(teacher_fp32.parent, tmp / f"teacher-{_label(method)}", method,
+                                   block_size=ctx.options.block_size, eval_texts=texts, max_ratio=budget)
+    setting = f" ({quantized.setting})" if method == "int4-weight" and quantized.setting else ""
+    return Contender(f"teacher {_label(method)}{setting}", Path(quantized.out_path), "teacher", method, parameters,
+                     quantized.perplexity_ratio)
+
+
+def _measure_and_choose(ctx: ChainContext, contenders: list[Contender], teacher_fp32: Path, texts: list[str],
+                        runs: int) -> ReleaseChoice:
+    from export.lm_scores import onnx_token_scores
+    from export.runtime.generation_bench import bench_side_by_side
+    from export.runtime.onnx_file import onnx_size_bytes
+
+    ctx.reporter.message(f"release: scoring {len(contenders)} candidates against the fp32 teacher on "
+                         f"{len(texts)} held-out texts")
+    reference = onnx_token_scores(teacher_fp32.parent, texts)
+    scores = [onnx_token_scores(c.model.parent, texts) for c in contenders]
+    ctx.reporter.message(f"release: timing them generating, runs interleaved with the teacher ({runs} runs each)")
+    # threads=None: the runtime's one thread policy, as the bench stage uses it.
+    reports = bench_side_by_side([teacher_fp32, *(c.model for c in contenders)], ctx.profile, runs=runs, warmup=1)
+    teacher_speed, measured = reports[0], reports[1:]
+    budgets = ctx.profile.budgets.quality
+    candidates = []
+    for contender, score, report in zip(contenders, scores, measured):
+        ratio = score.perplexity / reference.perplexity
+        agreement = score.agreement(reference)
+        quantization = contender.quantization_ratio if contender.quantization_ratio is not None else 1.0
+        candidates.append(ReleaseCandidate(
+            name=contender.name, model=str(contender.model), source=contender.source, precision=contender.precision,
+            parameters=contender.parameters, size_mb=round(onnx_size_bytes(contender.model) / 2**20, 2),
+            speedup=round(report.tokens_per_s / teacher_speed.tokens_per_s, 3),
+            speed={"tokens_per_s": round(report.tokens_per_s, 2), "ttft_ms": round(report.ttft_ms.p50, 2),
+                   "tpot_ms": round(report.tpot_ms.p50, 2)},
+            quality={"perplexity": round(score.perplexity, 3), "perplexity_ratio": round(ratio, 4),
+                     "next_token_agreement": round(agreement, 4), "quantization_perplexity_ratio": round(quantization, 4), "texts": len(texts)},
+            checks=[BudgetFigure("quality.max_perplexity_ratio", budgets.max_perplexity_ratio, round(ratio, 4),
+                                 "x the teacher's perplexity", "<="),
+                    BudgetFigure("quality.min_teacher_agreement", budgets.min_teacher_agreement, round(agreement, 4),
+                                 "next-token agreement", ">="),
+                    BudgetFigure("quality.max_quantization_perplexity_ratio",
+                                 budgets.max_quantization_perplexity_ratio, round(quantization, 4),
+                                 "x fp32 perplexity", "<=")]))
+    choice = choose_release(candidates)
+    choice.measured_on = (f"{teacher_speed.host.describe()}: {teacher_speed.prompt_length}-token prompt, "
+                          f"{teacher_speed.new_tokens} new tokens, {runs} runs interleaved with the fp32 teacher "
+                          f"({teacher_speed.tokens_per_s:.1f} tokens/s, perplexity {reference.perplexity:.2f}); "
+                          f"quality on {len(texts)} held-out texts")
+    return choice
+
+
+def _relative(path: Path, tmp: Path, run_dir: Path) -> str:
+    """``path`` relative to the run directory, with the stage's temporary folder read as its final place."""
+    try:
+        return str(Path(STAGE) / path.relative_to(tmp))
+    except ValueError:
+        return str(path.resolve().relative_to(run_dir.resolve()))
