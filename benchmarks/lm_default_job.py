@@ -1,18 +1,19 @@
-"""The language-model default job: SmolLM2-135M-Instruct distilled for a Raspberry Pi 5, student vs teacher.
+"""The language-model default job: SmolLM2-135M-Instruct for a Raspberry Pi 5, every release candidate vs the teacher.
 
 Runs ``compress distill --teacher smollm2 --profile PROFILE --out RUN_DIR`` (the whole chain, in a
-child process), unless ``--no-chain`` reuses RUN_DIR as it is. Then, on this host, in one process
-with runs interleaved (``compare_generation_bench``): greedy generation of ``--new-tokens`` after a
-128-token prompt with the KV cache, for
+child process), unless ``--no-chain`` reuses RUN_DIR as it is. The chain's release stage measured
+every candidate (the distilled student int4 and fp32, the teacher int4 and int8) and released the
+fastest that meets the profile's quality budgets. Here, on this host, in one process with runs
+interleaved (``bench_side_by_side``), greedy generation of ``--new-tokens`` after a 128-token
+prompt with the KV cache, for the teacher's fp32 ONNX export and every candidate, with more runs
+than the chain's. Quality is the release stage's: ONNX perplexity over the fp32 teacher's and
+next-token agreement with it on held-out texts (release/candidates.json).
 
-* the released student (RUN_DIR/run.json's final model, int4 weight-only for CPU profiles) vs the
-  teacher's fp32 ONNX export (RUN_DIR/teacher/model.onnx);
-* the student's own fp32 export (RUN_DIR/export/model.onnx) vs the same teacher.
+The targets (issue: small language models good enough to ship): a released model >= 3x the fp32
+teacher's tokens/s at <= 1.3x its perplexity and next-token agreement >= 0.85; beside it, the
+fastest candidate that keeps perplexity <= 2x.
 
-Quality comes from the run itself: perplexity, next-token and greedy agreement on the held-out
-split (PyTorch, distill/stage.json) and the perplexity cost of quantization (quantize/stage.json).
-
-    python benchmarks/lm_default_job.py                        # ~12 minutes here
+    python benchmarks/lm_default_job.py                        # ~14 minutes here
     python benchmarks/lm_default_job.py --no-chain --run runs/raspberry-pi-5
 
 Prints a table and writes benchmarks/results/lm_default_job-PROFILE.json.
@@ -27,22 +28,24 @@ from pathlib import Path
 
 from record import RESULTS_DIR, ROOT, ResultRecord, run_distill  # first: puts the checkout on sys.path
 
-from export.runtime.generation_bench import compare_generation_bench
+from export.runtime.generation_bench import bench_side_by_side
 from export.runtime.host import detect_host
 from export.runtime.profiles import load_profile
+from export.runtime.release_choice import ReleaseChoice
 from export.run_summary import read_run_summary
 
 
-def measure(model: Path, teacher: Path, profile, threads: int, runs: int, new_tokens: int) -> dict:
-    report = compare_generation_bench(model, teacher, profile, runs=runs, warmup=1, threads=threads,
-                                      new_tokens=new_tokens)
-    side = {}
-    for label, r in (("model", report.model), ("teacher", report.other)):
-        side[label] = {"path": str(r.model.path), "size_mb": round(r.model.size_mb, 2),
+def measure(models: dict[str, Path], teacher: Path, profile, threads: int, runs: int, new_tokens: int) -> dict:
+    """tokens/s, TTFT and TPOT of the teacher and every model, generations interleaved in one process."""
+    reports = bench_side_by_side([teacher, *models.values()], profile, runs=runs, warmup=1, threads=threads,
+                                 new_tokens=new_tokens)
+    rows = {}
+    for label, r in zip(["teacher (fp32)", *models], reports):
+        rows[label] = {"path": str(r.model.path), "size_mb": round(r.model.size_mb, 2),
                        "ttft_p50_ms": round(r.ttft_ms.p50, 2), "tpot_p50_ms": round(r.tpot_ms.p50, 2),
-                       "tpot_p95_ms": round(r.tpot_ms.p95, 2), "tokens_per_s": round(r.tokens_per_s, 2)}
-    side["tokens_per_s_ratio"] = round(report.model.tokens_per_s / report.other.tokens_per_s, 3)
-    return side
+                       "tpot_p95_ms": round(r.tpot_ms.p95, 2), "tokens_per_s": round(r.tokens_per_s, 2),
+                       "tokens_per_s_ratio": round(r.tokens_per_s / reports[0].tokens_per_s, 3)}
+    return rows
 
 
 def main() -> None:
@@ -61,13 +64,22 @@ def main() -> None:
     chain_s = None if args.no_chain else run_distill("--teacher", "smollm2", "--profile", args.profile, "--out", str(run_dir))
     summary = read_run_summary(run_dir)
     distill = json.loads((run_dir / "distill" / "stage.json").read_text())
-    quantize = json.loads((run_dir / "quantize" / "stage.json").read_text())["metrics"]["result"]
+    choice = ReleaseChoice.from_json(run_dir / "release" / "candidates.json")
     teacher = run_dir / "teacher" / "model.onnx"
-    rows = {}
-    for label, model in (("released", run_dir / summary.final_model), ("fp32 student", run_dir / "export" / "model.onnx")):
-        print(f"generating with {label} ({model.parent.name}/{model.name}) and the teacher ...", file=sys.stderr)
-        rows[label] = measure(model, teacher, profile, args.threads, args.runs, args.new_tokens)
+    print(f"generating with the teacher and {len(choice.candidates)} candidates, interleaved ...", file=sys.stderr)
+    rows = measure({c.name: run_dir / c.model for c in choice.candidates}, teacher, profile, args.threads, args.runs,
+                   args.new_tokens)
+    for c in choice.candidates:
+        rows[c.name].update(perplexity_ratio=c.quality["perplexity_ratio"],
+                            next_token_agreement=c.quality["next_token_agreement"], passes=c.passes,
+                            released=c.name == choice.released, source=c.source, precision=c.precision)
 
+    def meets_target(row: dict) -> bool:
+        return row["tokens_per_s_ratio"] >= 3 and row["perplexity_ratio"] <= 1.3 and row["next_token_agreement"] >= 0.85
+
+    within_2x = [name for name, r in rows.items() if "perplexity_ratio" in r and r["perplexity_ratio"] <= 2.0]
+    fastest_2x = max(within_2x, key=lambda n: rows[n]["tokens_per_s"], default=None)
+    released = choice.released
     host = detect_host()
     out = RESULTS_DIR / f"lm_default_job-{profile.name}.json"
     m = distill["metrics"]
@@ -76,14 +88,16 @@ def main() -> None:
         profile=profile.name, precision=summary.precision, verdict=summary.verdict,
         chain_wall_s=round(chain_s, 1) if chain_s is not None else None,
         stage_durations_s={name: json.loads((run_dir / name / "stage.json").read_text())["duration_s"]
-                           for name in ("distill", "export", "teacher", "quantize", "bench", "gate")
+                           for name in ("distill", "export", "teacher", "quantize", "release", "bench", "gate")
                            if (run_dir / name / "stage.json").is_file()},
         student={"spec": m["student"], "layers": m["student_layers"], "parameters": m["student_parameters"],
                  "teacher_parameters": m["teacher_parameters"], "training": {
                      k: v for k, v in m["training"].items() if k != "loss_history"}},
-        quality=m["quality"],
-        quantization={k: quantize[k] for k in ("method", "size_mb", "fp32_size_mb", "perplexity_fp32", "perplexity",
-                                               "perplexity_ratio", "block_size")},
+        distill_quality=m["quality"],
+        released=released, why=choice.why, release_stage_measured_on=choice.measured_on,
+        targets={"released_3x_at_1.3x_perplexity_and_0.85_agreement": bool(released and meets_target(rows[released])),
+                 "any_candidate_meets_it": any(meets_target(r) for n, r in rows.items() if "perplexity_ratio" in r),
+                 "fastest_within_2x_perplexity": fastest_2x},
         workload={"prompt_length": 128, "new_tokens": args.new_tokens, "threads": args.threads, "runs": args.runs},
         results=rows,
     )
@@ -93,21 +107,17 @@ def main() -> None:
 
     table = Table(title=f"language-model default job, {profile.name} · {host.describe()} · 128-token prompt, "
                         f"{args.new_tokens} new tokens, {args.threads} threads", title_justify="left")
-    for column in ("model", "size MB", "TTFT p50 ms", "TPOT p50 ms", "tokens/s", "vs teacher"):
+    for column in ("model", "MB", "TTFT ms", "TPOT ms", "tokens/s", "vs teacher", "ppl ratio", "agreement", "ok"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    teacher_row = rows["released"]["teacher"]
-    table.add_row("teacher (fp32)", f"{teacher_row['size_mb']:.1f}", f"{teacher_row['ttft_p50_ms']:.1f}",
-                  f"{teacher_row['tpot_p50_ms']:.1f}", f"{teacher_row['tokens_per_s']:.1f}", "1.00x")
-    for label, r in rows.items():
-        name = f"{label} ({summary.precision})" if label == "released" else label
-        table.add_row(name, f"{r['model']['size_mb']:.1f}", f"{r['model']['ttft_p50_ms']:.1f}",
-                      f"{r['model']['tpot_p50_ms']:.1f}", f"{r['model']['tokens_per_s']:.1f}",
-                      f"{r['tokens_per_s_ratio']:.2f}x")
+    for name, r in rows.items():
+        mark = " (released)" if name == released else ""
+        table.add_row(name + mark, f"{r['size_mb']:.1f}", f"{r['ttft_p50_ms']:.1f}", f"{r['tpot_p50_ms']:.1f}",
+                      f"{r['tokens_per_s']:.1f}", f"{r['tokens_per_s_ratio']:.2f}x",
+                      f"{r.get('perplexity_ratio', 1.0):.3f}", f"{r.get('next_token_agreement', 1.0):.3f}",
+                      {True: "yes", False: "no"}.get(r.get("passes"), "-"))
     Console().print(table)
-    q = m["quality"]
-    print(f"held-out: perplexity teacher {q['teacher_perplexity']:.2f}, student {q['student_perplexity']:.2f}; "
-          f"next-token agreement {q['next_token_agreement']:.4f}; chain wall time {payload['chain_wall_s']} s",
-          file=sys.stderr)
+    print(f"released: {released}: {choice.why}", file=sys.stderr)
+    print(f"targets: {json.dumps(payload['targets'])}; chain wall time {payload['chain_wall_s']} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def test_the_lm_chain_through_the_cli(tiny_llama: Path, lm_text: Path, tmp_path:
     before = _stage_times(run)
     again = run_cli(args)
     assert again.exit_code == result.exit_code
-    stages = "stages: distill skipped, export skipped, teacher skipped, quantize skipped, bench skipped, gate skipped"
+    stages = ("stages: distill skipped, export skipped, teacher skipped, quantize skipped, release skipped, bench skipped, "
+              "gate skipped")
     assert stages in " ".join(again.stdout.split())
     assert _stage_times(run) == before
 
@@ -76,9 +77,10 @@ def test_release_precision_follows_the_device() -> None:
     assert release_precision(load_profile("jetson"), "int8-dynamic") == "int8-dynamic"
 
 
-def test_student_spec_defaults_to_a_fifth_of_the_layers() -> None:
-    assert resolve_lm_student("auto", 30) == "layers=6"
-    assert resolve_lm_student("auto", 4) == "layers=2"
+def test_student_spec_defaults_to_the_most_important_four_fifths_of_the_blocks() -> None:
+    assert resolve_lm_student("auto", 30) == "keep=24"
+    assert resolve_lm_student("auto", 4) == "keep=3"
+    assert resolve_lm_student("auto", 2) == "keep=2"
     assert resolve_lm_student("layers=3", 30) == "layers=3"
 
 

@@ -238,7 +238,9 @@ def test_plans_spread_layers_keeping_first_and_last(llama) -> None:
     plan = plan_lm_student(model.config, "layers=2")
     assert (plan.family, plan.teacher_layers, plan.layers) == ("llama", 4, [0, 3])
     assert plan_lm_student(model.config, "layers=0,2").layers == [0, 2]
-    assert plan_lm_student(model.config, "auto").layers == [0, 3]
+    with pytest.raises(CompressError, match="not measured"):  # auto keeps the most important blocks
+        plan_lm_student(model.config, "auto")
+    assert plan_lm_student(model.config, "auto", importance=lambda: [0.5, 0.1, 0.3, 0.9]).layers == [0, 2, 3]
     for bad in ("layers=5", "layers=0", "layers=0,4", "layers=2,1", "layers=1,1", "depth=2", ""):
         with pytest.raises(CompressError):
             plan_lm_student(model.config, bad)
@@ -360,7 +362,7 @@ def test_smollm2_converts_once_and_loads(tmp_path: Path) -> None:
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])
-    student = build_lm_student(model, plan_lm_student(model.config, "auto"))
+    student = build_lm_student(model, plan_lm_student(model.config, "layers=6"))
     assert student.config.num_hidden_layers == 6
 
 

@@ -297,3 +297,62 @@ def test_bad_input_is_one_clear_error(teacher: tuple[Any, Any], tmp_path: Path) 
     with pytest.raises(CompressError, match="larger than the vocabulary"):
         one = encode_examples([LMExample("", "A short sentence to train on.")], tokenizer, MAX_LENGTH)
         train_lm(student_of(model), model, tokenizer, one, settings(topk=100_000), tmp_path)
+
+
+# -- healing a pruned student ----------------------------------------------------------------------
+
+def test_frozen_embeddings_stay_the_teachers_while_the_blocks_learn(teacher: tuple[Any, Any],
+                                                                    examples: list[LMExample], tmp_path: Path) -> None:
+    model, tokenizer = teacher
+    student = student_of(model)
+    embedding = student.get_input_embeddings().weight.detach().clone()
+    before = weights(student)
+    report = train_lm(student, model, tokenizer, train_set(examples, tokenizer, 32),
+                      settings(max_steps=4, freeze_embeddings=True), tmp_path)
+    assert report.embeddings_frozen and report.steps == 4
+    assert torch.equal(student.get_input_embeddings().weight, embedding)
+    assert torch.equal(student.get_output_embeddings().weight, embedding)  # tied: the head is the same matrix
+    after = weights(student)
+    moved = [name for name in before if "embed" not in name and "lm_head" not in name
+             and not torch.equal(before[name], after[name])]
+    assert moved, "the blocks did not train"
+    # Frozen for the loop only: the student handed back trains as usual.
+    assert all(p.requires_grad for p in student.parameters())
+
+
+def test_a_pruned_and_healed_student_beats_the_evenly_spaced_one_at_equal_steps(
+        teacher: tuple[Any, Any], examples: list[LMExample], tmp_path: Path) -> None:
+    import copy
+
+    from compress.lm.block_importance import block_importance
+    from compress.lm.quality import agreement, pad_id_of, predictions
+    from compress.lm.student import decoder_layers
+
+    model, tokenizer = teacher
+    model = copy.deepcopy(model)
+    # The tiny teacher leans on its embeddings; give its blocks weight: block 1 writes four times what it
+    # learned into the residual stream, block 2 a tenth (it matters least).
+    with torch.no_grad():
+        for index, scale in ((1, 4.0), (2, 0.1)):
+            block = decoder_layers(model)[index]
+            block.self_attn.o_proj.weight.mul_(scale)
+            block.mlp.down_proj.weight.mul_(scale)
+    pad_id = pad_id_of(tokenizer)
+    importance = block_importance(model, train_set(examples, tokenizer, 32), pad_id=pad_id)
+    assert min(range(4), key=importance.__getitem__) == 2
+    pruned = plan_lm_student(model.config, "keep=3", importance=lambda: importance)
+    evenly = plan_lm_student(model.config, "layers=3")
+    assert pruned.layers == [0, 1, 3] and evenly.layers != pruned.layers
+
+    held_out = encode_examples(held_out_of(examples), tokenizer, MAX_LENGTH)
+    reference = predictions(model, held_out, pad_id=pad_id)
+    scores = {}
+    for name, plan in (("pruned", pruned), ("evenly", evenly)):
+        student = build_lm_student(model, plan)
+        train_lm(student, model, tokenizer, train_set(examples, tokenizer, 96),
+                 settings(max_steps=12, freeze_embeddings=True), tmp_path / name)
+        measured = predictions(student, held_out, pad_id=pad_id)
+        scores[name] = (agreement(measured, reference), measured.perplexity)
+    (pruned_agreement, pruned_ppl), (evenly_agreement, evenly_ppl) = scores["pruned"], scores["evenly"]
+    assert pruned_agreement > evenly_agreement + 0.05, scores
+    assert abs(pruned_ppl / reference.perplexity - 1) < abs(evenly_ppl / reference.perplexity - 1), scores

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compress.lm.config import resolve_lm_student
 from export.base.errors import CompressError
 from export.base.files import atomic_directory
 
@@ -25,8 +26,6 @@ from export.base.files import atomic_directory
 LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
 # Per-layer lists in some configs (e.g. Qwen2's full / sliding attention per layer) follow the layers.
 _PER_LAYER_CONFIG_KEYS = ("layer_types",)
-# "auto": a fifth of the teacher's depth, at least two layers.
-AUTO_FRACTION = 5
 
 
 @dataclass
@@ -74,10 +73,10 @@ def plan_lm_student(teacher_config: Any, spec: str,
     total = _num_layers(teacher_config)
     family = str(getattr(teacher_config, "model_type", "unknown"))
     text = str(spec).strip().lower().replace(" ", "")
-    keep = re.fullmatch(r"keep=(\d+)", text)
     if text == "auto":
-        layers = spread_layers(total, min(total, max(2, round(total / AUTO_FRACTION))))
-    elif keep:
+        text = resolve_lm_student(text, total)
+    keep = re.fullmatch(r"keep=(\d+)", text)
+    if keep:
         count = int(keep.group(1))
         if not 1 <= count <= total:
             raise CompressError(f"a student needs between 1 and {total} layers; got {count}")
