@@ -82,7 +82,7 @@ class RunSummary:
     created_at: str  # ISO 8601 with a timezone, e.g. "2025-01-31T12:00:00+00:00"
     profile: str  # profile name (not alias)
     task: str  # export.base.tasks.Task
-    precision: str  # fp32 | fp16 | int8-dynamic | int8-static | int4-weight
+    precision: str  # fp32 | fp16 | int8-dynamic | int8-static | int8-weight (LMs) | int4-weight
     teacher: TeacherInfo
     student: StudentInfo
     final_model: str  # relative path of the .onnx file; tokenizer and config files lie beside it

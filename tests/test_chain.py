@@ -13,7 +13,7 @@ from compress.distill import DistillConfig
 from compress.distill.progress import Reporter
 from compress.chain import ChainOptions, PruneOptions, run_chain
 from compress.families import EncoderFamily
-from compress.families.encoder import choose_release
+from compress.families.encoder import quantized_or_fp32
 from export.runtime.profiles import load_profile
 from export.run_summary import read_run_summary
 from tests.cli_helpers import run_cli
@@ -169,6 +169,6 @@ def _quantized(within_budget: bool, verdict: str, speedup: float) -> SimpleNames
 ])
 def test_choose_release(within: bool, verdict: str, on_target: bool, fp32_mb: int, expected: str) -> None:
     profile = load_profile("x86-avx2")  # model_size_mb: 25
-    keep, why = choose_release(_quantized(within, verdict, 0.8), profile, on_target, fp32_mb * 2**20)
+    keep, why = quantized_or_fp32(_quantized(within, verdict, 0.8), profile, on_target, fp32_mb * 2**20)
     assert keep == expected
     assert (why != "") == (expected == "fp32")

@@ -188,6 +188,19 @@ def test_int8_dynamic_quantizes_gpt2_conv1d_layers_and_tied_head(gpt2_onnx: LMEx
     assert 0.97 < result.perplexity_ratio < 1.03
 
 
+def test_int8_weight_quantizes_every_matmul_in_8_bit_blocks_and_keeps_perplexity(
+        llama_onnx: LMExportResult, texts: list[str], tmp_path: Path) -> None:
+    import onnx
+
+    result = quantize_causal_lm(llama_onnx.out_path.parent, tmp_path / "int8w", "int8-weight", eval_texts=texts[:6],
+                                max_ratio=1.1)
+    nodes = [n for n in onnx.load(str(result.out_path)).graph.node if n.op_type == "MatMulNBits"]
+    assert nodes and {next(a.i for a in n.attribute if a.name == "bits") for n in nodes} == {8}
+    assert _ops(result.out_path)["MatMul"] <= 4 * 2 + 1  # left: attention's Q@K and A@V, activations on both sides
+    assert result.size_mb < 0.8 * result.fp32_size_mb and result.setting == "int8-weight"
+    assert 0.98 < result.perplexity_ratio < 1.02 and result.within_budget
+
+
 def test_fp16_keeps_fp32_inputs_and_perplexity(gpt2_onnx: LMExportResult, texts: list[str], tmp_path: Path) -> None:
     import onnxruntime as ort
 

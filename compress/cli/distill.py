@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")  # compress.chain.STAGES, without importing it
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight")
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight")
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:

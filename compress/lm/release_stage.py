@@ -4,9 +4,9 @@ A short distillation on a CPU cannot always teach a small student back to the te
 the teacher itself, quantized, may then be the model that keeps its quality at a useful speed.
 The stage puts them side by side:
 
-- the distilled student, in the release precision and in fp32;
-- the teacher, quantized the way the profile's runtime runs it (int4 weight-only and int8 on
-  CPUs, with the same int4 settings ladder and quantization budget as the student; fp16 on GPUs).
+- the distilled student, in the release precision and (CPU profiles) in 8-bit weights;
+- the teacher, quantized the same ways (int4 weight-only through the same settings ladder and
+  quantization budget as the student, and 8-bit weights, on CPUs; fp16 on GPUs).
 
 Each is scored on the same held-out texts against the fp32 teacher (ONNX perplexity ratio and
 next-token agreement) and timed generating, runs interleaved with the teacher in one process. The
@@ -48,12 +48,14 @@ class Contender:
     quantization_ratio: float | None  # perplexity over its own fp32 export's (None: fp32)
 
 
-def teacher_precisions(profile: Profile, release_precision: str) -> list[str]:
-    """How the teacher is quantized to stand beside the student: as the student is, plus int8 on CPUs."""
+def candidate_precisions(release_precision: str) -> list[str]:
+    """The precisions every model is measured in: the release's, plus 8-bit weights beside 4-bit ones
+    (on SmolLM2 int4 cost 1.23x perplexity and a third of the next-token choices, 8-bit weights
+    1.002x and 5%: benchmarks/lm_teacher_quantization.py). fp32 releases have no other candidate."""
     if release_precision == "fp32":
         return []
     if release_precision == "int4-weight":
-        return ["int4-weight", "int8-dynamic"]
+        return ["int4-weight", "int8-weight"]
     return [release_precision]
 
 
@@ -66,13 +68,13 @@ def run_lm_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp32: Pa
     released, precision = ctx.result.final_model, ctx.result.precision or "fp32"
     assert released is not None
     budgets = ctx.profile.budgets.quality
-    teacher_methods = teacher_precisions(ctx.profile, precision)
+    methods = candidate_precisions(precision)
     texts = texts[:CANDIDATE_TEXTS]
     runs = ctx.options.bench_runs or RELEASE_BENCH_RUNS
     inputs = {"release": FileRef.of(released.parent), "student_fp32": FileRef.of(student_fp32.parent),
               "teacher": FileRef.of(teacher_fp32.parent), **profile_input(ctx.profile)}
     planned = StageRecord(stage=STAGE, inputs=inputs, params={
-        "profile": ctx.profile.name, "precision": precision, "teacher_precisions": teacher_methods,
+        "profile": ctx.profile.name, "precision": precision, "candidate_precisions": methods,
         "texts": len(texts), "runs": runs, "block_size": ctx.options.block_size,
         "ladder": [s.describe() for s in int4_ladder(ctx.options.block_size)],
         "max_perplexity_ratio": budgets.max_perplexity_ratio,
@@ -84,10 +86,10 @@ def run_lm_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp32: Pa
     def work(tmp: Path) -> StageOutput:
         contenders = [Contender(f"student {_label(precision)}", released, "student", precision, student_params,
                                 student_quantization_ratio)]
-        if precision != "fp32":
-            contenders.append(Contender("student fp32", student_fp32, "student", "fp32", student_params, None))
-        for method in teacher_methods:
-            contenders.append(_quantized_teacher(ctx, teacher_fp32, tmp, method, texts, teacher_params))
+        for method in methods[1:]:
+            contenders.append(_quantized(ctx, "student", student_fp32, tmp, method, texts, student_params))
+        for method in methods:
+            contenders.append(_quantized(ctx, "teacher", teacher_fp32, tmp, method, texts, teacher_params))
         choice = _measure_and_choose(ctx, contenders, teacher_fp32, texts, runs)
         for candidate in choice.candidates:  # paths as they will be once the stage folder is in place
             candidate.model = _relative(Path(candidate.model), tmp, ctx.run_dir)
@@ -100,19 +102,20 @@ def run_lm_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp32: Pa
 
 
 def _label(precision: str) -> str:
-    return {"int4-weight": "int4", "int8-dynamic": "int8"}.get(precision, precision)
+    return {"int4-weight": "int4", "int8-weight": "int8", "int8-dynamic": "int8-dynamic"}.get(precision, precision)
 
 
-def _quantized_teacher(ctx: ChainContext, teacher_fp32: Path, tmp: Path, method: str, texts: list[str],
-                       parameters: int) -> Contender:
+def _quantized(ctx: ChainContext, source: str, fp32: Path, tmp: Path, method: str, texts: list[str],
+               parameters: int) -> Contender:
+    """``source``'s fp32 export quantized with ``method`` (int4 through the settings ladder, as the quantize stage)."""
     from export.lm_quantize import quantize_causal_lm
 
     budget = ctx.profile.budgets.quality.max_quantization_perplexity_ratio
-    ctx.reporter.message(f"release: quantizing the teacher ({method}) to stand beside the student")
-    quantized = quantize_causal_lm(teacher_fp32.parent, tmp / f"teacher-{_label(method)}", method,
+    ctx.reporter.message(f"release: the {source} in {method}, to stand beside the release")
+    quantized = quantize_causal_lm(fp32.parent, tmp / f"{source}-{_label(method)}", method,
                                    block_size=ctx.options.block_size, eval_texts=texts, max_ratio=budget)
     setting = f" ({quantized.setting})" if method == "int4-weight" and quantized.setting else ""
-    return Contender(f"teacher {_label(method)}{setting}", Path(quantized.out_path), "teacher", method, parameters,
+    return Contender(f"{source} {_label(method)}{setting}", Path(quantized.out_path), source, method, parameters,
                      quantized.perplexity_ratio)
 
 

@@ -9,11 +9,11 @@ later run loads that. Weights are only ever loaded from safetensors; remote code
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compress.cache_dir import default_cache_dir
 from export.base.errors import CompressError
 from export.base.tasks import is_causal_lm
 from export.base.files import atomic_directory, atomic_write_json, read_json_dict
@@ -44,11 +44,6 @@ REGISTERED_TEACHERS: dict[str, str] = {
     **{name: teacher.description for name, teacher in _GGUF_TEACHERS.items()},
     **{alias: f"alias of {name}" for alias, name in _ALIASES.items()},
 }
-
-
-def default_cache_dir() -> Path:
-    """``$COMPRESS_CACHE``, else ``~/.cache/compress``."""
-    return Path(os.environ.get("COMPRESS_CACHE") or Path.home() / ".cache" / "compress")
 
 
 def resolve_lm_teacher(name_or_path: str, *, cache_dir: Path | None = None) -> Path:
