@@ -106,7 +106,7 @@ def _provenance(manifest: Manifest) -> list[str]:
         return [f"The teacher **{teacher.name}** itself ({_millions(teacher.params)} parameters; weights sha256 "
                 f"`{teacher.weights_sha256[:16]}…`), exported to ONNX (opset {manifest.model.opset}) and brought to "
                 f"{manifest.precision}: measured beside the distilled student, it was the fastest model that met "
-                "every quality budget of the profile, and no student did."]
+                "every quality and size budget of the profile, and no student did."]
     if teacher.answers_from:
         return [f"Taught by the answers of **{teacher.name}**, queried at `{teacher.answers_from}` (answers sha256 "
                 f"`{(teacher.answers_sha256 or '')[:16]}…`); the student, with {shape}, started from a local model "

@@ -1,4 +1,4 @@
-"""Choosing the release among the candidates: the fastest that meets every quality budget, or none.
+"""Choosing the release among the candidates: the fastest that meets every budget, or none.
 
 The chooser on its own (constructed candidates), then the causal-LM chain through the CLI on a tiny
 Llama, where a user's profile decides between the distilled student and the teacher quantized.
@@ -51,7 +51,7 @@ def test_the_quantized_teacher_is_released_when_no_student_passes() -> None:
 def test_nothing_is_released_when_no_candidate_passes_and_the_reason_names_each_budget() -> None:
     choice = choose_release([_candidate("a", 5.0, 2.7, 0.41), _candidate("b", 2.0, 1.2, 0.80)])
     assert choice.released is None and choice.chosen is None
-    assert choice.why.startswith("no candidate meets every quality budget")
+    assert choice.why.startswith("no candidate meets every budget")
     # the perplexity budget was met by b, but nobody reached the agreement floor
     assert "quality.max_perplexity_ratio <= 1.3: best 1.2 (b, met)" in choice.why
     assert "quality.min_teacher_agreement >= 0.85: best 0.8 (b, missed)" in choice.why
@@ -142,7 +142,7 @@ def test_when_no_candidate_passes_the_student_stays_and_the_gate_fails(tiny_llam
     result = _distill(tiny_llama, lm_text, run, _profile(tmp_path, min_teacher_agreement=1.0, max_perplexity_ratio=0.5))
     assert result.exit_code == 1, result.stdout + result.stderr
     out = " ".join((result.stdout + result.stderr).split())
-    assert "no candidate meets every quality budget" in out and "the student's release stays the release" in out
+    assert "no candidate meets every budget" in out and "the student's release stays the release" in out
     choice = json.loads((run / "release" / "candidates.json").read_text())
     assert choice["released"] is None
     summary = json.loads((run / "run.json").read_text())

@@ -10,9 +10,9 @@ The stage puts them side by side:
 
 Each is scored on the same held-out texts against the fp32 teacher (ONNX perplexity ratio and
 next-token agreement) and timed generating, runs interleaved with the teacher in one process. The
-release is the fastest that meets every quality budget of the profile
-(:func:`export.runtime.release_choice.choose_release`); when none does, the student's release
-stays the release and the gate fails on the budgets it misses. ``RUN_DIR/release/candidates.json``
+release is the fastest that meets every quality budget of the profile and its size budget (the
+budgets no host changes; :func:`export.runtime.release_choice.choose_release`); when none does,
+the student's release stays the release and the gate fails on the budgets it misses. ``RUN_DIR/release/candidates.json``
 holds every figure.
 """
 
@@ -79,7 +79,8 @@ def run_lm_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp32: Pa
         "ladder": [s.describe() for s in int4_ladder(ctx.options.block_size)],
         "max_perplexity_ratio": budgets.max_perplexity_ratio,
         "min_teacher_agreement": budgets.min_teacher_agreement,
-        "max_quantization_perplexity_ratio": budgets.max_quantization_perplexity_ratio})
+        "max_quantization_perplexity_ratio": budgets.max_quantization_perplexity_ratio,
+        "model_size_mb": ctx.profile.budgets.generation.model_size_mb or ctx.profile.budgets.model_size_mb})
     student_params = int(ctx.distilled.metrics["student_parameters"])
     teacher_params = int(ctx.distilled.metrics["teacher_parameters"])
 
@@ -153,7 +154,10 @@ def _measure_and_choose(ctx: ChainContext, contenders: list[Contender], teacher_
                                  "next-token agreement", ">="),
                     BudgetFigure("quality.max_quantization_perplexity_ratio",
                                  budgets.max_quantization_perplexity_ratio, round(quantization, 4),
-                                 "x fp32 perplexity", "<=")]))
+                                 "x fp32 perplexity", "<="),
+                    # The size is the one hardware-independent budget beside quality: a release over it fails anywhere.
+                    BudgetFigure("model_size_mb", report.size_budget(ctx.profile)[0], round(report.model.size_mb, 2),
+                                 "MiB", "<=")]))
     choice = choose_release(candidates)
     choice.measured_on = (f"{teacher_speed.host.describe()}: {teacher_speed.prompt_length}-token prompt, "
                           f"{teacher_speed.new_tokens} new tokens, {runs} runs interleaved with the fp32 teacher "

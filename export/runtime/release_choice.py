@@ -1,9 +1,9 @@
-"""Which model to release: the fastest candidate that meets every quality budget, or none.
+"""Which model to release: the fastest candidate that meets every budget, or none.
 
 A chain run ends with several models that could ship: the distilled student in each precision,
 the teacher itself quantized. Each is measured the same way (quality on the held-out split against
 the fp32 teacher, speed interleaved with the teacher on one host) and checked against the
-profile's quality budgets; :func:`choose_release` takes the fastest that passes them all. When
+profile's budgets that hold on any host (quality, size); :func:`choose_release` takes the fastest that passes them all. When
 none does, nothing is chosen and the choice says, for each budget, the best any candidate reached.
 
 Torch-free: it reads and writes JSON (``RUN_DIR/release/candidates.json``) and nothing else.
@@ -39,7 +39,7 @@ class ReleaseCandidate:
 
     ``speedup`` is the candidate's headline speed over the fp32 teacher's, measured interleaved in
     one process (tokens/s for language models); ``speed`` and ``quality`` hold the figures the
-    table shows; ``checks`` are the profile's quality budgets with the measured values.
+    table shows; ``checks`` are the profile's budgets (quality, size) with the measured values.
     """
 
     name: str  # e.g. "teacher int4 (block 32, LM head int8)"
@@ -105,15 +105,15 @@ def choose_release(candidates: list[ReleaseCandidate]) -> ReleaseChoice:
     if passing:
         best = passing[0]
         others = len(passing) - 1
-        why = (f"the fastest of the {len(passing)} candidates that meet every quality budget "
+        why = (f"the fastest of the {len(passing)} candidates that meet every budget "
                f"({best.speedup:.2f}x the teacher)" if others else
-               f"the only candidate that meets every quality budget ({best.speedup:.2f}x the teacher)")
+               f"the only candidate that meets every budget ({best.speedup:.2f}x the teacher)")
         faster = [c for c in candidates if c.speedup > best.speedup and not c.passes]
         if faster:
             quickest = max(faster, key=lambda c: c.speedup)
             why += f"; faster but short of quality: {quickest.name} ({'; '.join(quickest.misses())})"
         return ReleaseChoice(candidates=candidates, released=best.name, why=why)
-    return ReleaseChoice(candidates=candidates, released=None, why="no candidate meets every quality budget: "
+    return ReleaseChoice(candidates=candidates, released=None, why="no candidate meets every budget: "
                          + "; ".join(_best_per_budget(candidates)))
 
 
