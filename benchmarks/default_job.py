@@ -14,8 +14,10 @@ split (never trained on), each model fed through its own tokenizer, one text at 
 
     python benchmarks/default_job.py --profile x86-avx512-vnni       # ~11 minutes here
     python benchmarks/default_job.py --profile jetson --no-chain --run runs/jetson-orin-nano
+    python benchmarks/default_job.py --teacher mpnet --time-budget 20m   # all-mpnet-base-v2 (installed pieces)
 
-Prints a table and writes benchmarks/results/default_job-PROFILE.json.
+Prints a table and writes benchmarks/results/default_job-PROFILE.json (default_job-PROFILE-TEACHER.json
+with --teacher).
 """
 
 from __future__ import annotations
@@ -56,12 +58,18 @@ def main() -> None:
     parser.add_argument("--no-chain", action="store_true", help="measure RUN_DIR as it is")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=300, help="timed runs per model (interleaved)")
+    parser.add_argument("--teacher", default=None, help="a registered teacher name (default: the default teacher)")
+    parser.add_argument("--time-budget", default=None, help="the chain's budget, e.g. 20m (default: the profile's)")
     args = parser.parse_args()
 
     record = ResultRecord.start("default_job")
     profile = load_profile(args.profile)
-    run_dir = args.run or ROOT / "runs" / profile.name
-    chain_s = None if args.no_chain else run_distill("--profile", args.profile, "--out", str(run_dir))
+    suffix = f"-{args.teacher}" if args.teacher else ""
+    run_dir = args.run or ROOT / "runs" / f"{profile.name}{suffix}"
+    chain_args = ["--profile", args.profile, "--out", str(run_dir)]
+    chain_args += ["--teacher", args.teacher] if args.teacher else []
+    chain_args += ["--time-budget", args.time_budget] if args.time_budget else []
+    chain_s = None if args.no_chain else run_distill(*chain_args)
     summary = read_run_summary(run_dir)
     teacher = run_dir / "teacher" / "model.onnx"
     held_out = run_dir / "distill" / "held_out.jsonl"
@@ -77,10 +85,11 @@ def main() -> None:
         rows[label] = row
 
     host = detect_host()
-    out = RESULTS_DIR / f"default_job-{profile.name}.json"
+    out = RESULTS_DIR / f"default_job-{profile.name}{suffix}.json"
     payload = record.finish(
         out, host,
-        profile=profile.name, precision=summary.precision, verdict=summary.verdict,
+        profile=profile.name, teacher=summary.teacher.name, time_budget=args.time_budget,
+        precision=summary.precision, verdict=summary.verdict,
         chain_wall_s=round(chain_s, 1) if chain_s is not None else None,
         student={"spec": stage.get("student"), "parameters": summary.student.params,
                  "teacher_parameters": summary.teacher.params, "steps": stage["steps"],

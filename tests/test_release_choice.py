@@ -51,7 +51,7 @@ def test_the_quantized_teacher_is_released_when_no_student_passes() -> None:
 def test_nothing_is_released_when_no_candidate_passes_and_the_reason_names_each_budget() -> None:
     choice = choose_release([_candidate("a", 5.0, 2.7, 0.41), _candidate("b", 2.0, 1.2, 0.80)])
     assert choice.released is None and choice.chosen is None
-    assert choice.why.startswith("no candidate meets every budget")
+    assert choice.why.startswith("no candidate meets every budget; closest: b, which misses min_teacher_agreement 0.8")
     # the perplexity budget was met by b, but nobody reached the agreement floor
     assert "quality.max_perplexity_ratio <= 1.3: best 1.2 (b, met)" in choice.why
     assert "quality.min_teacher_agreement >= 0.85: best 0.8 (b, missed)" in choice.why

@@ -96,8 +96,9 @@ class ReleaseChoice:
 def choose_release(candidates: list[ReleaseCandidate]) -> ReleaseChoice:
     """The fastest candidate that passes every one of its checks; none when no candidate does.
 
-    Ties in speed go to the smaller file. The reason names the runner-up that passed too, or, when
-    nothing passed, each budget with the best value any candidate reached and who reached it.
+    Ties in speed go to the smaller file. The reason names a faster candidate that fell short, or,
+    when nothing passed, the candidate that misses the fewest budgets and, for each budget some
+    candidate misses, the best value any candidate reached and who reached it.
     """
     if not candidates:
         raise CompressError("no release candidates to choose from")
@@ -113,8 +114,10 @@ def choose_release(candidates: list[ReleaseCandidate]) -> ReleaseChoice:
             quickest = max(faster, key=lambda c: c.speedup)
             why += f"; faster but short of quality: {quickest.name} ({'; '.join(quickest.misses())})"
         return ReleaseChoice(candidates=candidates, released=best.name, why=why)
-    return ReleaseChoice(candidates=candidates, released=None, why="no candidate meets every budget: "
-                         + "; ".join(_best_per_budget(candidates)))
+    closest = min(candidates, key=lambda c: (len(c.misses()), -c.speedup))
+    return ReleaseChoice(candidates=candidates, released=None, why=(
+        f"no candidate meets every budget; closest: {closest.name}, which misses {'; '.join(closest.misses())}; "
+        "best per budget: " + "; ".join(_best_per_budget(candidates))))
 
 
 def _best_per_budget(candidates: list[ReleaseCandidate]) -> list[str]:
