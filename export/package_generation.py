@@ -142,8 +142,19 @@ def _reference_output(model_dir: Path, model_path: Path, manifest: Manifest) -> 
 
 
 def _quality_extras(stages: dict[str, StageRecord]) -> dict[str, float]:
-    """Perplexities and greedy agreement from the distill and quantize stage records, where they are."""
-    extras: dict[str, float] = {}
+    """Perplexities and greedy agreement from the distill and quantize stage records, where they are;
+    the release stage's own measurements of the released model when it chose one."""
+    release = stages.get("release")
+    released = release.metrics.get("released_quality") if release is not None else None
+    if isinstance(released, dict) and all(isinstance(released.get(k), (int, float)) for k in (
+            "perplexity", "perplexity_ratio", "quantization_perplexity_ratio")):
+        extras = {"released_perplexity": round(float(released["perplexity"]), 6),
+                  "fp32_onnx_perplexity": round(released["perplexity"] / released["quantization_perplexity_ratio"], 6),
+                  "teacher_onnx_perplexity": round(released["perplexity"] / released["perplexity_ratio"], 6)}
+        if release.metrics.get("released_source") == "teacher":
+            return extras  # the distilled student's own figures describe a model that was not released
+    else:
+        extras = {}
     distill = stages.get("distill")
     quality = distill.metrics.get("quality") if distill is not None else None
     if isinstance(quality, dict):
@@ -152,7 +163,7 @@ def _quality_extras(stages: dict[str, StageRecord]) -> dict[str, float]:
                 extras[key] = round(float(quality[key]), 6)
     quantize = stages.get("quantize")
     result = quantize.metrics.get("result") if quantize is not None else None
-    if isinstance(result, dict):
+    if isinstance(result, dict) and "released_perplexity" not in extras:
         for key, name in (("perplexity", "released_perplexity"), ("perplexity_fp32", "fp32_onnx_perplexity")):
             if isinstance(result.get(key), (int, float)):
                 extras[name] = round(float(result[key]), 6)
@@ -258,7 +269,8 @@ class GenerationPackaging(PackageKind):
         rows = []
         for key, label in (("teacher_perplexity", "teacher perplexity (held-out, PyTorch fp32)"),
                            ("student_perplexity", "student perplexity (held-out, PyTorch fp32)"),
-                           ("fp32_onnx_perplexity", "student perplexity (fp32 ONNX)"),
+                           ("teacher_onnx_perplexity", "teacher perplexity (held-out, fp32 ONNX)"),
+                           ("fp32_onnx_perplexity", "released model perplexity in fp32 (ONNX)"),
                            ("released_perplexity", f"released model perplexity ({manifest.precision} ONNX)"),
                            ("greedy_agreement", "greedy completions' token agreement with the teacher")):
             if quality.get(key) is not None:

@@ -95,7 +95,11 @@ def run_lm_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp32: Pa
         for candidate in choice.candidates:  # paths as they will be once the stage folder is in place
             candidate.model = _relative(Path(candidate.model), tmp, ctx.run_dir)
         choice.to_json(tmp / CANDIDATES_FILE)
-        return StageOutput({"candidates": CANDIDATES_FILE}, {"released": choice.released, "why": choice.why})
+        chosen = choice.chosen
+        return StageOutput({"candidates": CANDIDATES_FILE}, {
+            "released": choice.released, "why": choice.why,
+            "released_source": chosen.source if chosen else None,
+            "released_quality": chosen.quality if chosen else None})
 
     run = run_stage(ctx.run_dir / STAGE, planned, work)
     ctx.result.stages[STAGE] = run.status
