@@ -183,3 +183,15 @@ def test_unsupported_teacher_task_names_the_supported_ones(tmp_path: Path) -> No
         load_teacher(tmp_path)
     with pytest.raises(CompressError, match="unsupported task"):
         load_teacher(tmp_path, "summarization")
+
+
+def test_a_sentence_transformers_folder_is_an_encoder_whatever_head_its_config_names(tmp_path: Path) -> None:
+    from export.base.tasks import detect_task
+
+    # all-mpnet-base-v2's config names MPNetForMaskedLM; sentence-transformers loads the base model.
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["MPNetForMaskedLM"], "model_type": "mpnet"}))
+    with pytest.raises(CompressError, match="cannot tell the task"):
+        detect_task(tmp_path)
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]))
+    assert detect_task(tmp_path) == "feature-extraction"

@@ -129,3 +129,20 @@ def test_the_real_mpnet_pieces_when_installed(tmp_path: Path) -> None:
     with JoinedFiles(parts) as joined, zipfile.ZipFile(joined) as archive:
         names = set(archive.namelist())
     assert {"all-mpnet-base-v2/model.safetensors", "all-mpnet-base-v2/config.json"} <= names
+
+
+def test_padding_follows_the_pad_token_the_tokenizer_config_names(tmp_path: Path) -> None:
+    # all-mpnet-base-v2 pads with <pad> (id 1) and also has a stray [PAD] (id 4) in its vocabulary.
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from export.runtime.samples import TextEncoder
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "[PAD]": 4, "hello": 5, "world": 6}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    assert TextEncoder(tmp_path / "tokenizer.json").encode(["hello world", "hello"])["input_ids"][1, 1] == 4
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"pad_token": {"content": "<pad>"}}))
+    assert TextEncoder(tmp_path / "tokenizer.json").encode(["hello world", "hello"])["input_ids"][1, 1] == 1

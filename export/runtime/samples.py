@@ -95,6 +95,23 @@ def signature(args: Sequence[Any]) -> list[Signature]:
     return [Signature(a.name, a.type, list(a.shape)) for a in args]
 
 
+def configured_pad_token(folder: Path) -> str | None:
+    """The pad token named by ``special_tokens_map.json`` or ``tokenizer_config.json`` in ``folder``."""
+    import json
+
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = Path(folder) / name
+        try:
+            value = json.loads(path.read_text(encoding="utf-8")).get("pad_token") if path.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 class TextEncoder:
     """A model's ``tokenizer.json``, padding and truncation set here rather than by whoever saved it."""
 
@@ -121,6 +138,11 @@ class TextEncoder:
         padding = self.tokenizer.padding
         if padding and padding.get("pad_token") is not None:
             return int(padding["pad_id"]), str(padding["pad_token"])
+        # The pad token the tokenizer's own configuration names: a vocabulary may also hold a stray
+        # "[PAD]" (all-mpnet-base-v2 pads with <pad>, id 1, and has [PAD] as id 4).
+        named = configured_pad_token(self.path.parent)
+        if named is not None and self.tokenizer.token_to_id(named) is not None:
+            return int(self.tokenizer.token_to_id(named)), named
         for token in _PAD_TOKENS:
             token_id = self.tokenizer.token_to_id(token)
             if token_id is not None:
