@@ -108,7 +108,7 @@ def _run(run_dir: Path, family: TaskFamily, config: DistillSettings, profile: Pr
         family.choose_release(ctx, student_onnx, teacher_onnx)
 
     result.teacher = ModelSide(teacher_onnx, family.teacher_parameters(ctx.distilled), family.size_bytes(teacher_onnx))
-    result.student = ModelSide(result.final_model, family.released_parameters(ctx),
+    result.student = ModelSide(result.final_model, family.student_size(ctx).params,
                                family.size_bytes(result.final_model))
     gate_report: GateReport | None = None
     if reaches("bench"):

@@ -39,7 +39,7 @@ class TeacherInfo:
 
 @dataclass(frozen=True)
 class StudentInfo:
-    """Size of the released student."""
+    """Size of the released model: the distilled student, or the teacher when it was released."""
 
     params: int
     layers: int

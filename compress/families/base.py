@@ -148,10 +148,6 @@ class TaskFamily(ABC):
     @abstractmethod
     def student_size(self, ctx: ChainContext) -> StudentInfo: ...
 
-    def released_parameters(self, ctx: ChainContext) -> int:
-        """Parameters of the model released (the student's, unless another candidate won)."""
-        return self.student_size(ctx).params
-
     @abstractmethod
     def task_of(self, ctx: ChainContext) -> str: ...
 

@@ -144,10 +144,6 @@ class CausalLMFamily(TaskFamily):
         return next((c for c in result.release.candidates
                      if (result.run_dir / c.model).resolve() == result.final_model.resolve()), None)
 
-    def released_parameters(self, ctx: ChainContext) -> int:
-        candidate = self.released_candidate(ctx.result)
-        return candidate.parameters if candidate is not None else self.student_size(ctx).params
-
     def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
         from export.runtime.generation_bench import GenerationComparison
 
