@@ -15,13 +15,13 @@ Prints a table and writes benchmarks/results/lm_int4_ladder.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 from record import RESULTS_DIR, ROOT, ResultRecord  # first: puts the checkout on sys.path
 
+from compress.lm.stage import read_held_out_texts
 from export.lm_quantize import Int4Setting, int4_ladder, write_int4
 from export.lm_scores import onnx_perplexity
 from export.runtime.generation_bench import compare_generation_bench
@@ -39,8 +39,7 @@ def main() -> None:
     record = ResultRecord.start("lm_int4_ladder")
     profile = load_profile("rpi5")
     fp32 = args.run / "export"
-    rows = [json.loads(line) for line in (args.run / "distill" / "held_out.jsonl").read_text().splitlines() if line]
-    texts = [(r.get("prompt", "") + r.get("completion", "")).strip() for r in rows][:PERPLEXITY_TEXTS]
+    texts = read_held_out_texts(args.run / "distill" / "held_out.jsonl")[:PERPLEXITY_TEXTS]
     base = onnx_perplexity(fp32, texts)
     results = []
     with tempfile.TemporaryDirectory(prefix="compress-ladder-") as scratch:

@@ -20,7 +20,6 @@ benchmarks/results/lm_teacher_quantization.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 from record import RESULTS_DIR, ROOT, ResultRecord  # first: puts the checkout on sys.path
 
 from export.lm_export import MODEL_FILE, quiet_export
+from compress.lm.stage import read_held_out_texts
 from export.lm_quantize import Int4Setting, expose_constant_weights, write_quantized
 from export.lm_scores import onnx_token_scores
 from export.runtime.generation_bench import bench_side_by_side
@@ -82,8 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     record = ResultRecord.start("lm_teacher_quantization")
     teacher = args.run / "teacher"
-    rows = [json.loads(line) for line in (args.run / "distill" / "held_out.jsonl").read_text().splitlines() if line]
-    texts = [(r.get("prompt", "") + r.get("completion", "")).strip() for r in rows][:TEXTS]
+    texts = read_held_out_texts(args.run / "distill" / "held_out.jsonl")[:TEXTS]
     with tempfile.TemporaryDirectory(dir=ROOT / "runs") as scratch:
         base = Path(scratch)
         models = {

@@ -3,7 +3,8 @@
 ``quantize_causal_lm`` writes a folder with ``model.onnx`` plus the tokenizer, config and
 generation config, so the result loads like the fp32 export: ``int4-weight`` (onnxruntime's
 ``MatMulNBitsQuantizer``, block-wise asymmetric 4-bit weights, embedding included),
-``int8-weight`` (the same, 8-bit MatMul weights, embedding in fp32), ``int8-dynamic`` (onnxruntime's ``quantize_dynamic`` on MatMul weights) or ``fp16`` (half-precision
+``int8-weight`` (the same, 8-bit MatMul weights, embedding in fp32), ``int8-dynamic``
+(onnxruntime's ``quantize_dynamic`` on MatMul weights) or ``fp16`` (half-precision
 weights, fp32 inputs and outputs, KV cache included). Its cost is measured as perplexity on the
 same texts before and after.
 """
@@ -105,8 +106,9 @@ class Int4Setting:
 def int4_ladder(block_size: int) -> list[Int4Setting]:
     """int4 settings from smallest and fastest to most faithful: the asked block size; the LM head (the
     widest MatMul, and the one every token's choice goes through) in int8; then block 16 as well; then
-    the head in fp32. On the LM default job's student the head is most of int4's cost (1.29x -> 1.08x
-    perplexity in int8) and blocks of 16 are slower than 32 (benchmarks/lm_int4_ladder.py)."""
+    the head in fp32. On a 6-block SmolLM2 student the head is most of int4's cost (1.29x -> 1.12x
+    perplexity with it in int8, 1.08x with blocks of 16 too) and blocks of 16 are slower than 32
+    (benchmarks/lm_int4_ladder.py)."""
     ladder = [Int4Setting(block_size), Int4Setting(block_size, head="int8")]
     if block_size > 16:
         ladder.append(Int4Setting(16, head="int8"))
@@ -231,7 +233,7 @@ def _quantize_graph(model: Any, source: Path, target: Path, method: str, setting
 
         # 8-bit weights, block-wise, in the same MatMulNBits op: on SmolLM2-135M it kept perplexity
         # (1.002x) and 95% of next-token choices where int8-dynamic's run-time activation
-        # quantization cost 1.95x and half of them (benchmarks/lm_teacher_quantization.py).
+        # quantization cost 1.95x and more than half of them (benchmarks/lm_teacher_quantization.py).
         quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=False, accuracy_level=4,
                                          op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
         quantizer.process()
@@ -260,7 +262,7 @@ def lm_head_node(model: Any) -> str:
     while node is not None and node.op_type != "MatMul":  # e.g. an Add of a bias, a Cast
         node = producers.get(node.input[0])
     if node is None:
-        raise CompressError("no MatMul writes the logits output: the LM head cannot be kept in fp32")
+        raise CompressError("no MatMul writes the logits output: the LM head cannot be given its own precision")
     if not node.name:
         node.name = "lm_head_matmul"
     return str(node.name)

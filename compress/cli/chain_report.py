@@ -29,8 +29,8 @@ def print_chain(family: TaskFamily, result: ChainResult) -> None:
         baseline = family.baseline_label
         chosen = result.release.chosen if result.release is not None else None
         released = "teacher, quantized" if chosen is not None and chosen.source == "teacher" else "student"
-        console.print(_table(f"{baseline} (fp32 ONNX) vs released {released} ({result.precision} ONNX), {result.profile}",
-                             ("", baseline, "released", "ratio"),
+        title = f"{baseline} (fp32 ONNX) vs released {released} ({result.precision} ONNX), {result.profile}"
+        console.print(_table(title, ("", baseline, "released", "ratio"),
                              [(r.label, r.teacher, r.student, r.ratio) for r in result.rows]))
         if result.measured:
             console.print(result.measured, markup=False)

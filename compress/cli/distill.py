@@ -86,7 +86,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
               help="[language models] teacher logits kept (and cached on disk) per position; 0 = the whole vocabulary.")
 @click.option("--embeddings", type=click.Choice(["auto", "frozen", "trained"]), default="auto", show_default=True,
               help="[language models] the token embedding and LM head while distilling: auto keeps them as the "
-                   "teacher's on a CPU (a short budget heals the blocks faster without them) and trains them on a GPU.")
+                   "teacher's on a CPU (a short budget's steps go to the blocks) and trains them on a GPU.")
 @click.option("--teacher-answers", type=int, default=0, show_default=True, metavar="N",
               help="[language models] the teacher answers N prompts and the student also learns from its answers "
                    "(sequence-level distillation; cached). With --teacher-url: the prompts asked (default: every "

@@ -11,6 +11,7 @@ tokenizer. The folder is built under a temporary name and renamed into
 
 from __future__ import annotations
 
+import bisect
 import io
 import shutil
 import stat
@@ -150,7 +151,7 @@ class JoinedFiles(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         done = 0
         while done < len(view) and self._position < self._size:
-            index = max(i for i, start in enumerate(self._starts) if start <= self._position)
+            index = bisect.bisect_right(self._starts, self._position) - 1
             handle = self._files[index]
             handle.seek(self._position - self._starts[index])
             chunk = handle.readinto(view[done:done + self._starts[index] + self._sizes[index] - self._position])

@@ -44,8 +44,8 @@ def _all_mpnet_base_v2() -> Path:
 
 
 # Teachers known by name: name -> a function returning the model folder.
-TEACHERS: dict[str, Callable[[], Path]] = {"all-minilm-l6-v2": _all_minilm_l6_v2, "all-mpnet-base-v2": _all_mpnet_base_v2,
-                                           "mpnet": _all_mpnet_base_v2}
+TEACHERS: dict[str, Callable[[], Path]] = {
+    "all-minilm-l6-v2": _all_minilm_l6_v2, "all-mpnet-base-v2": _all_mpnet_base_v2, "mpnet": _all_mpnet_base_v2}
 DEFAULT_TEACHER = "all-minilm-l6-v2"
 
 

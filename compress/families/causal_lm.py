@@ -8,7 +8,6 @@ token, time per output token, tokens per second.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -126,9 +125,7 @@ class CausalLMFamily(TaskFamily):
     def choose_release(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> None:
         from compress.lm.release_stage import run_lm_release_stage
 
-        quantized = ctx.result.stages.get("quantize") in ("ran", "skipped")
-        cost = read_record(ctx.run_dir / "quantize").metrics["result"]["perplexity_ratio"] if quantized else None
-        choice = run_lm_release_stage(ctx, student_fp32, teacher, self._held_out_texts(ctx), cost)
+        choice = run_lm_release_stage(ctx, student_fp32, teacher, self._held_out_texts(ctx), _quantization_cost(ctx))
         ctx.result.release = choice
         chosen = choice.chosen
         if chosen is not None:
@@ -199,11 +196,10 @@ class CausalLMFamily(TaskFamily):
                                                "quantization_perplexity_ratio"] if released.precision != "fp32"
                                            else None)
             else:
-                cost = read_record(quantize_json.parent).metrics["result"]["perplexity_ratio"] if quantized else None
                 evidence = QualityEvidence(teacher_agreement=self.teacher_agreement(ctx.distilled.metrics),
                                            metric=self.agreement_metric, source=str(distill_json),
                                            perplexity_ratio=self.perplexity_ratio(ctx.distilled.metrics),
-                                           quantization_perplexity_ratio=cost)
+                                           quantization_perplexity_ratio=_quantization_cost(ctx))
             verdict = gate(GenerationBenchReport.from_json(bench_json), ctx.profile, evidence)
             verdict.to_json(tmp / "gate.json")
             write_junit(verdict, tmp / "junit.xml")
@@ -226,9 +222,9 @@ class CausalLMFamily(TaskFamily):
         return round(float(quality["student_perplexity"]) / float(quality["teacher_perplexity"]), 4)
 
     def _held_out_texts(self, ctx: ChainContext) -> list[str]:
-        path = ctx.run_dir / "distill" / ctx.distilled.outputs["held_out"]
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [(row.get("prompt", "") + row.get("completion", "")).strip() for row in rows]
+        from compress.lm.stage import read_held_out_texts
+
+        return read_held_out_texts(ctx.run_dir / "distill" / ctx.distilled.outputs["held_out"])
 
     # -- reports ---------------------------------------------------------------------------------
     def distill_summary(self, m: dict[str, Any], run_dir: Path) -> tuple[str, list[TableRow], list[str]]:
@@ -311,6 +307,13 @@ class CausalLMFamily(TaskFamily):
         quality = result.distill.metrics["quality"] if result.distill else {}
         return QualitySummary(teacher_agreement=quality.get("next_token_agreement"), metric="next_token_agreement",
                               heldout_samples=quality.get("samples"))
+
+
+def _quantization_cost(ctx: ChainContext) -> float | None:
+    """What the quantize stage's precision cost in perplexity (None when the release is fp32)."""
+    if ctx.result.stages.get("quantize") not in ("ran", "skipped"):
+        return None
+    return float(read_record(ctx.run_dir / "quantize").metrics["result"]["perplexity_ratio"])
 
 
 def release_precision(profile: Profile, requested: str | None) -> str:

@@ -44,7 +44,8 @@ class EncoderFamily(TaskFamily):
     min_distill_share: ClassVar[float] = 0.5
     dated_by_gate: ClassVar[bool] = True
     foreign_options: ClassVar[tuple[str, ...]] = (
-        "lm_loss", "jsd_beta", "topk", "embeddings", "teacher_answers", "answer_tokens", "sample", "top_p", "block_size",
+        "lm_loss", "jsd_beta", "topk", "embeddings", "teacher_answers", "answer_tokens", "sample", "top_p",
+        "block_size",
         *ENDPOINT_OPTIONS)
 
     def make_config(self, settings: dict[str, Any]) -> DistillConfig:
@@ -106,8 +107,8 @@ class EncoderFamily(TaskFamily):
                                    log=lambda text: ctx.reporter.message(f"quantize: {text}"))
         result.stages["quantize"] = stage_status(before, read_record(stage_dir))
         providers = quantized.speed.providers_used if quantized.speed else ["CPUExecutionProvider"]
-        keep, why = quantized_or_fp32(quantized, profile, match_hardware(profile, detect_host(), providers).matched,
-                                   fp32.stat().st_size)
+        on_target = match_hardware(profile, detect_host(), providers).matched
+        keep, why = quantized_or_fp32(quantized, profile, on_target, fp32.stat().st_size)
         # The chain says itself which model ships and why; the stage's file-copy notes are noise here.
         result.notes.extend(note for note in quantized.notes if not note.startswith("copied beside")
                             and not (keep == "fp32" and note.startswith("not faster")))
@@ -282,7 +283,8 @@ class EncoderFamily(TaskFamily):
                               quantization_drop=quality["quantization_drop"], heldout_samples=quality["samples"])
 
 
-def quantized_or_fp32(quantized: QuantizeResult, profile: Profile, on_target: bool, fp32_bytes: int) -> tuple[str, str]:
+def quantized_or_fp32(quantized: QuantizeResult, profile: Profile, on_target: bool,
+                      fp32_bytes: int) -> tuple[str, str]:
     """``("quantized" | "fp32", why)``: the model the release ships.
 
     The quantized model ships unless it costs more quality than the profile allows, or it is

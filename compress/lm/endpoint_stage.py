@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from compress.distill.progress import Reporter
 from compress.lm.config import DEFAULT_LM_BATCH_SIZE, EndpointDistillConfig
-from compress.lm.stage import (ANSWERS_FILE, HELD_OUT_MAX, check_student_spec, planned_record, prepare_device, HISTORY_FILE, HELD_OUT_FILE, STAGE,
-                               STUDENT_DIR, held_out_row, training_budget, write_jsonl)
+from compress.lm.stage import (ANSWERS_FILE, HELD_OUT_FILE, HELD_OUT_MAX, HISTORY_FILE, STAGE, STUDENT_DIR,
+                               check_student_spec, held_out_row, planned_record, prepare_device, training_budget,
+                               write_jsonl)
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json, make_folder
 from export.base.stages import StageOutput, StageRun, run_stage

@@ -12,8 +12,8 @@ Each is scored on the same held-out texts against the fp32 teacher (ONNX perplex
 next-token agreement) and timed generating, runs interleaved with the teacher in one process. The
 release is the fastest that meets every quality budget of the profile and its size budget (the
 budgets no host changes; :func:`export.runtime.release_choice.choose_release`); when none does,
-the student's release stays the release and the gate fails on the budgets it misses. ``RUN_DIR/release/candidates.json``
-holds every figure.
+the student's release stays the release and the gate fails on the budgets it misses.
+``RUN_DIR/release/candidates.json`` holds every figure.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from export.runtime.release_choice import CANDIDATES_FILE, ReleaseCandidate, Rel
 
 if TYPE_CHECKING:
     from compress.chain_state import ChainContext
-    from export.runtime.profiles import Profile
 
 STAGE = "release"
 CANDIDATE_TEXTS = 64
@@ -64,6 +63,7 @@ def run_lm_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp32: Pa
     """Measure the candidates and choose the release (a stage: skipped when nothing it reads changed)."""
     from compress.chain_state import profile_input
     from export.lm_quantize import int4_ladder
+    from export.runtime.generation_bench import generation_size_budget
 
     released, precision = ctx.result.final_model, ctx.result.precision or "fp32"
     assert released is not None
@@ -80,7 +80,7 @@ def run_lm_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp32: Pa
         "max_perplexity_ratio": budgets.max_perplexity_ratio,
         "min_teacher_agreement": budgets.min_teacher_agreement,
         "max_quantization_perplexity_ratio": budgets.max_quantization_perplexity_ratio,
-        "model_size_mb": ctx.profile.budgets.generation.model_size_mb or ctx.profile.budgets.model_size_mb})
+        "model_size_mb": generation_size_budget(ctx.profile)[0]})
     student_params = int(ctx.distilled.metrics["student_parameters"])
     teacher_params = int(ctx.distilled.metrics["teacher_parameters"])
 
@@ -127,8 +127,7 @@ def _quantized(ctx: ChainContext, source: str, fp32: Path, tmp: Path, method: st
 def _measure_and_choose(ctx: ChainContext, contenders: list[Contender], teacher_fp32: Path, texts: list[str],
                         runs: int) -> ReleaseChoice:
     from export.lm_scores import onnx_token_scores
-    from export.runtime.generation_bench import bench_side_by_side
-    from export.runtime.onnx_file import onnx_size_bytes
+    from export.runtime.generation_bench import bench_side_by_side, generation_size_budget
 
     ctx.reporter.message(f"release: scoring {len(contenders)} candidates against the fp32 teacher on "
                          f"{len(texts)} held-out texts")
@@ -146,12 +145,13 @@ def _measure_and_choose(ctx: ChainContext, contenders: list[Contender], teacher_
         quantization = contender.quantization_ratio if contender.quantization_ratio is not None else 1.0
         candidates.append(ReleaseCandidate(
             name=contender.name, model=str(contender.model), source=contender.source, precision=contender.precision,
-            parameters=contender.parameters, size_mb=round(onnx_size_bytes(contender.model) / 2**20, 2),
+            parameters=contender.parameters, size_mb=round(report.model.size_mb, 2),
             speedup=round(report.tokens_per_s / teacher_speed.tokens_per_s, 3),
             speed={"tokens_per_s": round(report.tokens_per_s, 2), "ttft_ms": round(report.ttft_ms.p50, 2),
                    "tpot_ms": round(report.tpot_ms.p50, 2)},
             quality={"perplexity": round(score.perplexity, 3), "perplexity_ratio": round(ratio, 4),
-                     "next_token_agreement": round(agreement, 4), "quantization_perplexity_ratio": round(quantization, 4), "texts": len(texts)},
+                     "next_token_agreement": round(agreement, 4),
+                     "quantization_perplexity_ratio": round(quantization, 4), "texts": len(texts)},
             checks=[BudgetFigure("quality.max_perplexity_ratio", budgets.max_perplexity_ratio, round(ratio, 4),
                                  "x the teacher's perplexity", "<="),
                     BudgetFigure("quality.min_teacher_agreement", budgets.min_teacher_agreement, round(agreement, 4),
@@ -160,8 +160,8 @@ def _measure_and_choose(ctx: ChainContext, contenders: list[Contender], teacher_
                                  budgets.max_quantization_perplexity_ratio, round(quantization, 4),
                                  "x fp32 perplexity", "<="),
                     # The size is the one hardware-independent budget beside quality: a release over it fails anywhere.
-                    BudgetFigure("model_size_mb", report.size_budget(ctx.profile)[0], round(report.model.size_mb, 2),
-                                 "MiB", "<=")]))
+                    BudgetFigure("model_size_mb", generation_size_budget(ctx.profile)[0],
+                                 round(report.model.size_mb, 2), "MiB", "<=")]))
     choice = choose_release(candidates)
     choice.measured_on = (f"{teacher_speed.host.describe()}: {teacher_speed.prompt_length}-token prompt, "
                           f"{teacher_speed.new_tokens} new tokens, {runs} runs interleaved with the fp32 teacher "

@@ -234,5 +234,11 @@ def held_out_row(example: Any) -> dict[str, Any]:
     return row
 
 
+def read_held_out_texts(path: Path) -> list[str]:
+    """The texts of a held-out file this stage wrote (prompt and completion together), in order."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(row.get("prompt", "") + row.get("completion", "")).strip() for row in rows]
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

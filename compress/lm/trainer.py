@@ -73,9 +73,9 @@ class LMLoopSettings:
     eval_every: int = 50  # steps between held-out agreement measurements (0: only at the start and end)
     seed: int = 0
     device: str = "cpu"
-    # Keep the token embedding and LM head as the teacher left them: on a small step budget a
-    # pruned student heals its blocks faster without moving the largest matrix (28M of
-    # SmolLM2-135M's parameters), and every step is cheaper without its gradient.
+    # Keep the token embedding and LM head as the teacher left them: the largest matrix (28M of
+    # SmolLM2-135M's parameters) gets no gradient and no optimizer step, so a short budget buys
+    # more steps for the blocks a pruned student has to heal.
     freeze_embeddings: bool = False
 
     def validate(self) -> None:

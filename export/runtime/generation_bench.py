@@ -136,8 +136,7 @@ class GenerationBenchReport(JsonReport, MeasuredRelease):
                              quality.quantization_perplexity_ratio if quality else None, "x fp32 perplexity", "<=")]
 
     def size_budget(self, profile: Profile) -> tuple[float | None, str]:
-        own = profile.budgets.generation.model_size_mb
-        return (own, "budgets.generation's budget") if own is not None else (profile.budgets.model_size_mb, "")
+        return generation_size_budget(profile)
 
     def memory_budget(self, profile: Profile) -> tuple[float | None, str]:
         own = profile.budgets.generation.peak_memory_mb
@@ -181,6 +180,12 @@ class GenerationComparison(Comparison, JsonReport):
 # ---------------------------------------------------------------------------------------------
 # Prompt
 # ---------------------------------------------------------------------------------------------
+
+def generation_size_budget(profile: Profile) -> tuple[float | None, str]:
+    """A language model's size budget: ``budgets.generation``'s own, else the profile's, and a note on which."""
+    own = profile.budgets.generation.model_size_mb
+    return (own, "budgets.generation's budget") if own is not None else (profile.budgets.model_size_mb, "")
+
 
 def _max_positions(model_dir: Path) -> int | None:
     """The model's position limit from config.json beside it, when there is one."""

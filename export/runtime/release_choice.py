@@ -3,8 +3,9 @@
 A chain run ends with several models that could ship: the distilled student in each precision,
 the teacher itself quantized. Each is measured the same way (quality on the held-out split against
 the fp32 teacher, speed interleaved with the teacher on one host) and checked against the
-profile's budgets that hold on any host (quality, size); :func:`choose_release` takes the fastest that passes them all. When
-none does, nothing is chosen and the choice says, for each budget, the best any candidate reached.
+profile's budgets that hold on any host (quality, size); :func:`choose_release` takes the fastest
+that passes them all. When none does, nothing is chosen, and the choice names the candidate that
+came closest and, for each budget, the best any candidate reached.
 
 Torch-free: it reads and writes JSON (``RUN_DIR/release/candidates.json``) and nothing else.
 """
@@ -15,7 +16,6 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from export.base.errors import CompressError
 from export.base.report_json import read_json_object

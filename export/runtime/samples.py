@@ -14,6 +14,7 @@ from its signature, and every report says which kind of samples it used.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +98,6 @@ def signature(args: Sequence[Any]) -> list[Signature]:
 
 def configured_pad_token(folder: Path) -> str | None:
     """The pad token named by ``special_tokens_map.json`` or ``tokenizer_config.json`` in ``folder``."""
-    import json
-
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         path = Path(folder) / name
         try:
