@@ -95,13 +95,13 @@ def test_an_interrupted_chain_resumes_at_the_stage_it_stopped_in(
     assert first.exit_code == 130 and "interrupted" in first.stderr
     assert not (run / "bench").exists() and not (run / "run.json").exists()  # nothing half-written
     done = _stage_times(run)
-    assert set(done) == {"distill", "export", "teacher", "quantize"}
+    assert set(done) == {"distill", "export", "teacher", "quantize", "release"}
 
     monkeypatch.undo()
     second = run_cli(_args(tiny_encoder, text_file, run))
     assert second.exit_code == 0, second.stderr
     assert "distill skipped" in second.stdout and "quantize skipped" in second.stdout
-    assert "bench ran" in second.stdout and "gate ran" in second.stdout
+    assert "release skipped" in second.stdout and "bench ran" in second.stdout and "gate ran" in second.stdout
     after = _stage_times(run)
     assert {k: after[k] for k in done} == done
     assert read_run_summary(run).verdict == "pass"

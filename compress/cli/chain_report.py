@@ -24,7 +24,7 @@ def print_chain(family: TaskFamily, result: ChainResult) -> None:
         for line in lines:
             console.print(line, markup=False)
     if result.release is not None:
-        print_candidates(console, result)
+        print_candidates(console, family, result)
     if result.rows:
         baseline = family.baseline_label
         chosen = result.release.chosen if result.release is not None else None
@@ -43,19 +43,17 @@ def print_chain(family: TaskFamily, result: ChainResult) -> None:
             console.print(f"next: compress package {result.run_dir}", markup=False)
 
 
-def print_candidates(console: Any, result: ChainResult) -> None:
+def print_candidates(console: Any, family: TaskFamily, result: ChainResult) -> None:
     """Every model that could ship, measured side by side, and which one was released and why."""
     assert result.release is not None
     rows, misses = [], []
     for c in result.release.candidates:
-        q, s = c.quality, c.speed
-        rows.append((c.name, f"{c.parameters / 1e6:.1f}M", f"{c.size_mb:.1f}", f"{s['tokens_per_s']:.1f}",
-                     f"{c.speedup:.2f}x", f"{s['ttft_ms']:.0f}", f"{q['perplexity_ratio']:.3f}x",
-                     f"{q['next_token_agreement']:.3f}", "yes" if c.passes else "no"))
+        rows.append((c.name, f"{c.parameters / 1e6:.1f}M", f"{c.size_mb:.1f}", *family.candidate_cells(c),
+                     "yes" if c.passes else "no"))
         if not c.passes:
             misses.append(f"  {c.name} misses {'; '.join(c.misses())}")
     console.print(_table(f"release candidates vs the fp32 teacher, {result.profile}",
-                         ("candidate", "params", "MiB", "tok/s", "speed", "TTFT ms", "ppl", "agree", "ok"), rows))
+                         ("candidate", "params", "MiB", *family.candidate_columns, "ok"), rows))
     for line in [result.release.measured_on, *misses]:
         console.print(line, markup=False)
     released = result.release.released or "none"

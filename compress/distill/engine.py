@@ -187,6 +187,45 @@ def resolve_student_text(config: DistillConfig, profile: Profile) -> tuple[str, 
     return profile.distill.student, f"{profile.name}: {profile.distill.why}"
 
 
+def searched_student(config: DistillConfig, profile: Profile | None, teacher: Any, work_dir: Path,
+                     reporter: Reporter) -> tuple[str, str] | None:
+    """(spec, why) from the latency search for ``profile``, or None when ``--student auto`` does not search.
+
+    Rank 0 searches (the timings must not compete with other ranks) and keeps the search in
+    ``work_dir``; ``--resume`` reuses it, so a resumed run trains the student it chose first.
+    """
+    from compress.distill.student_search import (SEARCH_FILE, StudentSearch, search_student, searchable_teacher,
+                                                 searches_student)
+
+    if config.student != "auto" or not searches_student(profile) or not searchable_teacher(teacher.model.config):
+        return None
+    assert profile is not None
+    path = Path(work_dir) / SEARCH_FILE
+    ranks = world()
+    search: StudentSearch | None = None
+    if ranks.is_main:
+        if config.resume and path.is_file():
+            search = StudentSearch.from_json(path)
+            if (search.profile, search.teacher) != (profile.name, teacher.name):
+                search = None
+        if search is None:
+            reporter.message(f"student: searching shapes for {profile.name}'s p95 budget "
+                             f"({profile.budgets.latency_ms.p95:g} ms): timing candidate graphs on this host")
+            search = search_student(teacher.model.config, teacher.name, profile,
+                                    log=lambda text: reporter.message(f"student search: {text}"))
+            if search is not None:
+                search.to_json(path)
+    ranks.barrier()
+    if not ranks.is_main and path.is_file():
+        search = StudentSearch.from_json(path)
+    if search is None:
+        return None
+    reporter.message(f"student search ({search.basis}; {search.seconds:.0f} s):")
+    for line in search.table():
+        reporter.message(line)
+    return search.chosen, f"{profile.name}: {search.why}"
+
+
 def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = None, reporter: Reporter | None = None,
             on_step: Any = None) -> DistillResult | None:
     """Distil a teacher into a student under ``work_dir`` (student/, checkpoints/, history, curve).
@@ -233,7 +272,8 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     teacher = load_teacher(teacher_dir, task, device=device, trust_remote_code=config.trust_remote_code,
                            attn_implementation=attention)
     teacher.name = teacher_name
-    student_text, why = resolve_student_text(config, profile)
+    student_text, why = searched_student(config, profile, teacher, work_dir, reporter) or \
+        resolve_student_text(config, profile)
     calibration = [example.text for example in split.train[:CALIBRATION_TEXTS]]
     student, plan = _make_student(config, student_text, teacher, task, calibration)
     if attention:

@@ -14,6 +14,7 @@ from compress.families.base import data_input
 from compress.distill.engine import (CHECKPOINT_DIR, CURVE_FILE, HELD_OUT_FILE, HISTORY_FILE, STUDENT_DIR, distill,
                                      resolve_student_text)
 from compress.distill.progress import Reporter
+from compress.distill.student_search import SEARCH_FILE, searches_student
 from compress.distill.teacher import resolve_teacher
 from export.base.records import FileRef, StageRecord
 from compress.parallel import run_stage_on_ranks
@@ -33,8 +34,13 @@ def planned_record(config: DistillConfig, profile: Profile) -> StageRecord:
     data_input(config.data, inputs, params)
     if config.init_student is not None:
         inputs["init_student"] = FileRef.of(Path(config.init_student))
-    student_text, _ = resolve_student_text(config, profile)
-    params["student_resolved"] = student_text
+    if config.student == "auto" and searches_student(profile):
+        # The shape is searched when the stage runs; what decides it is the budget and the workload.
+        params["student_resolved"] = "latency search"
+        params["student_search"] = {"p95_ms": profile.budgets.latency_ms.p95,
+                                    "workload": profile.workload.model_dump(), "threads": profile.runtime.intra_op_threads}
+    else:
+        params["student_resolved"] = resolve_student_text(config, profile)[0]
     params["profile"] = profile.name if profile is not None else None
     if config.time_budget_s is None and not config.step_determined and profile is not None:
         params["time_budget_s"] = profile.distill.time_budget_s
@@ -57,8 +63,11 @@ def run_distill_stage(run_dir: Path, config: DistillConfig, profile: Profile | N
         result = distill(config, folder, profile, reporter)
         if result is None:  # a rank other than 0: it trained, rank 0 writes
             return StageOutput({}, {})
-        return StageOutput({"student": STUDENT_DIR, "loss_history": HISTORY_FILE, "loss_curve": CURVE_FILE,
-                            "held_out": HELD_OUT_FILE, "checkpoint": CHECKPOINT_DIR}, result.metrics())
+        outputs = {"student": STUDENT_DIR, "loss_history": HISTORY_FILE, "loss_curve": CURVE_FILE,
+                   "held_out": HELD_OUT_FILE, "checkpoint": CHECKPOINT_DIR}
+        if (folder / SEARCH_FILE).is_file():
+            outputs["student_search"] = SEARCH_FILE
+        return StageOutput(outputs, result.metrics())
 
     run = run_stage_on_ranks(stage_dir, planned_record(config, profile), work, atomic=False)
     if run is not None and run.status == "skipped":

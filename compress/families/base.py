@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from export.base.stages import StageRun
     from export.run_summary import QualitySummary, StudentInfo
     from export.runtime.gate import GateReport
+    from export.runtime.release_choice import ReleaseCandidate
 
 
 # `compress distill` options of a teacher you can only query (compress.families.endpoint_lm).
@@ -90,6 +91,12 @@ class TaskFamily(ABC):
         precision) sets ``ctx.result.release`` and, when one wins, ``final_model`` and ``precision``.
         By default the release is the quantized student, alone.
         """
+
+    # The release-candidate table's family-specific columns, and one candidate's cells in them.
+    candidate_columns: ClassVar[tuple[str, ...]] = ()
+
+    def candidate_cells(self, candidate: ReleaseCandidate) -> tuple[str, ...]:
+        return ()
 
     @abstractmethod
     def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:

@@ -134,6 +134,13 @@ class CausalLMFamily(TaskFamily):
         else:
             ctx.reporter.warning(f"release: {choice.why}; the student's release stays the release")
 
+    candidate_columns = ("tok/s", "speed", "TTFT ms", "ppl", "agree")
+
+    def candidate_cells(self, candidate: ReleaseCandidate) -> tuple[str, ...]:
+        q, s = candidate.quality, candidate.speed
+        return (f"{s['tokens_per_s']:.1f}", f"{candidate.speedup:.2f}x", f"{s['ttft_ms']:.0f}",
+                f"{q['perplexity_ratio']:.3f}x", f"{q['next_token_agreement']:.3f}")
+
     def released_candidate(self, result: ChainResult) -> ReleaseCandidate | None:
         """The release's own measurements among the candidates (None: no release stage ran)."""
         if result.release is None or result.final_model is None:

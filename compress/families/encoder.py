@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from compress.chain_state import ChainContext, ChainResult
     from export.base.stages import StageRun
     from export.quantize_report import QuantizeResult
+    from export.runtime.release_choice import ReleaseCandidate
     from export.run_summary import QualitySummary, StudentInfo
     from export.runtime.gate import GateReport
     from export.runtime.profiles import Profile
@@ -117,6 +118,28 @@ class EncoderFamily(TaskFamily):
         else:
             result.notes.append(why)
             ctx.reporter.warning(why)
+
+    candidate_columns = ("p50 ms", "p95 ms", "est. p95", "speed", "agree", "top-10", "quant. drop")
+
+    def candidate_cells(self, candidate: ReleaseCandidate) -> tuple[str, ...]:
+        q, s = candidate.quality, candidate.speed
+        estimate = s.get("estimated_p95_ms")
+        neighbours = q.get("neighbour_agreement")
+        return (f"{s['p50_ms']:.2f}", f"{s['p95_ms']:.2f}", "-" if estimate is None else f"{estimate:.2f}",
+                f"{candidate.speedup:.2f}x", f"{q['teacher_agreement']:.4f}",
+                "-" if neighbours is None else f"{neighbours:.4f}", f"{q['quantization_drop']:.4f}")
+
+    def choose_release(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> None:
+        from compress.distill.release_stage import run_encoder_release_stage
+
+        choice = run_encoder_release_stage(ctx, student_fp32, teacher, self._held_out(ctx), ctx.options.quality_texts)
+        ctx.result.release = choice
+        chosen = choice.chosen
+        if chosen is None:
+            ctx.reporter.warning(f"release: {choice.why}; the quantize stage's choice stays the release")
+            return
+        ctx.result.final_model, ctx.result.precision = ctx.run_dir / chosen.model, chosen.precision
+        ctx.reporter.message(f"release: {chosen.name}: {choice.why}")
 
     def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
         from export.runtime.bench import BenchReport, ComparisonReport

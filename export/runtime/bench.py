@@ -36,6 +36,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -544,17 +545,16 @@ def run_bench(model: str | os.PathLike[str], profile: Profile, *, batch_size: in
     return _report(opened, profile, timings.samples[0], memory, warmup)
 
 
-def compare_bench(model: str | os.PathLike[str], other: str | os.PathLike[str], profile: Profile, *,
-                  batch_size: int | None = None, sequence_length: int | None = None, runs: int = 100,
-                  warmup: int = 10, inputs: str | os.PathLike[str] | None = None, threads: int | None = None,
-                  progress: bool = True) -> ComparisonReport:
-    """Benchmark ``model`` against ``other`` in one process, runs interleaved (A, B, A, B, ...).
+def bench_interleaved(models: Sequence[str | os.PathLike[str]], profile: Profile, *, batch_size: int | None = None,
+                      sequence_length: int | None = None, runs: int = 100, warmup: int = 10,
+                      inputs: str | os.PathLike[str] | None = None, threads: int | None = None,
+                      progress: bool = True) -> list[BenchReport]:
+    """Benchmark several ONNX models in one process, runs interleaved (A, B, C, A, B, C, ...).
 
-    Both see the same workload, seed and settings. ``p50_ratio = other.p50 / model.p50``.
-    Memory per model is what its session creation and first run added to the process
-    (``shared_process=True``); the joint peak of both sessions is in the note.
+    All see the same workload, seed and settings. Memory per model is what its session creation
+    and first run added to the process (``shared_process=True``); the joint peak is in the note.
     """
-    paths = [Path(model), Path(other)]
+    paths = [Path(model) for model in models]
     _validate_counts(runs, warmup, batch_size, sequence_length, threads, Path(inputs) if inputs else None)
     npz = read_npz(Path(inputs)) if inputs is not None else None
     opened = [
@@ -566,7 +566,7 @@ def compare_bench(model: str | os.PathLike[str], other: str | os.PathLike[str], 
     if npz is not None:
         check_npz_names_used(npz, [o.session.get_inputs() for o in opened], Path(inputs))
     baseline = opened[0].rss_before
-    timings = _time_runs(opened, runs, warmup, progress, f"compare {paths[0].name} vs {paths[1].name}")
+    timings = _time_runs(opened, runs, warmup, progress, "compare " + " vs ".join(p.name for p in paths))
     method = timings.memory.method
     reports = []
     for item, samples in zip(opened, timings.samples):
@@ -574,13 +574,28 @@ def compare_bench(model: str | os.PathLike[str], other: str | os.PathLike[str], 
         memory = MemoryStats(
             baseline_rss_mb=item.rss_before / MIB, after_load_rss_mb=item.rss_after_first_run / MIB,
             peak_rss_mb=timings.memory.peak_rss / MIB, session_peak_mb=own / MIB, method=method, shared_process=True,
-            note=(f"two sessions in one process: session_peak_mb is this model's load + first run; "
-                  f"both together peaked {(timings.memory.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
+            note=(f"{len(paths)} sessions in one process: session_peak_mb is this model's load + first run; "
+                  f"all together peaked {(timings.memory.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
         )
         report = _report(item, profile, samples, memory, warmup)
-        report.notes.append("measured interleaved with another model (compare), intra-op spinning off so that "
+        report.notes.append("measured interleaved with other models, intra-op spinning off so that "
                             "one session's idle threads do not steal the other's cores")
         reports.append(report)
+    return reports
+
+
+def compare_bench(model: str | os.PathLike[str], other: str | os.PathLike[str], profile: Profile, *,
+                  batch_size: int | None = None, sequence_length: int | None = None, runs: int = 100,
+                  warmup: int = 10, inputs: str | os.PathLike[str] | None = None, threads: int | None = None,
+                  progress: bool = True) -> ComparisonReport:
+    """Benchmark ``model`` against ``other`` in one process, runs interleaved (A, B, A, B, ...).
+
+    Both see the same workload, seed and settings. ``p50_ratio = other.p50 / model.p50``.
+    Memory per model is what its session creation and first run added to the process
+    (``shared_process=True``); the joint peak of both sessions is in the note.
+    """
+    reports = bench_interleaved([model, other], profile, batch_size=batch_size, sequence_length=sequence_length,
+                                runs=runs, warmup=warmup, inputs=inputs, threads=threads, progress=progress)
     a, b = reports
     return ComparisonReport(
         model=a, other=b, p50_ratio=b.latency.p50_ms / a.latency.p50_ms,
