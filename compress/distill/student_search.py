@@ -221,36 +221,51 @@ def searchable_teacher(teacher_config: Any) -> bool:
                ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size"))
 
 
-def search_student(teacher_config: Any, teacher_name: str, profile: Profile, log: Any = None
-                   ) -> StudentSearch | None:
-    """Search the student for ``profile``; None when this host cannot estimate its target (a GPU
-    target timed on a CPU host) or the profile sets no latency budget."""
+def host_latency_model(teacher_config: Any, profile: Profile, log: Any = None) -> LatencyModel | None:
+    """The latency model for ``profile``'s target, calibrated on candidate graphs of ``teacher_config``
+    timed here; None when this host cannot stand in for the target (a GPU, or ``any`` machine)."""
     from export.runtime.gate import match_hardware
     from export.runtime.host import detect_host
     from export.runtime.session import bench_threads
 
-    budget = profile.budgets.latency_ms.p95
     host = detect_host()
     threads, _ = bench_threads(None, profile, host.usable_cores)
     on_target = match_hardware(profile, host, ["CPUExecutionProvider"]).matched
     transfer = transfer_to(profile, host, threads or host.usable_cores, on_target, cpu_mhz())
-    if budget is None or transfer is None:
+    if transfer is None:
+        return None
+    shapes = [shape for _, shape in candidate_shapes(teacher_config)]
+    points = calibrate(teacher_config, calibration_shapes(shapes), search_precisions(profile), profile, log)
+    return fit_latency_model(points, transfer, batch=profile.workload.batch_size,
+                             sequence=profile.workload.sequence_length,
+                             bandwidth_gbs=profile.hardware.memory_bandwidth_gbs)
+
+
+def estimate_candidates(teacher_config: Any, model: LatencyModel) -> list[SearchCandidate]:
+    """Every candidate shape with its estimated p95 on the target and on this host, per precision."""
+    out = []
+    for spec, shape in candidate_shapes(teacher_config):
+        gflop, melements = shape.gflop(model.batch, model.sequence), shape.melements(model.batch, model.sequence)
+        out.append(SearchCandidate(
+            spec, shape, shape.block_parameters,
+            {p: round(model.estimate(shape, p).p95_ms, 3) for p in model.fits},
+            {p: round(fit.host_p50_ms(gflop, melements) * fit.tail, 3) for p, fit in model.fits.items()}))
+    return out
+
+
+def search_student(teacher_config: Any, teacher_name: str, profile: Profile, log: Any = None
+                   ) -> StudentSearch | None:
+    """Search the student for ``profile``; None when this host cannot estimate its target or the
+    profile sets no p95 budget."""
+    budget = profile.budgets.latency_ms.p95
+    if budget is None:
         return None
     started = time.perf_counter()
-    shapes = candidate_shapes(teacher_config)
-    precisions = search_precisions(profile)
-    points = calibrate(teacher_config, calibration_shapes([s for _, s in shapes]), precisions, profile, log)
-    model: LatencyModel = fit_latency_model(points, transfer, batch=profile.workload.batch_size,
-                                            sequence=profile.workload.sequence_length,
-                                            bandwidth_gbs=profile.hardware.memory_bandwidth_gbs)
-    batch, sequence = profile.workload.batch_size, profile.workload.sequence_length
-    candidates = [SearchCandidate(spec, shape, shape.block_parameters,
-                                  {p: round(model.estimate(shape, p).p95_ms, 3) for p in precisions},
-                                  {p: round(model.fits[p].host_p50_ms(shape.gflop(batch, sequence),
-                                                                      shape.melements(batch, sequence))
-                                            * model.fits[p].tail, 3) for p in precisions})
-                  for spec, shape in shapes]
+    model = host_latency_model(teacher_config, profile, log)
+    if model is None:
+        return None
+    candidates = estimate_candidates(teacher_config, model)
     best, why = choose(candidates, budget, MARGIN)
     return StudentSearch(profile=profile.name, teacher=teacher_name, budget_p95_ms=budget, margin=MARGIN,
-                         basis=transfer.basis, candidates=candidates, chosen=best.spec, why=why,
+                         basis=model.transfer.basis, candidates=candidates, chosen=best.spec, why=why,
                          latency_model=model.to_dict(), seconds=round(time.perf_counter() - started, 1))
