@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from export.base.corpus import (DEFAULT_CORPUS_NAME, Example, default_corpus, held_out_size, load_corpus,
+from export.base.corpus import (DEFAULT_CORPUS_FILE, DEFAULT_CORPUS_NAME, Example, default_corpus, held_out_size, load_corpus,
                                 python_docs_texts, split_corpus)
 from export.base.errors import CompressError
 
@@ -69,20 +69,44 @@ def test_missing_file_and_unknown_format_are_errors(tmp_path: Path) -> None:
         load_corpus(other)
 
 
-def test_default_corpus_is_real_prose_without_code() -> None:
+def test_the_default_corpus_is_the_shipped_multi_genre_english_set() -> None:
     corpus = default_corpus()
-    assert corpus.source == DEFAULT_CORPUS_NAME
+    assert corpus.source == DEFAULT_CORPUS_NAME and corpus.cross_domain == "quotations"
     texts = [e.text for e in corpus.examples]
-    assert len(texts) > 1500 and len(set(texts)) == len(texts)
+    assert len(texts) == 34_584 and len(set(texts)) == len(texts)
+    genres = {e.genre for e in corpus.examples}
+    assert genres == {"definitions", "usage", "technical", "quotations", "humour"}
     assert not any(t.lstrip().startswith(">>>") or "::=" in t for t in texts)
-    assert sum(t[0].isupper() for t in texts) / len(texts) > 0.8
     lengths = sorted(len(t) for t in texts)
-    assert lengths[len(lengths) // 10] < 80 < lengths[9 * len(lengths) // 10]  # sentences and passages
+    assert lengths[len(lengths) // 10] < 50 < lengths[9 * len(lengths) // 10]  # short sentences and passages
+    # The same bytes everywhere: Python's documentation is one genre of it, whatever else is installed.
+    technical = {e.text for e in corpus.examples if e.genre == "technical"}
+    assert technical == set(python_docs_texts())
+    assert (DEFAULT_CORPUS_FILE.parent / "SOURCES.md").read_text().count("licence") >= 3
 
 
-def test_the_default_corpus_is_python_s_own_prose_and_nothing_else() -> None:
-    # Nothing that happens to be installed (Debian's wordnet-base once was read) may change it.
-    assert {e.text for e in default_corpus().examples} == set(python_docs_texts())
+def test_a_damaged_default_corpus_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.base.corpus as module
+
+    damaged = tmp_path / "english-v1.jsonl.gz"
+    damaged.write_bytes(DEFAULT_CORPUS_FILE.read_bytes()[:-10])
+    monkeypatch.setattr(module, "DEFAULT_CORPUS_FILE", damaged)
+    with pytest.raises(CompressError, match="does not match its sha256; reinstall"):
+        default_corpus()
+
+
+def test_the_cross_domain_genre_never_leaks_into_training() -> None:
+    corpus = default_corpus()
+    split = split_corpus(corpus.examples, cross_domain=corpus.cross_domain)
+    quotations = {e.text for e in corpus.examples if e.genre == "quotations"}
+    assert split.cross_domain_genre == "quotations" and len(split.cross_domain) == 1000
+    assert {e.text for e in split.cross_domain} <= quotations
+    assert not quotations & {e.text for e in split.train} and not quotations & {e.text for e in split.held_out}
+    assert {e.genre for e in split.train} == {"definitions", "usage", "technical", "humour"}
+    # Seeded like the in-domain split, and the same examples whatever asks for it.
+    assert split_corpus(corpus.examples, cross_domain="quotations").cross_domain == split.cross_domain
+    # A user's JSONL names genres the same way; a genre no row has leaves the split as it was.
+    assert split_corpus(corpus.examples[:500], cross_domain="no-such-genre").cross_domain == []
 
 
 def test_split_is_seeded_disjoint_and_deduplicated(sentences: list[str]) -> None:

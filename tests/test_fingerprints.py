@@ -14,13 +14,17 @@ QUIET = Reporter(show_progress=False)
 
 
 @pytest.fixture
-def change_the_default_corpus(monkeypatch: pytest.MonkeyPatch):
-    """A function that drops the last passages of the default corpus, as a new Python release might."""
-    original = corpus.python_docs_texts
+def change_the_default_corpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A function that ships a new default corpus (the last 50 texts dropped), as a new version would."""
+    import gzip
+    import hashlib
 
     def change() -> None:
-        kept = list(original())[:-50]
-        monkeypatch.setattr(corpus, "python_docs_texts", lambda *args, **kwargs: iter(kept))
+        lines = gzip.decompress(corpus.DEFAULT_CORPUS_FILE.read_bytes()).splitlines(keepends=True)[:-50]
+        changed = tmp_path / "english-v2.jsonl.gz"
+        changed.write_bytes(gzip.compress(b"".join(lines)))
+        monkeypatch.setattr(corpus, "DEFAULT_CORPUS_FILE", changed)
+        monkeypatch.setattr(corpus, "DEFAULT_CORPUS_SHA256", hashlib.sha256(changed.read_bytes()).hexdigest())
         _default_corpus.cache_clear()
 
     yield change

@@ -36,7 +36,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
               help="[encoders] Override the task read from the teacher's config.")
 @click.option("--student", default="auto", show_default=True, metavar="SPEC",
               help="layers=3 | layers=0,2,5 | layers=4,hidden=256,heads=4,ffn=1024 | CONFIG.json | auto "
-                   "(encoders: the profile's choice; language models: keep four fifths of the blocks) | keep=24 "
+                   "(encoders: searched against the profile's p95 budget on CPU profiles, else the profile's choice; language models: keep four fifths of the blocks) | keep=24 "
                    "(language models: the 24 blocks that change their input most on the training text).")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Training text: .txt (a text a line), .jsonl (text, text_pair, label), .csv/.tsv "
@@ -124,10 +124,21 @@ def distill(**options: Any) -> None:
     """Distil a teacher into a small student for a target profile, then run the release chain.
 
     \b
-    distill -> prune -> export -> quantize -> bench -> gate, each into its own
-    folder of RUN_DIR with a stage.json; run.json names them all and the verdict.
-    With no options: all-MiniLM-L6-v2 -> the profile's student (layers=3), on the
-    default corpus, the whole chain within the profile's time budget. It ends
+    distill -> prune -> export -> quantize -> release -> bench -> gate, each into
+    its own folder of RUN_DIR with a stage.json; run.json names them all and the
+    verdict. With no options: all-MiniLM-L6-v2 -> a student for the profile, on
+    the default corpus, the whole chain within the profile's time budget.
+
+    \b
+    --student auto on a CPU profile with a p95 budget searches the student's
+    shape: depth x width x precision, each candidate's p95 on the target
+    estimated by a latency model calibrated by timing a few candidate graphs on
+    this machine (an estimate unless this machine is the target), the largest
+    that fits 80% of the budget chosen; the table is printed and kept in
+    distill/student_search.json. GPU profiles and the host profile take the
+    student the profile names. After export, the release stage times the
+    student in each precision beside the teacher and releases the fastest that
+    keeps the profile's quality. It ends
     with a table: teacher vs student, both as ONNX, timed side by side on this
     machine, and the gate's verdict for the profile. Quality is measured on a
     seeded held-out split that is never trained on.
@@ -137,10 +148,12 @@ def distill(**options: Any) -> None:
     unchanged, so an interrupted run picks up where it stopped.
 
     \b
-    Default corpus (no download): the prose of Python's own documentation
-    (pydoc_data.topics), the same on every machine. It teaches general English;
-    for the best student,
-    bring text from your own domain with --data.
+    Default corpus (no download): english-v1, 34,584 English texts shipped with
+    compress, the same on every machine: dictionary definitions and usage
+    examples (WordNet 3.0), Python's documentation (pydoc_data.topics), and
+    humour; its fifth genre, quotations, is never trained on and scored apart
+    (the cross-domain number). For the best student, bring text from your own
+    domain with --data (a JSONL "genre" field is kept).
 
     \b
     Ctrl-C finishes the step, saves a checkpoint and exits; --resume continues it.

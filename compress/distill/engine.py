@@ -48,6 +48,7 @@ CALIBRATION_TEXTS = 64
 HISTORY_FILE = "loss_history.json"
 CURVE_FILE = "loss_curve.png"
 HELD_OUT_FILE = "held_out.jsonl"
+CROSS_DOMAIN_FILE = "cross_domain.jsonl"
 # Time kept back from the budget for the final evaluation and saving the student.
 _FINISH_RESERVE_S = 30.0
 
@@ -95,6 +96,8 @@ class DistillResult:
     held_out_path: Path
     checkpoint_dir: Path
     warnings: list[str] = field(default_factory=list)
+    cross_domain_path: Path | None = None  # a genre never trained on (the default corpus's quotations)
+    cross_domain_genre: str | None = None
 
     def metrics(self) -> dict[str, Any]:
         """The flat metrics recorded in ``stage.json``."""
@@ -112,6 +115,7 @@ class DistillResult:
             "held_out_examples": self.held_out_examples,
             "train_examples": self.train_examples,
             "corpus": self.corpus,
+            "cross_domain_genre": self.cross_domain_genre,
             "steps": self.training.steps,
             "epochs": self.training.epochs,
             "samples_seen": self.training.samples_seen,
@@ -170,9 +174,9 @@ def _examples_for_task(examples: list[Example], task: Task, reporter: Reporter, 
         warnings.append(note)
     out: list[Example] = []
     for example in examples:
-        out.append(Example(example.text))
+        out.append(Example(example.text, genre=example.genre))
         if example.text_pair:
-            out.append(Example(example.text_pair))
+            out.append(Example(example.text_pair, genre=example.genre))
     return out
 
 
@@ -263,9 +267,11 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     if corpus.bad_rows_message():
         reporter.warning(corpus.bad_rows_message())  # type: ignore[arg-type]
         warnings.append(corpus.bad_rows_message())  # type: ignore[arg-type]
-    split = split_corpus(_examples_for_task(corpus.examples, task, reporter, warnings), config.split_seed)
+    split = split_corpus(_examples_for_task(corpus.examples, task, reporter, warnings), config.split_seed,
+                         cross_domain=corpus.cross_domain)
+    crossed = f", {len(split.cross_domain)} {split.cross_domain_genre} (cross-domain)" if split.cross_domain else ""
     reporter.message(f"data: {corpus.description}; {len(split.train)} for training, "
-                     f"{len(split.held_out)} held out (never trained on)")
+                     f"{len(split.held_out)} held out{crossed} (never trained on)")
 
     # Full-precision teacher: the student's initial weights and the reference outputs.
     attention = "eager" if config.attention_weight > 0 else None
@@ -377,8 +383,9 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     history_path = atomic_write_json(work_dir / HISTORY_FILE, training.history)
     curve_path = plot_loss_curve(training.history, work_dir / CURVE_FILE, metric=quality.metric,
                                  title=f"{teacher_name} -> {student_text} ({task})")
-    held_out_path = atomic_write_text(work_dir / HELD_OUT_FILE, "".join(
-        json.dumps({k: v for k, v in asdict(e).items() if v is not None}) + "\n" for e in split.held_out))
+    held_out_path = _write_examples(work_dir / HELD_OUT_FILE, split.held_out)
+    cross_domain_path = _write_examples(work_dir / CROSS_DOMAIN_FILE, split.cross_domain) if split.cross_domain \
+        else None
     return DistillResult(
         student_dir=student_dir, task=task, student_spec=student_text, student_description=_describe(student, plan),
         student_parameters=student.parameters, student_layers=int(student.model.config.num_hidden_layers),
@@ -387,8 +394,14 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
         precision="bf16-autocast" if device == "cuda" else "fp32", threads=threads, batch_size=batch_size,
         corpus=corpus.description, train_examples=len(train_set), held_out_examples=len(held_set),
         history_path=history_path, curve_path=curve_path, held_out_path=held_out_path,
-        checkpoint_dir=checkpoint_dir, warnings=warnings,
+        checkpoint_dir=checkpoint_dir, warnings=warnings, cross_domain_path=cross_domain_path,
+        cross_domain_genre=split.cross_domain_genre,
     )
+
+
+def _write_examples(path: Path, examples: list[Example]) -> Path:
+    return atomic_write_text(path, "".join(
+        json.dumps({k: v for k, v in asdict(e).items() if v is not None}) + "\n" for e in examples))
 
 
 def _make_student(config: DistillConfig, student_text: str, teacher: Any, task: Task,

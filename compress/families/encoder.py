@@ -186,8 +186,10 @@ class EncoderFamily(TaskFamily):
         held_out = self._held_out(ctx)
         bench_json = ctx.run_dir / "bench" / "bench.json"
         fp32 = None if ctx.result.precision == "fp32" else ctx.run_dir / "export" / "model.onnx"
+        cross = self._cross_domain(ctx)
         planned = StageRecord(stage="gate", inputs={
             "model": FileRef.of(model), "teacher": FileRef.of(teacher), "held_out": FileRef.of(held_out),
+            **({"cross_domain": FileRef.of(cross)} if cross is not None else {}),
             "bench": FileRef.of(bench_json), **profile_input(ctx.profile),
             **({"fp32": FileRef.of(fp32)} if fp32 is not None else {}),
         }, params={"profile": ctx.profile.name, "quality_texts": ctx.options.quality_texts})
@@ -201,6 +203,12 @@ class EncoderFamily(TaskFamily):
             drop = 0.0 if fp32 is None else \
                 1.0 - agreement_with_teacher(model, fp32, texts, source=source).teacher_agreement
             quality = {**dataclasses.asdict(agreement), "quantization_drop": drop}
+            cross = self._cross_domain(ctx)
+            if cross is not None:  # a genre never trained on: reported beside, not budgeted
+                crossed = agreement_with_teacher(model, teacher, read_texts(cross)[:ctx.options.quality_texts],
+                                                 source=f"{cross.parent.name}/{cross.name}")
+                quality["cross_domain"] = {"genre": ctx.distilled.metrics.get("cross_domain_genre"),
+                                           **dataclasses.asdict(crossed)}
             evidence = QualityEvidence(teacher_agreement=agreement.teacher_agreement, metric=agreement.metric,
                                        quantization_drop=drop, source="gate/quality.json")
             report = gate(BenchReport.from_json(bench_json), ctx.profile, evidence)
@@ -219,6 +227,10 @@ class EncoderFamily(TaskFamily):
 
     def _held_out(self, ctx: ChainContext) -> Path:
         return ctx.run_dir / "distill" / ctx.distilled.outputs["held_out"]
+
+    def _cross_domain(self, ctx: ChainContext) -> Path | None:
+        name = ctx.distilled.outputs.get("cross_domain")
+        return ctx.run_dir / "distill" / name if name else None
 
     # -- reports ---------------------------------------------------------------------------------
     def distill_summary(self, m: dict[str, Any], run_dir: Path) -> tuple[str, list[TableRow], list[str]]:
@@ -262,6 +274,13 @@ class EncoderFamily(TaskFamily):
                                  f"{quality['teacher_agreement']:.4f}", f"{100 * quality['teacher_agreement']:.1f}%"))
             if quality.get("neighbour_agreement") is not None:
                 rows.append(TableRow("top-10 neighbours", "1.0000", f"{quality['neighbour_agreement']:.4f}"))
+            cross = quality.get("cross_domain")
+            if cross:
+                rows.append(TableRow(f"{_METRIC_LABEL.get(metric, metric)}, {cross['genre']} (never trained on)",
+                                     "1.0000", f"{cross['teacher_agreement']:.4f}"))
+                if cross.get("neighbour_agreement") is not None:
+                    rows.append(TableRow(f"top-10 neighbours, {cross['genre']}", "1.0000",
+                                         f"{cross['neighbour_agreement']:.4f}"))
             if measured is not None:
                 measured += f"; quality on {quality['samples']} held-out texts"
         return rows, measured

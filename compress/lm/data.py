@@ -159,7 +159,9 @@ def load_lm_examples(path: Path | None) -> tuple[list[LMExample], str]:
     """
     if path is None:
         corpus = _default_corpus()
-        return [LMExample("", example.text) for example in corpus.examples], f"{corpus.description} as plain text"
+        # The cross-domain genre is never trained on, for language models as for encoders.
+        return ([LMExample("", example.text) for example in corpus.examples if example.genre != corpus.cross_domain],
+                f"{corpus.description} as plain text")
     path = Path(path)
     text = _read_text_file(path, "data")
     bad: list[tuple[int, str]] = []

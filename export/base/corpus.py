@@ -8,16 +8,22 @@ Formats (one example per line or row):
   first column), optional ``text_pair`` and ``label`` columns.
 
 Empty lines are skipped silently; malformed rows are skipped and reported by line number. A
-file with no usable row is an error. The default corpus needs no download: the prose of
-Python's own documentation (``pydoc_data.topics``), identical on every machine.
+file with no usable row is an error. The default corpus needs no download: ``english-v1``, 34,584
+English texts in five genres (dictionary definitions, usage examples, technical documentation,
+quotations, humour) shipped with the package (``export/base/data``: how it was built, and the
+licence of each source, are written beside it), identical on every machine.
 
 The held-out split is drawn once, by a seeded permutation of the de-duplicated texts, and is
-never trained on: every quality number comes from it.
+never trained on: every quality number comes from it. A corpus can also name one genre that is
+held out whole (the default corpus: ``quotations``): none of its texts is trained on, and quality is
+reported on it beside the in-domain held-out split, so a student that only learned the other
+genres shows it.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -35,6 +41,9 @@ Label = Union[str, int, list[Union[str, int]]]
 DATA_FORMATS = (".txt", ".jsonl", ".csv", ".tsv")
 TEXT_COLUMNS = ("text", "sentence", "content")
 DEFAULT_CORPUS_NAME = "default-corpus"
+DEFAULT_CORPUS_FILE = Path(__file__).with_name("data") / "english-v1.jsonl.gz"
+DEFAULT_CORPUS_SHA256 = "a92d5cda9869d7352680c11e80874bdcda62179fb007307ba9a118da49234942"
+CROSS_DOMAIN_GENRE = "quotations"
 
 HELD_OUT_FRACTION = 0.05
 HELD_OUT_MIN = 64
@@ -51,6 +60,7 @@ class Example:
     text: str
     text_pair: str | None = None
     label: Label | None = None
+    genre: str | None = None  # the source or genre it came from (a JSONL ``genre`` field)
 
 
 @dataclass
@@ -61,6 +71,7 @@ class Corpus:
     source: str  # a file path, or DEFAULT_CORPUS_NAME
     description: str
     bad_rows: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+    cross_domain: str | None = None  # a genre held out whole: never trained on, scored on its own
 
     @property
     def has_labels(self) -> bool:
@@ -91,6 +102,8 @@ class Split:
     train: list[Example]
     held_out: list[Example]
     seed: int
+    cross_domain: list[Example] = field(default_factory=list)  # a whole genre, never trained on
+    cross_domain_genre: str | None = None
 
 
 def load_corpus(path: str | Path | None) -> Corpus:
@@ -139,7 +152,8 @@ def _read_jsonl(text: str, _: str) -> tuple[list[Example], list[tuple[int, str]]
         if problem:
             bad.append((number, problem))
             continue
-        examples.append(Example(row["text"].strip(), _clean_pair(row.get("text_pair")), row.get("label")))
+        genre = row.get("genre") if isinstance(row.get("genre"), str) else None
+        examples.append(Example(row["text"].strip(), _clean_pair(row.get("text_pair")), row.get("label"), genre))
     return examples, bad
 
 
@@ -200,14 +214,28 @@ def _maybe_int(text: str) -> str | int:
 
 
 def default_corpus() -> Corpus:
-    """English text that installs with Python itself, so it is the same on every machine.
+    """``english-v1``: the shipped multi-genre English corpus, the same bytes on every machine.
 
-    Nothing else that happens to be installed (Debian's wordnet-base once was) changes it: the
-    training data, and so every result, must not depend on an unrelated system package.
+    Nothing that happens to be installed (Debian's wordnet-base once was read at run time) changes
+    it; a file that does not match its recorded sha256 is a damaged install, not a new corpus.
     """
-    texts = _unique(python_docs_texts())
-    examples = [Example(text) for text in texts]
-    return Corpus(examples, DEFAULT_CORPUS_NAME, f"Python documentation prose ({len(texts)} sentences and passages)")
+    path = DEFAULT_CORPUS_FILE
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CompressError(f"the default corpus {path} cannot be read ({exc.strerror}); reinstall compress") from None
+    if hashlib.sha256(raw).hexdigest() != DEFAULT_CORPUS_SHA256:
+        raise CompressError(f"the default corpus {path} does not match its sha256; reinstall compress")
+    examples, bad = _read_jsonl(gzip.decompress(raw).decode("utf-8"), "")
+    if bad or not examples:
+        raise CompressError(f"the default corpus {path} has unreadable rows; reinstall compress")
+    counts: dict[str, int] = {}
+    for example in examples:
+        counts[str(example.genre)] = counts.get(str(example.genre), 0) + 1
+    genres = ", ".join(f"{genre} {count}" for genre, count in counts.items())
+    return Corpus(examples, DEFAULT_CORPUS_NAME,
+                  f"english-v1 ({len(examples)} English texts: {genres}; {CROSS_DOMAIN_GENRE} held out whole)",
+                  cross_domain=CROSS_DOMAIN_GENRE)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
@@ -253,16 +281,6 @@ def python_docs_texts(min_chars: int = 25, max_chars: int = 400) -> Iterable[str
                 yield passage
 
 
-def _unique(texts: Iterable[str]) -> list[str]:
-    seen: set[str] = set()
-    out: list[str] = []
-    for text in texts:
-        if text not in seen:
-            seen.add(text)
-            out.append(text)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # The held-out split
 
@@ -272,10 +290,12 @@ def held_out_size(n: int) -> int:
     return max(2, min(HELD_OUT_MAX, max(round(HELD_OUT_FRACTION * n), min(HELD_OUT_MIN, n // 5))))
 
 
-def split_corpus(examples: Sequence[Example], seed: int = 0) -> Split:
+def split_corpus(examples: Sequence[Example], seed: int = 0, cross_domain: str | None = None) -> Split:
     """A deterministic, seeded train / held-out split; duplicates are dropped first.
 
     Dropping exact duplicates before splitting guarantees that no held-out text is ever trained on.
+    ``cross_domain`` names a genre taken out before the split: up to ``HELD_OUT_MAX`` of its texts
+    (seeded) are the cross-domain set, and none of them is trained on or in the in-domain split.
     """
     import numpy as np
 
@@ -286,6 +306,13 @@ def split_corpus(examples: Sequence[Example], seed: int = 0) -> Split:
         if key not in seen:
             seen.add(key)
             unique.append(example)
+    outside: list[Example] = []
+    if cross_domain is not None:
+        outside = [e for e in unique if e.genre == cross_domain]
+        unique = [e for e in unique if e.genre != cross_domain]
+        if outside:
+            picked = np.random.default_rng(seed).permutation(len(outside))[:HELD_OUT_MAX]
+            outside = [outside[i] for i in sorted(picked.tolist())]
     if len(unique) < MIN_EXAMPLES:
         raise CompressError(f"need at least {MIN_EXAMPLES} distinct examples to train and hold some out; "
                             f"got {len(unique)}")
@@ -293,4 +320,5 @@ def split_corpus(examples: Sequence[Example], seed: int = 0) -> Split:
     n_held = held_out_size(len(unique))
     held = sorted(order[:n_held].tolist())
     train = sorted(order[n_held:].tolist())
-    return Split([unique[i] for i in train], [unique[i] for i in held], seed)
+    return Split([unique[i] for i in train], [unique[i] for i in held], seed, outside,
+                 cross_domain if outside else None)

@@ -58,7 +58,8 @@ def held_out_texts(limit: int | None = DEFAULT_EVAL_SAMPLES, path: str | Path | 
     else:
         from export.base.corpus import default_corpus, split_corpus
 
-        texts = [example.text for example in split_corpus(default_corpus().examples).held_out]
+        corpus = default_corpus()
+        texts = [example.text for example in split_corpus(corpus.examples, cross_domain=corpus.cross_domain).held_out]
     return texts[:limit] if limit else texts
 
 
@@ -72,7 +73,8 @@ def training_texts(limit: int | None = DEFAULT_CALIBRATION_SAMPLES, path: str | 
         return texts[:limit] if limit else texts
     from export.base.corpus import default_corpus, split_corpus
 
-    texts = [example.text for example in split_corpus(default_corpus().examples).train]
+    corpus = default_corpus()
+    texts = [example.text for example in split_corpus(corpus.examples, cross_domain=corpus.cross_domain).train]
     if limit and len(texts) > limit:
         step = len(texts) / limit
         texts = [texts[int(i * step)] for i in range(limit)]
