@@ -4,13 +4,16 @@ Runs ``compress distill --profile PROFILE --out RUN_DIR`` (the whole chain, in a
 that torch never loads into the measuring process), unless ``--no-chain`` reuses RUN_DIR as it
 is. Then, on this host, in one process with runs interleaved (``compare_bench``):
 
-* the released student (RUN_DIR/run.json's final model, at the profile's precision) vs the
-  teacher's fp32 ONNX export (RUN_DIR/teacher/model.onnx);
-* the student's own fp32 export (RUN_DIR/export/model.onnx) vs the same teacher,
+* each release candidate (the student in fp32 and in the profile's precision,
+  RUN_DIR/release/candidates.json; the released one marked) vs the teacher's fp32 ONNX export
+  (RUN_DIR/teacher/model.onnx),
 
-both at batch 1, 128 tokens, CPU provider, ``--threads`` intra-op threads. Quality: mean cosine
-and top-10 neighbour agreement with the teacher's embeddings on the distillation's held-out
-split (never trained on), each model fed through its own tokenizer, one text at a time.
+at batch 1, 128 tokens, CPU provider, ``--threads`` intra-op threads. Quality: mean cosine and
+top-10 neighbour agreement with the teacher's embeddings on the distillation's held-out split and
+on the cross-domain genre (a whole genre never trained on), each model fed through its own
+tokenizer. When ``--student auto`` searched the shape, the search (candidates, the chosen one, the
+latency model's basis) and each candidate's estimated p95 on this host against the measured one
+are recorded: the latency model's error.
 
     python benchmarks/default_job.py --profile x86-avx512-vnni       # ~11 minutes here
     python benchmarks/default_job.py --profile jetson --no-chain --run runs/jetson-orin-nano
@@ -76,13 +79,27 @@ def main() -> None:
     texts = read_texts(held_out)
     stage = json.loads((run_dir / "distill" / "stage.json").read_text())["metrics"]
 
+    cross_file = run_dir / "distill" / "cross_domain.jsonl"
+    cross = read_texts(cross_file) if cross_file.is_file() else []
+    choice = json.loads((run_dir / "release" / "candidates.json").read_text())
     rows = {}
-    for label, model in (("released", run_dir / summary.final_model), ("fp32 student", run_dir / "export" / "model.onnx")):
-        print(f"measuring {label} ({model.name}) against the teacher ...", file=sys.stderr)
+    for candidate in choice["candidates"]:
+        model = run_dir / candidate["model"]
+        label = candidate["name"] + (" (released)" if candidate["name"] == choice["released"] else "")
+        print(f"measuring {label} against the teacher ...", file=sys.stderr)
         row = measure(model, teacher, args.threads, args.runs)
         quality = agreement_with_teacher(model, teacher, texts, source="distill/held_out.jsonl")
         row.update(cosine=round(quality.teacher_agreement, 4), neighbours=round(quality.neighbour_agreement or 0, 4))
+        if cross:
+            crossed = agreement_with_teacher(model, teacher, cross, source="distill/cross_domain.jsonl")
+            row.update(cross_cosine=round(crossed.teacher_agreement, 4),
+                       cross_neighbours=round(crossed.neighbour_agreement or 0, 4))
+        estimate = candidate["speed"].get("estimated_p95_ms")
+        if estimate is not None:
+            row.update(estimated_p95_ms=estimate, estimate_error=round(estimate / row["p95_ms"] - 1.0, 4))
         rows[label] = row
+    search_file = run_dir / "distill" / "student_search.json"
+    search = json.loads(search_file.read_text()) if search_file.is_file() else None
 
     host = detect_host()
     out = RESULTS_DIR / f"default_job-{profile.name}{suffix}.json"
@@ -95,7 +112,15 @@ def main() -> None:
                  "teacher_parameters": summary.teacher.params, "steps": stage["steps"],
                  "train_time_s": stage["train_time_s"], "device": stage["device"]},
         workload={"batch_size": 1, "sequence_length": 128, "threads": args.threads, "runs": args.runs},
-        held_out_texts=len(texts),
+        held_out_texts=len(texts), cross_domain_texts=len(cross),
+        cross_domain_genre=stage.get("cross_domain_genre"),
+        search=None if search is None else {
+            "chosen": search["chosen"], "why": search["why"], "basis": search["basis"],
+            "budget_p95_ms": search["budget_p95_ms"], "seconds": search["seconds"],
+            "calibration_error": search["latency_model"]["calibration_error"],
+            "candidates": [{"spec": c["spec"], "block_parameters": c["block_parameters"], "p95_ms": c["p95_ms"],
+                            "fits": c["fits"]} for c in search["candidates"]]},
+        released=choice["released"], release_why=choice["why"],
         results=rows,
     )
 
@@ -104,16 +129,21 @@ def main() -> None:
 
     table = Table(title=f"default job, {profile.name} · {host.describe()} · batch 1 × 128 tokens, "
                         f"{args.threads} threads", title_justify="left")
-    for column in ("model", "size MB", "p50 ms", "p95 ms", "vs teacher p50", "cosine", "top-10 nbrs"):
+    for column in ("model", "size MB", "p50 ms", "p95 ms", "est. p95", "vs teacher p50", "cosine", "top-10",
+                   "cross cosine", "cross top-10"):
         table.add_column(column, justify="left" if column == "model" else "right")
     first = next(iter(rows.values()))
     table.add_row("teacher (fp32)", f"{first['teacher_size_mb']:.1f}", f"{first['teacher_p50_ms']:.2f}",
-                  f"{first['teacher_p95_ms']:.2f}", "1.00x", "1.0000", "1.0000")
+                  f"{first['teacher_p95_ms']:.2f}", "", "1.00x", "1.0000", "1.0000", "1.0000", "1.0000")
     for label, r in rows.items():
-        name = f"{label} ({summary.precision})" if label == "released" else label
-        table.add_row(name, f"{r['size_mb']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
-                      f"{r['speedup_p50']:.2f}x", f"{r['cosine']:.4f}", f"{r['neighbours']:.4f}")
+        table.add_row(label, f"{r['size_mb']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
+                      f"{r['estimated_p95_ms']:.2f}" if "estimated_p95_ms" in r else "-",
+                      f"{r['speedup_p50']:.2f}x", f"{r['cosine']:.4f}", f"{r['neighbours']:.4f}",
+                      f"{r.get('cross_cosine', float('nan')):.4f}", f"{r.get('cross_neighbours', float('nan')):.4f}")
     Console().print(table)
+    if search is not None:
+        print(f"student: {search['chosen']} ({search['why']}; {search['basis']})")
+    print(f"released: {choice['released']}: {choice['why']}")
     print(f"chain wall time {payload['chain_wall_s']} s", file=sys.stderr)
 
 

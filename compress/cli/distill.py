@@ -36,7 +36,8 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
               help="[encoders] Override the task read from the teacher's config.")
 @click.option("--student", default="auto", show_default=True, metavar="SPEC",
               help="layers=3 | layers=0,2,5 | layers=4,hidden=256,heads=4,ffn=1024 | CONFIG.json | auto "
-                   "(encoders: searched against the profile's p95 budget on CPU profiles, else the profile's choice; language models: keep four fifths of the blocks) | keep=24 "
+                   "(encoders: searched against the profile's p95 budget on CPU profiles, else the profile's "
+                   "choice; language models: keep four fifths of the blocks) | keep=24 "
                    "(language models: the 24 blocks that change their input most on the training text).")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Training text: .txt (a text a line), .jsonl (text, text_pair, label), .csv/.tsv "

@@ -36,8 +36,8 @@ SEARCH_FILE = "student_search.json"
 # The estimate must leave this share of the budget free: the latency model's error on this host was
 # up to 25% (benchmarks/default_job.py records it), and the target's own jitter comes on top.
 MARGIN = 0.8
-CALIBRATION_RUNS = 30
-CALIBRATION_WARMUP = 5
+CALIBRATION_RUNS = 60
+CALIBRATION_WARMUP = 10
 WIDTH_FRACTIONS = (1.0, 0.75, 0.5)
 
 

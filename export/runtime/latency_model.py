@@ -109,8 +109,14 @@ class PrecisionFit:
 
 
 def fit_precision(points: list[CalibrationPoint]) -> PrecisionFit:
-    """Least squares through the points of one precision; a term whose coefficient comes out
-    negative (noise on few points) is dropped and the rest refitted."""
+    """Non-negative least squares through the points of one precision.
+
+    Every subset of the terms (overhead, FLOPs, element-wise work) is fitted and the best fit whose
+    coefficients are all non-negative kept: a cost cannot be negative, and with four noisy points
+    an unconstrained fit happily trades one term against another.
+    """
+    import itertools
+
     import numpy as np
 
     if len({p.precision for p in points}) != 1 or len({p.gflop for p in points}) < 2:
@@ -118,17 +124,23 @@ def fit_precision(points: list[CalibrationPoint]) -> PrecisionFit:
     columns = {"overhead": [1.0] * len(points), "gflop": [p.gflop for p in points],
                "melements": [p.melements for p in points]}
     y = np.array([p.p50_ms for p in points])
-    terms = [t for t in columns if t != "melements" or len(points) >= 3]
-    while True:
-        a = np.array([columns[t] for t in terms]).T
-        coefficients = dict(zip(terms, np.linalg.lstsq(a, y, rcond=None)[0].tolist()))
-        negative = [t for t, c in coefficients.items() if c < 0 and t != "gflop"]
-        if not negative:
-            break
-        terms.remove(negative[0])
+    best: tuple[float, dict[str, float]] | None = None
+    for size in range(1, len(columns) + 1):
+        for terms in itertools.combinations(columns, size):
+            if len(terms) > len(points) or terms == ("overhead",):
+                continue
+            a = np.array([columns[t] for t in terms]).T
+            solution = np.linalg.lstsq(a, y, rcond=None)[0]
+            if (solution < 0).any():
+                continue
+            residual = float(np.sum((a @ solution - y) ** 2))
+            if best is None or residual < best[0] - 1e-12:
+                best = (residual, dict(zip(terms, solution.tolist())))
+    assert best is not None  # a single cost term through positive timings always fits
+    coefficients = best[1]
     tail = float(np.median([p.p95_ms / p.p50_ms for p in points]))
-    return PrecisionFit(points[0].precision, coefficients.get("overhead", 0.0),
-                        max(coefficients["gflop"], 0.0), coefficients.get("melements", 0.0), tail)
+    return PrecisionFit(points[0].precision, coefficients.get("overhead", 0.0), coefficients.get("gflop", 0.0),
+                        coefficients.get("melements", 0.0), tail)
 
 
 def cpu_mhz() -> float | None:
