@@ -149,7 +149,7 @@ def calibration_shapes(shapes: list[EncoderShape]) -> list[EncoderShape]:
     return list(dict.fromkeys(picks))
 
 
-def _export_graph(teacher_config: Any, shape: EncoderShape, path: Path) -> None:
+def export_candidate_graph(teacher_config: Any, shape: EncoderShape, path: Path) -> None:
     """An ONNX graph of a random-weight encoder of ``shape``, mean-pooled and normalised like the release."""
     import copy
 
@@ -186,26 +186,37 @@ def _export_graph(teacher_config: Any, shape: EncoderShape, path: Path) -> None:
 
 def calibrate(teacher_config: Any, shapes: list[EncoderShape], precisions: list[str], profile: Profile,
               log: Any = None) -> list[CalibrationPoint]:
-    """Time each shape's ONNX graph in each precision on this host, with ``profile``'s runtime settings."""
+    """Time each shape's ONNX graph in each precision on this host, with ``profile``'s runtime settings.
+
+    All graphs run interleaved in one process (A, B, C, ..., A, B, C, ...), as the release stage
+    times its candidates: a burst of load from elsewhere on a shared machine hits every shape
+    alike instead of bending the fitted line.
+    """
     from export.quantize import quantize_file
-    from export.runtime.bench import run_bench
+    from export.runtime.bench import bench_interleaved
 
     batch, sequence = profile.workload.batch_size, profile.workload.sequence_length
-    points: list[CalibrationPoint] = []
+    graphs: list[tuple[EncoderShape, str, Path]] = []
     with tempfile.TemporaryDirectory(prefix="compress-latency-") as scratch:
+        teacher_config.to_json_file(str(Path(scratch) / "config.json"))  # the quantizer looks for one beside the graph
         for index, shape in enumerate(shapes):
             fp32 = Path(scratch) / f"shape{index}.onnx"
-            _export_graph(teacher_config, shape, fp32)
+            export_candidate_graph(teacher_config, shape, fp32)
             for precision in precisions:
                 model = fp32
                 if precision != "fp32":
                     model = Path(scratch) / f"shape{index}.{precision}.onnx"
                     quantize_file(fp32, model, precision, profile.quantization_preset, [])
-                report = run_bench(model, profile, runs=CALIBRATION_RUNS, warmup=CALIBRATION_WARMUP, progress=False)
-                points.append(CalibrationPoint(shape, precision, shape.gflop(batch, sequence),
-                                               shape.melements(batch, sequence), report.latency.p50_ms, report.latency.p95_ms))
-                if log:
-                    log(f"timed {shape.describe()} {precision}: p95 {report.latency.p95_ms:.2f} ms")
+                graphs.append((shape, precision, model))
+        reports = bench_interleaved([model for _, _, model in graphs], profile, runs=CALIBRATION_RUNS,
+                                    warmup=CALIBRATION_WARMUP, progress=False)
+    points: list[CalibrationPoint] = []
+    for (shape, precision, _), report in zip(graphs, reports):
+        points.append(CalibrationPoint(shape, precision, shape.gflop(batch, sequence), shape.melements(batch, sequence),
+                                       report.latency.p50_ms, report.latency.p95_ms))
+        if log:
+            log(f"timed {shape.describe()} {precision}: p50 {report.latency.p50_ms:.2f} ms, "
+                f"p95 {report.latency.p95_ms:.2f} ms")
     return points
 
 
