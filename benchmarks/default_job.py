@@ -140,7 +140,7 @@ def main() -> None:
                       f"{r['estimated_p95_ms']:.2f}" if "estimated_p95_ms" in r else "-",
                       f"{r['speedup_p50']:.2f}x", f"{r['cosine']:.4f}", f"{r['neighbours']:.4f}",
                       f"{r.get('cross_cosine', float('nan')):.4f}", f"{r.get('cross_neighbours', float('nan')):.4f}")
-    Console().print(table)
+    Console(width=160).print(table)
     if search is not None:
         print(f"student: {search['chosen']} ({search['why']}; {search['basis']})")
     print(f"released: {choice['released']}: {choice['why']}")

@@ -62,6 +62,10 @@ class QualitySummary:
     neighbour_agreement: float | None = None  # embeddings: top-10 neighbour overlap with the teacher
     quantization_drop: float | None = None  # agreement lost by quantization vs the fp32 ONNX model
     heldout_samples: int | None = None  # how many held-out texts the numbers were measured on
+    # The same on a genre never trained on (the default corpus's quotations): generalisation, not budgeted.
+    cross_domain_genre: str | None = None
+    cross_domain_agreement: float | None = None
+    cross_domain_neighbour_agreement: float | None = None
 
 
 @dataclass(frozen=True)

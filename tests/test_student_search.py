@@ -180,3 +180,18 @@ def test_the_release_is_the_fastest_precision_that_keeps_the_quality(tiny_encode
         assert choice.released == best.name and summary["precision"] == best.precision
     else:
         assert choice.released is None and "no candidate meets every budget" in choice.why
+
+
+def test_the_default_corpus_reports_a_genre_never_trained_on(tiny_encoder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = run_cli(["distill", "--teacher", str(tiny_encoder), "--out", str(run), "--profile", "host",
+                      "--max-steps", "2", "--threads", "1", "--batch-size", "8"])
+    assert result.exit_code in (0, 1), result.stderr
+    assert "quotations (cross-domain)" in result.stderr and "quotations (never trained on)" in result.stdout
+    held = {json.loads(line)["text"] for line in (run / "distill" / "held_out.jsonl").read_text().splitlines()}
+    cross = [json.loads(line) for line in (run / "distill" / "cross_domain.jsonl").read_text().splitlines()]
+    assert len(cross) == 1000 and {row["genre"] for row in cross} == {"quotations"}
+    assert not held & {row["text"] for row in cross}
+    quality = json.loads((run / "run.json").read_text())["quality"]
+    assert quality["cross_domain_genre"] == "quotations" and 0 < quality["cross_domain_agreement"] <= 1
+    assert quality["cross_domain_neighbour_agreement"] is not None

@@ -52,8 +52,10 @@ def print_candidates(console: Any, family: TaskFamily, result: ChainResult) -> N
                      "yes" if c.passes else "no"))
         if not c.passes:
             misses.append(f"  {c.name} misses {'; '.join(c.misses())}")
+    # Wider than a pipe's 80 columns: a wrapped number is worse than a long line.
     console.print(_table(f"release candidates vs the fp32 teacher, {result.profile}",
-                         ("candidate", "params", "MiB", *family.candidate_columns, "ok"), rows))
+                         ("candidate", "params", "MiB", *family.candidate_columns, "ok"), rows),
+                  width=max(console.width, 132))
     for line in [result.release.measured_on, *misses]:
         console.print(line, markup=False)
     released = result.release.released or "none"

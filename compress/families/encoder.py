@@ -119,7 +119,7 @@ class EncoderFamily(TaskFamily):
             result.notes.append(why)
             ctx.reporter.warning(why)
 
-    candidate_columns = ("p50 ms", "p95 ms", "est. p95", "speed", "agree", "top-10", "quant. drop")
+    candidate_columns = ("p50 ms", "p95 ms", "est. p95", "speed", "agree", "top-10", "q. drop")
 
     def candidate_cells(self, candidate: ReleaseCandidate) -> tuple[str, ...]:
         q, s = candidate.quality, candidate.speed
@@ -320,9 +320,13 @@ class EncoderFamily(TaskFamily):
             return QualitySummary(teacher_agreement=None,
                                   metric=result.distill.metrics.get("teacher_agreement_metric", "") if result.distill
                                   else "")
+        cross = quality.get("cross_domain") or {}
         return QualitySummary(teacher_agreement=quality["teacher_agreement"], metric=quality["metric"],
                               neighbour_agreement=quality["neighbour_agreement"],
-                              quantization_drop=quality["quantization_drop"], heldout_samples=quality["samples"])
+                              quantization_drop=quality["quantization_drop"], heldout_samples=quality["samples"],
+                              cross_domain_genre=cross.get("genre"),
+                              cross_domain_agreement=cross.get("teacher_agreement"),
+                              cross_domain_neighbour_agreement=cross.get("neighbour_agreement"))
 
 
 def quantized_or_fp32(quantized: QuantizeResult, profile: Profile, on_target: bool,
