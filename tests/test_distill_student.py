@@ -195,3 +195,31 @@ def test_a_sentence_transformers_folder_is_an_encoder_whatever_head_its_config_n
     (tmp_path / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]))
     assert detect_task(tmp_path) == "feature-extraction"
+
+
+def test_a_narrower_mpnet_student_keeps_the_teacher_heads_it_chose() -> None:
+    """MPNet names its projections q/k/v/o under attention.attn and ends attention in o: the
+    importance hooks and the weight slicing follow those names too."""
+    import torch
+    from transformers import MPNetConfig, MPNetModel
+
+    from compress.distill.width import choose_width, roles
+
+    torch.manual_seed(0)
+    config = MPNetConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=80)
+    teacher = MPNetModel(config).eval()
+    assert roles("encoder.layer.0.attention.attn.q.weight") == "ah"
+    assert roles("encoder.layer.0.attention.attn.o.weight") == "ha"
+    batch = {"input_ids": torch.randint(5, 120, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}
+    choice = choose_width(teacher, 32, 2, 32, batch)
+    assert set(choice.heads) == {0, 1} and all(len(h) == 2 for h in choice.heads.values())
+    plan = plan_student(parse_student_spec("layers=2,hidden=16,heads=2,ffn=32"), config)
+    student = build_student(teacher, plan, batch)
+    kept = choice.heads[0]
+    rows = [h * 8 + d for h in kept for d in range(8)]
+    # The student's first layer queries are the teacher's rows of the kept heads (hidden cut to the leading 16).
+    expected = teacher.encoder.layer[0].attention.attn.q.weight[rows][:, :16]
+    assert torch.equal(student.model.encoder.layer[0].attention.attn.q.weight, expected)
+    out = student.model(**batch).last_hidden_state
+    assert out.shape == (4, 12, 16) and student.projection.out_features == 32

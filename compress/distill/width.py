@@ -14,7 +14,7 @@ layers=3,hidden=256;
 benchmarks/width_init.py), so a narrower student keeps the leading hidden units and chooses only
 its heads and FFN neurons.
 
-Weights of BERT-style encoders are read by name: every tensor whose axes this module does not know
+Weights of BERT-style encoders (and MPNet's) are read by name: every tensor whose axes this module does not know
 is copied from its leading slice, as before.
 """
 
@@ -33,6 +33,11 @@ _ROLES = (
     (re.compile(r"attention\.self\.(query|key|value)\.weight$"), "ah"),
     (re.compile(r"attention\.self\.(query|key|value)\.bias$"), "a"),
     (re.compile(r"attention\.output\.dense\.weight$"), "ha"),
+    # MPNet: the projections live in attention.attn as q, k, v and o.
+    (re.compile(r"attention\.attn\.(q|k|v)\.weight$"), "ah"),
+    (re.compile(r"attention\.attn\.(q|k|v)\.bias$"), "a"),
+    (re.compile(r"attention\.attn\.o\.weight$"), "ha"),
+    (re.compile(r"attention\.attn\.o\.bias$"), "h"),
     (re.compile(r"intermediate\.dense\.weight$"), "fh"),
     (re.compile(r"intermediate\.dense\.bias$"), "f"),
     (re.compile(r"(?<!attention\.)output\.dense\.weight$"), "hf"),
@@ -118,7 +123,11 @@ def _by_activations(teacher: Any, hidden: int, heads: int, ffn: int, batch: dict
         def on_neurons(_module: Any, _inputs: Any, output: Any, index: int = index) -> None:
             neuron_score[index] = (output.abs() * mask).sum(dim=(0, 1)) / tokens
 
-        hooks.append(layer.attention.self.register_forward_hook(on_heads))
+        if hasattr(layer.attention, "self"):  # BERT: the self-attention's output is the heads' context
+            hooks.append(layer.attention.self.register_forward_hook(on_heads))
+        else:  # MPNet: its attention ends in the output projection; the context is that projection's input
+            hooks.append(layer.attention.attn.o.register_forward_pre_hook(
+                lambda module, inputs, index=index: on_heads(module, inputs, inputs[0], index)))
         hooks.append(layer.intermediate.register_forward_hook(on_neurons))
     try:
         with torch.no_grad():
