@@ -32,7 +32,7 @@ def test_the_fastest_candidate_over_the_floor_is_released() -> None:
                              _candidate("fastest bad", 6.0, 2.7, 0.4)])
     assert choice.released == "fast good" and choice.chosen is not None and choice.chosen.speedup == 2.5
     assert "fastest of the 2 candidates" in choice.why
-    assert "faster but short of quality: fastest bad (max_perplexity_ratio 2.7" in choice.why
+    assert "faster but over a budget: fastest bad (max_perplexity_ratio 2.7" in choice.why
 
 
 def test_ties_in_speed_go_to_the_smaller_file() -> None:

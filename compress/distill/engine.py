@@ -213,6 +213,7 @@ def searched_student(config: DistillConfig, profile: Profile | None, teacher: An
             if (search.profile, search.teacher) != (profile.name, teacher.name):
                 search = None
         if search is None:
+            path.unlink(missing_ok=True)  # never let another rank read an earlier run's choice
             reporter.message(f"student: searching shapes for {profile.name}'s p95 budget "
                              f"({profile.budgets.latency_ms.p95:g} ms): timing candidate graphs on this host")
             search = search_student(teacher.model.config, teacher.name, profile,

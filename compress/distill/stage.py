@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from compress.distill.config import DistillConfig
 from compress.families.base import data_input
-from compress.distill.engine import (CHECKPOINT_DIR, CROSS_DOMAIN_FILE, CURVE_FILE, HELD_OUT_FILE, HISTORY_FILE, STUDENT_DIR, distill,
-                                     resolve_student_text)
+from compress.distill.engine import (CHECKPOINT_DIR, CROSS_DOMAIN_FILE, CURVE_FILE, HELD_OUT_FILE, HISTORY_FILE,
+                                     STUDENT_DIR, distill, resolve_student_text)
 from compress.distill.progress import Reporter
 from compress.distill.student_search import SEARCH_FILE, searches_student
 from compress.distill.teacher import resolve_teacher
@@ -37,8 +37,8 @@ def planned_record(config: DistillConfig, profile: Profile) -> StageRecord:
     if config.student == "auto" and searches_student(profile):
         # The shape is searched when the stage runs; what decides it is the budget and the workload.
         params["student_resolved"] = "latency search"
-        params["student_search"] = {"p95_ms": profile.budgets.latency_ms.p95,
-                                    "workload": profile.workload.model_dump(), "threads": profile.runtime.intra_op_threads}
+        params["student_search"] = {"p95_ms": profile.budgets.latency_ms.p95, "workload": profile.workload.model_dump(),
+                                    "threads": profile.runtime.intra_op_threads}
     else:
         params["student_resolved"] = resolve_student_text(config, profile)[0]
     params["profile"] = profile.name if profile is not None else None

@@ -3,8 +3,8 @@
 The cost of one request is counted from the shape (a BERT-style encoder at the profile's batch and
 sequence length): the FLOPs of its matrix products and the bytes of weights it reads. A line
 ``p50 = overhead + a * GFLOP + b * activation elements`` per precision is fitted to a few candidate
-ONNX graphs timed on this host, the calibration, and their p95/p50 ratio carries it to a p95; the bytes give a floor (weights read once per request at the
-target's memory bandwidth).
+ONNX graphs timed on this host, the calibration, and their p95/p50 ratio carries it to a p95; the
+bytes give a floor (weights read once per request at the target's memory bandwidth).
 
 On a host that matches the profile, the calibration *is* the target (scaled only when the host has
 fewer threads than the target uses). On any other host the fitted throughput is scaled by the ratio

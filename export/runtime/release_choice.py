@@ -112,7 +112,7 @@ def choose_release(candidates: list[ReleaseCandidate]) -> ReleaseChoice:
         faster = [c for c in candidates if c.speedup > best.speedup and not c.passes]
         if faster:
             quickest = max(faster, key=lambda c: c.speedup)
-            why += f"; faster but short of quality: {quickest.name} ({'; '.join(quickest.misses())})"
+            why += f"; faster but over a budget: {quickest.name} ({'; '.join(quickest.misses())})"
         return ReleaseChoice(candidates=candidates, released=best.name, why=why)
     closest = min(candidates, key=lambda c: (len(c.misses()), -c.speedup))
     return ReleaseChoice(candidates=candidates, released=None, why=(
