@@ -24,7 +24,7 @@ import torch
 from compress.distill.student import (build_student, copy_teacher_weights, make_projection, parse_student_spec,
                                       plan_student, student_config)
 from compress.distill.teacher import load_teacher
-from export.base.corpus import default_corpus, split_corpus
+from export.base.corpus import default_split
 from export.runtime.host import detect_host
 from export.torch_model import embed
 
@@ -37,7 +37,7 @@ def main() -> None:
     record = ResultRecord.start("width_init")
     torch.set_num_threads(2)
     teacher = load_teacher(None)
-    texts = [e.text for e in split_corpus(default_corpus().examples).held_out]
+    texts = [e.text for e in default_split().held_out]
     batch = dict(teacher.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt"))
     flat = dataclasses.replace(teacher.pooling, normalize=False)
     rows = []
@@ -49,7 +49,7 @@ def main() -> None:
             out = torch.nn.functional.normalize(projection(pooled) if projection is not None else pooled, dim=-1)
             return round(float(torch.nn.functional.cosine_similarity(out, target).mean()), 4)
 
-        train = [e.text for e in split_corpus(default_corpus().examples).train[:CALIBRATION_TEXTS]]
+        train = [e.text for e in default_split().train[:CALIBRATION_TEXTS]]
         calibration = dict(teacher.tokenizer(train, padding=True, truncation=True, max_length=128, return_tensors="pt"))
         for shape in SHAPES:
             plan = plan_student(parse_student_spec(shape), teacher.model.config)

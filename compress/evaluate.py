@@ -11,8 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export.base.errors import CompressError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from export.compare_outputs import OutputView
 
 # Top-k neighbour overlap needs enough rows to mean anything.
 MIN_ROWS_FOR_NEIGHBOURS = 20
@@ -30,41 +36,64 @@ class TeacherAgreement:
     source: str  # where the texts came from
 
 
-def agreement_with_teacher(model: Path, teacher: Path, texts: Sequence[str], *, source: str) -> TeacherAgreement:
-    """Run ``model`` and ``teacher`` (ONNX files, tokenizer beside each) on ``texts`` and compare.
+@dataclass
+class ModelOutputs:
+    """One ONNX model's compared output on a list of texts (what :func:`compare_outputs` takes)."""
 
-    ``teacher`` is whatever ``model`` is measured against: the teacher's export for the release's
-    quality, or the student's own fp32 export for what quantization cost.
+    path: Path
+    view: OutputView
+    rows: np.ndarray  # one per text, or one per token for token outputs
+    texts: int
 
-    Raises CompressError when the two graphs have no common output to compare or their outputs
-    do not line up (different widths, or token outputs from tokenizers that split differently).
-    """
-    from export.runtime.agreement import neighbour_agreement
+
+def model_outputs(model: Path, texts: Sequence[str], *, source: str) -> ModelOutputs:
+    """Run ``model`` (an ONNX file, tokenizer beside it) on ``texts``: one run per model, however many
+    comparisons use it."""
     from export.compare_outputs import OutputView, open_session, run_outputs
     from export.runtime.samples import model_samples
 
     if not texts:
         raise CompressError(f"no held-out texts to measure quality on ({source})")
-    rows = {}
-    views = {}
-    for name, path in (("model", Path(model)), ("teacher", Path(teacher))):
-        session = open_session(path)
-        views[name] = OutputView.of([o.name for o in session.get_outputs()])
-        samples = model_samples(path, session.get_inputs(), texts=list(texts), source=source)
-        if samples.kind != "text":
-            raise CompressError(f"{path}: no tokenizer.json beside the model; cannot measure quality on text")
-        rows[name] = views[name].rows(run_outputs(session, samples.feeds, views[name].output), samples.feeds)
-    view = views["model"]
-    if view != views["teacher"]:
-        raise CompressError(f"{model} outputs {view.output} but the teacher {teacher} outputs "
-                            f"{views['teacher'].output}; they cannot be compared")
-    if rows["model"].shape != rows["teacher"].shape:
-        raise CompressError(f"{model} and the teacher {teacher} give outputs of different shapes "
-                            f"({rows['model'].shape} vs {rows['teacher'].shape}) on the same texts")
+    path = Path(model)
+    session = open_session(path)
+    view = OutputView.of([o.name for o in session.get_outputs()])
+    samples = model_samples(path, session.get_inputs(), texts=list(texts), source=source)
+    if samples.kind != "text":
+        raise CompressError(f"{path}: no tokenizer.json beside the model; cannot measure quality on text")
+    rows = view.rows(run_outputs(session, samples.feeds, view.output), samples.feeds)
+    return ModelOutputs(path, view, rows, len(texts))
+
+
+def compare_outputs(model: ModelOutputs, teacher: ModelOutputs, *, source: str) -> TeacherAgreement:
+    """How closely ``model``'s outputs follow ``teacher``'s, both from :func:`model_outputs` on the same texts.
+
+    Raises CompressError when the two graphs have no common output to compare or their outputs
+    do not line up (different widths, or token outputs from tokenizers that split differently).
+    """
+    from export.runtime.agreement import neighbour_agreement
+
+    view = model.view
+    if view != teacher.view:
+        raise CompressError(f"{model.path} outputs {view.output} but the teacher {teacher.path} outputs "
+                            f"{teacher.view.output}; they cannot be compared")
+    if model.rows.shape != teacher.rows.shape:
+        raise CompressError(f"{model.path} and the teacher {teacher.path} give outputs of different shapes "
+                            f"({model.rows.shape} vs {teacher.rows.shape}) on the same texts")
     neighbours = None
-    if view.metric == "mean_cosine" and len(rows["model"]) >= MIN_ROWS_FOR_NEIGHBOURS:
-        neighbours = neighbour_agreement(rows["teacher"], rows["model"])
+    if view.metric == "mean_cosine" and len(model.rows) >= MIN_ROWS_FOR_NEIGHBOURS:
+        neighbours = neighbour_agreement(teacher.rows, model.rows)
     return TeacherAgreement(
-        metric=view.metric, teacher_agreement=view.agreement(rows["teacher"], rows["model"]),
-        neighbour_agreement=neighbours, output=view.output, samples=len(texts), source=source,
+        metric=view.metric, teacher_agreement=view.agreement(teacher.rows, model.rows),
+        neighbour_agreement=neighbours, output=view.output, samples=model.texts, source=source,
     )
+
+
+def agreement_with_teacher(model: Path, teacher: Path, texts: Sequence[str], *, source: str) -> TeacherAgreement:
+    """Run ``model`` and ``teacher`` (ONNX files, tokenizer beside each) on ``texts`` and compare.
+
+    ``teacher`` is whatever ``model`` is measured against: the teacher's export for the release's
+    quality, or the student's own fp32 export for what quantization cost. Errors as
+    :func:`compare_outputs`.
+    """
+    return compare_outputs(model_outputs(model, texts, source=source), model_outputs(teacher, texts, source=source),
+                           source=source)

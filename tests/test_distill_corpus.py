@@ -124,3 +124,13 @@ def test_split_is_seeded_disjoint_and_deduplicated(sentences: list[str]) -> None
 
 def test_held_out_size_is_bounded() -> None:
     assert held_out_size(100) == 20 and held_out_size(2000) == 100 and held_out_size(1_000_000) == 1000
+
+
+def test_the_corpus_fingerprint_follows_the_genres() -> None:
+    """A text moved to another genre changes the cross-domain split, so it must re-run distillation."""
+    from export.base.corpus import Corpus
+
+    texts = [Example("one text", genre="usage"), Example("another text", genre="quotations")]
+    moved = [Example("one text", genre="quotations"), Example("another text", genre="quotations")]
+    plain = [Example("one text"), Example("another text")]
+    assert Corpus(texts, "a", "a").sha256 != Corpus(moved, "a", "a").sha256 != Corpus(plain, "a", "a").sha256

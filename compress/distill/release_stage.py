@@ -71,7 +71,7 @@ def run_encoder_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp3
 def measure_candidates(ctx: ChainContext, contenders: list[tuple[str, Path, str]], teacher_fp32: Path,
                        held_out: Path, quality_texts: int, runs: int, estimates: dict[str, float]) -> ReleaseChoice:
     """Time ``contenders`` interleaved with the teacher, score them on held-out text, choose."""
-    from compress.evaluate import agreement_with_teacher
+    from compress.evaluate import compare_outputs, model_outputs
     from export.runtime.bench import bench_interleaved
     from export.runtime.samples import read_texts
 
@@ -83,11 +83,14 @@ def measure_candidates(ctx: ChainContext, contenders: list[tuple[str, Path, str]
                                 warmup=min(10, runs), progress=False)
     teacher_speed, measured = reports[0], reports[1:]
     budgets = ctx.profile.budgets
-    fp32 = contenders[0][1]
+    # Each model runs once on the texts; every comparison reads those outputs.
+    teacher_out = model_outputs(teacher_fp32, texts, source=source)
+    outputs = [model_outputs(path, texts, source=source) for _, path, _ in contenders]
+    fp32 = outputs[0]
     candidates = []
-    for (name, path, precision), report in zip(contenders, measured):
-        agreement = agreement_with_teacher(path, teacher_fp32, texts, source=source)
-        drop = 0.0 if path == fp32 else 1.0 - agreement_with_teacher(path, fp32, texts, source=source).teacher_agreement
+    for (name, path, precision), report, out in zip(contenders, measured, outputs):
+        agreement = compare_outputs(out, teacher_out, source=source)
+        drop = 0.0 if out is fp32 else 1.0 - compare_outputs(out, fp32, source=source).teacher_agreement
         speed = {"p50_ms": round(report.latency.p50_ms, 3), "p95_ms": round(report.latency.p95_ms, 3)}
         estimate = estimates.get("int8-dynamic" if precision.startswith("int8") else precision)
         if estimate is not None:

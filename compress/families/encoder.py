@@ -178,7 +178,7 @@ class EncoderFamily(TaskFamily):
         result.speedup, result.host = comparison.p50_ratio, comparison.model.host.describe()
 
     def gate(self, ctx: ChainContext, model: Path, teacher: Path) -> GateReport:
-        from compress.evaluate import agreement_with_teacher
+        from compress.evaluate import agreement_with_teacher, compare_outputs, model_outputs
         from export.runtime.bench import BenchReport
         from export.runtime.gate import GateReport, QualityEvidence, gate, write_junit
         from export.runtime.samples import read_texts
@@ -198,10 +198,11 @@ class EncoderFamily(TaskFamily):
             texts = read_texts(held_out)[:ctx.options.quality_texts]
             ctx.reporter.message(f"gate: {model.name} vs the teacher on {len(texts)} held-out texts, then the budgets")
             source = f"{held_out.parent.name}/{held_out.name}"
-            agreement = agreement_with_teacher(model, teacher, texts, source=source)
+            released = model_outputs(model, texts, source=source)
+            agreement = compare_outputs(released, model_outputs(teacher, texts, source=source), source=source)
             # What quantization cost, on the same texts: the release against its own fp32 export.
-            drop = 0.0 if fp32 is None else \
-                1.0 - agreement_with_teacher(model, fp32, texts, source=source).teacher_agreement
+            drop = 0.0 if fp32 is None else 1.0 - compare_outputs(
+                released, model_outputs(fp32, texts, source=source), source=source).teacher_agreement
             quality = {**dataclasses.asdict(agreement), "quantization_drop": drop}
             cross = self._cross_domain(ctx)
             if cross is not None:  # a genre never trained on: reported beside, not budgeted

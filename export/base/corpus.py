@@ -82,7 +82,9 @@ class Corpus:
         """Content hash of the examples (identifies the default corpus, which has no single file)."""
         digest = hashlib.sha256()
         for example in self.examples:
-            digest.update(json.dumps([example.text, example.text_pair, example.label]).encode())
+            # The genre decides the cross-domain split, so it is part of what was trained on.
+            fields = [example.text, example.text_pair, example.label] + ([example.genre] if example.genre else [])
+            digest.update(json.dumps(fields).encode())
         return digest.hexdigest()
 
     def bad_rows_message(self) -> str | None:
@@ -288,6 +290,12 @@ def python_docs_texts(min_chars: int = 25, max_chars: int = 400) -> Iterable[str
 def held_out_size(n: int) -> int:
     """How many of ``n`` unique examples are held out: 5 %, at least 64 (or a fifth), at most 1000."""
     return max(2, min(HELD_OUT_MAX, max(round(HELD_OUT_FRACTION * n), min(HELD_OUT_MIN, n // 5))))
+
+
+def default_split(seed: int = 0) -> Split:
+    """The default corpus split as distillation splits it: its cross-domain genre taken out first."""
+    corpus = default_corpus()
+    return split_corpus(corpus.examples, seed, cross_domain=corpus.cross_domain)
 
 
 def split_corpus(examples: Sequence[Example], seed: int = 0, cross_domain: str | None = None) -> Split:

@@ -111,6 +111,13 @@ def _cpuinfo() -> tuple[str | None, list[str]]:
     return model, sorted(set(flags))
 
 
+def cpu_mhz() -> float | None:
+    """This CPU's clock as the OS reports it (the highest ``cpu MHz`` of /proc/cpuinfo), or None."""
+    text = _read_text("/proc/cpuinfo")
+    found = re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text or "", flags=re.MULTILINE)
+    return max(float(value) for value in found) if found else None
+
+
 def _mac_cpu() -> tuple[str | None, list[str]]:
     try:
         brand = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,

@@ -17,9 +17,7 @@ Torch-free: shapes and timings in, estimates out.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -52,9 +50,6 @@ class EncoderShape:
         h, f = self.hidden, self.ffn
         per_layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h  # Q, K, V, O; FFN in and out; two LayerNorms
         return self.layers * per_layer
-
-    def parameters(self, positions: int = 512) -> int:
-        return self.block_parameters + (self.vocab + positions + 2) * self.hidden + 2 * self.hidden
 
     def gflop(self, batch: int, sequence: int) -> float:
         """GFLOP of one forward pass: the matrix products (2 FLOP a multiply-add), attention included."""
@@ -143,16 +138,6 @@ def fit_precision(points: list[CalibrationPoint]) -> PrecisionFit:
                         coefficients.get("melements", 0.0), tail)
 
 
-def cpu_mhz() -> float | None:
-    """This CPU's clock as the OS reports it (/proc/cpuinfo), or None."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    found = re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, flags=re.MULTILINE)
-    return max(float(value) for value in found) if found else None
-
-
 def host_peak_gflops(host: HostInfo, threads: int, mhz: float | None) -> float | None:
     """Peak FP32 GFLOP/s of ``threads`` cores of this host, from its ISA and clock (None when unknown)."""
     if not mhz:
@@ -227,6 +212,13 @@ class LatencyModel:
             if memory > p50:
                 p50, bound = memory, "memory"
         return Estimate(precision, p50, p50 * fit.tail, bound)
+
+    def host_p95_ms(self, shape: EncoderShape, precision: str) -> float:
+        """The fitted p95 of ``shape`` on this host, before any transfer: what the release stage's
+        interleaved bench measures here."""
+        fit = self.fits[precision]
+        return fit.host_p50_ms(shape.gflop(self.batch, self.sequence), shape.melements(self.batch, self.sequence)) \
+            * fit.tail
 
     def calibration_error(self) -> float:
         """Largest relative error of the fitted p50 at its own calibration points (on this host)."""

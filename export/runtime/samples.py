@@ -56,10 +56,9 @@ def held_out_texts(limit: int | None = DEFAULT_EVAL_SAMPLES, path: str | Path | 
     if path is not None:
         texts = read_texts(path)
     else:
-        from export.base.corpus import default_corpus, split_corpus
+        from export.base.corpus import default_split
 
-        corpus = default_corpus()
-        texts = [example.text for example in split_corpus(corpus.examples, cross_domain=corpus.cross_domain).held_out]
+        texts = [example.text for example in default_split().held_out]
     return texts[:limit] if limit else texts
 
 
@@ -71,10 +70,9 @@ def training_texts(limit: int | None = DEFAULT_CALIBRATION_SAMPLES, path: str | 
     if path is not None:
         texts = read_texts(path)
         return texts[:limit] if limit else texts
-    from export.base.corpus import default_corpus, split_corpus
+    from export.base.corpus import default_split
 
-    corpus = default_corpus()
-    texts = [example.text for example in split_corpus(corpus.examples, cross_domain=corpus.cross_domain).train]
+    texts = [example.text for example in default_split().train]
     if limit and len(texts) > limit:
         step = len(texts) / limit
         texts = [texts[int(i * step)] for i in range(limit)]
