@@ -55,6 +55,10 @@ def run_distill_job(job: DistillJob, reporter: Reporter | None = None) -> tuple[
             heads=defaults.heads if chain["prune_heads"] is None else chain["prune_heads"],
             ffn=defaults.ffn if chain["prune_ffn"] is None else chain["prune_ffn"],
             recover_steps=defaults.recover_steps if chain["recover_steps"] is None else chain["recover_steps"])
+    if chain.get("on"):
+        from export.remote import parse_target
+
+        parse_target(chain["on"])  # a bad board address fails now, not after training
     options = ChainOptions(stop_after=chain.get("stop_after", "gate"), prune=prune, precision=chain.get("precision"),
                            block_size=chain.get("block_size", 32), on=chain.get("on"))
     run_dir = job.run_dir or Path("runs") / profile.name

@@ -185,7 +185,7 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
         add(SIGNATURE_FILE, data=signature.dumps())
 
     out_path = Path(out_dir) / archive_name
-    write_archive(out_path, entries.values(), mtime=summary.created_timestamp(), first=f"{top}/{MANIFEST_FILE}")
+    write_archive(out_path, entries.values(), mtime=summary.created_timestamp(), first=(f"{top}/{MANIFEST_FILE}", f"{top}/{SIGNATURE_FILE}"))
     return PackageResult(path=out_path, size=out_path.stat().st_size, sha256=sha256_file(out_path), manifest=manifest,
                          signed_by=signature.key_id if signature is not None else None)
 

@@ -31,16 +31,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from export.base.errors import CompressError
 from export.base.files import process_alive
+from export.base.yaml_file import read_yaml_mapping
 from export.runtime.bench import RemoteRun
 
 CONNECT_TIMEOUT_S = 10
 COMMAND_TIMEOUT_S = 3600
 DEVICES_FILES = (Path("devices.yaml"), Path.home() / ".config" / "compress" / "devices.yaml")
-_SSH_URL = re.compile(r"^ssh://(?:(?P<user>[^@/:]+)@)?(?P<host>[^/:]+)(?::(?P<port>\d+))?/?$")
+# A strict grammar for what reaches ssh's command line: nothing may begin with "-" (ssh would read
+# "-oProxyCommand=..." as an option and run it), and a name holds only what hosts and users hold.
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,62}"
+_HOST_NAME = rf"{_NAME}(?:\.{_NAME})*|\[[0-9A-Fa-f:.]{{2,45}}\]"
+_SSH_URL = re.compile(rf"^ssh://(?:(?P<user>{_NAME})@)?(?P<host>{_HOST_NAME})(?::(?P<port>\d{{1,5}}))?/?$")
+MAX_DEVICES_BYTES = 64 * 1024
 # Beside a model, what a measurement on the board may read (tokenizer and configs of text models).
 SIDECARS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
             "generation_config.json")
@@ -60,21 +65,44 @@ class Target:
 
 
 def parse_target(text: str, devices_file: Path | None = None) -> Target:
-    """``ssh://[user@]host[:port]``, or a board's name in devices.yaml (name -> address, profile, ...)."""
-    match = _SSH_URL.match(text.strip())
-    if match:
-        destination = f"{match['user']}@{match['host']}" if match["user"] else match["host"]
-        return Target(destination, int(match["port"]) if match["port"] else None, label=text.strip())
+    """``ssh://[user@]host[:port]``, or a board's name in devices.yaml (name -> address, profile, ...).
+
+    Checked before anything runs: a user, host or port outside the grammar is a CompressError, so a
+    chain with ``--on`` fails at its first line, not after minutes of training.
+    """
+    text = text.strip()
+    if text.startswith("ssh:"):
+        return _parse_url(text, label=text)
     for path in ([devices_file] if devices_file else DEVICES_FILES):
         if path is not None and path.is_file():
-            devices = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            entry = devices.get(text) if isinstance(devices, dict) else None
-            if isinstance(entry, dict) and "address" in entry:
-                inner = parse_target(str(entry["address"]))
-                return Target(inner.destination, inner.port, label=text, profile=entry.get("profile"),
-                              workdir=str(entry.get("workdir", "/tmp")), python=str(entry.get("python", "python3")),
-                              key=str(entry["key"]) if entry.get("key") else None)
-    raise CompressError(f"--on {text!r}: expected ssh://[user@]host[:port] or a board named in devices.yaml")
+            devices = read_yaml_mapping(path, "devices file", max_bytes=MAX_DEVICES_BYTES)
+            entry = devices.get(text)
+            if entry is None:
+                continue
+            if not isinstance(entry, dict) or not isinstance(entry.get("address"), str):
+                raise CompressError(f"{path}: board {text!r} needs an address: ssh://[user@]host[:port]")
+            inner = _parse_url(entry["address"].strip(), label=f"{path}: {text}.address")
+            fields = {name: entry.get(name) for name in ("profile", "workdir", "python", "key")}
+            wrong = [name for name, value in fields.items() if value is not None and not isinstance(value, str)]
+            if wrong:
+                raise CompressError(f"{path}: {text}.{wrong[0]} must be a string")
+            return Target(inner.destination, inner.port, label=text, profile=fields["profile"],
+                          workdir=fields["workdir"] or "/tmp", python=fields["python"] or "python3",
+                          key=fields["key"] or None)
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    raise CompressError(f"--on {shown!r}: expected ssh://[user@]host[:port] or a board named in devices.yaml")
+
+
+def _parse_url(text: str, *, label: str) -> Target:
+    match = _SSH_URL.match(text)
+    port = int(match["port"]) if match and match["port"] else None
+    if not match or (port is not None and not 0 < port < 65536):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise CompressError(f"{label if label != text else '--on'} {shown!r}: not an ssh://[user@]host[:port] "
+                            "address (user and host: letters, digits, '.', '_', '-', not first)")
+    host = match["host"].strip("[]")
+    destination = f"{match['user']}@{host}" if match["user"] else host
+    return Target(destination, port, label=text)
 
 
 class Board:
@@ -90,7 +118,7 @@ class Board:
     def run(self, command: str, *, timeout: float = COMMAND_TIMEOUT_S) -> str:
         """``command`` on the board; its stdout. CompressError (one line) for every way it can fail."""
         port = ["-p", str(self.target.port)] if self.target.port else []
-        argv = ["ssh", *self._options, *port, self.target.destination, command]
+        argv = ["ssh", *self._options, *port, "--", self.target.destination, command]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except FileNotFoundError:
@@ -114,7 +142,7 @@ class Board:
             self.run("mkdir -p " + " ".join(shlex.quote(f"{folder}/{sub}") for sub in subfolders))
         for name, path in files.items():
             destination = shlex.quote(f"{folder}/{name}")
-            argv = ["ssh", *self._options, *port, self.target.destination, f"cat > {destination}"]
+            argv = ["ssh", *self._options, *port, "--", self.target.destination, f"cat > {destination}"]
             with open(path, "rb") as source:
                 done = subprocess.run(argv, stdin=source, capture_output=True, timeout=COMMAND_TIMEOUT_S)
             if done.returncode != 0:
@@ -128,7 +156,7 @@ class Board:
         name and process id, so the next run from this host removes it once that process is gone.
         """
         workdir = shlex.quote(self.target.workdir)
-        mine = f"compress-{_HOST}-"
+        mine = f"compress-{_THIS_HOST}-"
         stale = [name for name in self.run(f"ls -1 {workdir} 2>/dev/null || true").split()
                  if name.startswith(mine) and _dead(name[len(mine):].split("-", 1)[0])]
         if stale:
@@ -167,7 +195,7 @@ class Board:
         return f"{where}: remote command failed (exit {code}): {_last_line(text) or _last_line(stdout)}"
 
 
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_THIS_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 
 
 def _dead(pid: str) -> bool:

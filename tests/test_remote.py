@@ -315,3 +315,43 @@ def test_the_runtime_zipapp_is_reproducible_and_runs_with_python_alone(tmp_path:
     broken = subprocess.run([sys.executable, str(first), "bench", "absent.onnx", "--profile", str(profile)],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert broken.returncode == 2 and json.loads(broken.stdout) == {"error": "model not found: absent.onnx"}
+
+
+@pytest.mark.parametrize("target", ["ssh://-oProxyCommand=touch%20MARKER", "ssh://user@-oProxyCommand=x",
+                                    "ssh://-p", "ssh://board:0", "ssh://board:99999", "dash-board"])
+def test_an_ssh_target_that_could_be_an_option_is_refused_before_anything_runs(lab: Path, target: str) -> None:
+    marker = lab / "MARKER"
+    devices = yaml.safe_load((lab / "devices.yaml").read_text())
+    devices["dash-board"] = {"address": f"ssh://-oProxyCommand=touch {marker}"}
+    (lab / "devices.yaml").write_text(yaml.safe_dump(devices))
+    target = target.replace("MARKER", str(marker))
+    for argv in (["bench", "tiny.onnx", "--on", target, "--runs", "2"], ["devices", "check", target],
+                 ["distill", "--on", target, "--stop-after", "distill", "--out", str(lab / "run")]):
+        result = run_cli(argv)
+        assert result.exit_code == 2, (argv, result.stdout[-300:], result.stderr[-300:])
+        assert "ssh://[user@]host[:port]" in result.stderr.strip().splitlines()[-1]
+        assert not marker.exists() and not (lab / "run").exists()
+
+
+def test_ssh_reads_the_destination_as_a_host_even_when_it_looks_like_an_option(lab: Path) -> None:
+    from export.base.errors import CompressError
+    from export.remote import Board, Target
+
+    marker = lab / "proxy-ran"
+    board = Board(Target(f"-oProxyCommand=touch {marker}", label="forged"))  # past the parser, as a bug would be
+    with pytest.raises(CompressError):
+        board.run("true", timeout=30)
+    assert not marker.exists()  # "--" before the destination: ssh never took it as an option
+
+
+def test_a_board_without_psutil_reports_what_it_can(lab: Path, servers: dict[str, Server]) -> None:
+    python = lab / "python-without-psutil"
+    python.write_text("#!/bin/sh\nexec " + sys.executable + " -c 'import runpy, sys; sys.modules[\"psutil\"] = None; "
+                      "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name=\"__main__\")' \"$@\"\n")
+    python.chmod(0o755)
+    devices = yaml.safe_load((lab / "devices.yaml").read_text())
+    devices["nopsutil"] = {**devices["board"], "python": str(python)}
+    (lab / "devices.yaml").write_text(yaml.safe_dump(devices))
+    result = run_cli(["devices", "check", "nopsutil"])
+    assert result.exit_code == 0, result.stderr
+    assert "memory " in result.stdout and "Traceback" not in result.stderr

@@ -19,23 +19,74 @@ def _dead_pid() -> int:
     return int(done.stdout)
 
 
+_HOLD = """
+import sys, time
+from pathlib import Path
+from compress.run_directory import claimed
+with claimed(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
 def test_a_second_chain_on_the_same_run_directory_is_refused_with_the_first_one_s_pid(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdout=subprocess.PIPE, text=True)
     try:
-        run.mkdir()
-        (run / LOCK_FILE).write_text(f"{holder.pid}\n")
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(CompressError, match=f"in use by another compress run \\(PID {holder.pid}\\)"):
             with claimed(run):
                 pass
     finally:
         holder.kill()
         holder.wait()
-    # A lock left by a run that was killed is taken over, and released afterwards.
-    (run / LOCK_FILE).write_text(f"{_dead_pid()}\n")
+    # The holder was killed: its lock went with it, whatever PID the file still names.
+    assert (run / LOCK_FILE).read_text().strip() == str(holder.pid)
     with claimed(run):
         assert (run / LOCK_FILE).read_text().strip() == str(os.getpid())
     assert not (run / LOCK_FILE).exists()
+
+
+def test_a_lock_file_naming_a_live_but_unrelated_process_does_not_block(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).write_text(f"{os.getppid()}\n")  # alive, and not a compress run holding the folder
+    with claimed(run):
+        assert (run / LOCK_FILE).read_text().strip() == str(os.getpid())
+
+
+_RACE = """
+import sys, time
+from pathlib import Path
+from compress.run_directory import claimed
+from export.base.errors import CompressError
+run, start = Path(sys.argv[1]), float(sys.argv[2])
+while time.time() < start:
+    pass
+took = 0
+for _ in range(300):
+    try:
+        with claimed(run):
+            (run / "inside").mkdir()  # FileExistsError if the other process is inside too
+            (run / "inside").rmdir()
+        took += 1
+    except CompressError:
+        pass
+print(took)
+"""
+
+
+def test_two_runs_racing_for_one_folder_never_both_hold_it(tmp_path: Path) -> None:
+    import time
+
+    run = tmp_path / "run"
+    run.mkdir()
+    start = time.time() + 1.0
+    racers = [subprocess.Popen([sys.executable, "-c", _RACE, str(run), str(start)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [racer.communicate(timeout=120) for racer in racers]
+    assert all(racer.returncode == 0 for racer in racers), [err[-500:] for _, err in results]
+    assert sum(int(out) for out, _ in results) > 0  # attempts that held the folder, each alone
 
 
 def test_bad_input_leaves_no_run_directory_but_keeps_finished_work(tmp_path: Path) -> None:

@@ -135,3 +135,55 @@ def test_a_signed_bench_report_with_an_edited_host_is_refused(keys: dict[str, Pa
     unsigned = tmp_path / "unsigned.json"
     unsigned.write_text(json.dumps({k: v for k, v in data.items() if k != "signature"}))
     assert "unsigned" in run_cli(["gate", str(unsigned), "--profile", "host", "--trust", str(keys["pub"])]).stderr
+
+
+def test_a_required_signature_is_checked_before_a_byte_of_the_model_is_written(
+        unsigned: Path, signed: Path, keys: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.runtime.archive as archive_module
+    from export.base.errors import CompressError
+    from export.runtime.verify import verify_archive
+
+    written: list[str] = []
+    write_member = archive_module._write_member
+
+    def spy(tar, member, destination, relative, inner, limits):  # noqa: ANN001 - the private function's arguments
+        written.append(inner)
+        return write_member(tar, member, destination, relative, inner, limits)
+
+    monkeypatch.setattr(archive_module, "_write_member", spy)
+
+    def declare_gigabytes(manifest: dict) -> None:
+        for record in manifest["files"]:
+            record["size"] = 2_500_000_000
+
+    for archive, refusal in ((forge(unsigned, tmp_path / "unsigned.tar.gz", declare_gigabytes), "unsigned"),
+                             (forge(signed, tmp_path / "signed.tar.gz", declare_gigabytes), "does not match")):
+        written.clear()
+        with pytest.raises(CompressError, match=refusal):
+            verify_archive(archive, trust=[keys["pub"]], require_signature=True)
+        assert written in (["manifest.json"], ["manifest.json", "manifest.sig"])
+
+
+def test_a_private_key_is_never_readable_by_others_even_for_an_instant(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import stat
+
+    import export.base.files as files_module
+
+    modes: dict[str, int] = {}
+    replace = os.replace
+
+    def spy(source, target):  # noqa: ANN001 - os.replace's arguments
+        modes[Path(target).name] = stat.S_IMODE(os.stat(source).st_mode)
+        return replace(source, target)
+
+    monkeypatch.setattr(files_module.os, "replace", spy)
+    old = os.umask(0)
+    try:
+        result = run_cli(["keys", "new", str(tmp_path / "release")])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.stderr
+    assert modes["release.key"] == 0o600 and stat.S_IMODE((tmp_path / "release.key").stat().st_mode) == 0o600
+    assert modes["release.pub"] == 0o666  # the public key follows the umask, as any file would

@@ -35,12 +35,18 @@ def check(target: str, as_json: bool) -> None:
             click.echo(f"GPU: {', '.join(host['gpus'])}")
         flags = [f for f in host.get("cpu_flags", []) if f in ("avx2", "avx512f", "avx512_vnni", "amx_int8", "asimd",
                                                                  "asimddp", "fp16", "sve")]
-        click.echo(f"ISA: {', '.join(flags) or 'none of note'}; memory {host.get('memory_total_mb', 0) / 1024:.1f} GiB; "
-                   f"free disk {facts['free_disk_mb'] / 1024:.1f} GiB")
-        click.echo(f"python {facts['python']}; " + ", ".join(f"{k} {v}" for k, v in sorted(facts["packages"].items())))
+        click.echo(f"ISA: {', '.join(flags) or 'none of note'}; memory {_gib(host.get('memory_total_mb'))}; "
+                   f"free disk {_gib(facts.get('free_disk_mb'))}")
+        packages = facts.get("packages") if isinstance(facts.get("packages"), dict) else {}
+        click.echo(f"python {facts.get('python', '?')}; " + ", ".join(f"{k} {v}" for k, v in sorted(packages.items())))
         if facts.get("providers"):
             click.echo(f"onnxruntime providers: {', '.join(facts['providers'])}")
         click.echo(f"runtime sent: sha256 {facts['runtime_sha256'][:16]}")
-    if facts["missing"]:
+    if facts.get("missing"):
         raise CompressError(f"{facts['target']} lacks {', '.join(facts['missing'])}: on the board, "
                             f"pip install {' '.join(facts['missing'])}")
+
+
+def _gib(mib: object) -> str:
+    """A board reports what it can: a number it could not read (no psutil, no /proc) is shown as unknown."""
+    return f"{mib / 1024:.1f} GiB" if isinstance(mib, (int, float)) and not isinstance(mib, bool) else "unknown"

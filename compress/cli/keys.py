@@ -22,8 +22,11 @@ def new(name: Path) -> None:
     compress package runs/jetson-orin-nano --out dist --sign release-2026.key
     compress verify dist/ARCHIVE.tar.gz --trust release-2026.pub --require-signature
     """
+    from export.base.errors import CompressError
     from export.runtime.signing import new_key_pair
 
+    if not name.name or name.name in (".", ".."):
+        raise CompressError(f"key name {str(name)!r}: give the key a file name, e.g. release-2026")
     pair = new_key_pair(name.with_suffix(".key"))
     click.echo(f"private key {pair.private} (mode 0600: keep it secret)")
     click.echo(f"public key  {pair.public} (id {pair.key_id}: share it)")

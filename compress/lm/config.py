@@ -102,6 +102,12 @@ class EndpointDistillConfig(LMDistillConfig):
             (self.teacher_quant is None, "--teacher-quant: the endpoint's teacher is not loaded here"),
         ]
 
+    def validate(self) -> None:
+        super().validate()
+        from compress.lm.endpoint import ChatEndpoint
+
+        ChatEndpoint(self.teacher_url, self.teacher_model, api_key_env=self.api_key_env)  # URL and key, no request
+
     @property
     def endpoint_topk(self) -> int:
         """Alternatives asked per answer token."""

@@ -85,11 +85,12 @@ def _default_file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_file(path: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[BinaryIO]:
     """A binary file written under a temporary sibling name, fsynced and renamed to ``path`` on success.
 
-    The file gets the mode a plain ``open()`` would (the user's umask); on any error, or Ctrl-C, the
-    temporary file is removed and ``path`` is left as it was.
+    The file gets ``mode``, or the mode a plain ``open()`` would (the user's umask), before its
+    first byte is written; on any error, or Ctrl-C, the temporary file is removed and ``path`` is
+    left as it was.
     """
     target = Path(path)
     with _writable(target):
@@ -97,7 +98,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         remove_stale_temporaries(target)
         fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent)
     try:
-        os.fchmod(fd, _default_file_mode())
+        os.fchmod(fd, _default_file_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -109,9 +110,9 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    with atomic_file(path) as handle:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename (see atomic_file)."""
+    with atomic_file(path, mode=mode) as handle:
         handle.write(data)
     return Path(path)
 

@@ -62,6 +62,20 @@ class ExtractLimits:
 
 
 @dataclass(frozen=True)
+class ArchiveSeal:
+    """A small file that must come right after the index (a signature over it), checked before anything else.
+
+    ``check(index, seal)`` raises CompressError to refuse the archive; ``seal`` is None when the
+    archive's second file is not the seal (an unsigned archive), so the refusal comes before a
+    byte of the model is written.
+    """
+
+    name: str
+    check: Callable[[Path, Path | None], None]
+    max_bytes: int = 64 << 10
+
+
+@dataclass(frozen=True)
 class ArchiveIndex:
     """The archive's first file, which declares every other file and its size.
 
@@ -73,6 +87,7 @@ class ArchiveIndex:
     read: Callable[[Path], dict[str, int]]  # the declared files and sizes (CompressError when unreadable)
     max_bytes: int = 1 << 20
     undeclared: tuple[tuple[str, int], ...] = ()  # (name, at most bytes) allowed without a declaration
+    seal: ArchiveSeal | None = None  # required right after the index, and checked before the rest
 
 
 @dataclass(frozen=True)
@@ -94,16 +109,18 @@ class Extracted:
     files: dict[str, ExtractedFile]  # by name relative to ``root``
 
 
-def write_archive(path: str | Path, entries: Iterable[ArchiveEntry], *, mtime: int = 0, first: str | None = None
-                  ) -> Path:
+def write_archive(path: str | Path, entries: Iterable[ArchiveEntry], *, mtime: int = 0,
+                  first: tuple[str, ...] = ()) -> Path:
     """Write a reproducible ``.tar.gz`` atomically (temporary sibling, fsync, rename).
 
     Parent folders get their own entries (mode 0o755) so that ``tar xzf`` recreates them with
-    sane permissions whatever the extracting user's umask. ``first``: the entry written before
-    all other files (an index that lets extraction check every later member before writing it).
+    sane permissions whatever the extracting user's umask. ``first``: the entries written before
+    all other files, in this order (an index that lets extraction check every later member
+    before writing it, and its signature).
     """
     target = Path(path)
-    entries = sorted(entries, key=lambda e: (e.name != first, e.name))
+    rank = {name: position for position, name in enumerate(first)}
+    entries = sorted(entries, key=lambda e: (rank.get(e.name, len(rank)), e.name))
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise ValueError("duplicate archive entry names")
@@ -206,6 +223,7 @@ def safe_extract(archive: str | Path, destination: str | Path, limits: ExtractLi
     seen: set[str] = set()
     files: dict[str, ExtractedFile] = {}
     declared: dict[str, int] | None = None  # what the index declares, once it has been read
+    sealed = index is None or index.seal is None  # the seal, when one is required, has been checked
     total = 0
     count = 0
     try:
@@ -241,11 +259,15 @@ def safe_extract(archive: str | Path, destination: str | Path, limits: ExtractLi
                     if total > limits.max_total_bytes:
                         raise UnsafeArchiveError(f"{archive}: expands to more than the cap of {limits.max_total_bytes} bytes")
                     inner = PurePosixPath(*relative.parts[1:]).as_posix()
+                    if index is not None and declared is not None and not sealed:
+                        sealed = _check_seal(index, files[index.name].path, inner, member.size)
                     if index is not None:
                         declared = _check_declared(archive, index, declared, inner, member.size)
                     files[inner] = _write_member(tar, member, destination, relative, inner, limits)
                     if index is not None and declared is None:
                         declared = index.read(files[inner].path)
+                    elif index is not None and index.seal is not None and inner == index.seal.name:
+                        index.seal.check(files[index.name].path, files[inner].path)
     except CompressError:
         raise
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
@@ -254,6 +276,8 @@ def safe_extract(archive: str | Path, destination: str | Path, limits: ExtractLi
         raise CompressError(f"{archive}: extraction into {destination} failed: {exc}") from None
     if top_level is None:
         raise CompressError(f"{archive}: the archive is empty")
+    if index is not None and declared is not None and not sealed:
+        index.seal.check(files[index.name].path, None)  # type: ignore[union-attr] - the index alone
     return Extracted(root=destination / top_level, top_level=top_level, files=files)
 
 
@@ -272,6 +296,18 @@ def _check_declared(archive: Path, index: ArchiveIndex, declared: dict[str, int]
     if size > allowed:
         raise UnsafeArchiveError(f"{inner}: {size:,} bytes in the archive, {index.name} declares {allowed:,}")
     return declared
+
+
+def _check_seal(index: ArchiveIndex, index_path: Path, inner: str, size: int) -> bool:
+    """The member after the index must be its seal; anything else means there is none (refused by check)."""
+    seal = index.seal
+    assert seal is not None
+    if inner != seal.name:
+        seal.check(index_path, None)
+        raise UnsafeArchiveError(f"{seal.name} must come right after {index.name}")  # check refused nothing
+    if size > seal.max_bytes:
+        raise UnsafeArchiveError(f"{seal.name} is {size:,} bytes, over {seal.max_bytes:,}")
+    return True
 
 
 def _make_dirs(destination: Path, relative: PurePosixPath) -> Path:

@@ -22,6 +22,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from export.base.errors import CompressError
+from export.base.yaml_file import read_yaml_mapping
 
 Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight"]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -241,26 +242,7 @@ def load_profile_file(path: str | Path) -> Profile:
     shipped profile's.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise CompressError(f"profile file not found: {path}") from None
-    except OSError as exc:
-        raise CompressError(f"cannot read profile {path}: {exc.strerror}") from None
-    if size > MAX_PROFILE_BYTES:
-        raise CompressError(f"profile {path} is {size:,} bytes; a profile is a few kB (at most {MAX_PROFILE_BYTES:,})")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CompressError(f"profile file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CompressError(f"cannot read profile {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise CompressError(f"profile {path}:{where} is not valid YAML") from None
-    if not isinstance(raw, dict):
-        raise CompressError(f"profile {path}: expected a mapping of keys at the top level")
+    raw = read_yaml_mapping(path, "profile", max_bytes=MAX_PROFILE_BYTES)
     if "source" in raw:
         raise CompressError(f"profile {path}: source: unknown key")
     try:

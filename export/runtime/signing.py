@@ -63,6 +63,8 @@ def new_key_pair(private_path: str | os.PathLike[str]) -> KeyPair:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     private_path = Path(private_path)
+    if not private_path.stem or private_path.stem.startswith("."):
+        raise CompressError(f"key name {str(private_path)!r}: give the key a file name, e.g. release-2026")
     public_path = private_path.with_suffix(".pub")
     for path in (private_path, public_path):
         if path.exists():
@@ -70,8 +72,7 @@ def new_key_pair(private_path: str | os.PathLike[str]) -> KeyPair:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    atomic_write_bytes(private_path, pem)
-    os.chmod(private_path, 0o600)
+    atomic_write_bytes(private_path, pem, mode=0o600)  # 0600 from the first byte, whatever the umask
     raw = _raw_public(key.public_key())
     atomic_write_text(public_path, f"{_PUBLIC_PREFIX}{base64.b64encode(raw).decode()}\n")
     return KeyPair(private_path, public_path, key_id(raw))

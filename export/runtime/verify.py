@@ -33,7 +33,7 @@ from typing import Any
 from export.base.errors import CompressError
 from export.base.files import sha256_file
 from export.base.report_json import dataclass_from_dict
-from export.runtime.archive import ArchiveIndex, ExtractedFile, ExtractLimits, safe_extract
+from export.runtime.archive import ArchiveIndex, ArchiveSeal, ExtractedFile, ExtractLimits, safe_extract
 from export.runtime.example_check import ExampleCheck, VerificationError
 from export.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
 from export.runtime.release_kind import kind_of_task
@@ -104,11 +104,17 @@ def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | No
         raise VerificationError(f"{archive}: sha256 {archive_sha256} is not the published {sha256.strip().lower()}")
     workdir = Path(tempfile.mkdtemp(prefix="compress-verify-", dir=temp_parent))
     try:
+        # A required signature is checked as the archive is read, right after the manifest: an
+        # archive that would be refused writes nothing but its manifest first.
+        seal = ArchiveSeal(SIGNATURE_FILE, lambda manifest, sig: _check_signature(manifest, sig, trusted, True)) \
+            if require_signature else None
         extracted = safe_extract(archive, workdir, limits, ArchiveIndex(
-            MANIFEST_FILE, _declared_files, undeclared=((SIGNATURE_FILE, 64 << 10),)))
+            MANIFEST_FILE, _declared_files, undeclared=((SIGNATURE_FILE, 64 << 10),), seal=seal))
         root = extracted.root
         manifest = read_manifest(root / MANIFEST_FILE)
-        signature = _check_signature(root, trusted, require_signature or bool(trusted))
+        signature_path = root / SIGNATURE_FILE
+        signature = _check_signature(root / MANIFEST_FILE, signature_path if signature_path.is_file() else None,
+                                     trusted, require_signature or bool(trusted))
         files_checked, bytes_checked = _check_files(manifest, extracted.files)
         kind = kind_of_task(manifest.task)
         example = kind.check_example(root, manifest)
@@ -136,14 +142,13 @@ def _declared_files(path: Path) -> dict[str, int]:
     return {record.path: record.size for record in read_manifest(path).files}
 
 
-def _check_signature(root: Path, trusted: list[bytes], required: bool) -> str:
+def _check_signature(manifest: Path, signature: Path | None, trusted: list[bytes], required: bool) -> str:
     """What the archive's signature says (checked before anything else in the archive is read)."""
-    path = root / SIGNATURE_FILE
-    if not path.is_file():
+    if signature is None:
         if required:
             raise VerificationError("the archive is unsigned, and a signature by a trusted key is required")
         return "unsigned"
-    signed = check_signature((root / MANIFEST_FILE).read_bytes(), path.read_bytes(), trusted)
+    signed = check_signature(manifest.read_bytes(), signature.read_bytes(), trusted)
     if trusted:
         return f"signed by {signed.key_id}, a trusted key"
     return f"signed by {signed.key_id}, not checked against a trusted key (pass --trust KEY.pub)"
