@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from export.runtime.profiles import Profile
 
 __all__ = ["STAGES", "ChainContext", "ChainOptions", "ChainResult", "ModelSide", "PruneOptions", "TableRow",
-           "bench_threads", "profile_input", "run_chain", "with_chain_budget"]
+           "bench_threads", "checked_chain", "profile_input", "run_chain", "with_chain_budget"]
 PROFILE_COPY = "profile.yaml"
 
 
@@ -58,20 +58,34 @@ def run_chain(run_dir: str | Path, family: TaskFamily, config: DistillSettings, 
     from compress.distill.progress import Reporter
 
     options = options or ChainOptions()
-    options.check()
-    family.check_options(options)
+    config = checked_chain(family, config, profile, options)  # before anything is written
     run_dir = Path(run_dir)
     last = STAGES.index(options.stop_after)
 
     def reaches(stage: str) -> bool:
         return STAGES.index(stage) <= last
 
-    config = with_chain_budget(config, profile, family.later_stages_reserve_s, family.min_distill_share)
-    config.validate()  # before anything is written: bad input leaves no run directory
     if not world().is_main:
         return _help_distill(run_dir, family, config, profile, options)
     with claimed(run_dir):
         return _run(run_dir, family, config, profile, options, reporter or Reporter(), reaches)
+
+
+def checked_chain(family: TaskFamily, config: DistillSettings, profile: Profile,
+                  options: ChainOptions) -> DistillSettings:
+    """Every option of a chain checked, nothing written: the config distillation will run with.
+
+    Bad input fails here, before a run directory exists (and, under ``--nproc``, before a rank starts).
+    """
+    options.check()
+    family.check_options(options)
+    if options.on:
+        from export.remote import parse_target
+
+        parse_target(options.on)  # a bad board address fails now, not after training
+    config = with_chain_budget(config, profile, family.later_stages_reserve_s, family.min_distill_share)
+    config.validate()
+    return config
 
 
 def _help_distill(run_dir: Path, family: TaskFamily, config: DistillSettings, profile: Profile,

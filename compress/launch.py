@@ -20,6 +20,14 @@ from export.base.errors import CompressError
 # Exit codes rank 0 ends a finished chain with: the gate's verdict, not a failure.
 GATE_EXIT_CODES = (1, 3)
 INTERRUPTED = 130  # what a rank stopped by Ctrl-C exits with
+BAD_INPUT = 2  # a rank's one-line error; rank 0 prints it, the others stay quiet
+
+
+class ReportedByRank(CompressError):
+    """Rank 0 stopped on bad input and printed its one line; the launcher adds nothing."""
+
+    def __init__(self) -> None:
+        super().__init__("")
 
 
 class RanksInterrupted(CompressError):
@@ -56,6 +64,11 @@ def launch_local(nproc: int, args: list[str]) -> int:
             # The launcher stops the survivors with SIGTERM: the rank that failed on its own is the other one.
             own = [r for r, f in sorted(failures.items()) if f.exitcode != -signal.SIGTERM]
             rank = own[0] if own else exc.get_first_failure()[0]
+            if failures[rank].exitcode == BAD_INPUT:
+                if 0 in failures and failures[0].exitcode == BAD_INPUT:
+                    raise ReportedByRank() from None
+                raise CompressError(f"rank {rank} of {nproc} stopped on bad input; run the same command with "
+                                    "--nproc 1 to see it") from None
             raise CompressError(f"rank {rank} of {nproc} {_how(failures[rank].exitcode)}; the others were stopped and "
                                 "the run directory holds only whole files: run the same command with --resume to "
                                 "continue from the last checkpoint") from None

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from export.base.errors import CompressError, require
+from export.runtime.limits import MAX_BATCH as MAX_BATCH_SIZE
+from export.runtime.limits import MAX_SEQUENCE as MAX_LENGTH
 from export.runtime.limits import MAX_THREADS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -48,10 +50,12 @@ class DistillSettings:
             (self.max_steps is None or self.max_steps > 0, "--max-steps must be positive"),
             (self.epochs is None or self.epochs > 0, "--epochs must be positive"),
             (self.time_budget_s is None or self.time_budget_s > 0, "--time-budget must be positive"),
-            (self.batch_size is None or self.batch_size > 0, "--batch-size must be positive"),
+            (self.batch_size is None or 0 < self.batch_size <= MAX_BATCH_SIZE,
+             f"--batch-size must be in 1..{MAX_BATCH_SIZE}"),
             (self.lr > 0, "--lr must be positive"),
             (self.temperature > 0, "--temperature must be positive"),
-            (self.max_length >= self.min_max_length, f"--max-length must be at least {self.min_max_length} tokens"),
+            (self.min_max_length <= self.max_length <= MAX_LENGTH,
+             f"--max-length must be in {self.min_max_length}..{MAX_LENGTH} tokens"),
             (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
             (self.threads is None or 0 < self.threads <= MAX_THREADS, f"--threads must be in 1..{MAX_THREADS}"),
         ]

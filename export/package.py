@@ -112,6 +112,8 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     archive_name = f"{top}.tar.gz"
     model_dir = model_path.parent
     versions = read_onnx_versions(model_path)
+    if gate_report is not None and bench is not None:
+        _check_verdict(run_dir, summary, profile, model_path, gate_report, bench)
     min_ort, min_ort_note = minimum_onnxruntime(versions.opset, versions.ir_version, known_good=_ort_version())
     signature = read_signature(model_path)
     tokenizer = _tokenizer_info(model_dir)
@@ -232,6 +234,27 @@ def _cross_check(run_dir: Path, summary: RunSummary, model: Path, gate_report: G
             and abs(evidence.teacher_agreement - summary.quality.teacher_agreement) > 1e-9:
         raise CompressError(f"{where}: run.json says teacher agreement {summary.quality.teacher_agreement}, the gate "
                             f"judged {evidence.teacher_agreement}")
+
+
+def _check_verdict(run_dir: Path, summary: RunSummary, profile: Profile, model: Path, gate_report: GateReport,
+                   bench: MeasuredRelease) -> None:
+    """gate.json's verdict, judged again from the numbers beside it: an edited "pass" is refused.
+
+    The bench report, the quality evidence and the profile give every budget that no host changes
+    (quality, size) again; one that fails there must fail in gate.json too.
+    """
+    from export.runtime.gate import gate
+    from export.runtime.quality_evidence import QualityEvidence
+
+    quality_file = run_dir / "gate" / "quality.json"
+    evidence = QualityEvidence.from_json(quality_file) if quality_file.is_file() else gate_report.quality
+    again = gate(bench, profile, evidence, model=model)
+    recorded = {check.name: check.status for check in gate_report.checks}
+    for check in again.checks:
+        if check.status == "fail" and not check.hardware_dependent and recorded.get(check.name) != "fail":
+            raise CompressError(f"{run_dir}: {summary.reports.gate} says {check.name} is "
+                                f"{recorded.get(check.name, 'not checked')}, but its numbers say fail "
+                                f"({check.measured} against {check.comparison} {check.budget}); re-run the gate")
 
 
 def _load_profile(run_dir: Path, summary: RunSummary) -> Profile:

@@ -238,3 +238,20 @@ def test_accelerate_launch_starts_the_same_ranks(tiny_encoder: Path, texts: Path
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run / "distill" / "stage.json").read_text())["metrics"]
     assert (metrics["world_size"], metrics["backend"]) == (2, "gloo")
+
+
+def test_bad_input_under_nproc_is_one_line_without_resume_advice(tiny_encoder: Path, texts: Path,
+                                                                 tmp_path: Path) -> None:
+    few = tmp_path / "few.txt"
+    few.write_text("one text\nanother text\n")
+    common = ["distill", "--teacher", str(tiny_encoder), "--max-steps", "2", "--threads", "1", "--nproc", "2",
+              "--stop-after", "distill"]
+    for extra, fragment in ((["--data", str(texts), "--on", "ssh://-oProxyCommand=x"], "ssh://[user@]host[:port]"),
+                            (["--data", str(few)], "distinct examples")):  # the first found here, the second by ranks
+        run = tmp_path / "run"
+        done = compress_run([*common, *extra, "--out", str(run)], tmp_path)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+        assert done.returncode == 2, done.stderr[-800:]
+        assert len(errors) == 1 and fragment in errors[0], done.stderr[-800:]
+        assert "--resume" not in done.stderr and "Traceback" not in done.stderr
+        assert not run.exists()

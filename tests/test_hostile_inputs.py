@@ -87,6 +87,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Path) -> P
     truncated = Path(shutil.copytree(tiny_encoder, ws / "truncated-teacher"))
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (ws / "huge-vocab.json").write_text(json.dumps({"layers": 1, "vocab_size": 10**12}))
+    (ws / "deep.jsonl").write_text("[" * 200_000 + "]" * 200_000 + "\n")
+    (ws / "genre.jsonl").write_text("".join(json.dumps({"text": text, "genre": {"nested": 1}}) + "\n"
+                                            for text in real_sentences(20)))
+    (ws / "huge-field.csv").write_text('text,label\n"' + "x" * 200_000 + '",1\n')
     (ws / "broken-run").mkdir()
     (ws / "broken-run" / "run.json").write_text("{not json")
     assert run_cli(["keys", "new", str(ws / "existing")]).exit_code == 0
@@ -115,3 +120,24 @@ def test_a_hostile_input_is_exit_2_in_one_line_and_leaves_nothing(workspace: Pat
     assert fragment in lines[-1], lines[-1]
     assert _tree(workspace) == before  # no run directory, no temporary file, nothing half-written
     assert not Path("pwned").exists()
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"board: !!python/object/apply:os.system ['touch pwned']\n", "not valid YAML"),
+    (b"board: &loop {address: *loop}\n", "not allowed"),
+    (b"board: [unclosed\n", "not valid YAML"),
+    (b"board:\n  address: \xff\xfe\n", "not UTF-8"),
+    (b"# padding\n" * 20_000, "a devices file is a few kB"),
+    (b"board: {address: 'ssh://-oProxyCommand=touch pwned'}\n", "ssh://[user@]host[:port]"),
+    (b"board: {address: 'ssh://b', python: [1]}\n", "python must be a string"),
+], ids=["python-tag", "self-reference", "invalid", "not-utf8", "huge", "dash-address", "wrong-type"])
+def test_a_hostile_devices_file_is_exit_2_in_one_line(content: bytes, fragment: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    build_tiny_onnx(tmp_path / "tiny.onnx")
+    (tmp_path / "devices.yaml").write_bytes(content)
+    before = _tree(tmp_path)
+    result = run_cli(["bench", "tiny.onnx", "--on", "board", "--runs", "2"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.stderr
+    assert _tree(tmp_path) == before and not (tmp_path / "pwned").exists()

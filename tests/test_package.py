@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from export.base.errors import CompressError
 from export.base.records import FileRef, StageRecord, write_record
@@ -471,10 +472,13 @@ def test_external_data_travels_with_the_model(release_run: Path, tmp_path: Path)
                     location="model.int8-dynamic.onnx.data", size_threshold=0)
     # As if the run had measured and gated the model in this form (package checks they speak of one file).
     from export.base.files import sha256_file
+    from export.runtime.onnx_file import onnx_size_bytes
 
     for report, key in ((run / "bench" / "bench.json", "model"), (run / "gate" / "gate.json", "bench")):
         data = json.loads(report.read_text())
         data[key]["sha256"] = sha256_file(model_path)
+        if "total_bytes" in data[key]:
+            data[key]["total_bytes"] = onnx_size_bytes(model_path)
         report.write_text(json.dumps(data))
     result = run_cli(["package", str(run), "--out", str(tmp_path / "out"), "--name", "ext", "--version", "1"])
     assert result.exit_code == 0, result.stderr
@@ -506,3 +510,29 @@ def test_package_refuses_a_symbolic_link_in_the_run(release_run: Path, tmp_path:
     (run / "reports-link").symlink_to("/etc")
     result = run_cli(["package", str(run), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "symbolic link" in result.stderr
+
+
+def test_a_pass_edited_into_gate_json_is_refused_when_the_numbers_say_fail(release_run: Path, tmp_path: Path) -> None:
+    run = copy_run(release_run, tmp_path)
+    agreement = json.loads((run / "run.json").read_text())["quality"]["teacher_agreement"]
+    strict = (Path(__file__).resolve().parents[1] / "profiles" / "host.yaml").read_text()
+    strict = strict.replace("name: host", "name: host-strict").replace("aliases: [local]", "aliases: []")
+    strict += f"\n# a floor just above what the run reached\n"
+    (run / "profile.yaml").write_text(strict)
+    data = yaml.safe_load(strict)
+    data["budgets"]["quality"] = {"min_teacher_agreement": round(min(1.0, agreement + 0.01), 4)}
+    (run / "profile.yaml").write_text(yaml.safe_dump(data))
+    assert regate(run, str(run / "profile.yaml"), profile_file="profile.yaml") == "fail"
+    (run / "gate" / "quality.json").write_text(json.dumps({"teacher_agreement": agreement, "metric": "mean_cosine"}))
+    for name in ("gate/gate.json", "run.json"):  # the edit: both verdicts say pass
+        report = json.loads((run / name).read_text())
+        report["verdict"] = "pass"
+        for check in report.get("checks", []):
+            check["status"] = "pass"
+        report["reasons"] = [] if "reasons" in report else report.get("reasons")
+        report = {k: v for k, v in report.items() if v is not None or k != "reasons"}
+        (run / name).write_text(json.dumps(report))
+    refused = run_cli(["package", str(run), "--out", str(tmp_path / "out")])
+    assert refused.exit_code == 2, refused.stdout + refused.stderr
+    assert "quality.min_teacher_agreement" in refused.stderr and "numbers say fail" in refused.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         # Without standalone mode, click returns ctx.exit()'s code instead of exiting with it.
         code = cli.main(args=argv, prog_name="compress", standalone_mode=False)
     except CompressError as exc:
-        _fail(f"error: {exc}", exc.exit_code, debug)
+        _fail(f"error: {exc}" if str(exc) and _reports_errors() else "", exc.exit_code, debug)
     except click.exceptions.Abort:
         _fail("interrupted", 130, False)
     except click.ClickException as exc:
@@ -110,5 +110,11 @@ def _fail(message: str, code: int, debug: bool) -> NoReturn:
     """One line on stderr and the exit code; with ``--debug`` the traceback first, and the same code."""
     if debug:
         traceback.print_exc()
-    click.echo(message, err=True)
+    if message:
+        click.echo(message, err=True)
     sys.exit(code)
+
+
+def _reports_errors() -> bool:
+    """Under a launcher, rank 0 alone says what is wrong: every rank meets the same bad input."""
+    return os.environ.get("RANK", "0") == "0"

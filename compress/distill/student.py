@@ -227,8 +227,32 @@ def plan_student(spec: StudentSpec, teacher_config: Any) -> StudentPlan:
     ffn = spec.ffn or (teacher_ffn if hidden == teacher_hidden else max(1, teacher_ffn * hidden // teacher_hidden))
     if ffn <= 0:
         raise CompressError(f"{where}: ffn must be positive")
+    teacher_heads = int(teacher_config.num_attention_heads)
+    for name, value, limit in (("hidden", hidden, teacher_hidden), ("heads", heads, teacher_heads),
+                               ("ffn", ffn, teacher_ffn)):
+        if value > limit:  # its units are chosen from the teacher's: there are no more to choose
+            raise CompressError(f"{where}: {name} {value:,} is wider than the teacher's {limit:,}; a student is "
+                                "at most as wide as its teacher")
+    _check_overrides_fit(where, spec.config_overrides, hidden)
     return StudentPlan(tuple(layers), hidden, heads, ffn, teacher_hidden, dict(spec.config_overrides),
                        teacher_heads=int(teacher_config.num_attention_heads), teacher_ffn=teacher_ffn)
+
+
+MAX_OVERRIDE_TABLE_ROWS = 1 << 20  # rows of an embedding table a config file may ask for (vocabulary, positions)
+
+
+def _check_overrides_fit(where: str, overrides: dict[str, Any], hidden: int) -> None:
+    """A config file's sizes are refused before a byte is allocated when they cannot be a student."""
+    for key in ("vocab_size", "max_position_embeddings", "type_vocab_size"):
+        value = overrides.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise CompressError(f"{where}: {key} must be a positive whole number")
+        if value > MAX_OVERRIDE_TABLE_ROWS:
+            gib = value * hidden * 4 / 2**30
+            raise CompressError(f"{where}: {key} {value:,} would make a {gib:,.0f} GiB table; at most "
+                                f"{MAX_OVERRIDE_TABLE_ROWS:,}")
 
 
 def student_config(teacher_config: Any, plan: StudentPlan) -> Any:

@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from export.base.errors import CompressError
 
@@ -48,6 +48,7 @@ CROSS_DOMAIN_GENRE = "quotations"
 HELD_OUT_FRACTION = 0.05
 HELD_OUT_MIN = 64
 HELD_OUT_MAX = 1000
+MAX_RECORD_CHARS = 1 << 20  # one JSONL record; a training text is a few hundred characters
 MIN_EXAMPLES = 10
 
 _BAD_ROWS_SHOWN = 10
@@ -124,7 +125,10 @@ def load_corpus(path: str | Path | None) -> Corpus:
     except UnicodeDecodeError as exc:
         raise CompressError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     reader = {".txt": _read_txt, ".jsonl": _read_jsonl, ".csv": _read_delimited, ".tsv": _read_delimited}[suffix]
-    examples, bad_rows = reader(text, "\t" if suffix == ".tsv" else ",")
+    try:
+        examples, bad_rows = reader(text, "\t" if suffix == ".tsv" else ",")
+    except CompressError as exc:
+        raise CompressError(f"{path}: {exc}") from None
     corpus = Corpus(examples, str(path), f"{path.name} ({len(examples)} examples)", bad_rows)
     if not examples:
         detail = f": {corpus.bad_rows_message()}" if bad_rows else ""
@@ -142,35 +146,44 @@ def _read_jsonl(text: str, _: str) -> tuple[list[Example], list[tuple[int, str]]
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        if len(line) > MAX_RECORD_CHARS:
+            bad.append((number, f"over {MAX_RECORD_CHARS:,} characters"))
+            continue
         try:
             row = json.loads(line)
         except ValueError:
             bad.append((number, "not valid JSON"))
             continue
+        except RecursionError:
+            bad.append((number, "nested too deeply"))
+            continue
         if not isinstance(row, dict):
             bad.append((number, "not a JSON object"))
             continue
         problem = _check_row(row.get("text"), row.get("text_pair"), row.get("label"))
+        genre = row.get("genre")
+        if not problem and genre is not None and not isinstance(genre, str):
+            problem = "genre is not a string"
         if problem:
             bad.append((number, problem))
             continue
-        genre = row.get("genre") if isinstance(row.get("genre"), str) else None
-        examples.append(Example(row["text"].strip(), _clean_pair(row.get("text_pair")), row.get("label"), genre))
+        examples.append(Example(row["text"].strip(), _clean_pair(row.get("text_pair")), row.get("label"),
+                                genre.strip() or None if genre is not None else None))
     return examples, bad
 
 
 def _read_delimited(text: str, delimiter: str) -> tuple[list[Example], list[tuple[int, str]]]:
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    try:
-        header = [name.strip().lower() for name in next(reader)]
-    except StopIteration:
+    header_row = next(iter(_rows(reader)), None)
+    if header_row is None:
         return [], []
+    header = [name.strip().lower() for name in header_row]
     text_column = next((header.index(name) for name in TEXT_COLUMNS if name in header), 0)
     pair_column = header.index("text_pair") if "text_pair" in header else None
     label_column = header.index("label") if "label" in header else None
     examples: list[Example] = []
     bad: list[tuple[int, str]] = []
-    for row in reader:
+    for row in _rows(reader):
         number = reader.line_num
         if not any(cell.strip() for cell in row):
             continue
@@ -189,6 +202,17 @@ def _read_delimited(text: str, delimiter: str) -> tuple[list[Example], list[tupl
             continue
         examples.append(Example(row[text_column].strip(), _clean_pair(pair), label))
     return examples, bad
+
+
+def _rows(reader: Any) -> Iterable[list[str]]:
+    """The reader's rows; a field over csv's limit (128 KiB) is one error naming the line, not a traceback."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise CompressError(f"line {reader.line_num}: {exc} (a quote left open, or the wrong delimiter?)") from None
 
 
 def _check_row(text: object, pair: object, label: object) -> str | None:
