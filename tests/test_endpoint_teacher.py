@@ -280,3 +280,15 @@ def test_the_tokenizers_are_checked_by_bytes_or_by_text(send_bytes: bool, server
         encoded = match.examples[answer.row["key"]]
         completion = [t for t, m in zip(encoded.input_ids, encoded.completion_mask) if m]
         assert tokenizer.decode(completion, skip_special_tokens=True) == answer.row["completion"]
+
+
+def test_the_endpoint_recipe_runs(server: ChatServer, chat_teacher: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = run_cli(["distill", "--config", str(ROOT / "recipes" / "endpoint.yaml"), "--teacher-url", server.url,
+                      "--teacher-model", SERVED, "--student-from", str(chat_teacher), "--student", "layers=2",
+                      "--teacher-answers", "8", "--answer-tokens", "8", "--max-steps", "2", "--batch-size", "4",
+                      "--threads", "1", "--out", str(run), "--stop-after", "distill"],
+                     env={"OPENAI_API_KEY": API_KEY})
+    assert result.exit_code == 0, result.output
+    recipe = (run / "recipe.yaml").read_text()
+    assert f"url: {server.url}" in recipe and "api_key_env: OPENAI_API_KEY" in recipe and API_KEY not in recipe

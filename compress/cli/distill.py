@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from compress.cli.grouped_help import GroupedCommand
+
 STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")  # compress.chain.STAGES, without importing it
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight")
 
@@ -25,7 +27,18 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         raise click.BadParameter(str(exc)) from None
 
 
-@click.command("distill")
+def _command_line() -> str:
+    import shlex
+
+    from compress.cli import invoked_args
+
+    return shlex.join(["compress", *invoked_args()]) if invoked_args() else "compress distill"
+
+
+@click.command("distill", cls=GroupedCommand)
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None, metavar="RECIPE.yaml",
+              help="Read the options from a recipe (see recipes/); flags given here win over it. Every run "
+                   "writes the recipe it ran with to RUN_DIR/recipe.yaml, which repeats it.")
 @click.option("--profile", "profile_name", default="host", show_default=True,
               help="Target profile (name, alias or YAML file): sizes the student and the time budget.")
 @click.option("--teacher", default=None, metavar="FOLDER|NAME",
@@ -199,28 +212,42 @@ def distill(**options: Any) -> None:
     from compress.cli.chain_report import print_chain
     from compress.job import DistillJob, run_distill_job
 
+    ctx = click.get_current_context()
+    given = {name for name in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    flags = {param.name: param.opts[0] for param in ctx.command.params if param.name and param.opts}
+    recipe = options.pop("config")
+    if recipe is not None:
+        from compress.recipe import read_recipe, recipe_key
+
+        for name, value in read_recipe(recipe, ctx.command, ctx).items():
+            if name in given:
+                continue  # a flag on the command line wins over the file
+            options[name] = value
+            flags[name] = f"{recipe_key(name)} (recipe {recipe})"
+            if value is not None:
+                given.add(name)
     nproc = options.pop("nproc")
     if nproc > 1 and options.get("teacher_url"):
         raise click.UsageError("--nproc with --teacher-url: distillation from an endpoint runs in one process "
                                "(the endpoint is the slow part)")
+    as_json = options.pop("as_json")
+    job = DistillJob(profile=options.pop("profile_name"), teacher=options.pop("teacher"),
+                     run_dir=options.pop("run_dir"), given=given, flags=flags, nproc=nproc,
+                     source=_command_line())
+    options["time_budget_s"] = options.pop("time_budget")
+    job.settings = options
     if nproc > 1:
         from compress.cli import invoked_args
         from compress.parallel import launched_world_size
 
         if launched_world_size() == 1:
+            from compress.job import plan_distill_job
             from compress.launch import launch_local
 
+            plan_distill_job(job)  # bad input: one line from here, before any rank starts
             sys.exit(launch_local(nproc, invoked_args()))
         if launched_world_size() != nproc:
             raise click.UsageError(f"--nproc {nproc}, but the launcher started {launched_world_size()} processes")
-    ctx = click.get_current_context()
-    given = {name for name in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
-    flags = {param.name: param.opts[0] for param in ctx.command.params if param.name and param.opts}
-    as_json = options.pop("as_json")
-    job = DistillJob(profile=options.pop("profile_name"), teacher=options.pop("teacher"),
-                     run_dir=options.pop("run_dir"), given=given, flags=flags)
-    options["time_budget_s"] = options.pop("time_budget")
-    job.settings = options
     family, result = run_distill_job(job)
     if result.helper:
         return  # a rank other than 0: rank 0 reports
