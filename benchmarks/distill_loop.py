@@ -125,7 +125,8 @@ def plain_loop(teacher_dir: Path, texts: list[str], steps: int, batch_size: int,
 def our_loop(data_file: Path, steps: int, batch_size: int, lr: float, device: str, seed: int, threads: int | None,
              work: Path) -> dict:
     from compress.distill import DistillConfig, Reporter, distill
-    from compress.distill.batching import encode, epoch_batches
+    from compress.distill.batching import encode
+    from compress.training.batching import epoch_batches
     from export.base.corpus import load_corpus, split_corpus
     from compress.distill.teacher import load_teacher
 
@@ -161,8 +162,9 @@ def main() -> None:
 
     import torch
 
-    from compress.distill.batching import batches_per_epoch
-    from compress.distill.config import DEFAULT_BATCH_SIZE, cpu_threads
+    from compress.training.batching import batches_per_epoch
+    from compress.distill.config import DEFAULT_BATCH_SIZE
+    from compress.training.device import cpu_threads
     from export.base.corpus import Example, default_corpus, split_corpus
     from compress.distill.teacher import resolve_teacher
     from export.base.files import atomic_write_json

@@ -13,10 +13,12 @@
     gate/       gate.json, junit.xml (+ quality.json for encoders)
     run.json    what the run holds, where, and the verdict (read by ``compress package``)
 
-The chain owns the order, the time budget and ``run.json``; a :class:`~compress.families.TaskFamily`
-supplies what differs between a sentence encoder and a causal LM. Every stage goes through
-:func:`export.base.stages.run_stage`, so a stage whose inputs and settings are unchanged is skipped
-and an interrupted run picks up at the first unfinished stage.
+The chain owns the order, the time budget and ``run.json``, and is the one writer of its result;
+each stage is a module of :mod:`compress.stages` that returns a typed output, and a task family
+(:class:`~compress.stages.family.TaskFamily`) supplies what differs between a sentence encoder and
+a causal LM. Every stage goes through :func:`export.base.stages.run_stage`, so a stage whose
+inputs and settings are unchanged is skipped and an interrupted run picks up at the first
+unfinished stage.
 """
 
 from __future__ import annotations
@@ -28,17 +30,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compress.chain_state import (STAGES, ChainContext, ChainOptions, ChainResult, ModelSide, PruneOptions, TableRow,
-                                  bench_threads, profile_input)
+from compress.chain_state import (FOLDERS, STAGES, ChainContext, ChainOptions, ChainResult, ModelSide, PruneOptions,
+                                  TableRow, bench_threads, profile_input)
 from compress.parallel import close_world, world
-from compress.settings import DistillSettings
 from compress.run_directory import claimed
+from compress.settings import DistillSettings
+from compress.stages.bench import run_bench
+from compress.stages.distill import run_distill
+from compress.stages.export import run_export
+from compress.stages.gate import run_gate
+from compress.stages.prune import run_prune
+from compress.stages.quantize import run_quantize
+from compress.stages.release import run_release
 from export.base.files import sha256_file
 from export.base.version import __version__
 
 if TYPE_CHECKING:
-    from compress.distill.progress import Reporter
-    from compress.families.base import TaskFamily
+    from compress.training.progress import Reporter
+    from compress.stages.family import TaskFamily
     from export.runtime.gate import GateReport
     from export.runtime.profiles import Profile
 
@@ -55,7 +64,7 @@ def run_chain(run_dir: str | Path, family: TaskFamily, config: DistillSettings, 
     budget, the profile's ``distill.time_budget`` bounds the whole chain and distillation gets what
     the family's later stages are expected to leave.
     """
-    from compress.distill.progress import Reporter
+    from compress.training.progress import Reporter
 
     options = options or ChainOptions()
     config = checked_chain(family, config, profile, options)  # before anything is written
@@ -91,51 +100,75 @@ def checked_chain(family: TaskFamily, config: DistillSettings, profile: Profile,
 def _help_distill(run_dir: Path, family: TaskFamily, config: DistillSettings, profile: Profile,
                   options: ChainOptions) -> ChainResult:
     """A rank other than 0 under torchrun: train its shard of distillation, write nothing, leave."""
-    from compress.distill.progress import QuietReporter
+    from compress.training.progress import QuietReporter
 
     result = ChainResult(run_dir=run_dir, family=family.name, profile=profile.name, stages={}, helper=True)
-    family.distill(ChainContext(run_dir, config, profile, options, QuietReporter(), result))
+    run_distill(ChainContext(run_dir, config, profile, options, QuietReporter(), result), family)
     close_world()
     return result
 
 
 def _run(run_dir: Path, family: TaskFamily, config: DistillSettings, profile: Profile, options: ChainOptions,
          reporter: Reporter, reaches: Callable[[str], bool]) -> ChainResult:
+    """The stages in order, each taking what the ones before made; the result assembled from their outputs."""
     result = ChainResult(run_dir=run_dir, family=family.name, profile=profile.name, stages={})
     ctx = ChainContext(run_dir, config, profile, options, reporter, result)
-    distilled = family.distill(ctx)
+    distilled = run_distill(ctx, family)
     close_world()  # the stages after distillation run once, here
     result.stages["distill"], result.distill = distilled.status, distilled.record
     if not reaches("prune"):
         return result
-
-    model_dir = family.prune(ctx)
+    pruned = run_prune(ctx, family)
+    if pruned.status is not None:
+        result.stages["prune"] = pruned.status
     if not reaches("export"):
         return result
 
-    student_onnx = _export(ctx, family, model_dir, "export")
-    teacher_onnx = _export(ctx, family, family.teacher_dir(ctx.distilled), "teacher")
-    result.final_model, result.precision = student_onnx, "fp32"
+    student = run_export(ctx, family, pruned.model_dir, "export")
+    teacher = run_export(ctx, family, family.teacher_dir(ctx.distilled), "teacher")
+    result.stages["export"], result.stages["teacher"] = student.status, teacher.status
+    result.final_model, result.precision = student.model, "fp32"
     if reaches("quantize"):
-        family.quantize(ctx, student_onnx)
+        quantized = run_quantize(ctx, family, student.model)
+        result.stages["quantize"] = quantized.status
+        result.notes.extend(quantized.notes)
+        if quantized.model is not None:
+            result.final_model, result.precision = quantized.model, quantized.precision
     if reaches("bench"):
-        family.choose_release(ctx, student_onnx, teacher_onnx)
-
-    result.teacher = ModelSide(teacher_onnx, family.teacher_parameters(ctx.distilled), family.size_bytes(teacher_onnx))
+        released = run_release(ctx, family, student.model, teacher.model)
+        if released is not None:
+            result.stages["release"], result.release = released.status, released.choice
+            if released.model is not None:
+                result.final_model, result.precision = released.model, released.precision
+    result.teacher = ModelSide(teacher.model, family.teacher_parameters(ctx.distilled),
+                               family.size_bytes(teacher.model))
     result.student = ModelSide(result.final_model, family.student_size(ctx).params,
                                family.size_bytes(result.final_model))
-    gate_report: GateReport | None = None
-    if reaches("bench"):
-        family.bench(ctx, result.final_model, teacher_onnx, bench_threads(profile, result.notes))
-        if reaches("gate"):
-            gate_report = family.gate(ctx, result.final_model, teacher_onnx)
-            result.verdict, result.gate_exit_code = gate_report.verdict, gate_report.exit_code
-            result.gate_reasons = list(gate_report.reasons)
+    gate_report = _measure(ctx, family, teacher.model, reaches)
     if result.quality is None:
         result.quality = family.distill_quality(ctx.distilled)
     result.rows, result.measured = family.table(result)
     _write_summary(ctx, family, gate_report)
     return result
+
+
+def _measure(ctx: ChainContext, family: TaskFamily, teacher: Path, reaches: Callable[[str], bool]
+             ) -> GateReport | None:
+    """Bench and gate the release (as far as the chain goes); the verdict, when the gate ran."""
+    result = ctx.result
+    if not reaches("bench"):
+        return None
+    assert result.final_model is not None
+    benched = run_bench(ctx, family, result.final_model, teacher, bench_threads(ctx.profile, result.notes))
+    result.stages["bench"] = benched.status
+    result.speed, result.speedup, result.host = benched.speed, benched.speedup, benched.host
+    if not reaches("gate"):
+        return None
+    gated = run_gate(ctx, family, result.final_model, teacher)
+    result.stages["gate"], result.quality = gated.status, gated.quality
+    result.verdict, result.gate_exit_code = gated.report.verdict, gated.report.exit_code
+    result.gate_reasons = list(gated.report.reasons)
+    return gated.report
 
 
 def with_chain_budget(config: DistillSettings, profile: Profile, reserve_s: float, min_share: float
@@ -148,15 +181,6 @@ def with_chain_budget(config: DistillSettings, profile: Profile, reserve_s: floa
     return dataclasses.replace(config, time_budget_s=round(share, 1))
 
 
-def _export(ctx: ChainContext, family: TaskFamily, model_dir: Path, name: str) -> Path:
-    what = "the teacher" if name == "teacher" else "the student"
-    ctx.reporter.message(f"{name}: exporting {what} to ONNX and checking parity with PyTorch")
-    exported = family.export(ctx, model_dir, ctx.run_dir / name)
-    ctx.result.stages[name] = exported.status
-    ctx.reporter.message(f"{name}: {exported.model} ({exported.parity}, {exported.status})")
-    return exported.model
-
-
 # ---------------------------------------------------------------------------------------------
 # run.json
 
@@ -166,9 +190,7 @@ def _write_summary(ctx: ChainContext, family: TaskFamily, gate_report: GateRepor
     from export.run_summary import ReportPaths, RunSummary, TeacherInfo, write_run_summary
 
     result, record = ctx.result, ctx.distilled
-    stages = {name: f"{name}/stage.json" for name in ("distill", "prune", "export", "teacher", "quantize", "release",
-                                                      "bench", "gate")
-              if result.stages.get(name) in ("ran", "skipped")}
+    stages = {name: f"{name}/stage.json" for name in FOLDERS if result.stages.get(name) in ("ran", "skipped")}
     teacher_dir = family.teacher_dir(record)
     weights = teacher_dir / "model.safetensors"
     # The run's identity is its distillation: re-running later stages keeps the id and date.

@@ -16,11 +16,14 @@ from export.base.errors import CompressError
 from export.base.records import FileRef, StageRecord
 
 if TYPE_CHECKING:
-    from compress.distill.progress import Reporter
+    from compress.training.progress import Reporter
     from export.runtime.profiles import Profile
     from export.runtime.release_choice import ReleaseChoice
 
+# The stages `--stop-after` can name, in order, and every stage folder a run can hold, in the order made
+# (the stages themselves: compress.stages).
 STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")
+FOLDERS = ("distill", "prune", "export", "teacher", "quantize", "release", "bench", "gate")
 
 
 @dataclass

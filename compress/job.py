@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from export.base.errors import CompressError
+from export.runtime import DEFAULT_PROFILE
 
 if TYPE_CHECKING:
     from compress.chain import ChainOptions, ChainResult
-    from compress.distill.progress import Reporter
-    from compress.families.base import TaskFamily
+    from compress.training.progress import Reporter
+    from compress.stages.family import TaskFamily
     from compress.settings import DistillSettings
     from export.runtime.profiles import Profile
 
@@ -23,7 +24,7 @@ CHAIN_OPTIONS = ("stop_after", "precision", "block_size", "prune_heads", "prune_
 class DistillJob:
     """What a user asked ``compress distill`` for, as option name -> value."""
 
-    profile: str = "host"
+    profile: str = DEFAULT_PROFILE
     teacher: str | None = None
     run_dir: Path | None = None
     settings: dict[str, Any] = field(default_factory=dict)

@@ -78,3 +78,18 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return found
+
+
+def folder_of(module: str) -> str:
+    """The room a module lives in: its sub-package (``compress.distill``), or the module itself at the top."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 else module
+
+
+def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The import graph between rooms: an edge wherever a module of one imports a module of another."""
+    folders: dict[str, set[str]] = {}
+    for source, targets in graph.items():
+        room = folder_of(source)
+        folders.setdefault(room, set()).update(folder_of(t) for t in targets if folder_of(t) != room)
+    return folders

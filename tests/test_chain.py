@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from compress.distill import DistillConfig
-from compress.distill.progress import Reporter
+from compress.training.progress import Reporter
 from compress.chain import ChainOptions, PruneOptions, run_chain
 from compress.families import EncoderFamily
 from compress.families.encoder import quantized_or_fp32

@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from compress.distill.batching import TeacherCache, batches_per_epoch, epoch_batches
+from compress.training.batching import batches_per_epoch, epoch_batches
+from compress.training.teacher_cache import TeacherCache
 from compress.distill.losses import (IGNORE_LABEL, LossSettings, attention_loss, embedding_loss, hard_label_loss,
                                      hidden_state_loss, soft_label_loss)
-from compress.distill.schedule import Schedule
+from compress.training.schedule import Schedule
 from export.base.errors import CompressError
 
 

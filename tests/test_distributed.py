@@ -124,8 +124,8 @@ def _train_part(rank: int, size: int, port: int, teacher_dir: str, data: str, ou
                        "WORLD_SIZE": str(size), "LOCAL_RANK": str(rank)})
     import torch
 
-    from compress.distill.progress import QuietReporter
-    from compress.distill.trainer import DistillInterrupted
+    from compress.training.progress import QuietReporter
+    from compress.training.interrupt import DistillInterrupted
     from compress.lm.data import LMExample, encode_examples
     from compress.lm.student import build_lm_student, plan_lm_student
     from compress.lm.teacher import load_causal_lm

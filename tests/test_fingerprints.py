@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import export.base.corpus as corpus
-from compress.distill.progress import Reporter
+from compress.training.progress import Reporter
 from compress.lm.data import _default_corpus
 
 QUIET = Reporter(show_progress=False)

@@ -63,7 +63,7 @@ def test_progress_off_a_terminal_is_plain_lines_with_a_loss_from_the_first_step(
 
     from rich.console import Console
 
-    from compress.distill.progress import Reporter, StepReport
+    from compress.training.progress import Reporter, StepReport
 
     buffer = io.StringIO()
     reporter = Reporter(console=Console(file=buffer, force_terminal=False, width=200))
@@ -76,7 +76,7 @@ def test_progress_off_a_terminal_is_plain_lines_with_a_loss_from_the_first_step(
 
 
 def test_time_left_follows_the_pace_of_the_steps_not_the_setup_before_them() -> None:
-    from compress.distill.progress import Reporter, StepReport
+    from compress.training.progress import Reporter, StepReport
 
     def at(step: int, elapsed_s: float) -> StepReport:
         return StepReport(step=step, epoch=0.0, loss=1.0, lr=1e-4, samples_per_s=1.0, elapsed_s=elapsed_s,
@@ -97,7 +97,7 @@ def test_the_encoder_trainer_reports_a_loss_before_its_first_log_line(tiny_encod
     import math
 
     from compress.distill import DistillConfig, distill
-    from compress.distill.progress import Reporter
+    from compress.training.progress import Reporter
 
     losses: list[float] = []
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.import_graph import ROOT, cycles, import_graph, imported_names, project_modules
+from tests.import_graph import ROOT, cycles, folder_graph, folder_of, import_graph, imported_names, project_modules
 
 HEAVY = ("torch", "transformers", "optimum", "sentence_transformers")
 
@@ -21,7 +21,31 @@ def test_no_module_takes_part_in_an_import_cycle() -> None:
     assert cycles(import_graph()) == []
 
 
+def test_no_folder_takes_part_in_an_import_cycle() -> None:
+    # Rooms, not only modules: distill/ may use training/, never the other way round.
+    assert cycles(folder_graph(import_graph())) == []
+
+
+def test_training_and_the_families_keep_their_floors() -> None:
+    graph = folder_graph(import_graph())
+    assert graph["compress.training"] <= {"compress.parallel", "export.base"}, graph["compress.training"]
+    for room in ("compress.distill", "compress.lm", "compress.training", "compress.prune"):
+        assert "compress.families" not in graph[room], room
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    reached = []
+    for name, path in project_modules().items():
+        for imported in imported_names(path):
+            owner, _, attribute = imported.rpartition(".")
+            if attribute.startswith("_") and not attribute.startswith("__") and owner != name:
+                reached.append(f"{name} imports {imported}")
+    assert reached == []
+
+
 def test_the_graph_reader_sees_cycles_and_upward_imports() -> None:
+    assert folder_of("compress.distill.stage") == "compress.distill" and folder_of("compress.chain") == "compress.chain"
+    assert cycles(folder_graph({"p.a.x": {"p.b.y"}, "p.b.y": {"p.a.z"}, "p.a.z": set()})) == [["p.a", "p.b"]]
     # The two checks above must be able to fail: a made-up graph with a circle is found.
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.distill.progress import Reporter
+from compress.training.progress import Reporter
 from compress.chain import ChainOptions, run_chain
 from compress.families import CausalLMFamily
 from compress.families.causal_lm import release_precision

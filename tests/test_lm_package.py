@@ -29,7 +29,7 @@ STANDALONE_IMPORTS = {"__future__", "argparse", "json", "re", "sys", "pathlib", 
 @pytest.fixture(scope="session")
 def lm_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
     """A finished text-generation run directory (host profile, so the gate gives a verdict here)."""
-    from compress.distill.progress import Reporter
+    from compress.training.progress import Reporter
     from compress.chain import run_chain
     from compress.families import CausalLMFamily
     from compress.lm.config import LMDistillConfig

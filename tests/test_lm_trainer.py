@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from compress.distill.progress import Reporter, StepReport
+from compress.training.progress import Reporter, StepReport
 from export.base.errors import CompressError
 from compress.lm.data import LMExample, collate_lm, encode_examples
 from compress.lm.quality import LMQuality, greedy_continuation, lm_quality

@@ -142,7 +142,7 @@ def test_when_no_candidate_passes_the_student_stays_and_the_gate_fails(tiny_llam
     result = _distill(tiny_llama, lm_text, run, _profile(tmp_path, min_teacher_agreement=1.0, max_perplexity_ratio=0.5))
     assert result.exit_code == 1, result.stdout + result.stderr
     out = " ".join((result.stdout + result.stderr).split())
-    assert "no candidate meets every budget" in out and "the student's release stays the release" in out
+    assert "no candidate meets every budget" in out and "the quantize stage's choice stays the release" in out
     choice = json.loads((run / "release" / "candidates.json").read_text())
     assert choice["released"] is None
     summary = json.loads((run / "run.json").read_text())

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from export.runtime import DEFAULT_PROFILE
+
 from export.base.errors import CompressError
 
 
@@ -20,7 +22,7 @@ _POSITIVE = click.IntRange(min=1)
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--profile", "profile_name", default="host", show_default=True,
+@click.option("--profile", "profile_name", default=DEFAULT_PROFILE, show_default=True,
               help="Target profile (name, alias or YAML file): providers, threads and workload.")
 @click.option("--batch-size", type=_POSITIVE, default=None, help="Override the profile's batch size.")
 @click.option("--sequence-length", type=_POSITIVE, default=None, help="Override the profile's sequence length.")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from compress.chain import ChainResult
-    from compress.families.base import TaskFamily
+    from compress.stages.family import TaskFamily
 
 _VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "unverified": "bold yellow"}
 

@@ -10,9 +10,11 @@ from typing import Any
 
 import click
 
+from export.runtime import DEFAULT_PROFILE
+
 from compress.cli.grouped_help import GroupedCommand
 
-STAGES = ("distill", "prune", "export", "quantize", "bench", "gate")  # compress.chain.STAGES, without importing it
+from compress.chain_state import STAGES
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight")
 
 
@@ -39,7 +41,7 @@ def _command_line() -> str:
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None, metavar="RECIPE.yaml",
               help="Read the options from a recipe (see recipes/); flags given here win over it. Every run "
                    "writes the recipe it ran with to RUN_DIR/recipe.yaml, which repeats it.")
-@click.option("--profile", "profile_name", default="host", show_default=True,
+@click.option("--profile", "profile_name", default=DEFAULT_PROFILE, show_default=True,
               help="Target profile (name, alias or YAML file): sizes the student and the time budget.")
 @click.option("--teacher", default=None, metavar="FOLDER|NAME",
               help="Hugging Face model folder or a known name. Default: all-minilm-l6-v2 (from the "

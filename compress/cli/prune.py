@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from export.runtime import DEFAULT_PROFILE
+
 _FRACTION = click.FloatRange(0.0, 1.0, max_open=True)
 
 
@@ -29,7 +31,7 @@ _FRACTION = click.FloatRange(0.0, 1.0, max_open=True)
 @click.option("--magnitude", type=_FRACTION, default=0.0, show_default=True,
               help="Zero this fraction of the smallest weights of each encoder matrix. For size on disk after "
                    "compression ONLY: onnxruntime on CPU runs no faster with zeros.")
-@click.option("--profile", "profile_name", default="host", show_default=True,
+@click.option("--profile", "profile_name", default=DEFAULT_PROFILE, show_default=True,
               help="Profile the ONNX latency comparison runs with.")
 @click.option("--no-compare", is_flag=True, help="Skip exporting both models to ONNX and timing them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")

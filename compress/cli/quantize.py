@@ -7,12 +7,14 @@ from pathlib import Path
 
 import click
 
+from export.runtime import DEFAULT_PROFILE
+
 from export.quantize import METHODS
 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--profile", "profile_name", default="host", show_default=True,
+@click.option("--profile", "profile_name", default=DEFAULT_PROFILE, show_default=True,
               help="Target profile: its precision is the default method, its ISA the int8 preset, "
                    "its max_quantization_drop the quality budget.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,

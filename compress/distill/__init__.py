@@ -39,11 +39,11 @@ __all__ = [
 
 _WHERE = {
     "DistillConfig": "compress.distill.config",
-    "DistillInterrupted": "compress.distill.trainer",
+    "DistillInterrupted": "compress.training.interrupt",
     "DistillResult": "compress.distill.engine",
     "QualityReport": "compress.distill.quality",
-    "Reporter": "compress.distill.progress",
-    "StepReport": "compress.distill.progress",
+    "Reporter": "compress.training.progress",
+    "StepReport": "compress.training.progress",
     "StudentSpec": "compress.distill.student",
     "TEACHERS": "compress.distill.teacher",
     "TeacherSummary": "compress.distill.engine",
@@ -61,12 +61,13 @@ if TYPE_CHECKING:
     from compress.distill.config import DistillConfig
     from export.base.corpus import default_corpus, load_corpus, split_corpus
     from compress.distill.engine import DistillResult, TeacherSummary, distill
-    from compress.distill.progress import Reporter, StepReport
+    from compress.training.progress import Reporter, StepReport
     from compress.distill.quality import QualityReport
     from compress.distill.stage import run_distill_stage
     from compress.distill.student import StudentSpec, parse_student_spec
     from compress.distill.teacher import TEACHERS, resolve_teacher
-    from compress.distill.trainer import DistillInterrupted, TrainingReport
+    from compress.distill.trainer import TrainingReport
+    from compress.training.interrupt import DistillInterrupted
 
 
 def __getattr__(name: str) -> Any:

@@ -1,12 +1,8 @@
-"""Tokenised examples, length-bucketed batches and the teacher-output cache.
+"""Encoder examples tokenised once, and a batch of them padded into tensors.
 
-Texts are tokenised once. Each epoch's batches are a pure function of ``(seed, epoch)``: a
-seeded shuffle, then sorting by length inside windows of 50 batches so that a batch holds texts
-of similar length and padding wastes little compute, then a shuffle of the batch order. A
-resumed run rebuilds the same epoch and skips the batches it already did.
-
-The teacher's outputs (sentence embeddings or logits, small) are computed the first time an
-example is seen and kept in fp16, so later epochs pay for the student only.
+Which examples form a batch is :mod:`compress.training.batching`'s (length-bucketed, a pure
+function of ``(seed, epoch)``); the teacher's outputs are kept by
+:class:`compress.training.teacher_cache.TeacherCache`.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from export.base.corpus import Example
 from compress.distill.losses import IGNORE_LABEL
 from export.base.tasks import Task
 
-BUCKET_WINDOW_BATCHES = 50
 
 
 @dataclass
@@ -136,25 +131,6 @@ def encode(examples: list[Example], labels: list[Any], tokenizer: Any, task: Tas
     )
 
 
-def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Epoch ``epoch``'s batches of example indices: shuffled, bucketed by length, deterministic."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
-    window = batch_size * BUCKET_WINDOW_BATCHES
-    batches: list[np.ndarray] = []
-    for start in range(0, len(order), window):
-        chunk = order[start:start + window]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def batches_per_epoch(n: int, batch_size: int) -> int:
-    window = batch_size * BUCKET_WINDOW_BATCHES
-    full, rest = divmod(n, window)
-    return full * BUCKET_WINDOW_BATCHES + math.ceil(rest / batch_size)
-
-
 def collate(data: EncodedSet, indices: np.ndarray, device: str, pad_to_multiple: int = 1) -> dict[str, Any]:
     """Pad a batch to its own longest example; pinned memory and non-blocking copies on CUDA."""
     import torch
@@ -196,62 +172,3 @@ def collate(data: EncodedSet, indices: np.ndarray, device: str, pad_to_multiple:
             tensor = tensor.pin_memory().to(device, non_blocking=True)
         batch[name] = tensor
     return batch
-
-
-class TeacherCache:
-    """The teacher's final outputs per training example, in fp16, filled as examples are first seen.
-
-    Rows are fixed-size: ``(dim,)`` embeddings, ``(classes,)`` logits, or ``(max_length, classes)``
-    token logits. Values are always read back through fp16, whether just computed or cached, so a
-    run gives the same result whichever epoch it resumed in.
-    """
-
-    def __init__(self, size: int, max_bytes: int) -> None:
-        self.size = size
-        self.max_bytes = max_bytes
-        self.values: Any = None  # torch tensor (size, *row_shape), fp16
-        self.filled: Any = None  # torch bool (size,)
-        self.disabled_reason: str | None = None
-
-    def lookup(self, indices: Any, length: int | None = None) -> Any:
-        """Cached outputs for a batch, or None when any of its examples is missing."""
-        if self.values is None:
-            return None
-        if not bool(self.filled[indices].all()):
-            return None
-        rows = self.values[indices]
-        return (rows[:, :length] if length is not None else rows).float()
-
-    def store(self, indices: Any, outputs: Any, full_length: int | None = None) -> Any:
-        """Keep a batch's outputs (padded to ``full_length`` along dim 1 for tokens); returns them as cached."""
-        import torch
-
-        half = outputs.detach().to(torch.float16)
-        if self.disabled_reason is not None:
-            return half.float()
-        if self.values is None:
-            row_shape = tuple(half.shape[1:])
-            if full_length is not None:
-                row_shape = (full_length, *row_shape[1:])
-            needed = self.size * math.prod(row_shape) * 2
-            if needed > self.max_bytes:
-                self.disabled_reason = f"the cache would need {needed / 2**30:.1f} GiB"
-                return half.float()
-            self.values = torch.zeros((self.size, *row_shape), dtype=torch.float16, device=half.device)
-            self.filled = torch.zeros(self.size, dtype=torch.bool, device=half.device)
-        if full_length is not None:
-            self.values[indices, : half.shape[1]] = half
-        else:
-            self.values[indices] = half
-        self.filled[indices] = True
-        return half.float()
-
-    def state(self) -> dict[str, Any]:
-        if self.values is None:
-            return {}
-        return {"values": self.values.cpu(), "filled": self.filled.cpu()}
-
-    def load_state(self, state: dict[str, Any], device: str) -> None:
-        if "values" in state:
-            self.values = state["values"].to(device)
-            self.filled = state["filled"].to(device)

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compress.distill.batching import encode, label_ids
-from compress.distill.config import DEFAULT_BATCH_SIZE, DEFAULT_TIME_BUDGET_S, DistillConfig, cpu_threads, resolve_device
+from compress.distill.config import DEFAULT_BATCH_SIZE, DEFAULT_TIME_BUDGET_S, DistillConfig
+from compress.training.device import cpu_threads, resolve_device
 from export.base.corpus import Corpus, Example, load_corpus, split_corpus
 from compress.distill.curve import plot_loss_curve
 from compress.distill.losses import LossSettings
-from compress.distill.progress import Reporter
+from compress.training.progress import Reporter
 from compress.distill.quality import QualityReport, compare, held_out_outputs
-from compress.distill.schedule import Schedule
+from compress.training.schedule import Schedule
 from compress.distill.student import (Student, StudentPlan, build_student, check_sentence_transformer_teacher,
                                       load_student, parse_student_spec, plan_student, save_student)
 from compress.distill.teacher import load_teacher, resolve_task, resolve_teacher
@@ -185,9 +186,10 @@ def resolve_student_text(config: DistillConfig, profile: Profile) -> tuple[str, 
     if config.student != "auto":
         return config.student, None
     if profile is None:
+        from export.runtime import DEFAULT_PROFILE
         from export.runtime.profiles import load_profile
 
-        profile = load_profile("host")
+        profile = load_profile(DEFAULT_PROFILE)
     return profile.distill.student, f"{profile.name}: {profile.distill.why}"
 
 
@@ -238,7 +240,7 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     Under ``torchrun`` every rank trains its shard of each batch and rank 0 alone writes; the
     other ranks return None. ``profile`` (an ``export.runtime.profiles.Profile``) fills ``student="auto"`` and the default time
     budget; None means the ``host`` profile. ``on_step`` is called with a
-    :class:`~compress.distill.progress.StepReport` after every optimizer step.
+    :class:`~compress.training.progress.StepReport` after every optimizer step.
     """
     import torch
 
@@ -438,7 +440,7 @@ def _describe(student: Student, plan: StudentPlan | None) -> str:
 def _schedule(config: DistillConfig, profile: Profile, train_size: int, batch_size: int,
               setup_s: float) -> tuple[Schedule, str]:
     """The step plan and time budget (see DistillConfig), and what hitting the step plan is called."""
-    from compress.distill.batching import batches_per_epoch
+    from compress.training.batching import batches_per_epoch
 
     total: int | None = None
     label = "max_steps"

@@ -1,4 +1,4 @@
-"""The ``release`` stage for encoders: the student in each precision, measured side by side.
+"""The encoder's release candidates: the student in each precision, measured side by side.
 
 After distillation the chain has the student's fp32 export and, for profiles that quantize, its
 quantized copy. The stage times both interleaved with the fp32 teacher in one process (the
@@ -7,7 +7,7 @@ profile's workload and runtime settings), scores both on the held-out split agai
 cost), and releases the fastest that meets the profile's quality floor, quantization budget and
 size budget (:func:`export.runtime.release_choice.choose_release`). When ``--student auto``
 searched the shape, each candidate also carries the latency model's p95 for it on this host, so
-the model's error is a measured figure. ``RUN_DIR/release/candidates.json`` holds the table.
+the model's error is a measured figure. The stage itself is :mod:`compress.stages.release`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from export.base.records import FileRef, StageRecord
-from export.base.stages import StageOutput, run_stage
+from export.base.stages import StageOutput, StagePlan
 from export.runtime.bench import BudgetFigure
 from export.runtime.release_choice import CANDIDATES_FILE, ReleaseCandidate, ReleaseChoice, choose_release
 
@@ -39,9 +39,9 @@ def _estimates(ctx: ChainContext) -> dict[str, float]:
     return dict(chosen.host_p95_ms) if chosen is not None else {}
 
 
-def run_encoder_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp32: Path,
-                              held_out: Path, quality_texts: int) -> ReleaseChoice:
-    """Measure the student in each precision beside the teacher and choose the release (a stage)."""
+def encoder_release_plan(ctx: ChainContext, student_fp32: Path, teacher_fp32: Path,
+                         held_out: Path, quality_texts: int) -> StagePlan:
+    """The release stage: the student in each precision measured beside the teacher, the release chosen."""
     from compress.chain_state import profile_input
 
     from export.quantize import read_quantize
@@ -63,9 +63,7 @@ def run_encoder_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp3
         choice.to_json(tmp / CANDIDATES_FILE)
         return StageOutput({"candidates": CANDIDATES_FILE}, {"released": choice.released, "why": choice.why})
 
-    run = run_stage(ctx.run_dir / STAGE, planned, work)
-    ctx.result.stages[STAGE] = run.status
-    return ReleaseChoice.from_json(run.path("candidates"))
+    return StagePlan(planned, work)
 
 
 def measure_candidates(ctx: ChainContext, contenders: list[tuple[str, Path, str]], teacher_fp32: Path,

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compress.distill.config import DistillConfig
-from compress.families.base import data_input
 from compress.distill.engine import (CHECKPOINT_DIR, CROSS_DOMAIN_FILE, CURVE_FILE, HELD_OUT_FILE, HISTORY_FILE,
                                      STUDENT_DIR, distill, resolve_student_text)
-from compress.distill.progress import Reporter
+from compress.training.progress import Reporter
 from compress.distill.student_search import SEARCH_FILE, searches_student
 from compress.distill.teacher import resolve_teacher
+from export.base.corpus import pin_training_data
 from export.base.records import FileRef, StageRecord
 from compress.parallel import run_stage_on_ranks
 from export.base.stages import StageOutput, StageRun
@@ -31,7 +31,7 @@ def planned_record(config: DistillConfig, profile: Profile) -> StageRecord:
     _, teacher_dir = resolve_teacher(config.teacher)
     inputs = {"teacher": FileRef.of(teacher_dir)}
     params = config.params()
-    data_input(config.data, inputs, params)
+    pin_training_data(config.data, inputs, params)
     if config.init_student is not None:
         inputs["init_student"] = FileRef.of(Path(config.init_student))
     if config.student == "auto" and searches_student(profile):

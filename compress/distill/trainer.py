@@ -1,43 +1,34 @@
-"""The distillation loop: bucketed batches, cached teacher outputs, checkpoints, resume, Ctrl-C.
+"""The encoder trainer: one step on a batch of texts against the teacher's (cached) outputs.
 
-GPU first: bf16 autocast and fused AdamW on CUDA, pinned host memory and non-blocking copies.
-On the CPU it runs in fp32 with as many torch threads as the process has cores.
-
-Ctrl-C finishes the current step, saves a checkpoint and stops with :class:`DistillInterrupted`
-(a ``KeyboardInterrupt``); a second Ctrl-C stops at once. ``--resume`` continues from the last
-checkpoint; for a step-determined run the result equals that of an unbroken run.
+The loop around it (limits, checkpoints, resume, Ctrl-C, ranks, progress) is
+:func:`compress.training.loop.run_loop`'s. A step: the teacher's outputs, computed once per
+example and kept in fp16 (:class:`~compress.training.teacher_cache.TeacherCache`) unless a loss
+needs its internals; the student's under bf16 autocast on CUDA; the loss; a clipped AdamW step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.distill.batching import EncodedSet, TeacherCache, batches_per_epoch, collate, epoch_batches
-from compress.distill.checkpoint import TrainingState, load_checkpoint, read_state, save_checkpoint
-from compress.parallel import allreduce_share, data_parallel, world
-from export.base.errors import CompressError
-from export.torch_model import TaskOutputs, task_outputs
+from compress.distill.batching import EncodedSet, collate
 from compress.distill.losses import LossSettings, distillation_loss
-from compress.distill.progress import Reporter, StepReport
 from compress.distill.quality import HeldOutOutputs, QualityReport, compare, held_out_outputs
-from compress.distill.schedule import Schedule
 from compress.distill.student import Student
+from compress.parallel import allreduce_share, data_parallel, world
+from compress.training.batching import batches_per_epoch
+from compress.training.device import autocast_context
+from compress.training.loop import GRAD_CLIP_NORM, LoopPlan, Saved, run_loop
+from compress.training.progress import Reporter, StepReport
+from compress.training.schedule import Schedule
+from compress.training.teacher_cache import TeacherCache
+from export.base.errors import CompressError
 from export.base.tasks import Pooling, Task
-
-GRAD_CLIP_NORM = 1.0
-
-
-class DistillInterrupted(KeyboardInterrupt):
-    """The run was stopped by Ctrl-C after saving a checkpoint; ``--resume`` continues it."""
-
+from export.torch_model import TaskOutputs, task_outputs
 
 @dataclass
 class TrainingReport:
@@ -95,37 +86,6 @@ def make_optimizer(student: Student, lr: float, weight_decay: float, device: str
         return torch.optim.AdamW(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError):  # a torch without fused AdamW for this device
         return torch.optim.AdamW(groups, lr=lr, foreach=device.startswith("cuda"))
-
-
-def autocast_context(device: str) -> Any:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _graceful_interrupt(reporter: Reporter) -> Iterator[list[bool]]:
-    """First Ctrl-C sets a flag the loop checks after each step; the second one interrupts at once."""
-    flag = [False]
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: Any) -> None:
-        if flag[0]:
-            signal.signal(signal.SIGINT, previous)
-            raise KeyboardInterrupt
-        flag[0] = True
-        reporter.message("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to stop now)")
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _trainable(student: Student, task: Task, pooling: Pooling | None) -> Any:
@@ -247,142 +207,60 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def _eval_due(self, steps_done: int, progress: float, evals_done: int) -> bool:
+    def learning_rate(self, step: int, elapsed_s: float) -> float:
+        return self.s.schedule.lr(self.s.schedule.progress(step, elapsed_s))
+
+    def eval_due(self, step: int, progress: float, evals_done: int, finishing: bool) -> bool:
+        """At ``eval_points`` evenly spaced points of the run (by steps, or by progress under a budget)."""
         if evals_done >= self.s.eval_points:
             return False
         next_fraction = (evals_done + 1) / (self.s.eval_points + 1)
         total = self.s.schedule.total_steps
         if total is not None and self.s.schedule.budget_s is None:
-            return steps_done >= round(total * next_fraction)
+            return step >= round(total * next_fraction)
         return progress >= next_fraction
 
-    def run(self, on_step: Any = None) -> TrainingReport:
+    def run(self, on_step: Callable[[StepReport], None] | None = None) -> TrainingReport:
         """Train until the schedule says stop; checkpoints on the way and on Ctrl-C."""
-        import torch
-
         s = self.s
-        state = TrainingState(fingerprint=s.fingerprint)
-        resumed_from: int | None = None
-        if s.resume:
-            state = load_checkpoint(s.checkpoint_dir, s.fingerprint, self.student, self.optimizer, self.cache, s.device)
-            resumed_from = state.step
-            self.reporter.message(f"resuming from step {state.step} (epoch {state.epoch}, "
-                                  f"{state.elapsed_s:.0f} s spent)")
-        elif read_state(s.checkpoint_dir) is not None:
-            self.reporter.message(f"starting over; a checkpoint in {s.checkpoint_dir} is replaced "
-                                  "(pass --resume to continue it instead)")
         for module in self.student.modules():
             module.train()
-        ranks = self.world
-        if not state.history and ranks.is_main:  # rank 0 alone scores and reports
-            initial = self.evaluate()
-            state.history.append({"step": 0, "loss": None, "lr": 0.0, "samples_per_s": None, "elapsed_s": 0.0,
-                                  "epoch": 0.0, **_quality_fields(initial)})
-        evals_done = sum(1 for e in state.history if e.get("teacher_agreement") is not None and e["step"] > 0)
-        lengths = self.train.lengths
-        epoch_cache: tuple[int, list[Any]] | None = None
-        session_start = time.perf_counter()
-        base_elapsed = state.elapsed_s
-        session_samples = rank_samples = 0
-        window_loss = torch.zeros((), device=s.device)
-        window_steps = window_samples = 0
-        window_start = time.perf_counter()
-        last_checkpoint = time.perf_counter()
-        stopped_by = ""
-        self.reporter.start("distill")
-        try:
-            with _graceful_interrupt(self.reporter) as interrupted:
-                while True:
-                    elapsed = base_elapsed + time.perf_counter() - session_start
-                    # Every rank stops together: on rank 0's clock, or when any rank was interrupted.
-                    reason = ranks.agree(s.schedule.finished(state.step, elapsed))
-                    if reason:
-                        stopped_by = s.stop_label if reason == "max_steps" else reason
-                        break
-                    if ranks.any(interrupted[0]):
-                        interrupted[0] = True
-                        break
-                    if epoch_cache is None or epoch_cache[0] != state.epoch:
-                        epoch_cache = (state.epoch, epoch_batches(lengths, s.batch_size, s.seed, state.epoch))
-                    batches = epoch_cache[1]
-                    if state.position >= len(batches):
-                        state.epoch, state.position = state.epoch + 1, 0
-                        continue
-                    indices = batches[state.position]
-                    progress = s.schedule.progress(state.step, elapsed)
-                    lr = s.schedule.lr(progress)
-                    window_loss += self.train_step(indices, lr)
-                    state.step += 1
-                    state.position += 1
-                    state.samples_seen += len(indices)
-                    session_samples += len(indices)
-                    rank_samples += len(ranks.shard(indices))
-                    window_steps += 1
-                    window_samples += len(indices)
-                    elapsed = base_elapsed + time.perf_counter() - session_start
-                    state.elapsed_s = elapsed
-                    epoch_float = state.epoch + state.position / self.batches_per_epoch
-                    eval_now = ranks.is_main and self._eval_due(state.step, progress, evals_done)
-                    loss_value = None
-                    if state.step % s.log_every == 0 or eval_now or s.schedule.finished(state.step, elapsed):
-                        now = time.perf_counter()
-                        loss_value = float(window_loss.item()) / window_steps
-                        entry = {"step": state.step, "loss": round(loss_value, 6), "lr": lr,
-                                 "samples_per_s": round(window_samples / max(now - window_start, 1e-9), 2),
-                                 "elapsed_s": round(elapsed, 2), "epoch": round(epoch_float, 4)}
-                        if eval_now:
-                            entry.update(_quality_fields(self.evaluate()))
-                            evals_done += 1
-                        state.history.append(entry)
-                        window_loss.zero_()
-                        window_steps = window_samples = 0
-                        window_start = time.perf_counter()
-                    due_by_steps = s.checkpoint_every_steps and state.step % s.checkpoint_every_steps == 0
-                    due_by_time = time.perf_counter() - last_checkpoint >= s.checkpoint_every_s
-                    if (eval_now or due_by_steps or due_by_time) and ranks.is_main:
-                        save_checkpoint(s.checkpoint_dir, state, self.student, self.optimizer, self.cache)
-                        last_checkpoint = time.perf_counter()
-                    if loss_value is None:  # between log lines: the last logged loss, else this window's so far
-                        loss_value = _last_loss(state.history)
-                        if math.isnan(loss_value) and window_steps:
-                            loss_value = float(window_loss.item()) / window_steps
-                    report = StepReport(step=state.step, epoch=epoch_float, loss=loss_value,
-                                        lr=lr, samples_per_s=_last_speed(state.history), elapsed_s=elapsed,
-                                        progress=s.schedule.progress(state.step - 1, elapsed))
-                    self.reporter.step(report)
-                    if on_step is not None:
-                        on_step(report)
-                if interrupted[0] and not stopped_by:
-                    if ranks.is_main:
-                        save_checkpoint(s.checkpoint_dir, state, self.student, self.optimizer, self.cache)
-                    ranks.barrier()  # no rank leaves (and gets the others stopped) before the checkpoint is saved
-                    message = (f"stopped at step {state.step}; checkpoint saved in {s.checkpoint_dir}; "
-                               "run the same command with --resume to continue")
-                    self.reporter.stop()
-                    self.reporter.message(message)
-                    raise DistillInterrupted(message)
-        finally:
-            self.reporter.stop()
-        session_time = time.perf_counter() - session_start
-        if ranks.is_main:
-            save_checkpoint(s.checkpoint_dir, state, self.student, self.optimizer, self.cache)
-        per_rank = ranks.gather_rows(torch.tensor([rank_samples / max(session_time, 1e-9)]))
+        plan = LoopPlan(schedule=s.schedule, lengths=self.train.lengths, batch_size=s.batch_size, seed=s.seed,
+                        device=s.device, fingerprint=s.fingerprint, checkpoint_dir=s.checkpoint_dir, resume=s.resume,
+                        log_every=s.log_every, checkpoint_every_s=s.checkpoint_every_s,
+                        checkpoint_every_steps=s.checkpoint_every_steps, checkpoint_on_eval=True,
+                        stop_label=s.stop_label)
+        done = run_loop(plan, _Steps(self), Saved(self.student, self.optimizer, self.cache), self.reporter, on_step)
+        state = done.state
         return TrainingReport(
-            steps=state.step,
-            epochs=round(state.epoch + state.position / self.batches_per_epoch, 4),
-            samples_seen=state.samples_seen,
+            steps=state.step, epochs=done.epochs, samples_seen=state.samples_seen,
             train_time_s=round(state.elapsed_s, 2),
-            samples_per_s=round(session_samples / max(session_time, 1e-9), 2),
-            stopped_by=stopped_by,
-            resumed_from_step=resumed_from,
+            samples_per_s=round(done.session_samples / done.session_time_s, 2),
+            stopped_by=done.stopped_by, resumed_from_step=done.resumed_from_step,
             teacher_cache=("cached in fp16 after first use" if self.cache.disabled_reason is None
                            else f"recomputed every step ({self.cache.disabled_reason})"),
-            history=state.history,
-            world_size=ranks.size,
-            backend=ranks.backend,
-            rank_samples_per_s=[round(float(r), 2) for r in per_rank],
-            allreduce_share=allreduce_share([self.forward]),
+            history=state.history, world_size=self.world.size, backend=self.world.backend,
+            rank_samples_per_s=done.rank_samples_per_s, allreduce_share=allreduce_share([self.forward]),
         )
+
+
+class _Steps:
+    """The encoder trainer as the loop's :class:`~compress.training.loop.StepSource`."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def step(self, rows: Any, lr: float) -> tuple[Any, int]:
+        return self.trainer.train_step(rows, lr), 0
+
+    def learning_rate(self, step: int, elapsed_s: float) -> float:
+        return self.trainer.learning_rate(step, elapsed_s)
+
+    def evaluate(self) -> dict[str, Any]:
+        return _quality_fields(self.trainer.evaluate())
+
+    def eval_due(self, step: int, progress: float, evals_done: int, finishing: bool) -> bool:
+        return self.trainer.eval_due(step, progress, evals_done, finishing)
 
 
 def _quality_fields(report: QualityReport) -> dict[str, Any]:
@@ -392,11 +270,3 @@ def _quality_fields(report: QualityReport) -> dict[str, Any]:
     if report.accuracy is not None:
         fields["accuracy"] = report.accuracy
     return fields
-
-
-def _last_loss(history: list[dict[str, Any]]) -> float:
-    return next((e["loss"] for e in reversed(history) if e.get("loss") is not None), math.nan)
-
-
-def _last_speed(history: list[dict[str, Any]]) -> float:
-    return next((e["samples_per_s"] for e in reversed(history) if e.get("samples_per_s") is not None), 0.0)

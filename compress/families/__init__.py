@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compress.families.base import Exported, TaskFamily
+from compress.stages.family import TaskFamily
+from compress.stages.outputs import Exported
 from compress.families.causal_lm import CausalLMFamily
 from compress.families.encoder import EncoderFamily
 from compress.families.endpoint_lm import EndpointLMFamily

@@ -12,26 +12,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from compress.chain_state import TableRow, measure_against_teacher, profile_input
-from compress.families.base import ENDPOINT_OPTIONS, Exported, TaskFamily, bench_record
+from compress.stages.family import ENDPOINT_OPTIONS, TaskFamily
+from compress.stages.outputs import Exported, Quantized
 from export.base.errors import CompressError
 from export.base.records import FileRef, StageRecord, read_record, stage_status
-from export.base.stages import StageOutput, run_stage
+from export.base.stages import StageOutput
 from export.base.tasks import TEXT_GENERATION
 
 if TYPE_CHECKING:
     from compress.lm.config import LMDistillConfig
     from compress.chain_state import ChainContext, ChainOptions, ChainResult
-    from export.base.stages import StageRun
+    from export.base.stages import StagePlan, StageRun
+    from export.runtime.gate import QualityEvidence
     from export.run_summary import QualitySummary, StudentInfo
-    from export.runtime.gate import GateReport
     from export.runtime.profiles import Profile
     from export.runtime.release_choice import ReleaseCandidate
 
 LM_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-weight", "int4-weight")
-BENCH_RUNS = 5
-BENCH_WARMUP = 1
 PARITY_TEXTS = 4
-PERPLEXITY_TEXTS = 32
 
 
 class CausalLMFamily(TaskFamily):
@@ -44,6 +42,8 @@ class CausalLMFamily(TaskFamily):
     # the generation benches.
     later_stages_reserve_s: ClassVar[float] = 360.0
     min_distill_share: ClassVar[float] = 0.4
+    bench_runs: ClassVar[int] = 5
+    bench_warmup: ClassVar[int] = 1
     foreign_options: ClassVar[tuple[str, ...]] = (
         "task", "embedding_loss", "hidden_weight", "attention_weight", "alpha", "trust_remote_code", "prune_heads",
         "prune_ffn", "recover_steps", *ENDPOINT_OPTIONS)
@@ -84,55 +84,18 @@ class CausalLMFamily(TaskFamily):
                         f"tokens {'identical' if parity.greedy_match else 'differ'}",
                         stage_status(before, read_record(out)))
 
-    def quantize(self, ctx: ChainContext, fp32: Path) -> None:
-        from export.lm_quantize import LMQuantizeResult, int4_ladder, quantize_causal_lm
+    def release_precision(self, ctx: ChainContext) -> str:
+        return release_precision(ctx.profile, ctx.options.precision)
 
-        method = release_precision(ctx.profile, ctx.options.precision)
-        if method == "fp32":
-            ctx.result.stages["quantize"] = "not needed"
-            return
-        texts = self._held_out_texts(ctx)[:PERPLEXITY_TEXTS]
-        export_dir = fp32.parent
-        budget = ctx.profile.budgets.quality.max_quantization_perplexity_ratio
-        # The settings that may be tried are part of the plan: a different ladder is a different stage.
-        ladder = [s.describe() for s in int4_ladder(ctx.options.block_size)] if method == "int4-weight" else []
-        planned = StageRecord(stage="quantize", inputs={"model": FileRef.of(export_dir)},
-                              params={"method": method, "block_size": ctx.options.block_size,
-                                      "eval_texts": len(texts), "max_ratio": budget, "ladder": ladder})
+    def quantize(self, ctx: ChainContext, fp32: Path, method: str) -> Quantized:
+        from compress.lm.quantize_stage import run_lm_quantize_stage
 
-        def work(tmp: Path) -> StageOutput:
-            within = f" within {budget}x" if budget is not None else ""
-            ctx.reporter.message(f"quantize: {method} for {ctx.profile.name}, perplexity against the fp32 student"
-                                 f"{within}")
-            quantized = quantize_causal_lm(export_dir, tmp, method, block_size=ctx.options.block_size,
-                                           eval_texts=texts, max_ratio=budget)
-            quantized.out_path = ctx.run_dir / "quantize" / Path(quantized.out_path).name
-            return StageOutput({"model": quantized.out_path.name}, {"result": quantized.to_json()})
+        return run_lm_quantize_stage(ctx, fp32, method, self._held_out_texts(ctx))
 
-        run = run_stage(ctx.run_dir / "quantize", planned, work)
-        quantized = LMQuantizeResult.from_json(run.result)
-        ctx.reporter.message(f"quantize: {quantized.size_mb:.1f} MiB (fp32 {quantized.fp32_size_mb:.1f}); perplexity "
-                             f"on {len(texts)} held-out texts (ONNX) {quantized.perplexity_fp32:.2f} -> "
-                             f"{quantized.perplexity:.2f} ({quantized.perplexity_ratio:.3f}x)")
-        if len(quantized.tries) > 1 or quantized.within_budget is False:
-            tried = "; ".join(f"{t['setting']} {t['perplexity_ratio']:.3f}x" for t in quantized.tries)
-            verdict = "within" if quantized.within_budget else "none within"
-            ctx.reporter.message(f"quantize: int4 settings tried ({verdict} {quantized.max_ratio}x): {tried}; "
-                                 f"released {quantized.setting}")
-        ctx.result.stages["quantize"] = run.status
-        ctx.result.final_model, ctx.result.precision = run.path("model"), method
+    def release_plan(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> StagePlan | None:
+        from compress.lm.release_stage import lm_release_plan
 
-    def choose_release(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> None:
-        from compress.lm.release_stage import run_lm_release_stage
-
-        choice = run_lm_release_stage(ctx, student_fp32, teacher, self._held_out_texts(ctx), _quantization_cost(ctx))
-        ctx.result.release = choice
-        chosen = choice.chosen
-        if chosen is not None:
-            ctx.result.final_model, ctx.result.precision = ctx.run_dir / chosen.model, chosen.precision
-            ctx.reporter.message(f"release: {chosen.name}: {choice.why}")
-        else:
-            ctx.reporter.warning(f"release: {choice.why}; the student's release stays the release")
+        return lm_release_plan(ctx, student_fp32, teacher, self._held_out_texts(ctx), _quantization_cost(ctx))
 
     candidate_columns = ("tok/s", "speed", "TTFT ms", "ppl", "agree")
 
@@ -148,74 +111,55 @@ class CausalLMFamily(TaskFamily):
         return next((c for c in result.release.candidates
                      if (result.run_dir / c.model).resolve() == result.final_model.resolve()), None)
 
-    def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
+    def measure(self, ctx: ChainContext, model: Path, teacher: Path, runs: int, warmup: int, tmp: Path) -> StageOutput:
+        ctx.reporter.message(f"bench: generating with {model.name} and the teacher, runs interleaved on this host")
+        # threads=None: the runtime's one thread policy, as `compress bench` and `verify --gate` use it.
+        comparison = measure_against_teacher(ctx, model, teacher, runs, warmup)
+        comparison.to_json(tmp / "compare.json")
+        comparison.model.to_json(tmp / "bench.json")
+        return StageOutput({"compare": "compare.json", "bench": "bench.json"})
+
+    def speed(self, bench_dir: Path) -> tuple[dict[str, Any], float | None, str]:
         from export.runtime.generation_bench import GenerationComparison
 
-        runs, warmup = ctx.options.bench_runs or BENCH_RUNS, ctx.options.bench_warmup
-        warmup = BENCH_WARMUP if warmup is None else warmup
-        planned = bench_record(ctx, model, teacher, runs, warmup, threads)
-
-        def work(tmp: Path) -> StageOutput:
-            ctx.reporter.message(f"bench: generating with {model.name} and the teacher, runs interleaved on this host")
-            # threads=None: the runtime's one thread policy, as `compress bench` and `verify --gate` use it.
-            comparison = measure_against_teacher(ctx, model, teacher, runs, warmup)
-            comparison.to_json(tmp / "compare.json")
-            comparison.model.to_json(tmp / "bench.json")
-            return StageOutput({"compare": "compare.json", "bench": "bench.json"})
-
-        run = run_stage(ctx.run_dir / "bench", planned, work)
-        comparison = GenerationComparison.from_json(run.path("compare"))
+        comparison = GenerationComparison.from_json(bench_dir / "compare.json")
         student, other = comparison.model, comparison.other
-        ctx.result.stages["bench"] = run.status
-        ctx.result.speed = {
-            "student_tokens_per_s": student.tokens_per_s, "teacher_tokens_per_s": other.tokens_per_s,
-            "student_ttft_ms": student.ttft_ms.p50, "teacher_ttft_ms": other.ttft_ms.p50,
-            "student_tpot_ms": student.tpot_ms.p50, "teacher_tpot_ms": other.tpot_ms.p50,
-            "prompt_length": student.prompt_length, "new_tokens": student.new_tokens,
-        }
-        if student.tokens_per_s and other.tokens_per_s:
-            ctx.result.speedup = student.tokens_per_s / other.tokens_per_s
-        ctx.result.host = student.host.describe()
+        speed = {"student_tokens_per_s": student.tokens_per_s, "teacher_tokens_per_s": other.tokens_per_s,
+                 "student_ttft_ms": student.ttft_ms.p50, "teacher_ttft_ms": other.ttft_ms.p50,
+                 "student_tpot_ms": student.tpot_ms.p50, "teacher_tpot_ms": other.tpot_ms.p50,
+                 "prompt_length": student.prompt_length, "new_tokens": student.new_tokens}
+        speedup = student.tokens_per_s / other.tokens_per_s if student.tokens_per_s and other.tokens_per_s else None
+        return speed, speedup, student.host.describe()
 
-    def gate(self, ctx: ChainContext, model: Path, teacher: Path) -> GateReport:
-        from export.runtime.gate import GateReport, QualityEvidence, gate, write_junit
-        from export.runtime.generation_bench import GenerationBenchReport
+    def gate_inputs(self, ctx: ChainContext, model: Path, teacher: Path) -> StageRecord:
+        inputs = {"bench": FileRef.of(ctx.run_dir / "bench" / "bench.json"),
+                  "distill": FileRef.of(ctx.run_dir / "distill" / "stage.json"), **profile_input(ctx.profile)}
+        if ctx.result.stages.get("quantize") in ("ran", "skipped"):
+            inputs["quantize"] = FileRef.of(ctx.run_dir / "quantize" / "stage.json")
+        if self.released_candidate(ctx.result) is not None:
+            inputs["release"] = FileRef.of(ctx.run_dir / "release" / "candidates.json")
+        return StageRecord(stage="gate", inputs=inputs, params={"profile": ctx.profile.name})
 
-        bench_json = ctx.run_dir / "bench" / "bench.json"
-        distill_json = ctx.run_dir / "distill" / "stage.json"
-        quantize_json = ctx.run_dir / "quantize" / "stage.json"
-        candidates_json = ctx.run_dir / "release" / "candidates.json"
-        quantized = ctx.result.stages.get("quantize") in ("ran", "skipped")
-        inputs = {"bench": FileRef.of(bench_json), "distill": FileRef.of(distill_json), **profile_input(ctx.profile)}
-        if quantized:
-            inputs["quantize"] = FileRef.of(quantize_json)
+    def quality_evidence(self, ctx: ChainContext, model: Path, teacher: Path,
+                         tmp: Path) -> tuple[QualityEvidence, dict[str, str], dict[str, Any]]:
+        from export.runtime.gate import QualityEvidence
+
         released = self.released_candidate(ctx.result)
-        if released is not None:
-            inputs["release"] = FileRef.of(candidates_json)
-        planned = StageRecord(stage="gate", inputs=inputs, params={"profile": ctx.profile.name})
+        if released is not None:  # the release's own figures, measured as ONNX beside the others
+            quantized = released.precision != "fp32"
+            return QualityEvidence(
+                teacher_agreement=released.quality["next_token_agreement"], metric=self.agreement_metric,
+                source=str(ctx.run_dir / "release" / "candidates.json"),
+                perplexity_ratio=released.quality["perplexity_ratio"],
+                quantization_perplexity_ratio=released.quality["quantization_perplexity_ratio"] if quantized
+                else None), {}, {}
+        return QualityEvidence(teacher_agreement=self.teacher_agreement(ctx.distilled.metrics),
+                               metric=self.agreement_metric, source=str(ctx.run_dir / "distill" / "stage.json"),
+                               perplexity_ratio=self.perplexity_ratio(ctx.distilled.metrics),
+                               quantization_perplexity_ratio=_quantization_cost(ctx)), {}, {}
 
-        def work(tmp: Path) -> StageOutput:
-            if released is not None:  # the release's own figures, measured as ONNX beside the others
-                evidence = QualityEvidence(teacher_agreement=released.quality["next_token_agreement"],
-                                           metric=self.agreement_metric, source=str(candidates_json),
-                                           perplexity_ratio=released.quality["perplexity_ratio"],
-                                           quantization_perplexity_ratio=released.quality[
-                                               "quantization_perplexity_ratio"] if released.precision != "fp32"
-                                           else None)
-            else:
-                evidence = QualityEvidence(teacher_agreement=self.teacher_agreement(ctx.distilled.metrics),
-                                           metric=self.agreement_metric, source=str(distill_json),
-                                           perplexity_ratio=self.perplexity_ratio(ctx.distilled.metrics),
-                                           quantization_perplexity_ratio=_quantization_cost(ctx))
-            verdict = gate(GenerationBenchReport.from_json(bench_json), ctx.profile, evidence)
-            verdict.to_json(tmp / "gate.json")
-            write_junit(verdict, tmp / "junit.xml")
-            return StageOutput({"gate": "gate.json", "junit": "junit.xml"}, {"verdict": verdict.verdict})
-
-        run = run_stage(ctx.run_dir / "gate", planned, work)
-        ctx.result.stages["gate"] = run.status
-        ctx.result.quality = ctx.distilled.metrics["quality"]  # the student's, from distillation (PyTorch)
-        return GateReport.from_json(run.path("gate"))
+    def gate_quality(self, ctx: ChainContext, gate_dir: Path) -> dict[str, Any] | None:
+        return ctx.distilled.metrics["quality"]  # the student's, from distillation (PyTorch)
 
     agreement_metric: ClassVar[str] = "next_token_agreement"
 

@@ -12,25 +12,24 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from compress.chain_state import PruneOptions, TableRow, measure_against_teacher, profile_input
-from compress.families.base import ENDPOINT_OPTIONS, Exported, TaskFamily, bench_record
+from compress.chain_state import TableRow, measure_against_teacher, profile_input
+from compress.stages.family import ENDPOINT_OPTIONS, TaskFamily
+from compress.stages.outputs import Exported, Quantized
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json
 from export.base.records import FileRef, StageRecord, read_record, stage_status
-from export.base.stages import StageOutput, run_stage
+from export.base.stages import StageOutput
 
 if TYPE_CHECKING:
     from compress.distill.config import DistillConfig
     from compress.chain_state import ChainContext, ChainResult
-    from export.base.stages import StageRun
+    from export.base.stages import StagePlan, StageRun
+    from export.runtime.gate import QualityEvidence
     from export.quantize_report import QuantizeResult
     from export.runtime.release_choice import ReleaseCandidate
     from export.run_summary import QualitySummary, StudentInfo
-    from export.runtime.gate import GateReport
     from export.runtime.profiles import Profile
 
-BENCH_RUNS = 100
-BENCH_WARMUP = 10
 _METRIC_LABEL = {"mean_cosine": "cosine", "argmax_agreement": "same label"}
 
 
@@ -44,6 +43,9 @@ class EncoderFamily(TaskFamily):
     later_stages_reserve_s: ClassVar[float] = 120.0
     min_distill_share: ClassVar[float] = 0.5
     dated_by_gate: ClassVar[bool] = True
+    prunable: ClassVar[bool] = True
+    bench_runs: ClassVar[int] = 100
+    bench_warmup: ClassVar[int] = 10
     foreign_options: ClassVar[tuple[str, ...]] = (
         "lm_loss", "jsd_beta", "topk", "embeddings", "teacher_answers", "answer_tokens", "sample", "top_p",
         "block_size",
@@ -60,25 +62,6 @@ class EncoderFamily(TaskFamily):
 
         return run_distill_stage(ctx.run_dir, ctx.config, ctx.profile, ctx.reporter)
 
-    def prune(self, ctx: ChainContext) -> Path:
-        from compress.prune.stage import PruneConfig, prune_model
-
-        prune: PruneOptions = ctx.options.prune or PruneOptions(**ctx.profile.distill.prune.model_dump())
-        if not prune.wanted:
-            ctx.result.stages["prune"] = "not needed"
-            return self.student_dir(ctx)
-        out = ctx.run_dir / "prune"
-        before = read_record(out)
-        prune_model(self.student_dir(ctx), out,
-                    PruneConfig(heads=prune.heads, ffn=prune.ffn, data=ctx.config.data,
-                                teacher=str(self.teacher_dir(ctx.distilled)), recover_steps=prune.recover_steps,
-                                compare=False),
-                    profile=ctx.profile, resume=True, log=lambda text: ctx.reporter.message(f"prune: {text}"))
-        ctx.result.stages["prune"] = stage_status(before, read_record(out))
-        if ctx.result.stages["prune"] == "skipped":
-            ctx.reporter.message(f"prune: up to date in {out}; skipped")
-        return out
-
     def export(self, ctx: ChainContext, model_dir: Path, out: Path) -> Exported:
         from export.onnx_export import export_model
 
@@ -87,16 +70,19 @@ class EncoderFamily(TaskFamily):
         return Exported(exported.onnx_path, f"{exported.parity.metric} {exported.parity.agreement:.6f} to PyTorch",
                         stage_status(before, read_record(out)))
 
-    def quantize(self, ctx: ChainContext, fp32: Path) -> None:
-        from export.quantize import BNB_METHODS, quantize_stage, resolve_method
+    def release_precision(self, ctx: ChainContext) -> str:
+        from export.quantize import resolve_method
+
+        if (ctx.options.precision or ctx.profile.precision) == "fp32":
+            return "fp32"
+        return resolve_method(ctx.profile, ctx.options.precision)
+
+    def quantize(self, ctx: ChainContext, fp32: Path, method: str) -> Quantized:
+        from export.quantize import BNB_METHODS, quantize_stage
         from export.runtime.gate import match_hardware
         from export.runtime.host import detect_host
 
-        profile, result = ctx.profile, ctx.result
-        if (ctx.options.precision or profile.precision) == "fp32":
-            result.stages["quantize"] = "not needed"
-            return
-        method = resolve_method(profile, ctx.options.precision)
+        profile = ctx.profile
         if method in BNB_METHODS:
             raise CompressError(f"precision {method} is for PyTorch on a GPU and cannot be the chain's ONNX release; "
                                 "run `compress quantize MODEL_DIR --method ...` on the student folder instead")
@@ -106,18 +92,17 @@ class EncoderFamily(TaskFamily):
         quantized = quantize_stage(fp32, profile, stage_dir, method=method,
                                    calibration_data=ctx.config.data if method == "int8-static" else None,
                                    log=lambda text: ctx.reporter.message(f"quantize: {text}"))
-        result.stages["quantize"] = stage_status(before, read_record(stage_dir))
+        status = stage_status(before, read_record(stage_dir))
         providers = quantized.speed.providers_used if quantized.speed else ["CPUExecutionProvider"]
         on_target = match_hardware(profile, detect_host(), providers).matched
         keep, why = quantized_or_fp32(quantized, profile, on_target, fp32.stat().st_size)
         # The chain says itself which model ships and why; the stage's file-copy notes are noise here.
-        result.notes.extend(note for note in quantized.notes if not note.startswith("copied beside")
-                            and not (keep == "fp32" and note.startswith("not faster")))
+        notes = [note for note in quantized.notes if not note.startswith("copied beside")
+                 and not (keep == "fp32" and note.startswith("not faster"))]
         if keep == "quantized":
-            result.final_model, result.precision = quantized.out_path, method
-        else:
-            result.notes.append(why)
-            ctx.reporter.warning(why)
+            return Quantized(status, quantized.out_path, method, notes)
+        ctx.reporter.warning(why)
+        return Quantized(status, notes=[*notes, why])
 
     candidate_columns = ("p50 ms", "p95 ms", "est. p95", "speed", "agree", "top-10", "q. drop")
 
@@ -129,102 +114,78 @@ class EncoderFamily(TaskFamily):
                 f"{candidate.speedup:.2f}x", f"{q['teacher_agreement']:.4f}",
                 "-" if neighbours is None else f"{neighbours:.4f}", f"{q['quantization_drop']:.4f}")
 
-    def choose_release(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> None:
-        from compress.distill.release_stage import run_encoder_release_stage
+    def release_plan(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> StagePlan:
+        from compress.distill.release_stage import encoder_release_plan
 
-        choice = run_encoder_release_stage(ctx, student_fp32, teacher, self._held_out(ctx), ctx.options.quality_texts)
-        ctx.result.release = choice
-        chosen = choice.chosen
-        if chosen is None:
-            ctx.reporter.warning(f"release: {choice.why}; the quantize stage's choice stays the release")
-            return
-        ctx.result.final_model, ctx.result.precision = ctx.run_dir / chosen.model, chosen.precision
-        ctx.reporter.message(f"release: {chosen.name}: {choice.why}")
+        return encoder_release_plan(ctx, student_fp32, teacher, self._held_out(ctx), ctx.options.quality_texts)
 
-    def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
+    def measure(self, ctx: ChainContext, model: Path, teacher: Path, runs: int, warmup: int, tmp: Path) -> StageOutput:
+        ctx.reporter.message(f"bench: {model.name} against the teacher, runs interleaved "
+                             f"({ctx.profile.name}'s providers, threads and workload)")
+        # One measurement: the table's numbers and the gate's are the release's from this run.
+        # threads=None: the runtime's one thread policy, as `compress bench` and `verify --gate` use it.
+        comparison = measure_against_teacher(ctx, model, teacher, runs, warmup)
+        release = comparison.model
+        release.to_json(tmp / "bench.json")
+        comparison.to_json(tmp / "compare.json")
+        return StageOutput({"bench": "bench.json", "compare": "compare.json"}, {
+            "p50_ms": release.latency.p50_ms, "p95_ms": release.latency.p95_ms, "p99_ms": release.latency.p99_ms,
+            "teacher_p50_ms": comparison.other.latency.p50_ms, "speedup_vs_teacher": comparison.p50_ratio,
+            "host": release.host.describe(), "providers_used": list(release.session.providers_used)})
+
+    def speed(self, bench_dir: Path) -> tuple[dict[str, Any], float | None, str]:
         from export.runtime.bench import BenchReport, ComparisonReport
 
-        runs, warmup = ctx.options.bench_runs or BENCH_RUNS, ctx.options.bench_warmup
-        warmup = BENCH_WARMUP if warmup is None else warmup
-        planned = bench_record(ctx, model, teacher, runs, warmup, threads)
+        BenchReport.from_json(bench_dir / "bench.json")  # a report that no longer reads is an error here, not later
+        comparison = ComparisonReport.from_json(bench_dir / "compare.json")
+        release, teacher = comparison.model, comparison.other
+        return ({"student_p50_ms": release.latency.p50_ms, "student_p95_ms": release.latency.p95_ms,
+                 "teacher_p50_ms": teacher.latency.p50_ms, "teacher_p95_ms": teacher.latency.p95_ms,
+                 "batch_size": release.workload.batch_size, "sequence_length": release.workload.sequence_length},
+                comparison.p50_ratio, release.host.describe())
 
-        def work(tmp: Path) -> StageOutput:
-            ctx.reporter.message(f"bench: {model.name} against the teacher, runs interleaved "
-                                 f"({ctx.profile.name}'s providers, threads and workload)")
-            # One measurement: the table's numbers and the gate's are the release's from this run.
-            # threads=None: the runtime's one thread policy, as `compress bench` and `verify --gate` use it.
-            comparison = measure_against_teacher(ctx, model, teacher, runs, warmup)
-            release = comparison.model
-            release.to_json(tmp / "bench.json")
-            comparison.to_json(tmp / "compare.json")
-            return StageOutput({"bench": "bench.json", "compare": "compare.json"}, {
-                "p50_ms": release.latency.p50_ms, "p95_ms": release.latency.p95_ms, "p99_ms": release.latency.p99_ms,
-                "teacher_p50_ms": comparison.other.latency.p50_ms, "speedup_vs_teacher": comparison.p50_ratio,
-                "host": release.host.describe(), "providers_used": list(release.session.providers_used)})
-
-        run = run_stage(ctx.run_dir / "bench", planned, work)
-        if run.status == "skipped":
-            ctx.reporter.message(f"bench: up to date in {run.folder}; skipped")
-        BenchReport.from_json(run.path("bench"))  # a report that no longer reads is an error here, not later
-        comparison = ComparisonReport.from_json(run.path("compare"))
-        result = ctx.result
-        result.stages["bench"] = run.status
-        result.speed = {"student_p50_ms": comparison.model.latency.p50_ms,
-                        "student_p95_ms": comparison.model.latency.p95_ms,
-                        "teacher_p50_ms": comparison.other.latency.p50_ms,
-                        "teacher_p95_ms": comparison.other.latency.p95_ms,
-                        "batch_size": comparison.model.workload.batch_size,
-                        "sequence_length": comparison.model.workload.sequence_length}
-        result.speedup, result.host = comparison.p50_ratio, comparison.model.host.describe()
-
-    def gate(self, ctx: ChainContext, model: Path, teacher: Path) -> GateReport:
-        from compress.evaluate import agreement_with_teacher, compare_outputs, model_outputs
-        from export.runtime.bench import BenchReport
-        from export.runtime.gate import GateReport, QualityEvidence, gate, write_junit
-        from export.runtime.samples import read_texts
-
-        held_out = self._held_out(ctx)
-        bench_json = ctx.run_dir / "bench" / "bench.json"
-        fp32 = None if ctx.result.precision == "fp32" else ctx.run_dir / "export" / "model.onnx"
-        cross = self._cross_domain(ctx)
-        planned = StageRecord(stage="gate", inputs={
+    def gate_inputs(self, ctx: ChainContext, model: Path, teacher: Path) -> StageRecord:
+        held_out, cross, fp32 = self._held_out(ctx), self._cross_domain(ctx), self._fp32(ctx)
+        return StageRecord(stage="gate", inputs={
             "model": FileRef.of(model), "teacher": FileRef.of(teacher), "held_out": FileRef.of(held_out),
             **({"cross_domain": FileRef.of(cross)} if cross is not None else {}),
-            "bench": FileRef.of(bench_json), **profile_input(ctx.profile),
+            "bench": FileRef.of(ctx.run_dir / "bench" / "bench.json"), **profile_input(ctx.profile),
             **({"fp32": FileRef.of(fp32)} if fp32 is not None else {}),
         }, params={"profile": ctx.profile.name, "quality_texts": ctx.options.quality_texts})
 
-        def work(tmp: Path) -> StageOutput:
-            texts = read_texts(held_out)[:ctx.options.quality_texts]
-            ctx.reporter.message(f"gate: {model.name} vs the teacher on {len(texts)} held-out texts, then the budgets")
-            source = f"{held_out.parent.name}/{held_out.name}"
-            released = model_outputs(model, texts, source=source)
-            agreement = compare_outputs(released, model_outputs(teacher, texts, source=source), source=source)
-            # What quantization cost, on the same texts: the release against its own fp32 export.
-            drop = 0.0 if fp32 is None else 1.0 - compare_outputs(
-                released, model_outputs(fp32, texts, source=source), source=source).teacher_agreement
-            quality = {**dataclasses.asdict(agreement), "quantization_drop": drop}
-            cross = self._cross_domain(ctx)
-            if cross is not None:  # a genre never trained on: reported beside, not budgeted
-                crossed = agreement_with_teacher(model, teacher, read_texts(cross)[:ctx.options.quality_texts],
-                                                 source=f"{cross.parent.name}/{cross.name}")
-                quality["cross_domain"] = {"genre": ctx.distilled.metrics.get("cross_domain_genre"),
-                                           **dataclasses.asdict(crossed)}
-            evidence = QualityEvidence(teacher_agreement=agreement.teacher_agreement, metric=agreement.metric,
-                                       quantization_drop=drop, source="gate/quality.json")
-            report = gate(BenchReport.from_json(bench_json), ctx.profile, evidence)
-            atomic_write_json(tmp / "quality.json", quality)
-            report.to_json(tmp / "gate.json")
-            write_junit(report, tmp / "junit.xml")
-            return StageOutput({"quality": "quality.json", "gate": "gate.json", "junit": "junit.xml"},
-                               {"verdict": report.verdict, **quality})
+    def quality_evidence(self, ctx: ChainContext, model: Path, teacher: Path,
+                         tmp: Path) -> tuple[QualityEvidence, dict[str, str], dict[str, Any]]:
+        from compress.evaluate import agreement_with_teacher, compare_outputs, model_outputs
+        from export.runtime.gate import QualityEvidence
+        from export.runtime.samples import read_texts
 
-        run = run_stage(ctx.run_dir / "gate", planned, work)
-        if run.status == "skipped":
-            ctx.reporter.message(f"gate: up to date in {run.folder}; skipped")
-        ctx.result.stages["gate"] = run.status
-        ctx.result.quality = json.loads(run.path("quality").read_text(encoding="utf-8"))
-        return GateReport.from_json(run.path("gate"))
+        held_out, fp32 = self._held_out(ctx), self._fp32(ctx)
+        texts = read_texts(held_out)[:ctx.options.quality_texts]
+        ctx.reporter.message(f"gate: {model.name} vs the teacher on {len(texts)} held-out texts, then the budgets")
+        source = f"{held_out.parent.name}/{held_out.name}"
+        released = model_outputs(model, texts, source=source)
+        agreement = compare_outputs(released, model_outputs(teacher, texts, source=source), source=source)
+        # What quantization cost, on the same texts: the release against its own fp32 export.
+        drop = 0.0 if fp32 is None else 1.0 - compare_outputs(
+            released, model_outputs(fp32, texts, source=source), source=source).teacher_agreement
+        quality = {**dataclasses.asdict(agreement), "quantization_drop": drop}
+        cross = self._cross_domain(ctx)
+        if cross is not None:  # a genre never trained on: reported beside, not budgeted
+            crossed = agreement_with_teacher(model, teacher, read_texts(cross)[:ctx.options.quality_texts],
+                                             source=f"{cross.parent.name}/{cross.name}")
+            quality["cross_domain"] = {"genre": ctx.distilled.metrics.get("cross_domain_genre"),
+                                       **dataclasses.asdict(crossed)}
+        atomic_write_json(tmp / "quality.json", quality)
+        evidence = QualityEvidence(teacher_agreement=agreement.teacher_agreement, metric=agreement.metric,
+                                   quantization_drop=drop, source="gate/quality.json")
+        return evidence, {"quality": "quality.json"}, quality
+
+    def gate_quality(self, ctx: ChainContext, gate_dir: Path) -> dict[str, Any] | None:
+        return json.loads((gate_dir / "quality.json").read_text(encoding="utf-8"))
+
+    def _fp32(self, ctx: ChainContext) -> Path | None:
+        """The release's own fp32 export, when the release is quantized (what quantization cost is measured against)."""
+        return None if ctx.result.precision == "fp32" else ctx.run_dir / "export" / "model.onnx"
 
     def _held_out(self, ctx: ChainContext) -> Path:
         return ctx.run_dir / "distill" / ctx.distilled.outputs["held_out"]

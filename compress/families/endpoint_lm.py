@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from compress.chain_state import TableRow
-from compress.families.base import ENDPOINT_OPTIONS
+from compress.stages.family import ENDPOINT_OPTIONS
 from compress.families.causal_lm import CausalLMFamily
 
 if TYPE_CHECKING:
@@ -43,8 +43,9 @@ class EndpointLMFamily(CausalLMFamily):
 
         return run_endpoint_distill_stage(ctx.run_dir, ctx.config, ctx.profile, ctx.reporter)
 
-    def choose_release(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> None:
+    def release_plan(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> None:
         """The endpoint's teacher has no weights here to quantize: the student's release is the release."""
+        return None
 
     def teacher_agreement(self, metrics: dict[str, Any]) -> float:
         return float(metrics["quality"]["after"]["token_agreement"])

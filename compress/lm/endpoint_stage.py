@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.distill.progress import Reporter
+from compress.training.progress import Reporter
 from compress.lm.config import DEFAULT_LM_BATCH_SIZE, EndpointDistillConfig
 from compress.lm.stage import (ANSWERS_FILE, HELD_OUT_FILE, HELD_OUT_MAX, HISTORY_FILE, STAGE, STUDENT_DIR,
                                check_student_spec, held_out_row, planned_record, prepare_device, training_budget,

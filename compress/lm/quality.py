@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from compress.distill.progress import Reporter
+from compress.training.progress import Reporter
 from compress.lm.data import EncodedLM, LMExample, collate_lm, encode_examples
 from export.base.errors import CompressError
 

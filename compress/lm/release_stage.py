@@ -1,4 +1,4 @@
-"""The ``release`` stage for causal LMs: measure every model that could ship, release the best.
+"""The causal LM's release candidates: every model that could ship, measured; the best released.
 
 A short distillation on a CPU cannot always teach a small student back to the teacher's quality;
 the teacher itself, quantized, may then be the model that keeps its quality at a useful speed.
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from export.base.records import FileRef, StageRecord
-from export.base.stages import StageOutput, run_stage
+from export.base.stages import StageOutput, StagePlan
 from export.runtime.bench import BudgetFigure
 from export.runtime.release_choice import CANDIDATES_FILE, ReleaseCandidate, ReleaseChoice, choose_release
 
@@ -58,9 +58,9 @@ def candidate_precisions(release_precision: str) -> list[str]:
     return [release_precision]
 
 
-def run_lm_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp32: Path, texts: list[str],
-                         student_quantization_ratio: float | None) -> ReleaseChoice:
-    """Measure the candidates and choose the release (a stage: skipped when nothing it reads changed)."""
+def lm_release_plan(ctx: ChainContext, student_fp32: Path, teacher_fp32: Path, texts: list[str],
+                    student_quantization_ratio: float | None) -> StagePlan:
+    """The release stage: the candidates measured and the release chosen (skipped when nothing it reads changed)."""
     from compress.chain_state import profile_input
     from export.lm_quantize import int4_ladder
     from export.runtime.generation_bench import generation_size_budget
@@ -101,9 +101,7 @@ def run_lm_release_stage(ctx: ChainContext, student_fp32: Path, teacher_fp32: Pa
             "released_source": chosen.source if chosen else None,
             "released_quality": chosen.quality if chosen else None})
 
-    run = run_stage(ctx.run_dir / STAGE, planned, work)
-    ctx.result.stages[STAGE] = run.status
-    return ReleaseChoice.from_json(run.path("candidates"))
+    return StagePlan(planned, work)
 
 
 def _label(precision: str) -> str:

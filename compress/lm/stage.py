@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.distill.config import cpu_threads, resolve_device
-from compress.families.base import data_input
-from compress.distill.progress import Reporter
+from compress.training.device import cpu_threads, resolve_device
+from compress.training.progress import Reporter
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json, atomic_write_text, make_folder
 from compress.lm.config import DEFAULT_LM_BATCH_SIZE, LMDistillConfig, resolve_lm_student
+from export.base.corpus import pin_training_data
 from export.base.records import FileRef, StageRecord
 from compress.parallel import run_stage_on_ranks, world
 from export.base.stages import StageOutput, StageRun
@@ -56,7 +56,7 @@ def planned_record(config: LMDistillConfig, profile: Profile | None, teacher_dir
     """
     inputs = {model_input: FileRef.of(teacher_dir)}
     params = config.params()
-    data_input(config.data, inputs, params)
+    pin_training_data(config.data, inputs, params)
     params["profile"] = profile.name if profile is not None else None
     if config.time_budget_s is None and not config.step_determined and profile is not None:
         params["time_budget_s"] = profile.distill.time_budget_s

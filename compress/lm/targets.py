@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compress.distill.trainer import autocast_context
+from compress.training.device import autocast_context
 from compress.lm.data import EncodedLM, collate_lm
 from compress.lm.losses import TopK
 from compress.lm.topk_cache import TopKCache, teacher_topk

@@ -7,15 +7,12 @@ tokens only. Teacher targets are the teacher's top-k log-probabilities per posit
 first epoch runs the teacher, later epochs (and a restarted run) read the cache and pay for the
 student only. ``topk=0`` uses the full vocabulary instead, recomputed every step (too big to keep).
 
-Optimizer and precision follow the encoder loop (:mod:`compress.distill.trainer`): AdamW (fused on
-CUDA), gradient clipping, bf16 autocast on CUDA and fp32 on the CPU. The learning rate warms up
-linearly over ``warmup_steps`` steps and follows a cosine to zero over the run's progress (steps
-done / planned steps, or time spent / time budget; :class:`compress.distill.schedule.Schedule`).
-
-Checkpoints reuse :mod:`compress.distill.checkpoint` (student, optimizer and RNG state in one
-atomically replaced folder). A resumed step-determined run ends with the same weights as an
-unbroken one. Ctrl-C finishes the step, saves a checkpoint and raises
-:class:`compress.distill.trainer.DistillInterrupted`.
+AdamW (fused on CUDA), gradient clipping, bf16 autocast on CUDA and fp32 on the CPU. The learning
+rate warms up linearly over ``warmup_steps`` steps and follows a cosine to zero over the run's
+progress (steps done / planned steps, or time spent / time budget;
+:class:`compress.training.schedule.Schedule`). The loop around the step (checkpoints, resume,
+Ctrl-C, ranks, progress) is :func:`compress.training.loop.run_loop`'s: a resumed step-determined
+run ends with the same weights as an unbroken one.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,17 +27,19 @@ from typing import Any
 
 import numpy as np
 
-from compress.distill.batching import TeacherCache, batches_per_epoch, epoch_batches
-from compress.distill.checkpoint import TrainingState, load_checkpoint, read_state, save_checkpoint
-from compress.distill.progress import QuietReporter, Reporter, StepReport
-from compress.distill.schedule import Schedule
-from compress.distill.trainer import GRAD_CLIP_NORM, DistillInterrupted, _graceful_interrupt, autocast_context
-from export.base.errors import CompressError, require
 from compress.lm.data import EncodedLM, LMExample, collate_lm, encode_examples
 from compress.lm.losses import LOSS_KINDS, LossKind, TopK, lm_distillation_loss, next_token_loss
 from compress.lm.quality import Predictions, agreement, pad_id_of, predictions
 from compress.lm.targets import LocalTeacherTargets, TeacherTargets
 from compress.parallel import allreduce_share, data_parallel, world
+from compress.training.batching import batches_per_epoch
+from compress.training.device import autocast_context
+from compress.training.interrupt import DistillInterrupted
+from compress.training.loop import GRAD_CLIP_NORM, LoopOutcome, LoopPlan, Saved, run_loop
+from compress.training.progress import QuietReporter, Reporter
+from compress.training.schedule import Schedule
+from compress.training.teacher_cache import TeacherCache
+from export.base.errors import CompressError, require
 
 __all__ = ["DistillInterrupted", "LMLoopSettings", "LMTrainingReport", "train_lm", "teacher_fingerprint"]
 
@@ -230,6 +228,33 @@ class _LMLoop:
         self.device = settings.device
         self.optimizer = make_lm_optimizer(student, settings.lr, settings.device)
         self.params = [p for p in student.parameters() if p.requires_grad]
+        self.schedule: Schedule | None = None  # set once the run's steps are planned
+        self.reference: Predictions | None = None  # the teacher's, on the held-out examples (rank 0)
+        self.held_out: list[EncodedLM] = []
+
+    def reference_on(self, held_out: list[LMExample], teacher: Any, tokenizer: Any) -> None:
+        """Score the student against ``teacher`` on up to 256 of ``held_out`` while it trains."""
+        longest = max(2, max(len(e.input_ids) for e in self.train))
+        self.held_out = encode_examples(held_out[:EVAL_EXAMPLES], tokenizer, longest)
+        if self.held_out:
+            self.reference = predictions(teacher, self.held_out, pad_id=self.pad_id, device=self.device,
+                                         batch_size=self.s.batch_size)
+
+    def evaluate(self) -> dict[str, Any]:
+        if self.reference is None:
+            return {}
+        now = predictions(self.student, self.held_out, pad_id=self.pad_id, device=self.device,
+                          batch_size=self.s.batch_size)
+        return {"next_token_agreement": round(agreement(now, self.reference), 6),
+                "held_out_perplexity": round(now.perplexity, 4)}
+
+    def eval_due(self, step: int, progress: float, evals_done: int, finishing: bool) -> bool:
+        every = self.s.eval_every
+        return self.reference is not None and (finishing or (every > 0 and step % every == 0))
+
+    def learning_rate(self, step: int, elapsed_s: float) -> float:
+        assert self.schedule is not None
+        return _learning_rate(self.s, self.schedule, step, elapsed_s)
 
     def step(self, rows: list[int], lr: float) -> tuple[Any, int]:
         """One optimizer step on the global batch ``rows`` (this rank trains its shard of it).
@@ -240,7 +265,7 @@ class _LMLoop:
         """
         import torch
 
-        examples = [self.train[i] for i in self.world.shard(rows)]
+        examples = [self.train[int(i)] for i in self.world.shard(rows)]
         batch = collate_lm(examples, self.pad_id)
         batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
         for group in self.optimizer.param_groups:
@@ -293,191 +318,77 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
     import torch
 
     settings.validate()
-    reporter = reporter or QuietReporter()
-    out_dir = Path(out_dir)
-    checkpoint_dir = out_dir / CHECKPOINT_DIR
-    # An example whose only completion token is the first has nothing to predict: it would train nothing.
+    usable = _usable(train)
+    pad_id = pad_id_of(tokenizer)
+    _check_world(settings)
+    if teacher is not None:
+        targets = LocalTeacherTargets(teacher, teacher_fingerprint(teacher), _checked_topk(student, teacher, settings),
+                                      Path(out_dir) / TOPK_CACHE_DIR, pad_id)
+    elif targets is None and settings.ce_weight <= 0:
+        raise CompressError("no teacher, no teacher targets and no cross-entropy weight: nothing to learn from")
+    fingerprint = _run_fingerprint(settings, targets.fingerprint if targets else "answers only", student, usable)
+    student.to(settings.device)
+    frozen = freeze_embeddings(student) if settings.freeze_embeddings else []
+    loop = _LMLoop(student, targets, usable, settings, pad_id)
+    total_steps, stop_label = _plan_steps(settings, batches_per_epoch(len(usable), settings.batch_size))
+    loop.schedule = Schedule(base_lr=settings.lr, warmup_fraction=0.0, total_steps=total_steps,
+                             budget_s=settings.time_budget_s)
+    if not resume:
+        torch.manual_seed(settings.seed)
+    if held_out and teacher is not None and world().is_main:  # rank 0 alone scores and reports
+        loop.reference_on(held_out, teacher, tokenizer)
+    student.train()
+    plan = LoopPlan(schedule=loop.schedule, batch_size=settings.batch_size, seed=settings.seed,
+                    lengths=np.fromiter((len(e.input_ids) for e in usable), dtype=np.int64, count=len(usable)),
+                    device=settings.device, fingerprint=fingerprint, checkpoint_dir=Path(out_dir) / CHECKPOINT_DIR,
+                    resume=resume, log_every=LOG_EVERY, checkpoint_every_s=settings.checkpoint_every_s,
+                    stop_label=stop_label, count_tokens=True)
+    # The checkpoint keeps ``model`` (and a projection, none here) and an in-memory teacher-output
+    # cache; the LM loop's teacher targets are cached on disk instead.
+    saved = Saved(SimpleNamespace(model=student, projection=None), loop.optimizer, TeacherCache(0, 0))
+    done = run_loop(plan, loop, saved, reporter or QuietReporter())
+    student.eval()
+    for weight in frozen:
+        weight.requires_grad_(True)
+    return _report(done, loop, targets, bool(frozen))
+
+
+def _usable(train: list[EncodedLM]) -> list[EncodedLM]:
+    """The examples with something to learn: a completion token after the first position."""
     usable = [e for e in train if any(e.completion_mask[1:])]
     if not usable:
         raise CompressError(f"no training example has a completion token to predict (of {len(train)} given)")
-    device = settings.device
-    pad_id = pad_id_of(tokenizer)
+    return usable
+
+
+def _check_world(settings: LMLoopSettings) -> None:
     ranks = world()
     if settings.batch_size < ranks.size:
         raise CompressError(f"--batch-size {settings.batch_size} is smaller than the {ranks.size} processes: "
                             "each needs a row of every batch")
-    if teacher is not None:
-        student_vocab = int(student.get_output_embeddings().weight.shape[0])
-        teacher_vocab = int(teacher.get_output_embeddings().weight.shape[0])
-        if student_vocab != teacher_vocab:
-            raise CompressError(f"student and teacher vocabularies differ ({student_vocab} vs {teacher_vocab} "
-                                "tokens); the student must use the teacher's tokenizer")
-        if settings.topk > teacher_vocab:
-            raise CompressError(f"topk {settings.topk} is larger than the vocabulary ({teacher_vocab} tokens)")
-        targets = LocalTeacherTargets(teacher, teacher_fingerprint(teacher), settings.topk,
-                                      out_dir / TOPK_CACHE_DIR, pad_id)
-    elif targets is None and settings.ce_weight <= 0:
-        raise CompressError("no teacher, no teacher targets and no cross-entropy weight: nothing to learn from")
-    fingerprint = _run_fingerprint(settings, targets.fingerprint if targets else "answers only", student, usable)
-    student.to(device)
-    frozen = freeze_embeddings(student) if settings.freeze_embeddings else []
-    loop = _LMLoop(student, targets, usable, settings, pad_id)
-    per_epoch = batches_per_epoch(len(usable), settings.batch_size)
-    total_steps, stop_label = _plan_steps(settings, per_epoch)
-    schedule = Schedule(base_lr=settings.lr, warmup_fraction=0.0, total_steps=total_steps,
-                        budget_s=settings.time_budget_s)
-    lengths = np.fromiter((len(e.input_ids) for e in usable), dtype=np.int64, count=len(usable))
 
-    # The checkpoint module stores ``student.model`` / ``.projection`` and a teacher-output cache;
-    # the LM loop has neither a projection nor an in-memory cache (its cache is on disk).
-    holder = SimpleNamespace(model=student, projection=None)
-    no_cache = TeacherCache(0, 0)
-    state = TrainingState(fingerprint=fingerprint)
-    resumed_from: int | None = None
-    if resume:
-        state = load_checkpoint(checkpoint_dir, fingerprint, holder, loop.optimizer, no_cache, device)
-        resumed_from = state.step
-        reporter.message(f"resuming from step {state.step} (epoch {state.epoch}, {state.elapsed_s:.0f} s spent)")
-    else:
-        if read_state(checkpoint_dir) is not None:
-            reporter.message(f"starting over; the checkpoint in {checkpoint_dir} is replaced "
-                             "(pass --resume to continue it instead)")
-        torch.manual_seed(settings.seed)
 
-    session_start = time.perf_counter()
-    base_elapsed = state.elapsed_s
+def _checked_topk(student: Any, teacher: Any, settings: LMLoopSettings) -> int:
+    student_vocab = int(student.get_output_embeddings().weight.shape[0])
+    teacher_vocab = int(teacher.get_output_embeddings().weight.shape[0])
+    if student_vocab != teacher_vocab:
+        raise CompressError(f"student and teacher vocabularies differ ({student_vocab} vs {teacher_vocab} "
+                            "tokens); the student must use the teacher's tokenizer")
+    if settings.topk > teacher_vocab:
+        raise CompressError(f"topk {settings.topk} is larger than the vocabulary ({teacher_vocab} tokens)")
+    return settings.topk
 
-    def elapsed_now() -> float:
-        return base_elapsed + time.perf_counter() - session_start
 
-    reference: Predictions | None = None
-    held_encoded: list[EncodedLM] = []
-    if held_out and teacher is not None and ranks.is_main:  # rank 0 alone scores and reports
-        held_encoded = encode_examples(held_out[:EVAL_EXAMPLES], tokenizer, max(2, int(lengths.max())))
-        if held_encoded:
-            reference = predictions(teacher, held_encoded, pad_id=pad_id, device=device,
-                                    batch_size=settings.batch_size)
-
-    def evaluate() -> dict[str, Any]:
-        if reference is None:
-            return {}
-        now = predictions(student, held_encoded, pad_id=pad_id, device=device, batch_size=settings.batch_size)
-        return {"next_token_agreement": round(agreement(now, reference), 6),
-                "held_out_perplexity": round(now.perplexity, 4)}
-
-    student.train()
-    if not state.history and reference is not None:
-        state.history.append({"step": 0, "loss": None, "lr": 0.0, "samples_per_s": None, "tokens_per_s": None,
-                              "elapsed_s": round(elapsed_now(), 2), "epoch": 0.0, **evaluate()})
-
-    epoch_cache: tuple[int, list[Any]] | None = None
-    session_samples = session_tokens = rank_samples = 0
-    window_loss = torch.zeros((), device=device)
-    window_steps = window_samples = window_tokens = 0
-    window_start = last_checkpoint = time.perf_counter()
-    stopped_by = ""
-
-    def log(step: int, lr: float, epoch: float, with_eval: bool) -> float:
-        nonlocal window_steps, window_samples, window_tokens, window_start
-        seconds = max(time.perf_counter() - window_start, 1e-9)
-        loss_value = float(window_loss.item()) / window_steps
-        entry = {"step": step, "loss": round(loss_value, 6), "lr": lr,
-                 "samples_per_s": round(window_samples / seconds, 2), "tokens_per_s": round(window_tokens / seconds, 1),
-                 "elapsed_s": round(elapsed_now(), 2), "epoch": round(epoch, 4)}
-        if with_eval:
-            entry.update(evaluate())
-        state.history.append(entry)
-        window_loss.zero_()
-        window_steps = window_samples = window_tokens = 0
-        window_start = time.perf_counter()
-        return loss_value
-
-    last_loss, last_speed = math.nan, 0.0
-    reporter.start("distill")
-    try:
-        with _graceful_interrupt(reporter) as interrupted:
-            while True:
-                # Every rank stops together: on rank 0's clock, or when any rank was interrupted.
-                reason = ranks.agree(schedule.finished(state.step, elapsed_now()))
-                if reason:
-                    stopped_by = stop_label if reason == "max_steps" else reason
-                    break
-                if ranks.any(interrupted[0]):
-                    interrupted[0] = True
-                    break
-                if epoch_cache is None or epoch_cache[0] != state.epoch:
-                    epoch_cache = (state.epoch, epoch_batches(lengths, settings.batch_size, settings.seed,
-                                                              state.epoch))
-                batches = epoch_cache[1]
-                if state.position >= len(batches):
-                    state.epoch, state.position = state.epoch + 1, 0
-                    continue
-                rows = [int(i) for i in batches[state.position]]
-                lr = _learning_rate(settings, schedule, state.step, elapsed_now())
-                loss, tokens = loop.step(rows, lr)
-                window_loss += loss
-                state.step += 1
-                state.position += 1
-                state.samples_seen += len(rows)
-                session_samples += len(rows)
-                rank_samples += len(ranks.shard(rows))
-                session_tokens += tokens
-                window_steps += 1
-                window_samples += len(rows)
-                window_tokens += tokens
-                state.elapsed_s = elapsed_now()
-                epoch_float = state.epoch + state.position / per_epoch
-                finishing = schedule.finished(state.step, state.elapsed_s) is not None
-                eval_now = reference is not None and (
-                    finishing or (settings.eval_every > 0 and state.step % settings.eval_every == 0))
-                if state.step % LOG_EVERY == 0 or eval_now or finishing:
-                    last_loss = log(state.step, lr, epoch_float, eval_now)
-                    last_speed = state.history[-1]["samples_per_s"]
-                    state.elapsed_s = elapsed_now()
-                if time.perf_counter() - last_checkpoint >= settings.checkpoint_every_s:
-                    if ranks.is_main:
-                        save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
-                    last_checkpoint = time.perf_counter()
-                reporter.step(StepReport(step=state.step, epoch=epoch_float, lr=lr, samples_per_s=last_speed,
-                                         loss=last_loss if not math.isnan(last_loss) else float(loss),
-                                         elapsed_s=state.elapsed_s,
-                                         progress=schedule.progress(state.step - 1, state.elapsed_s)))
-            if interrupted[0] and not stopped_by:
-                if window_steps:
-                    log(state.step, lr, state.epoch + state.position / per_epoch, False)
-                if ranks.is_main:
-                    save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
-                ranks.barrier()  # no rank leaves (and gets the others stopped) before the checkpoint is saved
-                message = (f"stopped at step {state.step}; checkpoint saved in {checkpoint_dir}; "
-                           "run the same command with --resume to continue")
-                reporter.stop()
-                reporter.message(message)
-                raise DistillInterrupted(message)
-    finally:
-        reporter.stop()
-    session_time = max(time.perf_counter() - session_start, 1e-9)
-    if ranks.is_main:
-        save_checkpoint(checkpoint_dir, state, holder, loop.optimizer, no_cache)
-    per_rank = [float(r) for r in ranks.gather_rows(torch.tensor([rank_samples / session_time]))]
-    student.eval()
-    for weight in frozen:
-        weight.requires_grad_(True)
+def _report(done: LoopOutcome, loop: _LMLoop, targets: TeacherTargets | None, frozen: bool) -> LMTrainingReport:
+    device, ranks = loop.device, loop.world
     return LMTrainingReport(
-        steps=state.step,
-        epochs=round(state.epoch + state.position / per_epoch, 4),
-        train_time_s=round(state.elapsed_s, 2),
-        samples_per_s=round(session_samples / session_time, 2),
-        tokens_per_s=round(session_tokens / session_time, 1),
-        device=device,
-        precision="bf16 autocast" if device.startswith("cuda") else "fp32",
-        stopped_by=stopped_by,
-        loss_history=state.history,
-        resumed_from_step=resumed_from,
+        steps=done.state.step, epochs=done.epochs, train_time_s=round(done.state.elapsed_s, 2),
+        samples_per_s=round(done.session_samples / done.session_time_s, 2),
+        tokens_per_s=round(done.session_tokens / done.session_time_s, 1),
+        device=device, precision="bf16 autocast" if device.startswith("cuda") else "fp32",
+        stopped_by=done.stopped_by, loss_history=done.state.history, resumed_from_step=done.resumed_from_step,
         teacher_batches=targets.batches_computed if targets else 0,
         cached_batches=targets.batches_cached if targets else 0,
-        world_size=ranks.size,
-        backend=ranks.backend,
-        rank_samples_per_s=[round(r, 2) for r in per_rank],
-        allreduce_share=allreduce_share([loop.model]),
-        embeddings_frozen=bool(frozen),
+        world_size=ranks.size, backend=ranks.backend, rank_samples_per_s=done.rank_samples_per_s,
+        allreduce_share=allreduce_share([loop.model]), embeddings_frozen=frozen,
     )

@@ -303,6 +303,7 @@ def prune_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     import torch
 
     from compress.distill.teacher import resolve_teacher
+    from export.runtime import DEFAULT_PROFILE
     from export.runtime.profiles import load_profile
     from export.runtime.samples import held_out_texts, training_texts
 
@@ -316,7 +317,7 @@ def prune_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     if (read_config(source).get("quantization_config") or {}).get("quant_method"):
         raise CompressError(f"{source} is quantized; prune the fp32 folder it came from")
     task = detect_task(source)
-    profile = profile or load_profile("host")
+    profile = profile or load_profile(DEFAULT_PROFILE)
 
     inputs = {"model": FileRef.of(source)}
     if config.data:

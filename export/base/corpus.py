@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from export.base.errors import CompressError
+from export.base.records import FileRef
 
 # A label is a class name or id for classifiers, or one tag per word for token classifiers.
 Label = Union[str, int, list[Union[str, int]]]
@@ -354,3 +355,15 @@ def split_corpus(examples: Sequence[Example], seed: int = 0, cross_domain: str |
     train = sorted(order[n_held:].tolist())
     return Split([unique[i] for i in train], [unique[i] for i in held], seed, outside,
                  cross_domain if outside else None)
+
+
+def pin_training_data(data: Path | None, inputs: dict[str, FileRef], params: dict[str, Any]) -> None:
+    """Pin the training data in a distill stage's plan: the user's file by sha256, or the default corpus's.
+
+    Every family's distill stage calls this, so a changed default corpus re-runs distillation for any of them.
+    """
+    if data is not None:
+        inputs["data"] = FileRef.of(Path(data))
+    else:
+        params["data"] = DEFAULT_CORPUS_NAME
+        params["default_corpus_sha256"] = default_corpus().sha256

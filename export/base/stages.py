@@ -46,6 +46,14 @@ class StageRun:
         return self.folder / self.record.outputs[output]
 
 
+@dataclass
+class StagePlan:
+    """A stage ready to run: what it reads and is set by (its fingerprint), and how it is done."""
+
+    record: StageRecord
+    work: Callable[[Path], StageOutput]
+
+
 def run_stage(stage_dir: str | Path, planned: StageRecord, work: Callable[[Path], StageOutput], *,
               atomic: bool = True, resume: bool = True) -> StageRun:
     """Run ``work`` for ``planned`` into ``stage_dir`` unless an identical run already finished there.

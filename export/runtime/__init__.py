@@ -4,3 +4,7 @@ Bench, generation bench, gate, verify, the manifest and archive readers, profile
 the host description. No module here imports torch, transformers, optimum or
 sentence-transformers, at module level or inside a function; a test checks each one.
 """
+
+# The profile a command uses when none is named: this machine, whatever it is. Here, so that the
+# command line can name it without loading the profile reader.
+DEFAULT_PROFILE = "host"

@@ -11,16 +11,24 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from compress.distill.batching import TeacherCache
-from compress.distill.student import Student
 from export.base.errors import CompressError
 from export.base.files import atomic_directory, atomic_write_json
+
+if TYPE_CHECKING:
+    from compress.training.teacher_cache import TeacherCache
 
 TENSORS = "tensors.pt"
 STATE = "state.json"
 CHECKPOINT_SCHEMA = 1
+
+
+class Student(Protocol):
+    """What a checkpoint keeps of a student: the model and, for a narrower one, its width projection."""
+
+    model: Any
+    projection: Any
 
 
 @dataclass

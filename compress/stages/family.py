@@ -1,41 +1,33 @@
-"""What a task family supplies to the one chain: everything that differs between model kinds.
+"""What a task family supplies to the stages: everything that differs between model kinds.
 
 The chain (:mod:`compress.chain`) owns the order of the stages, the time budget and ``run.json``;
-a family knows how to distill its kind of teacher, export it, quantize it, benchmark it and judge
-its quality. Gate, package and verify read what the family wrote and never ask which family it was.
+each stage (:mod:`compress.stages`) owns its run. A family declares what differs: how to distill
+its kind of teacher, export and quantize it, which candidates to measure, how to time it and what
+quality evidence the gate judges. Gate, package and verify read what the stages wrote and never
+ask which family it was.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from compress.chain_state import TableRow
-from export.base.corpus import DEFAULT_CORPUS_NAME, default_corpus
-from export.base.records import FileRef, StageRecord
+from export.base.records import StageRecord
 
 if TYPE_CHECKING:
     from compress.chain_state import ChainContext, ChainOptions, ChainResult
     from compress.settings import DistillSettings
-    from export.base.stages import StageRun
+    from compress.stages.outputs import Exported, Quantized
+    from export.base.stages import StageOutput, StagePlan, StageRun
     from export.run_summary import QualitySummary, StudentInfo
-    from export.runtime.gate import GateReport
+    from export.runtime.gate import QualityEvidence
     from export.runtime.release_choice import ReleaseCandidate
 
 
 # `compress distill` options of a teacher you can only query (compress.families.endpoint_lm).
 ENDPOINT_OPTIONS = ("teacher_url", "teacher_model", "student_from", "api_key_env", "concurrency", "rate_limit")
-
-
-@dataclass
-class Exported:
-    """An ONNX export the chain can use: where it is, how close it follows PyTorch, ran or skipped."""
-
-    model: Path
-    parity: str  # one line, e.g. "mean_cosine 1.000000 to PyTorch"
-    status: str
 
 
 class TaskFamily(ABC):
@@ -65,12 +57,11 @@ class TaskFamily(ABC):
     def distill(self, ctx: ChainContext) -> StageRun:
         """Run (or skip) the distill stage into ``ctx.run_dir/distill``."""
 
-    def prune(self, ctx: ChainContext) -> Path:
-        """The model folder to export: the distilled student, or a pruned copy (``ctx.result.stages['prune']``).
-
-        A family that never prunes has no prune stage at all.
-        """
-        return self.student_dir(ctx)
+    # Whether the student may be pruned after distillation (structured: heads and FFN neurons).
+    prunable: ClassVar[bool] = False
+    # Runs of the bench stage (each a request, or a generation) and warm-up runs before them.
+    bench_runs: ClassVar[int]
+    bench_warmup: ClassVar[int]
 
     def student_dir(self, ctx: ChainContext) -> Path:
         return ctx.run_dir / "distill" / ctx.distilled.outputs["student"]
@@ -81,16 +72,20 @@ class TaskFamily(ABC):
         """Export ``model_dir`` to ONNX in ``out`` (a stage) and check it against PyTorch."""
 
     @abstractmethod
-    def quantize(self, ctx: ChainContext, fp32: Path) -> None:
-        """Make the release precision from ``fp32``; set ``ctx.result``'s stage, final model and precision."""
+    def release_precision(self, ctx: ChainContext) -> str:
+        """The precision the quantize stage makes for the profile and options ("fp32": no quantize stage)."""
 
-    def choose_release(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> None:
-        """Measure every model that could ship beside the release and keep the best (a stage).
+    @abstractmethod
+    def quantize(self, ctx: ChainContext, fp32: Path, method: str) -> Quantized:
+        """Make the release precision ``method`` from ``fp32`` (a stage) and say whether it ships."""
 
-        A family that has other candidates (the teacher quantized, the student in another
-        precision) sets ``ctx.result.release`` and, when one wins, ``final_model`` and ``precision``.
-        By default the release is the quantized student, alone.
+    def release_plan(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> StagePlan | None:
+        """The release stage: every model that could ship measured beside the release; its ``work``
+        writes ``candidates.json`` (:class:`~export.runtime.release_choice.ReleaseChoice`).
+
+        None: the family has no other candidate, and the quantize stage's choice is the release.
         """
+        return None
 
     # The release-candidate table's family-specific columns, and one candidate's cells in them.
     candidate_columns: ClassVar[tuple[str, ...]] = ()
@@ -99,15 +94,26 @@ class TaskFamily(ABC):
         return ()
 
     @abstractmethod
-    def bench(self, ctx: ChainContext, model: Path, teacher: Path, threads: int | None) -> None:
-        """Benchmark the release against the teacher (a stage); fill ``ctx.result``'s speed.
-
-        ``threads`` is what the runtime's thread policy gives on this host (a stage parameter).
-        """
+    def measure(self, ctx: ChainContext, model: Path, teacher: Path, runs: int, warmup: int, tmp: Path) -> StageOutput:
+        """The bench stage's work: time ``model`` against ``teacher``, runs interleaved, into ``tmp``
+        (``bench.json``, the release alone, and ``compare.json``)."""
 
     @abstractmethod
-    def gate(self, ctx: ChainContext, model: Path, teacher: Path) -> GateReport:
-        """Judge the release against the profile's budgets (a stage); fill ``ctx.result.quality``."""
+    def speed(self, bench_dir: Path) -> tuple[dict[str, Any], float | None, str]:
+        """From the bench stage's reports: the table's speed figures, the speed-up and the host."""
+
+    @abstractmethod
+    def gate_inputs(self, ctx: ChainContext, model: Path, teacher: Path) -> StageRecord:
+        """What the gate stage reads and is set by (its fingerprint)."""
+
+    @abstractmethod
+    def quality_evidence(self, ctx: ChainContext, model: Path, teacher: Path,
+                         tmp: Path) -> tuple[QualityEvidence, dict[str, str], dict[str, Any]]:
+        """The quality the gate judges: the evidence, files written into ``tmp``, figures for the record."""
+
+    @abstractmethod
+    def gate_quality(self, ctx: ChainContext, gate_dir: Path) -> dict[str, Any] | None:
+        """The release's quality figures for the table and run.json, once the gate has run."""
 
     @staticmethod
     def size_bytes(model: Path) -> int:
@@ -160,26 +166,3 @@ class TaskFamily(ABC):
 
     @abstractmethod
     def quality_summary(self, result: ChainResult) -> QualitySummary: ...
-
-
-def bench_record(ctx: ChainContext, model: Path, teacher: Path, runs: int, warmup: int,
-                 threads: int | None) -> StageRecord:
-    """The bench stage's plan, the same for every family: both models, the profile, where and how it runs."""
-    from compress.chain_state import profile_input
-
-    return StageRecord(stage="bench", inputs={"model": FileRef.of(model), "teacher": FileRef.of(teacher),
-                                              **profile_input(ctx.profile)},
-                       params={"profile": ctx.profile.name, "runs": runs, "warmup": warmup, "threads": threads,
-                               "on": ctx.options.on})
-
-
-def data_input(data: Path | None, inputs: dict[str, FileRef], params: dict[str, Any]) -> None:
-    """Pin the training data in a distill stage's plan: the user's file by sha256, or the default corpus's.
-
-    Both families call this, so a changed default corpus re-runs distillation for either.
-    """
-    if data is not None:
-        inputs["data"] = FileRef.of(Path(data))
-    else:
-        params["data"] = DEFAULT_CORPUS_NAME
-        params["default_corpus_sha256"] = default_corpus().sha256
