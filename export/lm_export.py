@@ -15,7 +15,6 @@ the export is :mod:`export.lm_quantize`.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ from export.base.quiet import quiet_libraries
 from export.base.records import FileRef, StageRecord, read_stage_result
 from export.base.stages import StageOutput, run_stage
 from export.runtime.onnx_file import onnx_size_bytes
+from export.base.report_json import JsonRecord
 
 SCHEMA_VERSION = 1
 TASK = "text-generation-with-past"
@@ -61,7 +61,7 @@ class LMParity:
 
 
 @dataclass
-class LMExportResult:
+class LMExportResult(JsonRecord):
     """What ``export_causal_lm`` wrote and how it checked it."""
 
     out_path: Path  # the .onnx file
@@ -69,16 +69,6 @@ class LMExportResult:
     size_mb: float
     parity: LMParity
     task: str = TASK
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["out_path"] = str(self.out_path)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LMExportResult:
-        return cls(out_path=Path(data["out_path"]), opset=int(data["opset"]), size_mb=float(data["size_mb"]),
-                   parity=LMParity(**data["parity"]), task=data.get("task", TASK))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from export.base.errors import CompressError
 from export.base.files import atomic_directory
 from export.lm_export import MODEL_FILE, clean_texts, quiet_export, size_mb
 from export.lm_scores import onnx_perplexity
+from export.base.report_json import JsonRecord
 
 LM_QUANTIZE_METHODS = ("int4-weight", "int8-weight", "int8-dynamic", "fp16")
 # Files the ONNX folder needs to be used without the source folder (tokenizer, chat template, configs).
@@ -33,7 +34,7 @@ _PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
 
 
 @dataclass
-class LMQuantizeResult:
+class LMQuantizeResult(JsonRecord):
     """What ``quantize_causal_lm`` wrote and what it cost in perplexity."""
 
     method: str
@@ -51,18 +52,6 @@ class LMQuantizeResult:
     @property
     def within_budget(self) -> bool | None:
         return None if self.max_ratio is None else self.perplexity_ratio <= self.max_ratio
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["out_path"] = str(self.out_path)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LMQuantizeResult:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in fields}
-        values["out_path"] = Path(values["out_path"])
-        return cls(**values)
 
 
 def _copy_sidecars(source_dir: Path, target_dir: Path) -> list[str]:

@@ -28,7 +28,6 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -39,6 +38,7 @@ from export.base.stages import StageOutput, run_stage
 from export.base.tasks import Task, detect_task, is_sentence_transformer, read_config, read_pooling
 from export.runtime.agreement import argmax_agreement, max_abs_diff, mean_cosine
 from export.runtime.samples import DEFAULT_MAX_LENGTH, Signature, TextEncoder, held_out_texts, signature
+from export.base.report_json import JsonRecord
 
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
@@ -72,7 +72,7 @@ class ParityReport:
 
 
 @dataclass
-class ExportResult:
+class ExportResult(JsonRecord):
     """What ``export_model`` wrote and how it checked it."""
 
     onnx_path: Path
@@ -90,23 +90,6 @@ class ExportResult:
     @property
     def primary_output(self) -> str:
         return self.parity.output
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["onnx_path"] = str(self.onnx_path)
-        data["model_dir"] = str(self.model_dir)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ExportResult:
-        parity = dict(data["parity"])
-        parity["tolerance"] = ParityTolerance(**parity["tolerance"])
-        return cls(
-            onnx_path=Path(data["onnx_path"]), task=data["task"], library=data["library"], opset=data["opset"],
-            inputs=[Signature(**s) for s in data["inputs"]], outputs=[Signature(**s) for s in data["outputs"]],
-            parity=ParityReport(**parity), size_bytes=data["size_bytes"], model_dir=Path(data["model_dir"]),
-            schema_version=data.get("schema_version", SCHEMA_VERSION), notes=list(data.get("notes", [])),
-        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,11 +4,10 @@ Shared by the ONNX methods (:mod:`export.quantize`) and bitsandbytes (:mod:`expo
 """
 
 from __future__ import annotations
+from export.base.report_json import JsonRecord
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 SCHEMA_VERSION = 1
 
@@ -47,7 +46,7 @@ class SpeedComparison:
 
 
 @dataclass
-class QuantizeResult:
+class QuantizeResult(JsonRecord):
     """What ``quantize_model`` wrote and what it measured."""
 
     method: str
@@ -79,18 +78,3 @@ class QuantizeResult:
     @property
     def size_ratio(self) -> float:
         return self.size_before_bytes / max(self.size_after_bytes, 1)
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["input_path"], data["out_path"] = str(self.input_path), str(self.out_path)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> QuantizeResult:
-        data = dict(data)
-        data["input_path"], data["out_path"] = Path(data["input_path"]), Path(data["out_path"])
-        data["excluded_nodes"] = [ExcludedNode(**n) for n in data.get("excluded_nodes", [])]
-        data["attempts"] = [Attempt(**a) for a in data.get("attempts", [])]
-        data["speed"] = SpeedComparison(**data["speed"]) if data.get("speed") else None
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})

@@ -40,13 +40,13 @@ __all__ = [
 _WHERE = {
     "DistillConfig": "compress.distill.config",
     "DistillInterrupted": "compress.training.interrupt",
-    "DistillResult": "compress.distill.engine",
+    "DistillResult": "compress.distill.result",
     "QualityReport": "compress.distill.quality",
     "Reporter": "compress.training.progress",
     "StepReport": "compress.training.progress",
     "StudentSpec": "compress.distill.student",
     "TEACHERS": "compress.distill.teacher",
-    "TeacherSummary": "compress.distill.engine",
+    "TeacherSummary": "compress.distill.result",
     "TrainingReport": "compress.distill.trainer",
     "default_corpus": "export.base.corpus",
     "distill": "compress.distill.engine",
@@ -60,7 +60,8 @@ _WHERE = {
 if TYPE_CHECKING:
     from compress.distill.config import DistillConfig
     from export.base.corpus import default_corpus, load_corpus, split_corpus
-    from compress.distill.engine import DistillResult, TeacherSummary, distill
+    from compress.distill.engine import distill
+    from compress.distill.result import DistillResult, TeacherSummary
     from compress.training.progress import Reporter, StepReport
     from compress.distill.quality import QualityReport
     from compress.distill.stage import run_distill_stage

@@ -16,18 +16,19 @@ import gc
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.distill.batching import encode, label_ids
+from compress.distill.batching import EncodedSet, encode, label_ids
 from compress.distill.config import DEFAULT_BATCH_SIZE, DEFAULT_TIME_BUDGET_S, DistillConfig
 from compress.training.device import cpu_threads, resolve_device
-from export.base.corpus import Corpus, Example, load_corpus, split_corpus
+from export.base.corpus import Corpus, Example, Split, load_corpus, split_corpus
 from compress.distill.curve import plot_loss_curve
 from compress.distill.losses import LossSettings
 from compress.training.progress import Reporter
-from compress.distill.quality import QualityReport, compare, held_out_outputs
+from compress.distill.quality import HeldOutOutputs, QualityReport, compare, held_out_outputs
+from compress.distill.result import DistillResult, TeacherSummary
 from compress.training.schedule import Schedule
 from compress.distill.student import (Student, StudentPlan, build_student, check_sentence_transformer_teacher,
                                       load_student, parse_student_spec, plan_student, save_student)
@@ -52,103 +53,6 @@ HELD_OUT_FILE = "held_out.jsonl"
 CROSS_DOMAIN_FILE = "cross_domain.jsonl"
 # Time kept back from the budget for the final evaluation and saving the student.
 _FINISH_RESERVE_S = 30.0
-
-
-@dataclass
-class TeacherSummary:
-    """The teacher as used: where from, how big, and (when quantized) how far from full precision."""
-
-    name: str
-    path: str
-    task: Task
-    parameters: int
-    layers: int
-    hidden: int
-    memory_footprint_bytes: int  # of the teacher used for training (the quantized one with teacher_quant)
-    quant: str | None = None
-    fp_memory_footprint_bytes: int | None = None
-    quant_quality: QualityReport | None = None  # quantized teacher vs full-precision teacher, held-out
-
-
-@dataclass
-class DistillResult:
-    """What :func:`distill` produced and measured."""
-
-    student_dir: Path
-    task: Task
-    student_spec: str
-    student_description: str
-    student_parameters: int
-    student_layers: int
-    student_hidden: int
-    teacher: TeacherSummary
-    quality: QualityReport  # student vs the full-precision teacher on the held-out split
-    initial_quality: QualityReport | None  # the student before training (None when resumed)
-    training: TrainingReport
-    device: str
-    precision: str  # bf16-autocast or fp32
-    threads: int | None
-    batch_size: int
-    corpus: str
-    train_examples: int
-    held_out_examples: int
-    history_path: Path
-    curve_path: Path
-    held_out_path: Path
-    checkpoint_dir: Path
-    warnings: list[str] = field(default_factory=list)
-    cross_domain_path: Path | None = None  # a genre never trained on (the default corpus's quotations)
-    cross_domain_genre: str | None = None
-
-    def metrics(self) -> dict[str, Any]:
-        """The flat metrics recorded in ``stage.json``."""
-        q = self.quality
-        metrics: dict[str, Any] = {
-            "task": self.task,
-            "teacher_agreement": q.teacher_agreement,
-            "teacher_agreement_metric": q.metric,
-            "neighbour_agreement": q.neighbour_agreement,
-            "accuracy": q.accuracy,
-            "teacher_accuracy": q.teacher_accuracy,
-            "initial_teacher_agreement": self.initial_quality.teacher_agreement if self.initial_quality else None,
-            "agreement_by_step": [{"step": e["step"], "teacher_agreement": e["teacher_agreement"]}
-                                  for e in self.training.history if e.get("teacher_agreement") is not None],
-            "held_out_examples": self.held_out_examples,
-            "train_examples": self.train_examples,
-            "corpus": self.corpus,
-            "cross_domain_genre": self.cross_domain_genre,
-            "steps": self.training.steps,
-            "epochs": self.training.epochs,
-            "samples_seen": self.training.samples_seen,
-            "samples_per_s": self.training.samples_per_s,
-            "train_time_s": self.training.train_time_s,
-            "world_size": self.training.world_size,
-            "backend": self.training.backend,
-            "rank_samples_per_s": self.training.rank_samples_per_s,
-            "allreduce_share": self.training.allreduce_share,
-            "stopped_by": self.training.stopped_by,
-            "resumed_from_step": self.training.resumed_from_step,
-            "teacher_outputs": self.training.teacher_cache,
-            "teacher_parameters": self.teacher.parameters,
-            "teacher_layers": self.teacher.layers,
-            "teacher_hidden": self.teacher.hidden,
-            "student_parameters": self.student_parameters,
-            "parameter_ratio": round(self.student_parameters / self.teacher.parameters, 4),
-            "student_layers": self.student_layers,
-            "student_hidden": self.student_hidden,
-            "student": self.student_description,
-            "device": self.device,
-            "precision": self.precision,
-            "threads": self.threads,
-            "batch_size": self.batch_size,
-            "teacher_memory_footprint_bytes": self.teacher.memory_footprint_bytes,
-            "teacher_quant": self.teacher.quant,
-        }
-        if self.teacher.quant_quality is not None:
-            metrics["teacher_fp_memory_footprint_bytes"] = self.teacher.fp_memory_footprint_bytes
-            metrics["teacher_quant_agreement"] = self.teacher.quant_quality.teacher_agreement
-            metrics["teacher_quant_neighbour_agreement"] = self.teacher.quant_quality.neighbour_agreement
-        return metrics
 
 
 def config_fingerprint(config: DistillConfig, teacher_dir: Path, corpus: Corpus, init_student: Path | None) -> str:
@@ -242,8 +146,6 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     budget; None means the ``host`` profile. ``on_step`` is called with a
     :class:`~compress.training.progress.StepReport` after every optimizer step.
     """
-    import torch
-
     started = time.perf_counter()
     reporter = reporter or Reporter()
     work_dir = Path(work_dir)
@@ -251,41 +153,120 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     config.validate()
     if config.teacher_quant is not None and config.teacher_quant not in TEACHER_QUANTS:
         raise CompressError(f"--teacher-quant must be one of {', '.join(TEACHER_QUANTS)}")
-
-    device, device_warning = resolve_device(config.device)
-    if device_warning:
-        reporter.warning(device_warning)
-        warnings.append(device_warning)
-    threads = None
-    if device == "cpu":
-        threads = config.threads or cpu_threads()
-        torch.set_num_threads(threads)
-
+    device, threads = _device(config, reporter, warnings)
     teacher_name, teacher_dir = resolve_teacher(config.teacher)
     task = resolve_task(teacher_dir, config.task)
     if task == "feature-extraction":
         check_sentence_transformer_teacher(teacher_dir)
-
-    corpus = load_corpus(config.data)
-    if corpus.bad_rows_message():
-        reporter.warning(corpus.bad_rows_message())  # type: ignore[arg-type]
-        warnings.append(corpus.bad_rows_message())  # type: ignore[arg-type]
-    split = split_corpus(_examples_for_task(corpus.examples, task, reporter, warnings), config.split_seed,
-                         cross_domain=corpus.cross_domain)
-    crossed = f", {len(split.cross_domain)} {split.cross_domain_genre} (cross-domain)" if split.cross_domain else ""
-    reporter.message(f"data: {corpus.description}; {len(split.train)} for training, "
-                     f"{len(split.held_out)} held out{crossed} (never trained on)")
+    corpus, split = _read_data(config, task, reporter, warnings)
 
     # Full-precision teacher: the student's initial weights and the reference outputs.
     attention = "eager" if config.attention_weight > 0 else None
     teacher = load_teacher(teacher_dir, task, device=device, trust_remote_code=config.trust_remote_code,
                            attn_implementation=attention)
     teacher.name = teacher_name
+    student, plan, student_text = _build_student(config, profile, teacher, task, split, device, work_dir, reporter)
+    train_set, held_set = _encode_splits(config, split, task, teacher, reporter, warnings)
+    reference = held_out_outputs(teacher.model, held_set, task, pooling=teacher.pooling, device=device,
+                                 autocast_dtype=_autocast_dtype(device))
+    summary = TeacherSummary(name=teacher_name, path=str(teacher_dir), task=task, parameters=teacher.parameters,
+                             layers=teacher.num_layers, hidden=teacher.hidden_size,
+                             memory_footprint_bytes=teacher.memory_footprint_bytes)
+    training_teacher = _training_teacher(config, teacher, teacher_dir, task, summary, reference, held_set, device,
+                                         reporter)
+
+    batch_size = config.batch_size or DEFAULT_BATCH_SIZE[device]
+    schedule, stop_label = _schedule(config, profile, len(train_set), batch_size, time.perf_counter() - started)
+    checkpoint_dir = work_dir / CHECKPOINT_DIR
+    if config.resume and not (checkpoint_dir / "state.json").is_file():
+        raise CompressError(f"--resume: no checkpoint in {checkpoint_dir}")
+    loop = _loop_settings(config, task, device, batch_size, schedule, stop_label,
+                          config_fingerprint(config, teacher_dir, corpus, config.init_student), checkpoint_dir)
+    trainer = Trainer(loop, teacher_model=training_teacher, pooling=teacher.pooling,
+                      teacher_autocast=config.teacher_quant is None, student=student, train=train_set,
+                      held_out=held_set, reference=reference, reporter=reporter)
+    where = "cuda, bf16 autocast" if device == "cuda" else f"cpu, fp32, {threads} threads"
+    reporter.message(f"training on {where}, batch {batch_size}, lr {config.lr:g}, {_plan_text(schedule)}")
+    training = trainer.run(on_step=on_step)
+    ranks = world()
+    ranks.barrier()
+    if not ranks.is_main:
+        return None  # data parallel: rank 0 scores, saves and reports
+
+    quality, initial = _final_quality(trainer, training, task, len(held_set))
+    for module in student.modules():
+        module.eval()
+    student_dir = save_student(student, teacher.tokenizer, work_dir / STUDENT_DIR, task=task,
+                               teacher_dir=teacher_dir, pooling=teacher.pooling)
+    history_path = atomic_write_json(work_dir / HISTORY_FILE, training.history)
+    curve_path = plot_loss_curve(training.history, work_dir / CURVE_FILE, metric=quality.metric,
+                                 title=f"{teacher_name} -> {student_text} ({task})")
+    return DistillResult(
+        student_dir=student_dir, task=task, student_spec=student_text, student_description=_describe(student, plan),
+        student_parameters=student.parameters, student_layers=int(student.model.config.num_hidden_layers),
+        student_hidden=int(student.model.config.hidden_size), teacher=summary, quality=quality,
+        initial_quality=initial, training=training, device=device,
+        precision="bf16-autocast" if device == "cuda" else "fp32", threads=threads, batch_size=batch_size,
+        corpus=corpus.description, train_examples=len(train_set), held_out_examples=len(held_set),
+        history_path=history_path, curve_path=curve_path,
+        held_out_path=_write_examples(work_dir / HELD_OUT_FILE, split.held_out),
+        checkpoint_dir=checkpoint_dir, warnings=warnings,
+        cross_domain_path=_write_examples(work_dir / CROSS_DOMAIN_FILE, split.cross_domain) if split.cross_domain
+        else None,
+        cross_domain_genre=split.cross_domain_genre,
+    )
+
+
+def _warn(reporter: Reporter, warnings: list[str], text: str) -> None:
+    reporter.warning(text)
+    warnings.append(text)
+
+
+def _device(config: DistillConfig, reporter: Reporter, warnings: list[str]) -> tuple[str, int | None]:
+    """The device to train on and, on the CPU, torch's threads (set here)."""
+    import torch
+
+    device, device_warning = resolve_device(config.device)
+    if device_warning:
+        _warn(reporter, warnings, device_warning)
+    if device != "cpu":
+        return device, None
+    threads = config.threads or cpu_threads()
+    torch.set_num_threads(threads)
+    return device, threads
+
+
+def _autocast_dtype(device: str) -> Any:
+    import torch
+
+    return torch.bfloat16 if device == "cuda" else None
+
+
+def _read_data(config: DistillConfig, task: str, reporter: Reporter,
+               warnings: list[str]) -> tuple[Corpus, Split]:
+    """The corpus and its seeded split: training, held out, and a genre never trained on."""
+    corpus = load_corpus(config.data)
+    bad_rows = corpus.bad_rows_message()
+    if bad_rows:
+        _warn(reporter, warnings, bad_rows)
+    split = split_corpus(_examples_for_task(corpus.examples, task, reporter, warnings), config.split_seed,
+                         cross_domain=corpus.cross_domain)
+    crossed = f", {len(split.cross_domain)} {split.cross_domain_genre} (cross-domain)" if split.cross_domain else ""
+    reporter.message(f"data: {corpus.description}; {len(split.train)} for training, "
+                     f"{len(split.held_out)} held out{crossed} (never trained on)")
+    return corpus, split
+
+
+def _build_student(config: DistillConfig, profile: Profile | None, teacher: Any, task: str, split: Split,
+                   device: str, work_dir: Path, reporter: Reporter) -> tuple[Student, Any, str]:
+    """The student cut from the teacher (its shape searched or the profile's), on ``device``."""
+    import torch
+
     student_text, why = searched_student(config, profile, teacher, work_dir, reporter) or \
         resolve_student_text(config, profile)
     calibration = [example.text for example in split.train[:CALIBRATION_TEXTS]]
     student, plan = _make_student(config, student_text, teacher, task, calibration)
-    if attention:
+    if config.attention_weight > 0:
         student.model.set_attn_implementation("eager")
     if not config.dropout:
         for module in student.model.modules():
@@ -293,55 +274,53 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
                 module.p = 0.0
     for module in student.modules():
         module.to(device)
-    reporter.message(f"teacher: {teacher_name} ({teacher.num_layers} layers, hidden {teacher.hidden_size}, "
+    reporter.message(f"teacher: {teacher.name} ({teacher.num_layers} layers, hidden {teacher.hidden_size}, "
                      f"{teacher.parameters / 1e6:.1f}M parameters), task {task}")
     reporter.message(f"student: {student_text} -> {_describe(student, plan)}, "
                      f"{student.parameters / 1e6:.1f}M parameters" + (f"  [{why}]" if why else ""))
+    return student, plan, student_text
 
-    tokenizer = teacher.tokenizer
+
+def _encode_splits(config: DistillConfig, split: Split, task: str, teacher: Any, reporter: Reporter,
+                   warnings: list[str]) -> tuple[EncodedSet, EncodedSet]:
+    """Training and held-out examples tokenised once, with labels the teacher knows."""
     train_labels, problems = label_ids(split.train, task, teacher.model.config)
     held_labels, held_problems = label_ids(split.held_out, task, teacher.model.config)
     if problems or held_problems:
-        all_problems = problems + held_problems
-        note = (f"{len(all_problems)} label(s) did not fit the teacher and were dropped (texts kept): "
-                + "; ".join(all_problems[:5]) + ("; ..." if len(all_problems) > 5 else ""))
-        reporter.warning(note)
-        warnings.append(note)
-    train_set = encode(split.train, train_labels, tokenizer, task, config.max_length)
-    held_set = encode(split.held_out, held_labels, tokenizer, task, config.max_length)
-    cuda_dtype = torch.bfloat16 if device == "cuda" else None
-    reference = held_out_outputs(teacher.model, held_set, task, pooling=teacher.pooling, device=device,
-                                 autocast_dtype=cuda_dtype)
+        everything = problems + held_problems
+        _warn(reporter, warnings, f"{len(everything)} label(s) did not fit the teacher and were dropped (texts "
+                                  "kept): " + "; ".join(everything[:5]) + ("; ..." if len(everything) > 5 else ""))
+    return (encode(split.train, train_labels, teacher.tokenizer, task, config.max_length),
+            encode(split.held_out, held_labels, teacher.tokenizer, task, config.max_length))
 
-    summary = TeacherSummary(name=teacher_name, path=str(teacher_dir), task=task, parameters=teacher.parameters,
-                             layers=teacher.num_layers, hidden=teacher.hidden_size,
-                             memory_footprint_bytes=teacher.memory_footprint_bytes)
-    training_teacher = teacher.model
-    if config.teacher_quant:
-        summary.fp_memory_footprint_bytes = teacher.memory_footprint_bytes
-        teacher.model = training_teacher = None  # free the full-precision weights before loading the quantized ones
-        gc.collect()
-        quantized = load_model(teacher_dir, task, device=device, quant=config.teacher_quant,  # type: ignore[arg-type]
-                               trust_remote_code=config.trust_remote_code, attn_implementation=attention)
-        for parameter in quantized.parameters():
-            parameter.requires_grad_(False)
-        summary.quant = config.teacher_quant
-        summary.memory_footprint_bytes = int(quantized.get_memory_footprint())
-        summary.quant_quality = compare(task, reference, held_out_outputs(
-            quantized, held_set, task, pooling=teacher.pooling, device=device), len(held_set))
-        reporter.message(f"teacher {config.teacher_quant}: {summary.memory_footprint_bytes / 2**20:.1f} MiB "
-                         f"(full precision {summary.fp_memory_footprint_bytes / 2**20:.1f} MiB); "
-                         f"{summary.quant_quality.metric} to the full-precision teacher "
-                         f"{summary.quant_quality.teacher_agreement:.4f} on held-out")
-        training_teacher = quantized
 
-    batch_size = config.batch_size or DEFAULT_BATCH_SIZE[device]
-    schedule, stop_label = _schedule(config, profile, len(train_set), batch_size, time.perf_counter() - started)
-    fingerprint = config_fingerprint(config, teacher_dir, corpus, config.init_student)
-    checkpoint_dir = work_dir / CHECKPOINT_DIR
-    if config.resume and not (checkpoint_dir / "state.json").is_file():
-        raise CompressError(f"--resume: no checkpoint in {checkpoint_dir}")
-    loop = LoopSettings(
+def _training_teacher(config: DistillConfig, teacher: Any, teacher_dir: Path, task: str, summary: TeacherSummary,
+                      reference: HeldOutOutputs, held_set: EncodedSet, device: str, reporter: Reporter) -> Any:
+    """The teacher the student learns from: the full-precision one, or it loaded again through bitsandbytes."""
+    if not config.teacher_quant:
+        return teacher.model
+    summary.fp_memory_footprint_bytes = teacher.memory_footprint_bytes
+    teacher.model = None  # free the full-precision weights before loading the quantized ones
+    gc.collect()
+    quantized = load_model(teacher_dir, task, device=device, quant=config.teacher_quant,  # type: ignore[arg-type]
+                           trust_remote_code=config.trust_remote_code,
+                           attn_implementation="eager" if config.attention_weight > 0 else None)
+    for parameter in quantized.parameters():
+        parameter.requires_grad_(False)
+    summary.quant = config.teacher_quant
+    summary.memory_footprint_bytes = int(quantized.get_memory_footprint())
+    summary.quant_quality = compare(task, reference, held_out_outputs(
+        quantized, held_set, task, pooling=teacher.pooling, device=device), len(held_set))
+    reporter.message(f"teacher {config.teacher_quant}: {summary.memory_footprint_bytes / 2**20:.1f} MiB "
+                     f"(full precision {summary.fp_memory_footprint_bytes / 2**20:.1f} MiB); "
+                     f"{summary.quant_quality.metric} to the full-precision teacher "
+                     f"{summary.quant_quality.teacher_agreement:.4f} on held-out")
+    return quantized
+
+
+def _loop_settings(config: DistillConfig, task: str, device: str, batch_size: int, schedule: Schedule,
+                   stop_label: str, fingerprint: str, checkpoint_dir: Path) -> LoopSettings:
+    return LoopSettings(
         task=task,
         losses=LossSettings(task=task, embedding_loss=config.embedding_loss,  # type: ignore[arg-type]
                             alpha=config.alpha, temperature=config.temperature,
@@ -352,54 +331,29 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
         checkpoint_every_steps=config.checkpoint_every_steps, log_every=config.log_every,
         teacher_cache_bytes=config.teacher_cache_bytes, max_length=config.max_length, stop_label=stop_label,
     )
-    trainer = Trainer(loop, teacher_model=training_teacher, pooling=teacher.pooling,
-                      teacher_autocast=config.teacher_quant is None, student=student, train=train_set,
-                      held_out=held_set, reference=reference, reporter=reporter)
-    plan_text = (f"{schedule.total_steps} steps" if schedule.total_steps else "") + \
-        (" or " if schedule.total_steps and schedule.budget_s else "") + \
-        (f"{schedule.budget_s:.0f} s of training" if schedule.budget_s else "")
-    where = "cuda, bf16 autocast" if device == "cuda" else f"cpu, fp32, {threads} threads"
-    reporter.message(f"training on {where}, batch {batch_size}, "
-                     f"lr {config.lr:g}, {plan_text}")
-    training = trainer.run(on_step=on_step)
-    ranks = world()
-    ranks.barrier()
-    if not ranks.is_main:
-        return None  # data parallel: rank 0 scores, saves and reports
 
+
+def _plan_text(schedule: Schedule) -> str:
+    steps = f"{schedule.total_steps} steps" if schedule.total_steps else ""
+    budget = f"{schedule.budget_s:.0f} s of training" if schedule.budget_s else ""
+    return " or ".join(part for part in (steps, budget) if part)
+
+
+def _final_quality(trainer: Trainer, training: TrainingReport, task: str,
+                   examples: int) -> tuple[QualityReport, QualityReport | None]:
+    """The student's quality now and at step 0 (None when resumed); the history's last entry gets it too."""
     quality = trainer.evaluate()
     initial = None
     if training.resumed_from_step is None and training.history and training.history[0].get("step") == 0:
         first = training.history[0]
         initial = QualityReport(task=task, metric=quality.metric, teacher_agreement=first["teacher_agreement"],
                                 neighbour_agreement=first.get("neighbour_agreement"), accuracy=first.get("accuracy"),
-                                teacher_accuracy=None, examples=len(held_set))
+                                teacher_accuracy=None, examples=examples)
     if training.history and training.history[-1]["step"] == training.steps:
         training.history[-1].update({"teacher_agreement": quality.teacher_agreement,
                                      **({"neighbour_agreement": quality.neighbour_agreement}
                                         if quality.neighbour_agreement is not None else {})})
-
-    for module in student.modules():
-        module.eval()
-    student_dir = save_student(student, tokenizer, work_dir / STUDENT_DIR, task=task, teacher_dir=teacher_dir,
-                               pooling=teacher.pooling)
-    history_path = atomic_write_json(work_dir / HISTORY_FILE, training.history)
-    curve_path = plot_loss_curve(training.history, work_dir / CURVE_FILE, metric=quality.metric,
-                                 title=f"{teacher_name} -> {student_text} ({task})")
-    held_out_path = _write_examples(work_dir / HELD_OUT_FILE, split.held_out)
-    cross_domain_path = _write_examples(work_dir / CROSS_DOMAIN_FILE, split.cross_domain) if split.cross_domain \
-        else None
-    return DistillResult(
-        student_dir=student_dir, task=task, student_spec=student_text, student_description=_describe(student, plan),
-        student_parameters=student.parameters, student_layers=int(student.model.config.num_hidden_layers),
-        student_hidden=int(student.model.config.hidden_size), teacher=summary, quality=quality,
-        initial_quality=initial, training=training, device=device,
-        precision="bf16-autocast" if device == "cuda" else "fp32", threads=threads, batch_size=batch_size,
-        corpus=corpus.description, train_examples=len(train_set), held_out_examples=len(held_set),
-        history_path=history_path, curve_path=curve_path, held_out_path=held_out_path,
-        checkpoint_dir=checkpoint_dir, warnings=warnings, cross_domain_path=cross_domain_path,
-        cross_domain_genre=split.cross_domain_genre,
-    )
+    return quality, initial
 
 
 def _write_examples(path: Path, examples: list[Example]) -> Path:

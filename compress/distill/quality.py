@@ -9,7 +9,7 @@ held-out examples have labels). Token classifiers are scored on real tokens, not
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from export.torch_model import task_outputs
 from compress.distill.losses import IGNORE_LABEL
 from export.base.tasks import Pooling, Task
 from export.runtime.agreement import argmax_agreement, mean_cosine, neighbour_agreement
+from export.base.report_json import JsonRecord
 
 NEIGHBOURS = 10
 
@@ -32,7 +33,7 @@ class HeldOutOutputs:
 
 
 @dataclass
-class QualityReport:
+class QualityReport(JsonRecord):
     """A student's (or quantized teacher's) agreement with the teacher on the held-out split."""
 
     task: Task
@@ -42,9 +43,6 @@ class QualityReport:
     accuracy: float | None  # classifiers with labelled held-out data
     teacher_accuracy: float | None
     examples: int
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def held_out_outputs(model: Any, data: EncodedSet, task: Task, *, pooling: Pooling | None, projection: Any = None,

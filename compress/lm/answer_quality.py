@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from compress.lm.data import EncodedLM
 from compress.lm.quality import greedy_continuation, greedy_prompt_ids, pad_id_of, predictions
 from export.base.errors import CompressError
+from export.base.report_json import JsonRecord
 
 
 @dataclass
-class AnswerQuality:
+class AnswerQuality(JsonRecord):
     """A model against the teacher's answers on held-out prompts."""
 
     token_agreement: float
@@ -30,9 +31,6 @@ class AnswerQuality:
     prompts: int  # held-out answers scored
     tokens: int  # answer tokens scored
     greedy_prompts: int  # prompts answered greedily for exact match
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def answer_quality(model: Any, tokenizer: Any, encoded: Sequence[EncodedLM], *, device: str = "cpu",

@@ -20,19 +20,20 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from compress.training.progress import Reporter
 from compress.lm.data import EncodedLM, LMExample, collate_lm, encode_examples
 from export.base.errors import CompressError
+from export.base.report_json import JsonRecord
 
 # Plain-text examples have no prompt: greedy continuation then starts from the text's first tokens.
 PLAIN_TEXT_PROMPT_TOKENS = 8
 
 
 @dataclass
-class LMQuality:
+class LMQuality(JsonRecord):
     """Teacher and student on the held-out split."""
 
     teacher_perplexity: float
@@ -42,9 +43,6 @@ class LMQuality:
     samples: int  # held-out examples scored
     greedy_prompts: int  # prompts continued greedily
     greedy_tokens: int  # teacher tokens compared, over all greedy prompts
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

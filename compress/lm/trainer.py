@@ -40,6 +40,7 @@ from compress.training.progress import QuietReporter, Reporter
 from compress.training.schedule import Schedule
 from compress.training.teacher_cache import TeacherCache
 from export.base.errors import CompressError, require
+from export.base.report_json import JsonRecord
 
 __all__ = ["DistillInterrupted", "LMLoopSettings", "LMTrainingReport", "train_lm", "teacher_fingerprint"]
 
@@ -96,7 +97,7 @@ class LMLoopSettings:
 
 
 @dataclass
-class LMTrainingReport:
+class LMTrainingReport(JsonRecord):
     """What the loop did."""
 
     steps: int
@@ -116,9 +117,6 @@ class LMTrainingReport:
     rank_samples_per_s: list[float] = field(default_factory=list)  # each rank's own rows, this session
     allreduce_share: float | None = None  # of forward + backward time, by DDP's timers (None: one process)
     embeddings_frozen: bool = False  # token embedding and LM head kept as the teacher left them
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # -- fingerprints -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from compress.prune.structured import (count_parameters, encoder_layers, ffn_siz
 from export.base.records import FileRef, StageRecord, read_stage_result
 from export.base.stages import StageOutput, run_stage
 from export.base.tasks import Task, detect_task, read_config, read_pooling
+from export.base.report_json import JsonRecord
 
 if TYPE_CHECKING:
     from export.runtime.profiles import Profile
@@ -122,7 +123,7 @@ class RecoveryReport:
 
 
 @dataclass
-class PruneResult:
+class PruneResult(JsonRecord):
     """What ``prune_model`` removed, wrote and measured."""
 
     out_dir: Path
@@ -153,22 +154,6 @@ class PruneResult:
     @property
     def final_quality(self) -> QualityPoint:
         return self.quality[-1]
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["out_dir"] = str(self.out_dir)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PruneResult:
-        data = dict(data)
-        data["out_dir"] = Path(data["out_dir"])
-        data["quality"] = [QualityPoint(**q) for q in data["quality"]]
-        data["latency"] = LatencyComparison(**data["latency"]) if data.get("latency") else None
-        data["magnitude"] = MagnitudeReport(**data["magnitude"]) if data.get("magnitude") else None
-        data["recovery"] = RecoveryReport(**data["recovery"]) if data.get("recovery") else None
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})
 
 
 # ---------------------------------------------------------------------------------------------

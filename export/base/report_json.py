@@ -31,6 +31,30 @@ T = TypeVar("T")
 R = TypeVar("R", bound="JsonReport")
 
 
+class JsonRecord:
+    """Mixin for a dataclass kept inside another JSON file: a JSON-ready dict and back.
+
+    ``from_json`` rebuilds nested dataclasses and paths and names a key that is missing or of the
+    wrong shape (:func:`dataclass_from_dict`); unknown keys are ignored.
+    """
+
+    def to_json(self) -> dict[str, Any]:
+        return _plain(asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return dataclass_from_dict(cls, data)
+
+
+def _plain(value: Any) -> Any:
+    """Paths as strings, everything else as JSON has it."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return str(value) if isinstance(value, Path) else value
+
+
 class JsonReport:
     """Mixin for report dataclasses that carry ``kind`` and ``schema_version`` fields."""
 
@@ -117,6 +141,14 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return _coerce(options[0], value, where) if len(options) == 1 else value
     if dataclasses.is_dataclass(hint):
         return dataclass_from_dict(hint, value, where)
+    if hint is Path:
+        if not isinstance(value, str):
+            raise CompressError(f"report: {where}: expected a path, found {value!r}")
+        return Path(value)
+    if origin is dict and args:
+        if not isinstance(value, dict):
+            raise CompressError(f"report: {where}: expected an object")
+        return {key: _coerce(args[1], item, f"{where}.{key}") for key, item in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise CompressError(f"report: {where}: expected a list")
