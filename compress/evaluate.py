@@ -34,6 +34,7 @@ class TeacherAgreement:
     output: str  # the compared output (sentence_embedding, logits, ...)
     samples: int  # held-out texts
     source: str  # where the texts came from
+    similarity_spearman: float | None = None  # embeddings: rank correlation of pairwise cosines with the teacher's
 
 
 @dataclass
@@ -70,7 +71,7 @@ def compare_outputs(model: ModelOutputs, teacher: ModelOutputs, *, source: str) 
     Raises CompressError when the two graphs have no common output to compare or their outputs
     do not line up (different widths, or token outputs from tokenizers that split differently).
     """
-    from export.runtime.agreement import neighbour_agreement
+    from export.runtime.agreement import neighbour_agreement, similarity_spearman
 
     view = model.view
     if view != teacher.view:
@@ -79,12 +80,14 @@ def compare_outputs(model: ModelOutputs, teacher: ModelOutputs, *, source: str) 
     if model.rows.shape != teacher.rows.shape:
         raise CompressError(f"{model.path} and the teacher {teacher.path} give outputs of different shapes "
                             f"({model.rows.shape} vs {teacher.rows.shape}) on the same texts")
-    neighbours = None
+    neighbours = spearman = None
     if view.metric == "mean_cosine" and len(model.rows) >= MIN_ROWS_FOR_NEIGHBOURS:
         neighbours = neighbour_agreement(teacher.rows, model.rows)
+        spearman = similarity_spearman(teacher.rows, model.rows)
     return TeacherAgreement(
         metric=view.metric, teacher_agreement=view.agreement(teacher.rows, model.rows),
         neighbour_agreement=neighbours, output=view.output, samples=model.texts, source=source,
+        similarity_spearman=spearman,
     )
 
 

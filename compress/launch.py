@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import tempfile
+from pathlib import Path
 
 from export.base.errors import CompressError
 
@@ -52,6 +53,10 @@ def launch_local(nproc: int, args: list[str]) -> int:
                               monitor_interval=0.1, start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=logs),
                               signals_to_handle="SIGTERM,SIGHUP,SIGQUIT")
         previous = signal.signal(signal.SIGINT, lambda *_: None)
+        # Rank 0 touches this file once it has printed bad input's one line: the launcher may have
+        # stopped it (SIGTERM) before it exited, when another rank met the same input first.
+        reported = Path(logs) / "reported"
+        os.environ["COMPRESS_REPORTED_MARK"] = str(reported)
         try:
             elastic_launch(config, entrypoint=sys.executable)("-m", "compress", *args)
         except ChildFailedError as exc:
@@ -65,7 +70,7 @@ def launch_local(nproc: int, args: list[str]) -> int:
             own = [r for r, f in sorted(failures.items()) if f.exitcode != -signal.SIGTERM]
             rank = own[0] if own else exc.get_first_failure()[0]
             if failures[rank].exitcode == BAD_INPUT:
-                if 0 in failures and failures[0].exitcode == BAD_INPUT:
+                if reported.exists() or (0 in failures and failures[0].exitcode == BAD_INPUT):
                     raise ReportedByRank() from None
                 raise CompressError(f"rank {rank} of {nproc} stopped on bad input; run the same command with "
                                     "--nproc 1 to see it") from None
@@ -74,6 +79,7 @@ def launch_local(nproc: int, args: list[str]) -> int:
                                 "continue from the last checkpoint") from None
         finally:
             signal.signal(signal.SIGINT, previous)
+            os.environ.pop("COMPRESS_REPORTED_MARK", None)
     return 0
 
 

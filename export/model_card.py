@@ -71,6 +71,8 @@ def _numbers(manifest: Manifest, kind: PackageKind, profile: Profile) -> list[st
     ]
     if quality.get("neighbour_agreement") is not None:
         rows.append(f"| nearest-neighbour agreement (top 10) | {fmt(quality['neighbour_agreement'])} | - |")
+    if quality.get("similarity_spearman") is not None:
+        rows.append(f"| similarity ranking (Spearman of pairwise cosines) | {fmt(quality['similarity_spearman'])} | - |")
     if quality.get("quantization_drop") is not None:
         rows.append(f"| agreement lost to quantization | {fmt(quality['quantization_drop'])} | "
                     f"<= {fmt(budgets.quality.max_quantization_drop)} |")

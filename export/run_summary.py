@@ -60,12 +60,16 @@ class QualitySummary:
     teacher_agreement: float | None
     metric: str
     neighbour_agreement: float | None = None  # embeddings: top-10 neighbour overlap with the teacher
+    similarity_spearman: float | None = None  # embeddings: rank correlation of pairwise cosines with the teacher's
     quantization_drop: float | None = None  # agreement lost by quantization vs the fp32 ONNX model
     heldout_samples: int | None = None  # how many held-out texts the numbers were measured on
     # The same on a genre never trained on (the default corpus's quotations): generalisation, not budgeted.
     cross_domain_genre: str | None = None
     cross_domain_agreement: float | None = None
     cross_domain_neighbour_agreement: float | None = None
+    cross_domain_similarity_spearman: float | None = None
+    # What more training time would buy against the profile's floor (one line; compress.distill.projection).
+    more_time: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 from compress.training.batching import batches_per_epoch, epoch_batches
 from compress.training.teacher_cache import TeacherCache
 from compress.distill.losses import (IGNORE_LABEL, LossSettings, attention_loss, embedding_loss, hard_label_loss,
-                                     hidden_state_loss, soft_label_loss)
+                                     hidden_state_loss, relation_loss, soft_label_loss)
 from compress.training.schedule import Schedule
 from export.base.errors import CompressError
 
@@ -66,11 +66,63 @@ def test_hidden_and_attention_losses() -> None:
     assert attention_loss(other, attn, mask).item() > 0
 
 
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+def test_relation_loss_is_zero_for_the_teacher_itself_and_positive_otherwise(kind: str) -> None:
+    import torch
+
+    teacher = torch.randn(16, 12)
+    assert relation_loss(teacher.clone(), teacher, kind).item() == pytest.approx(0.0, abs=1e-6)
+    # Scaled rows have the same cosines: the relations are the same, whatever the lengths.
+    assert relation_loss(teacher * torch.rand(16, 1) * 3, teacher, kind).item() == pytest.approx(0.0, abs=1e-5)
+    student = torch.randn(16, 12, requires_grad=True)
+    loss = relation_loss(student, teacher, kind)
+    assert loss.item() > 0
+    loss.backward()
+    assert student.grad is not None and float(student.grad.abs().sum()) > 0
+    assert relation_loss(student[:1], teacher[:1], kind).item() == 0.0  # a batch of one has no relations
+
+
+def test_the_relational_term_joins_the_embedding_loss_only_when_weighted() -> None:
+    import torch
+
+    from compress.distill.losses import distillation_loss
+    from export.torch_model import TaskOutputs
+
+    student, teacher = torch.randn(8, 6), torch.randn(8, 6)
+    batch = {"attention_mask": torch.ones(8, 4, dtype=torch.long)}
+    plain = distillation_loss(LossSettings(task="feature-extraction"), TaskOutputs(final=student), teacher, None,
+                              batch, ())
+    weighted = distillation_loss(LossSettings(task="feature-extraction", relation_weight=2.0),
+                                 TaskOutputs(final=student), teacher, None, batch, ())
+    assert weighted.item() == pytest.approx(plain.item() + 2.0 * relation_loss(student, teacher).item(), rel=1e-5)
+
+
+def test_layer_transfer_through_a_width_projection_is_zero_when_the_projection_restores_the_teacher() -> None:
+    import torch
+
+    teacher_states = tuple(torch.randn(2, 4, 8) for _ in range(4))
+    narrow = torch.nn.Linear(8, 4, bias=False)
+    wide = torch.nn.Linear(4, 8, bias=False)
+    with torch.no_grad():  # a projection that undoes the narrowing exactly, on these states
+        basis = torch.linalg.qr(torch.randn(8, 8))[0][:, :4]
+        narrow.weight.copy_(basis.T)
+        wide.weight.copy_(basis)
+        teacher_states = tuple(s @ basis @ basis.T for s in teacher_states)
+    student_states = tuple(narrow(s) for s in teacher_states[:3])
+    mask = torch.ones(2, 4, dtype=torch.long)
+    assert hidden_state_loss(student_states, teacher_states, (0, 1), mask, wide).item() == pytest.approx(0, abs=1e-6)
+    assert hidden_state_loss(student_states, teacher_states, (1, 2), mask, wide).item() > 0
+
+
 def test_loss_settings_validate() -> None:
     with pytest.raises(CompressError, match="alpha"):
         LossSettings(task="text-classification", alpha=1.5)
     with pytest.raises(CompressError, match="embedding loss"):
         LossSettings(task="feature-extraction", embedding_loss="l1")  # type: ignore[arg-type]
+    with pytest.raises(CompressError, match="relation loss"):
+        LossSettings(task="feature-extraction", relation_loss="cos")  # type: ignore[arg-type]
+    with pytest.raises(CompressError, match="negative"):
+        LossSettings(task="feature-extraction", relation_weight=-1.0)
 
 
 def test_schedule_warms_up_then_decays_to_zero() -> None:
@@ -119,3 +171,41 @@ def test_teacher_cache_round_trips_through_fp16() -> None:
     tiny = TeacherCache(size=10, max_bytes=8)
     tiny.store(index, values)
     assert tiny.disabled_reason and tiny.lookup(index) is None
+
+
+def test_similarity_spearman_reads_the_order_of_pairwise_cosines() -> None:
+    from export.runtime.agreement import similarity_spearman
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(60, 8))
+    assert similarity_spearman(rows, rows) == pytest.approx(1.0)
+    assert similarity_spearman(rows, rows * 5.0) == pytest.approx(1.0)  # lengths do not matter, directions do
+    noisy = similarity_spearman(rows, rows + 0.5 * rng.normal(size=rows.shape))
+    unrelated = similarity_spearman(rows, rng.normal(size=rows.shape))
+    assert 0.5 < noisy < 1.0 and abs(unrelated) < 0.2
+    # Sampled pairs (fewer than all 1,770) give nearly the same figure, the same every time.
+    assert similarity_spearman(rows, rows + 0.5, pairs=500) == similarity_spearman(rows, rows + 0.5, pairs=500)
+    with pytest.raises(ValueError):
+        similarity_spearman(rows[:2], rows[:2])
+
+
+def test_the_projection_says_when_the_floor_is_reached_how_long_it_would_take_or_that_it_flattens() -> None:
+    import math
+
+    from compress.distill.projection import project_to_floor
+
+    def history(values: list[float], seconds: list[float]) -> list[dict]:
+        return [{"step": 0, "elapsed_s": 0.0, "teacher_agreement": 0.3}] + [
+            {"step": i + 1, "elapsed_s": t, "teacher_agreement": v} for i, (v, t) in enumerate(zip(values, seconds))]
+
+    times = [60.0, 120.0, 240.0, 480.0]
+    growing = history([0.80 + 0.02 * math.log2(t / 60) for t in times], times)  # +0.02 a doubling: 0.86 at 8 min
+    reached = project_to_floor(growing, 0.85, "mean_cosine")
+    assert reached is not None and reached.reached and "reaches" in reached.line
+    short = project_to_floor(growing, 0.90, "mean_cosine")  # two more doublings: 32 minutes, 24 more
+    assert short is not None and not short.reached and short.extra_minutes == pytest.approx(24.0, abs=0.5)
+    assert "24 more minutes" in short.line
+    flat = project_to_floor(history([0.85, 0.851, 0.851, 0.852], times), 0.95, "mean_cosine")
+    assert flat is not None and flat.flattens and flat.extra_minutes is None and "flattens" in flat.line
+    assert project_to_floor(growing, None, "mean_cosine") is None
+    assert project_to_floor(history([0.5], [60.0]), 0.9, "mean_cosine").extra_minutes is None  # one point: no fit

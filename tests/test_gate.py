@@ -19,7 +19,8 @@ from tests.conftest import build_tiny_onnx
 from tests.test_bench import assert_one_line_error
 
 BUDGETS = ["latency_ms.p50", "latency_ms.p95", "latency_ms.p99", "model_size_mb", "peak_memory_mb",
-           "quality.min_teacher_agreement", "quality.max_quantization_drop"]
+           "quality.min_teacher_agreement", "quality.max_quantization_drop", "quality.min_neighbour_agreement",
+           "quality.min_similarity_spearman"]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,26 @@ def test_one_missed_budget_fails_with_exit_1(report_file: Path, tmp_path: Path) 
     failed = [c.get("name") for c in cases if c.find("failure") is not None]
     skipped = [c.get("name") for c in cases if c.find("skipped") is not None]
     assert failed == ["model_size_mb"] and skipped == BUDGETS[5:]
-    assert suite.get("failures") == "1" and suite.get("skipped") == "2" and suite.get("tests") == "7"
+    assert suite.get("failures") == "1" and suite.get("skipped") == "4" and suite.get("tests") == "9"
+
+
+def test_a_neighbour_and_a_ranking_floor_are_judged_from_the_quality_evidence(report_file: Path,
+                                                                              tmp_path: Path) -> None:
+    profile = user_profile(tmp_path, lambda d: d["budgets"]["quality"].update(
+        min_teacher_agreement=0.8, min_neighbour_agreement=0.7, min_similarity_spearman=0.9))
+    evidence = tmp_path / "quality.json"
+    evidence.write_text(json.dumps({"teacher_agreement": 0.93, "metric": "mean_cosine", "quantization_drop": 0.001,
+                                    "neighbour_agreement": 0.62, "similarity_spearman": 0.95}))
+    result = run_cli(["gate", str(report_file), "--profile", str(profile), "--quality", str(evidence), "--json"])
+    statuses = {c["name"]: c["status"] for c in json.loads(result.stdout)["checks"]}
+    assert result.exit_code == 1 and statuses["quality.min_neighbour_agreement"] == "fail"
+    assert statuses["quality.min_similarity_spearman"] == "pass" and statuses["quality.min_teacher_agreement"] == "pass"
+    evidence.write_text(json.dumps({"teacher_agreement": 0.93, "metric": "mean_cosine", "quantization_drop": 0.001}))
+    result = run_cli(["gate", str(report_file), "--profile", str(profile), "--quality", str(evidence), "--json"])
+    report = json.loads(result.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["quality.min_neighbour_agreement"]["status"] == "not_checked"
+    assert "no neighbour_agreement in the evidence" in checks["quality.min_neighbour_agreement"]["note"]
 
 
 @pytest.mark.parametrize("profile", ["jetson", "nvidia-gpu"])

@@ -74,6 +74,13 @@ def _command_line() -> str:
               help="[encoders] Weight of hidden-state MSE between mapped layers (0 = off).")
 @click.option("--attention-weight", type=float, default=0.0, show_default=True,
               help="[encoders] Weight of MiniLM-style last-layer attention KL (0 = off).")
+@click.option("--relation-weight", type=float, default=0.0, show_default=True,
+              help="[encoders] Weight of the relational loss: the student's in-batch matrix of pairwise cosines "
+                   "matched to the teacher's, which is what top-10 neighbours and similarity rankings measure "
+                   "(0 = off).")
+@click.option("--relation", "relation_loss", type=click.Choice(["kl", "mse"]), default="kl", show_default=True,
+              help="[encoders] The relational loss: kl (each text's softmax over its cosines to the batch, at "
+                   "temperature 0.05) or mse (on the cosine matrix).")
 @click.option("--alpha", type=float, default=0.5, show_default=True,
               help="[encoders] Classifiers with labels: weight of the teacher KL term; the labels' cross-entropy gets 1-alpha.")
 @click.option("--temperature", type=float, default=None,

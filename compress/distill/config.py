@@ -28,6 +28,8 @@ class DistillConfig(DistillSettings):
     embedding_loss: str = "cosine"  # cosine | mse | cosine+mse
     hidden_weight: float = 0.0  # hidden-state MSE weight (0 = off)
     attention_weight: float = 0.0  # last-layer attention KL weight (0 = off)
+    relation_weight: float = 0.0  # sentence embeddings: weight of the in-batch similarity-structure loss (0 = off)
+    relation_loss: str = "kl"  # kl | mse
     alpha: float = 0.5  # classifiers: weight of the teacher KL; labels get 1 - alpha
     temperature: float = 2.0
     dropout: bool = False  # keep the teacher config's dropout in the student while training

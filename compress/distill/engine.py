@@ -27,6 +27,7 @@ from export.base.corpus import Corpus, Example, Split, load_corpus, split_corpus
 from compress.distill.curve import plot_loss_curve
 from compress.distill.losses import LossSettings
 from compress.training.progress import Reporter
+from compress.distill.projection import project_to_floor
 from compress.distill.quality import HeldOutOutputs, QualityReport, compare, held_out_outputs
 from compress.distill.result import DistillResult, TeacherSummary
 from compress.training.schedule import Schedule
@@ -194,6 +195,10 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
         return None  # data parallel: rank 0 scores, saves and reports
 
     quality, initial = _final_quality(trainer, training, task, len(held_set))
+    projection = project_to_floor(training.history, profile.budgets.quality.min_teacher_agreement
+                                  if profile is not None else None, quality.metric)
+    if projection is not None:
+        reporter.message(projection.line)
     for module in student.modules():
         module.eval()
     student_dir = save_student(student, teacher.tokenizer, work_dir / STUDENT_DIR, task=task,
@@ -213,7 +218,7 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
         checkpoint_dir=checkpoint_dir, warnings=warnings,
         cross_domain_path=_write_examples(work_dir / CROSS_DOMAIN_FILE, split.cross_domain) if split.cross_domain
         else None,
-        cross_domain_genre=split.cross_domain_genre,
+        cross_domain_genre=split.cross_domain_genre, projection=projection,
     )
 
 
@@ -324,7 +329,9 @@ def _loop_settings(config: DistillConfig, task: str, device: str, batch_size: in
         task=task,
         losses=LossSettings(task=task, embedding_loss=config.embedding_loss,  # type: ignore[arg-type]
                             alpha=config.alpha, temperature=config.temperature,
-                            hidden_weight=config.hidden_weight, attention_weight=config.attention_weight),
+                            hidden_weight=config.hidden_weight, attention_weight=config.attention_weight,
+                            relation_weight=config.relation_weight,
+                            relation_loss=config.relation_loss),  # type: ignore[arg-type]
         batch_size=batch_size, seed=config.seed, device=device, schedule=schedule,
         weight_decay=config.weight_decay, fingerprint=fingerprint, checkpoint_dir=checkpoint_dir,
         resume=config.resume, eval_points=config.eval_points, checkpoint_every_s=config.checkpoint_every_s,

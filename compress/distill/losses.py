@@ -5,6 +5,10 @@
   its gradients keep their size as ``T`` changes (Hinton et al.), mixed with cross-entropy on
   labels when there are labels: ``alpha * KL + (1 - alpha) * CE``.
 * Token classifiers: the same per token, averaged over the real (attention-masked) tokens.
+* Optional, sentence embeddings: a relational term on the batch's similarity structure, the
+  student's matrix of pairwise cosines against the teacher's (KL between the row-wise softmax
+  distributions at a temperature, as in contrastive distillation, or MSE on the matrix): what the
+  neighbour numbers measure, which the per-vector loss does not ask for.
 * Optional, any task: MSE between mapped hidden states (student states projected into the
   teacher's width when narrower) and MiniLM's KL between last-layer attention distributions.
 """
@@ -20,6 +24,11 @@ from export.base.tasks import Task
 
 EmbeddingLoss = Literal["cosine", "mse", "cosine+mse"]
 EMBEDDING_LOSSES: tuple[str, ...] = ("cosine", "mse", "cosine+mse")
+RelationLoss = Literal["kl", "mse"]
+RELATION_LOSSES: tuple[str, ...] = ("kl", "mse")
+# The softmax temperature of the relational KL: sharp enough that a row's mass sits on its nearest
+# texts (cosines of unrelated sentences cluster around 0.1-0.3 for MiniLM), as contrastive losses use.
+RELATION_TEMPERATURE = 0.05
 IGNORE_LABEL = -100
 
 
@@ -33,6 +42,8 @@ class LossSettings:
     temperature: float = 2.0
     hidden_weight: float = 0.0
     attention_weight: float = 0.0
+    relation_weight: float = 0.0
+    relation_loss: RelationLoss = "kl"
 
     def __post_init__(self) -> None:
         if self.embedding_loss not in EMBEDDING_LOSSES:
@@ -41,8 +52,10 @@ class LossSettings:
             raise CompressError(f"--alpha must be between 0 and 1, got {self.alpha}")
         if self.temperature <= 0:
             raise CompressError(f"--temperature must be positive, got {self.temperature}")
-        if self.hidden_weight < 0 or self.attention_weight < 0:
+        if self.hidden_weight < 0 or self.attention_weight < 0 or self.relation_weight < 0:
             raise CompressError("loss weights must not be negative")
+        if self.relation_loss not in RELATION_LOSSES:
+            raise CompressError(f"unknown relation loss {self.relation_loss!r}; use one of {', '.join(RELATION_LOSSES)}")
 
     @property
     def needs_teacher_internals(self) -> bool:
@@ -59,6 +72,32 @@ def embedding_loss(student: Any, teacher: Any, kind: EmbeddingLoss = "cosine") -
     if kind in ("mse", "cosine+mse"):
         total = total + F.mse_loss(student, teacher)
     return total
+
+
+def relation_loss(student: Any, teacher: Any, kind: RelationLoss = "kl",
+                  temperature: float = RELATION_TEMPERATURE) -> Any:
+    """How far the student's in-batch similarity structure is from the teacher's; 0 when they are the same.
+
+    ``kl``: for each text, KL(teacher || student) between the softmax over its cosines to the other
+    texts of the batch, at ``temperature``; ``mse``: the mean squared difference of the two
+    off-diagonal cosine matrices. A batch of one has no relations: 0.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    rows = student.shape[0]
+    if rows < 2:
+        return student.new_zeros(())
+    s = F.normalize(student.float(), dim=-1)
+    t = F.normalize(teacher.float(), dim=-1)
+    s_sim, t_sim = s @ s.T, t @ t.T
+    off = ~torch.eye(rows, dtype=torch.bool, device=student.device)
+    if kind == "mse":
+        return ((s_sim - t_sim)[off] ** 2).mean()
+    s_rows = (s_sim[off].view(rows, rows - 1)) / temperature
+    t_rows = (t_sim[off].view(rows, rows - 1)) / temperature
+    return F.kl_div(F.log_softmax(s_rows, -1), F.log_softmax(t_rows, -1), log_target=True,
+                    reduction="batchmean")
 
 
 def soft_label_loss(student_logits: Any, teacher_logits: Any, temperature: float, mask: Any = None) -> Any:
@@ -126,6 +165,9 @@ def distillation_loss(settings: LossSettings, student: TaskOutputs, teacher_fina
     labels = batch.get("labels")
     if settings.task == "feature-extraction":
         total = embedding_loss(student.final, teacher_final, settings.embedding_loss)
+        if settings.relation_weight > 0:
+            total = total + settings.relation_weight * relation_loss(student.final, teacher_final,
+                                                                     settings.relation_loss)
     else:
         token_mask = mask if settings.task == "token-classification" else None
         total = soft_label_loss(student.final, teacher_final, settings.temperature, token_mask)

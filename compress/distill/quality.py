@@ -18,7 +18,7 @@ from compress.distill.batching import EncodedSet, collate
 from export.torch_model import task_outputs
 from compress.distill.losses import IGNORE_LABEL
 from export.base.tasks import Pooling, Task
-from export.runtime.agreement import argmax_agreement, mean_cosine, neighbour_agreement
+from export.runtime.agreement import argmax_agreement, mean_cosine, neighbour_agreement, similarity_spearman
 from export.base.report_json import JsonRecord
 
 NEIGHBOURS = 10
@@ -43,6 +43,7 @@ class QualityReport(JsonRecord):
     accuracy: float | None  # classifiers with labelled held-out data
     teacher_accuracy: float | None
     examples: int
+    similarity_spearman: float | None = None  # embeddings: rank correlation of pairwise cosines
 
 
 def held_out_outputs(model: Any, data: EncodedSet, task: Task, *, pooling: Pooling | None, projection: Any = None,
@@ -111,6 +112,8 @@ def compare(task: Task, teacher: HeldOutOutputs, candidate: HeldOutOutputs, exam
             accuracy=None,
             teacher_accuracy=None,
             examples=examples,
+            similarity_spearman=round(similarity_spearman(teacher.values, candidate.values), 6)
+            if len(teacher.values) >= 3 else None,
         )
     accuracy = teacher_accuracy = None
     labels = teacher.labels

@@ -98,6 +98,8 @@ def measure_candidates(ctx: ChainContext, contenders: list[tuple[str, Path, str]
                    "texts": len(texts)}
         if agreement.neighbour_agreement is not None:
             quality["neighbour_agreement"] = round(agreement.neighbour_agreement, 4)
+        if agreement.similarity_spearman is not None:
+            quality["similarity_spearman"] = round(agreement.similarity_spearman, 4)
         candidates.append(ReleaseCandidate(
             name=name, model=str(path.relative_to(ctx.run_dir)), source="student", precision=precision,
             parameters=int(ctx.distilled.metrics["student_parameters"]), size_mb=round(report.model.size_mb, 2),
@@ -106,6 +108,10 @@ def measure_candidates(ctx: ChainContext, contenders: list[tuple[str, Path, str]
                                  quality["teacher_agreement"], agreement.metric, ">="),
                     BudgetFigure("quality.max_quantization_drop", budgets.quality.max_quantization_drop,
                                  quality["quantization_drop"], "agreement lost to quantization", "<="),
+                    BudgetFigure("quality.min_neighbour_agreement", budgets.quality.min_neighbour_agreement,
+                                 quality.get("neighbour_agreement"), "top-10 neighbours kept", ">="),
+                    BudgetFigure("quality.min_similarity_spearman", budgets.quality.min_similarity_spearman,
+                                 quality.get("similarity_spearman"), "Spearman of pairwise cosines", ">="),
                     BudgetFigure("model_size_mb", budgets.model_size_mb, round(report.model.size_mb, 2), "MiB", "<=")]))
     choice = choose_release(candidates)
     choice.measured_on = (f"{teacher_speed.host.describe()}: batch {teacher_speed.workload.batch_size}, "

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compress.distill.projection import Projection
 from compress.distill.quality import QualityReport
 from compress.distill.trainer import TrainingReport
 from export.base.tasks import Task
@@ -56,6 +57,7 @@ class DistillResult:
     warnings: list[str] = field(default_factory=list)
     cross_domain_path: Path | None = None  # a genre never trained on (the default corpus's quotations)
     cross_domain_genre: str | None = None
+    projection: Projection | None = None  # what more training time would buy, against the profile's floor
 
     def metrics(self) -> dict[str, Any]:
         """The flat metrics recorded in ``stage.json``."""
@@ -65,6 +67,7 @@ class DistillResult:
             "teacher_agreement": q.teacher_agreement,
             "teacher_agreement_metric": q.metric,
             "neighbour_agreement": q.neighbour_agreement,
+            "similarity_spearman": q.similarity_spearman,
             "accuracy": q.accuracy,
             "teacher_accuracy": q.teacher_accuracy,
             "initial_teacher_agreement": self.initial_quality.teacher_agreement if self.initial_quality else None,
@@ -105,4 +108,6 @@ class DistillResult:
             metrics["teacher_fp_memory_footprint_bytes"] = self.teacher.fp_memory_footprint_bytes
             metrics["teacher_quant_agreement"] = self.teacher.quant_quality.teacher_agreement
             metrics["teacher_quant_neighbour_agreement"] = self.teacher.quant_quality.neighbour_agreement
+        if self.projection is not None:
+            metrics["quality_projection"] = self.projection.to_json()
         return metrics

@@ -267,6 +267,8 @@ def _quality_fields(report: QualityReport) -> dict[str, Any]:
     fields: dict[str, Any] = {"teacher_agreement": report.teacher_agreement}
     if report.neighbour_agreement is not None:
         fields["neighbour_agreement"] = report.neighbour_agreement
+    if report.similarity_spearman is not None:
+        fields["similarity_spearman"] = report.similarity_spearman
     if report.accuracy is not None:
         fields["accuracy"] = report.accuracy
     return fields

@@ -104,15 +104,16 @@ class EncoderFamily(TaskFamily):
         ctx.reporter.warning(why)
         return Quantized(status, notes=[*notes, why])
 
-    candidate_columns = ("p50 ms", "p95 ms", "est. p95", "speed", "agree", "top-10", "q. drop")
+    candidate_columns = ("p50 ms", "p95 ms", "est. p95", "speed", "agree", "top-10", "rho", "q. drop")
 
     def candidate_cells(self, candidate: ReleaseCandidate) -> tuple[str, ...]:
         q, s = candidate.quality, candidate.speed
         estimate = s.get("estimated_p95_ms")
-        neighbours = q.get("neighbour_agreement")
+        neighbours, spearman = q.get("neighbour_agreement"), q.get("similarity_spearman")
         return (f"{s['p50_ms']:.2f}", f"{s['p95_ms']:.2f}", "-" if estimate is None else f"{estimate:.2f}",
                 f"{candidate.speedup:.2f}x", f"{q['teacher_agreement']:.4f}",
-                "-" if neighbours is None else f"{neighbours:.4f}", f"{q['quantization_drop']:.4f}")
+                "-" if neighbours is None else f"{neighbours:.4f}", "-" if spearman is None else f"{spearman:.4f}",
+                f"{q['quantization_drop']:.4f}")
 
     def release_plan(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> StagePlan:
         from compress.distill.release_stage import encoder_release_plan
@@ -177,7 +178,9 @@ class EncoderFamily(TaskFamily):
                                        **dataclasses.asdict(crossed)}
         atomic_write_json(tmp / "quality.json", quality)
         evidence = QualityEvidence(teacher_agreement=agreement.teacher_agreement, metric=agreement.metric,
-                                   quantization_drop=drop, source="gate/quality.json")
+                                   quantization_drop=drop, source="gate/quality.json",
+                                   neighbour_agreement=agreement.neighbour_agreement,
+                                   similarity_spearman=agreement.similarity_spearman)
         return evidence, {"quality": "quality.json"}, quality
 
     def gate_quality(self, ctx: ChainContext, gate_dir: Path) -> dict[str, Any] | None:
@@ -215,6 +218,8 @@ class EncoderFamily(TaskFamily):
         lines.append(f"{m['steps']} steps ({m['epochs']:.2f} epochs, {m['samples_seen']} samples) in "
                      f"{m['train_time_s']:.0f} s on {m['device']} ({m['precision']}), {m['samples_per_s']:.1f} "
                      f"samples/s; stopped by {m['stopped_by']}; {m['held_out_examples']} held-out examples")
+        if m.get("quality_projection"):
+            lines.append(m["quality_projection"]["line"])
         lines.append(f"student: {Path(run_dir) / 'distill' / 'student'}")
         return f"distill: {m.get('student', '')}", rows, lines
 
@@ -236,6 +241,9 @@ class EncoderFamily(TaskFamily):
                                  f"{quality['teacher_agreement']:.4f}", f"{100 * quality['teacher_agreement']:.1f}%"))
             if quality.get("neighbour_agreement") is not None:
                 rows.append(TableRow("top-10 neighbours", "1.0000", f"{quality['neighbour_agreement']:.4f}"))
+            if quality.get("similarity_spearman") is not None:
+                rows.append(TableRow("similarity ranking (Spearman)", "1.0000",
+                                     f"{quality['similarity_spearman']:.4f}"))
             cross = quality.get("cross_domain")
             if cross:
                 rows.append(TableRow(f"{_METRIC_LABEL.get(metric, metric)}, {cross['genre']} (never trained on)",
@@ -243,6 +251,9 @@ class EncoderFamily(TaskFamily):
                 if cross.get("neighbour_agreement") is not None:
                     rows.append(TableRow(f"top-10 neighbours, {cross['genre']}", "1.0000",
                                          f"{cross['neighbour_agreement']:.4f}"))
+                if cross.get("similarity_spearman") is not None:
+                    rows.append(TableRow(f"similarity ranking, {cross['genre']}", "1.0000",
+                                         f"{cross['similarity_spearman']:.4f}"))
             if measured is not None:
                 measured += f"; quality on {quality['samples']} held-out texts"
         return rows, measured
@@ -278,17 +289,21 @@ class EncoderFamily(TaskFamily):
         from export.run_summary import QualitySummary
 
         quality = result.quality if result.stages.get("gate") in ("ran", "skipped") else None
+        metrics = result.distill.metrics if result.distill else {}
+        more_time = (metrics.get("quality_projection") or {}).get("line")
         if quality is None:
-            return QualitySummary(teacher_agreement=None,
-                                  metric=result.distill.metrics.get("teacher_agreement_metric", "") if result.distill
-                                  else "")
+            return QualitySummary(teacher_agreement=None, metric=metrics.get("teacher_agreement_metric", ""),
+                                  more_time=more_time)
         cross = quality.get("cross_domain") or {}
         return QualitySummary(teacher_agreement=quality["teacher_agreement"], metric=quality["metric"],
                               neighbour_agreement=quality["neighbour_agreement"],
+                              similarity_spearman=quality.get("similarity_spearman"),
                               quantization_drop=quality["quantization_drop"], heldout_samples=quality["samples"],
                               cross_domain_genre=cross.get("genre"),
                               cross_domain_agreement=cross.get("teacher_agreement"),
-                              cross_domain_neighbour_agreement=cross.get("neighbour_agreement"))
+                              cross_domain_neighbour_agreement=cross.get("neighbour_agreement"),
+                              cross_domain_similarity_spearman=cross.get("similarity_spearman"),
+                              more_time=more_time)
 
 
 def quantized_or_fp32(quantized: QuantizeResult, profile: Profile, on_target: bool,

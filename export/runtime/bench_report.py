@@ -158,8 +158,13 @@ class MeasuredRelease:
 
     def quality_figures(self, profile: Profile, quality: QualityEvidence | None) -> list[BudgetFigure]:
         """The quality budgets beside teacher agreement for this kind of model: what quantization cost."""
-        return [BudgetFigure("quality.max_quantization_drop", profile.budgets.quality.max_quantization_drop,
-                             quality.quantization_drop if quality else None, "agreement", "<=")]
+        budgets = profile.budgets.quality
+        return [BudgetFigure("quality.max_quantization_drop", budgets.max_quantization_drop,
+                             quality.quantization_drop if quality else None, "agreement", "<="),
+                BudgetFigure("quality.min_neighbour_agreement", budgets.min_neighbour_agreement,
+                             quality.neighbour_agreement if quality else None, "top-10 neighbours kept", ">="),
+                BudgetFigure("quality.min_similarity_spearman", budgets.min_similarity_spearman,
+                             quality.similarity_spearman if quality else None, "Spearman of pairwise cosines", ">=")]
 
     def size_budget(self, profile: Profile) -> tuple[float | None, str]:
         """The model-size budget that applies, and a note naming where it came from ("" for the default)."""

@@ -219,7 +219,7 @@ def gate(report: MeasuredRelease, profile: Profile, quality: QualityEvidence | N
                            quality.teacher_agreement if quality else None, quality.metric if quality else "agreement",
                            ">=", hardware_dependent=False, on_target=True, missing_note=no_quality))
     for figure in report.quality_figures(profile, quality):
-        missing = no_quality if quality is None else f"no {figure.name.split('.max_')[-1]} in the evidence"
+        missing = no_quality if quality is None else f"no {figure.name.split('.', 1)[-1][4:]} in the evidence"
         checks.append(_compare(figure.name, figure.budget, figure.measured, figure.unit, figure.comparison,
                                hardware_dependent=False, on_target=True, missing_note=missing))
     if report.memory.shared_process:

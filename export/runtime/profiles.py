@@ -128,6 +128,11 @@ class QualityBudget(_Strict):
     min_teacher_agreement: Fraction | None = None
     # Largest drop in that agreement quantization may cost against the fp32 ONNX model.
     max_quantization_drop: Fraction = 0.01
+    # Sentence embeddings: the share of each held-out text's top-10 neighbours the release keeps, and
+    # the Spearman correlation of its pairwise cosines with the teacher's (what search and
+    # deduplication read).
+    min_neighbour_agreement: Fraction | None = None
+    min_similarity_spearman: Fraction | None = None
     # Causal LMs: the student's held-out perplexity over the teacher's (fp32, PyTorch), and what the
     # release precision may cost on top (quantized over fp32 ONNX perplexity; int4 settings are tried
     # in order until one fits).

@@ -30,6 +30,8 @@ class QualityEvidence:
     quantization_drop: float | None = None
     source: str | None = None
     perplexity_ratio: float | None = None  # causal LMs: student over teacher, held-out, fp32
+    neighbour_agreement: float | None = None  # embeddings: top-10 neighbours kept
+    similarity_spearman: float | None = None  # embeddings: rank correlation of pairwise cosines
     quantization_perplexity_ratio: float | None = None  # causal LMs: release precision over fp32 ONNX
 
     @classmethod
@@ -47,7 +49,8 @@ class QualityEvidence:
         if not -1.0 <= agreement <= 1.0:
             raise CompressError(f"{where}: teacher_agreement {agreement} is outside [-1, 1]")
         optional = {}
-        for name in ("quantization_drop", "perplexity_ratio", "quantization_perplexity_ratio"):
+        for name in ("quantization_drop", "perplexity_ratio", "quantization_perplexity_ratio", "neighbour_agreement",
+                     "similarity_spearman"):
             value = block.get(name)
             optional[name] = None if value is None else _number(value, f"{where}: {name}")
         metric = block.get("metric") or data.get("metric") or "unspecified"
