@@ -10,6 +10,9 @@ be interleaved), with the 1-minute load average recorded around each run:
 * ``relation-mse``: + MSE on the in-batch cosine matrix;
 * ``layers``: + hidden-state MSE to the teacher layer each student layer was copied from (the
   teacher runs every step: its outputs cannot be cached);
+* ``relation-kl-0.1``: the relational KL at a tenth of the weight;
+* ``neighbours``: that, with batches that pair each text with its nearest neighbour by the
+  teacher's embedding after the first epoch (``--neighbour-batches``);
 
 Each student is then exported to ONNX and scored as the gate scores a release: against the
 teacher's ONNX export on the first 256 held-out texts (cosine, top-10 neighbours, Spearman of
@@ -25,10 +28,12 @@ Prints a table and writes benchmarks/results/student_recipes.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from record import RESULTS_DIR, ResultRecord, _load_average  # first: puts the checkout on sys.path
@@ -39,6 +44,8 @@ RECIPES = {
     "relation-kl": {"relation_weight": 1.0, "relation_loss": "kl"},
     "relation-mse": {"relation_weight": 10.0, "relation_loss": "mse"},
     "layers": {"hidden_weight": 1.0},
+    "relation-kl-0.1": {"relation_weight": 0.1, "relation_loss": "kl"},
+    "neighbours": {"relation_weight": 0.1, "relation_loss": "kl", "neighbour_batches": True},
 }
 QUALITY_TEXTS = 256
 
@@ -78,6 +85,8 @@ def main() -> None:
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "student_recipes.json")
+    parser.add_argument("--append", action="store_true",
+                        help="add these runs to the results already in --out (the same --train-seconds)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -86,7 +95,12 @@ def main() -> None:
     from export.runtime.samples import read_texts
 
     record = ResultRecord.start("student_recipes")
-    rows = []
+    rows, earlier = [], []
+    if args.append and args.out.is_file():
+        previous = json.loads(args.out.read_text())
+        if previous["train_seconds"] != args.train_seconds:
+            raise SystemExit(f"{args.out} holds runs of {previous['train_seconds']} s, not {args.train_seconds} s")
+        earlier = [{"finished": previous["date"], **row} for row in previous["results"]]
     with tempfile.TemporaryDirectory(prefix="student-recipes-") as scratch:
         root = Path(scratch)
         teacher_onnx = export_model(resolve_teacher(None)[1], root / "teacher").onnx_path
@@ -101,12 +115,14 @@ def main() -> None:
                 row["onnx_held_out"] = score(onnx, teacher_onnx, held[:QUALITY_TEXTS], "held_out.jsonl")
                 row["onnx_quotations"] = score(onnx, teacher_onnx, cross[:QUALITY_TEXTS], "cross_domain.jsonl")
                 row["wall_s"] = round(time.perf_counter() - started, 1)
+                row["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 rows.append(row)
                 print(_line(row), flush=True)
     print("\nstudent            recipe         steps  samples/s  cos    top-10  rho    | quot. cos  top-10  rho")
     for row in rows:
         print(_line(row))
-    record.finish(args.out, train_seconds=args.train_seconds, quality_texts=QUALITY_TEXTS, results=rows)
+    record.finish(args.out, train_seconds=args.train_seconds, quality_texts=QUALITY_TEXTS,
+                  results=earlier + rows)
 
 
 def _line(row: dict) -> str:

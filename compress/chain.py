@@ -13,7 +13,9 @@
     gate/       gate.json, junit.xml (+ quality.json for encoders)
     run.json    what the run holds, where, and the verdict (read by ``compress package``)
 
-The chain owns the order, the time budget and ``run.json``, and is the one writer of its result;
+``compress distill`` comes in as a :class:`DistillJob` (what the user asked for, option by option);
+:func:`plan_distill_job` picks the family and checks every option before anything is written, and
+:func:`run_distill_job` runs the chain for it. The chain owns the order, the time budget and ``run.json``, and is the one writer of its result;
 each stage is a module of :mod:`compress.stages` that returns a typed output, and a task family
 (:class:`~compress.stages.family.TaskFamily`) supplies what differs between a sentence encoder and
 a causal LM. Every stage goes through :func:`export.base.stages.run_stage`, so a stage whose
@@ -27,8 +29,9 @@ import dataclasses
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from compress.chain_state import (FOLDERS, STAGES, ChainContext, ChainOptions, ChainResult, ModelSide, PruneOptions,
                                   TableRow, bench_threads, profile_input)
@@ -42,18 +45,111 @@ from compress.stages.gate import run_gate
 from compress.stages.prune import run_prune
 from compress.stages.quantize import run_quantize
 from compress.stages.release import run_release
+from export.base.errors import CompressError
 from export.base.files import sha256_file
 from export.base.version import __version__
+from export.runtime import DEFAULT_PROFILE
 
 if TYPE_CHECKING:
-    from compress.training.progress import Reporter
     from compress.stages.family import TaskFamily
+    from compress.training.progress import Reporter
     from export.runtime.gate import GateReport
     from export.runtime.profiles import Profile
 
-__all__ = ["STAGES", "ChainContext", "ChainOptions", "ChainResult", "ModelSide", "PruneOptions", "TableRow",
-           "bench_threads", "checked_chain", "profile_input", "run_chain", "with_chain_budget"]
+__all__ = ["STAGES", "ChainContext", "ChainOptions", "ChainResult", "DistillJob", "ModelSide", "PlannedJob",
+           "PruneOptions", "TableRow", "bench_threads", "checked_chain", "plan_distill_job", "profile_input",
+           "run_chain", "run_distill_job", "with_chain_budget"]
 PROFILE_COPY = "profile.yaml"
+
+
+# Options of the chain itself (the rest configure distillation).
+CHAIN_OPTIONS = ("stop_after", "precision", "block_size", "prune_heads", "prune_ffn", "recover_steps", "on")
+
+
+@dataclass
+class DistillJob:
+    """What a user asked ``compress distill`` for, as option name -> value."""
+
+    profile: str = DEFAULT_PROFILE
+    teacher: str | None = None
+    run_dir: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    given: set[str] = field(default_factory=set)  # options the user named (not left at their defaults)
+    flags: dict[str, str] = field(default_factory=dict)  # option name -> how the command line spells it
+    nproc: int = 1  # processes distilling (a recipe records it; the command line launches them)
+    source: str = "compress distill"  # how the job was asked for, for the recipe's header
+
+    def flag(self, name: str) -> str:
+        return self.flags.get(name, "--" + name.replace("_", "-"))
+
+
+@dataclass
+class PlannedJob:
+    """A job with every option checked: what the chain runs."""
+
+    family: TaskFamily
+    config: DistillSettings
+    profile: Profile
+    options: ChainOptions
+    run_dir: Path
+
+
+def plan_distill_job(job: DistillJob) -> PlannedJob:
+    """Check every option of ``job`` and build what the chain needs; writes nothing, starts nothing.
+
+    An option the teacher's family cannot use, or any other bad input, is a CompressError here.
+    """
+    from compress.families import family_for
+    from export.runtime.profiles import load_profile
+
+    profile = load_profile(job.profile)
+    family = family_for(job.teacher, teacher_url=job.settings.get("teacher_url"))
+    foreign = sorted(name for name in job.given if name in family.foreign_options)
+    if foreign:
+        names = ", ".join(sorted(job.flag(name) for name in foreign))
+        raise CompressError(f"{names}: not used when the teacher is {family.teacher_words}; drop {'it' if len(foreign) == 1 else 'them'}")
+    settings = {k: v for k, v in job.settings.items() if k not in family.foreign_options}
+    chain = {name: settings.pop(name) for name in CHAIN_OPTIONS if name in settings}
+    config = family.make_config({**settings, "teacher": job.teacher} if job.teacher else settings)
+    prune = None
+    if "prune_heads" in chain:
+        defaults = profile.distill.prune
+        prune = PruneOptions(
+            heads=defaults.heads if chain["prune_heads"] is None else chain["prune_heads"],
+            ffn=defaults.ffn if chain["prune_ffn"] is None else chain["prune_ffn"],
+            recover_steps=defaults.recover_steps if chain["recover_steps"] is None else chain["recover_steps"])
+    options = ChainOptions(stop_after=chain.get("stop_after", "gate"), prune=prune, precision=chain.get("precision"),
+                           block_size=chain.get("block_size", 32), on=chain.get("on"))
+    checked_chain(family, config, profile, options)
+    return PlannedJob(family, config, profile, options, job.run_dir or Path("runs") / profile.name)
+
+
+def run_distill_job(job: DistillJob, reporter: Reporter | None = None) -> tuple[TaskFamily, ChainResult]:
+    """Run the whole chain for ``job``; an option the teacher's family cannot use is a CompressError."""
+    from compress.parallel import init_world
+
+    planned = plan_distill_job(job)
+    init_world(planned.config.device)  # under torchrun: join the ranks (a world of one otherwise)
+    try:
+        result = run_chain(planned.run_dir, planned.family, planned.config, planned.profile, planned.options,
+                           reporter)
+    finally:
+        close_world(together=False)  # the chain left the group after distillation; this is for errors
+    if not result.helper:
+        write_job_recipe(job, planned)
+    return planned.family, result
+
+
+def write_job_recipe(job: DistillJob, planned: PlannedJob) -> Path:
+    """``RUN_DIR/recipe.yaml``: every option of ``job`` its family uses, so ``--config`` repeats the run."""
+    from compress.recipe import SECTIONS, write_recipe
+
+    settings = {name: value for name, value in job.settings.items() if name not in planned.family.foreign_options}
+    settings["time_budget"] = settings.pop("time_budget_s", None)
+    settings.update(profile_name=job.profile, teacher=job.teacher, run_dir=str(planned.run_dir), nproc=job.nproc)
+    known = {name for section in SECTIONS for name in section.keys.values()}
+    return write_recipe(planned.run_dir / "recipe.yaml", {k: v for k, v in settings.items() if k in known},
+                        source=job.source)
 
 
 def run_chain(run_dir: str | Path, family: TaskFamily, config: DistillSettings, profile: Profile,

@@ -42,6 +42,9 @@ class DistillSettings:
 
     # Fields that change how a run is carried out but not what it computes.
     run_only_fields: ClassVar[frozenset[str]] = frozenset({"resume", "device", "threads"})
+    # Fields added after runs were made, with their defaults: at the default a field is left out of
+    # the fingerprint, so a run made before it existed still skips its finished stages.
+    later_fields: ClassVar[dict[str, Any]] = {}
     min_max_length: ClassVar[int] = 8
 
     def checks(self) -> list[tuple[bool, str]]:
@@ -72,5 +75,6 @@ class DistillSettings:
 
     def params(self) -> dict[str, Any]:
         """The settings that determine the result (the stage fingerprint and the resume check)."""
-        data = {k: v for k, v in asdict(self).items() if k not in self.run_only_fields}
+        data = {k: v for k, v in asdict(self).items() if k not in self.run_only_fields
+                and not (k in self.later_fields and v == self.later_fields[k])}
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}

@@ -209,3 +209,33 @@ def test_the_projection_says_when_the_floor_is_reached_how_long_it_would_take_or
     assert flat is not None and flat.flattens and flat.extra_minutes is None and "flattens" in flat.line
     assert project_to_floor(growing, None, "mean_cosine") is None
     assert project_to_floor(history([0.5], [60.0]), 0.9, "mean_cosine").extra_minutes is None  # one point: no fit
+
+
+def test_neighbour_batches_pair_each_seed_with_its_nearest_text() -> None:
+    from compress.distill.neighbours import nearest_neighbours, with_neighbours
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 6))
+    embeddings = np.repeat(centres, 2, axis=0) + 0.01 * rng.normal(size=(40, 6))  # twins: 2k and 2k+1
+    nearest = nearest_neighbours(embeddings)
+    assert list(nearest) == [i ^ 1 for i in range(40)]
+    batches = epoch_batches(np.full(40, 5), 8, seed=0, epoch=1)
+    mixed = with_neighbours(batches, nearest)
+    assert [len(b) for b in mixed] == [len(b) for b in batches]
+    for batch, before in zip(mixed, batches):
+        assert len(set(batch.tolist())) == len(batch)  # no text twice
+        for seed in before[: (len(before) + 1) // 2]:
+            assert seed in batch and nearest[seed] in batch
+
+
+def test_layer_transfer_comes_from_the_flag_else_the_profile_for_embeddings_only() -> None:
+    from compress.distill.config import DistillConfig
+    from compress.distill.engine import hidden_weight
+    from export.runtime.profiles import load_profile
+
+    jetson, vnni = load_profile("jetson"), load_profile("x86-avx512-vnni")
+    assert hidden_weight(DistillConfig(), "feature-extraction", jetson) == 1.0  # measured best for its student
+    assert hidden_weight(DistillConfig(), "feature-extraction", vnni) == 0.0  # its smaller student lost by it
+    assert hidden_weight(DistillConfig(), "text-classification", jetson) == 0.0
+    assert hidden_weight(DistillConfig(hidden_weight=0.25), "feature-extraction", vnni) == 0.25
+    assert hidden_weight(DistillConfig(), "feature-extraction", None) == 0.0

@@ -59,3 +59,25 @@ def test_a_changed_default_corpus_reruns_encoder_distillation(tiny_encoder: Path
     again = run_distill_stage(tmp_path, config, None, QUIET)
     assert again.status == "ran"
     assert again.record.params["default_corpus_sha256"] != first.record.params["default_corpus_sha256"]
+
+
+# The settings each family's distill stage is fingerprinted by, as runs made so far were: a new
+# field must join `later_fields` (left out at its default) or every earlier run distils again.
+ENCODER_PARAMS = {"alpha", "attention_weight", "batch_size", "data", "dropout", "embedding_loss", "epochs",
+                  "eval_points", "hidden_weight", "init_student", "lr", "max_length", "max_steps", "seed",
+                  "split_seed", "student", "task", "teacher", "teacher_cache_bytes", "teacher_quant", "temperature",
+                  "time_budget_s", "trust_remote_code", "warmup_fraction", "weight_decay"}
+LM_PARAMS = {"answer_temperature", "answer_tokens", "batch_size", "beta", "ce_weight", "data", "embeddings", "epochs",
+             "loss", "lr", "max_length", "max_steps", "sample", "seed", "student", "teacher", "teacher_answers",
+             "teacher_quant", "temperature", "time_budget_s", "top_p", "topk"}
+
+
+def test_settings_added_later_leave_earlier_fingerprints_alone() -> None:
+    from compress.distill.config import DistillConfig
+    from compress.lm.config import LMDistillConfig
+
+    assert set(DistillConfig().params()) == ENCODER_PARAMS
+    assert set(LMDistillConfig().params()) == LM_PARAMS
+    # Set away from its default, a later field is part of the fingerprint like any other.
+    assert DistillConfig(relation_weight=0.5).params()["relation_weight"] == 0.5
+    assert DistillConfig(neighbour_batches=True).params()["neighbour_batches"] is True

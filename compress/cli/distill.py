@@ -70,8 +70,10 @@ def _command_line() -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order.")
 @click.option("--loss", "embedding_loss", default="cosine", show_default=True,
               type=click.Choice(["cosine", "mse", "cosine+mse"]), help="[encoders] Sentence-embedding loss.")
-@click.option("--hidden-weight", type=float, default=0.0, show_default=True,
-              help="[encoders] Weight of hidden-state MSE between mapped layers (0 = off).")
+@click.option("--hidden-weight", type=float, default=None,
+              help="[encoders] Weight of the MSE between each student layer's states and the teacher layer it "
+                   "was copied from (through the width projection when narrower). Default: the profile's for "
+                   "sentence embeddings (jetson: 1.0, measured best for its student; others 0), 0 for classifiers.")
 @click.option("--attention-weight", type=float, default=0.0, show_default=True,
               help="[encoders] Weight of MiniLM-style last-layer attention KL (0 = off).")
 @click.option("--relation-weight", type=float, default=0.0, show_default=True,
@@ -81,6 +83,9 @@ def _command_line() -> str:
 @click.option("--relation", "relation_loss", type=click.Choice(["kl", "mse"]), default="kl", show_default=True,
               help="[encoders] The relational loss: kl (each text's softmax over its cosines to the batch, at "
                    "temperature 0.05) or mse (on the cosine matrix).")
+@click.option("--neighbour-batches", is_flag=True,
+              help="[encoders] After the first epoch, fill half of each batch with each text's nearest neighbour "
+                   "by the teacher's embedding, so the relational loss sees the close calls.")
 @click.option("--alpha", type=float, default=0.5, show_default=True,
               help="[encoders] Classifiers with labels: weight of the teacher KL term; the labels' cross-entropy gets 1-alpha.")
 @click.option("--temperature", type=float, default=None,
@@ -219,7 +224,7 @@ def distill(**options: Any) -> None:
     # Threads that spin while waiting crawl on a shared or busy CPU; must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from compress.cli.chain_report import print_chain
-    from compress.job import DistillJob, run_distill_job
+    from compress.chain import DistillJob, run_distill_job
 
     ctx = click.get_current_context()
     given = {name for name in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
@@ -250,7 +255,7 @@ def distill(**options: Any) -> None:
         from compress.parallel import launched_world_size
 
         if launched_world_size() == 1:
-            from compress.job import plan_distill_job
+            from compress.chain import plan_distill_job
             from compress.launch import launch_local
 
             plan_distill_job(job)  # bad input: one line from here, before any rank starts

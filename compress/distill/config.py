@@ -26,10 +26,11 @@ class DistillConfig(DistillSettings):
     weight_decay: float = 0.01
     split_seed: int = 0  # the held-out split; shared by every stage, independent of the training seed
     embedding_loss: str = "cosine"  # cosine | mse | cosine+mse
-    hidden_weight: float = 0.0  # hidden-state MSE weight (0 = off)
+    hidden_weight: float | None = None  # hidden-state MSE weight; None: the profile's for embeddings, else 0
     attention_weight: float = 0.0  # last-layer attention KL weight (0 = off)
     relation_weight: float = 0.0  # sentence embeddings: weight of the in-batch similarity-structure loss (0 = off)
     relation_loss: str = "kl"  # kl | mse
+    neighbour_batches: bool = False  # after the first epoch, each text beside its nearest by the teacher
     alpha: float = 0.5  # classifiers: weight of the teacher KL; labels get 1 - alpha
     temperature: float = 2.0
     dropout: bool = False  # keep the teacher config's dropout in the student while training
@@ -42,6 +43,8 @@ class DistillConfig(DistillSettings):
 
     run_only_fields: ClassVar[frozenset[str]] = DistillSettings.run_only_fields | {
         "checkpoint_every_s", "checkpoint_every_steps", "log_every"}
+    later_fields: ClassVar[dict[str, object]] = {"relation_weight": 0.0, "relation_loss": "kl",
+                                                 "neighbour_batches": False}
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [

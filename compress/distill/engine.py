@@ -182,7 +182,8 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     if config.resume and not (checkpoint_dir / "state.json").is_file():
         raise CompressError(f"--resume: no checkpoint in {checkpoint_dir}")
     loop = _loop_settings(config, task, device, batch_size, schedule, stop_label,
-                          config_fingerprint(config, teacher_dir, corpus, config.init_student), checkpoint_dir)
+                          config_fingerprint(config, teacher_dir, corpus, config.init_student), checkpoint_dir,
+                          hidden_weight(config, task, profile))
     trainer = Trainer(loop, teacher_model=training_teacher, pooling=teacher.pooling,
                       teacher_autocast=config.teacher_quant is None, student=student, train=train_set,
                       held_out=held_set, reference=reference, reporter=reporter)
@@ -323,13 +324,20 @@ def _training_teacher(config: DistillConfig, teacher: Any, teacher_dir: Path, ta
     return quantized
 
 
+def hidden_weight(config: DistillConfig, task: str, profile: Profile | None) -> float:
+    """The layer-transfer weight: as given, else the profile's for sentence embeddings, else 0."""
+    if config.hidden_weight is not None:
+        return config.hidden_weight
+    return profile.distill.hidden_weight if profile is not None and task == "feature-extraction" else 0.0
+
+
 def _loop_settings(config: DistillConfig, task: str, device: str, batch_size: int, schedule: Schedule,
-                   stop_label: str, fingerprint: str, checkpoint_dir: Path) -> LoopSettings:
+                   stop_label: str, fingerprint: str, checkpoint_dir: Path, hidden: float) -> LoopSettings:
     return LoopSettings(
         task=task,
         losses=LossSettings(task=task, embedding_loss=config.embedding_loss,  # type: ignore[arg-type]
                             alpha=config.alpha, temperature=config.temperature,
-                            hidden_weight=config.hidden_weight, attention_weight=config.attention_weight,
+                            hidden_weight=hidden, attention_weight=config.attention_weight,
                             relation_weight=config.relation_weight,
                             relation_loss=config.relation_loss),  # type: ignore[arg-type]
         batch_size=batch_size, seed=config.seed, device=device, schedule=schedule,
@@ -337,6 +345,7 @@ def _loop_settings(config: DistillConfig, task: str, device: str, batch_size: in
         resume=config.resume, eval_points=config.eval_points, checkpoint_every_s=config.checkpoint_every_s,
         checkpoint_every_steps=config.checkpoint_every_steps, log_every=config.log_every,
         teacher_cache_bytes=config.teacher_cache_bytes, max_length=config.max_length, stop_label=stop_label,
+        neighbour_batches=config.neighbour_batches,
     )
 
 

@@ -70,6 +70,7 @@ class LoopSettings:
     teacher_cache_bytes: int
     max_length: int
     stop_label: str = "max_steps"  # what reaching total_steps is called (max_steps or epochs)
+    neighbour_batches: bool = False  # after the first epoch, each text beside its teacher-nearest neighbour
 
 
 def make_optimizer(student: Student, lr: float, weight_decay: float, device: str) -> Any:
@@ -136,6 +137,7 @@ class Trainer:
                                 "processes: each needs a row of every batch")
         # Heads the task does not read (a pooler, say) get no gradient: DDP must be told to look for them.
         self.forward = data_parallel(_trainable(student, settings.task, pooling), find_unused=True)
+        self._nearest: Any = None  # each training example's nearest by the teacher (neighbour batches)
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -207,6 +209,17 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    def _with_neighbours(self, epoch: int, batches: list[Any]) -> list[Any]:
+        """From the epoch after the teacher's cache is full: half of each batch, each beside its nearest text."""
+        from compress.distill.neighbours import cached_embeddings, nearest_neighbours, with_neighbours
+
+        if self._nearest is None:
+            embeddings = cached_embeddings(self.cache)
+            if embeddings is None:
+                return batches
+            self._nearest = nearest_neighbours(embeddings)
+        return with_neighbours(batches, self._nearest)
+
     def learning_rate(self, step: int, elapsed_s: float) -> float:
         return self.s.schedule.lr(self.s.schedule.progress(step, elapsed_s))
 
@@ -229,7 +242,7 @@ class Trainer:
                         device=s.device, fingerprint=s.fingerprint, checkpoint_dir=s.checkpoint_dir, resume=s.resume,
                         log_every=s.log_every, checkpoint_every_s=s.checkpoint_every_s,
                         checkpoint_every_steps=s.checkpoint_every_steps, checkpoint_on_eval=True,
-                        stop_label=s.stop_label)
+                        stop_label=s.stop_label, regroup=self._with_neighbours if s.neighbour_batches else None)
         done = run_loop(plan, _Steps(self), Saved(self.student, self.optimizer, self.cache), self.reporter, on_step)
         state = done.state
         return TrainingReport(

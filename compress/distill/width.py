@@ -74,7 +74,6 @@ def choose_width(teacher: Any, hidden: int, heads: int, ffn: int, batch: dict[st
     """
     if batch is not None:
         return _by_activations(teacher, hidden, heads, ffn, batch)
-    import torch
 
     config = teacher.config
     head_dim = int(config.hidden_size) // int(config.num_attention_heads)

@@ -45,8 +45,9 @@ class CausalLMFamily(TaskFamily):
     bench_runs: ClassVar[int] = 5
     bench_warmup: ClassVar[int] = 1
     foreign_options: ClassVar[tuple[str, ...]] = (
-        "task", "embedding_loss", "hidden_weight", "attention_weight", "relation_weight", "relation_loss", "alpha",
-        "trust_remote_code", "prune_heads", "prune_ffn", "recover_steps", *ENDPOINT_OPTIONS)
+        "task", "embedding_loss", "hidden_weight", "attention_weight", "relation_weight", "relation_loss",
+        "neighbour_batches", "alpha", "trust_remote_code", "prune_heads", "prune_ffn", "recover_steps",
+        *ENDPOINT_OPTIONS)
 
     def make_config(self, settings: dict[str, Any]) -> LMDistillConfig:
         renamed = {"lm_loss": "loss", "jsd_beta": "beta"}

@@ -268,7 +268,7 @@ def _recover(pruned_dir: Path, teacher: str, steps: int, task: Task, data: Path 
 
     say(f"recovery: {steps} distillation steps against {teacher}")
     config = DistillConfig(teacher=teacher, task=task, init_student=pruned_dir, data=data, max_steps=steps,
-                           eval_points=0)
+                           eval_points=0, hidden_weight=0.0)
     result = distill(config, scratch / "recover", reporter=Reporter(show_progress=False))
     return Path(result.student_dir), RecoveryReport(
         steps=result.training.steps, train_time_s=result.training.train_time_s, device=result.device,

@@ -72,6 +72,9 @@ class LoopPlan:
     checkpoint_on_eval: bool = False
     stop_label: str = "max_steps"  # what reaching the schedule's total steps is called (max_steps or epochs)
     count_tokens: bool = False  # the history records tokens/s too
+    # The epoch's batches when the family builds its own from the bucketed ones (a pure function of
+    # the epoch and of what the checkpoint holds, so that a resumed run rebuilds them).
+    regroup: Callable[[int, list[Any]], list[Any]] | None = None
 
 
 @dataclass
@@ -177,7 +180,10 @@ class _Loop:
     def _batches(self) -> list[Any]:
         plan, state = self.plan, self.state
         if self.epoch_cache is None or self.epoch_cache[0] != state.epoch:
-            self.epoch_cache = (state.epoch, epoch_batches(plan.lengths, plan.batch_size, plan.seed, state.epoch))
+            batches = epoch_batches(plan.lengths, plan.batch_size, plan.seed, state.epoch)
+            if plan.regroup is not None:
+                batches = plan.regroup(state.epoch, batches)
+            self.epoch_cache = (state.epoch, batches)
         return self.epoch_cache[1]
 
     def next_step(self) -> StepReport | None:

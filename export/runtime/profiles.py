@@ -28,6 +28,7 @@ Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static", "int4-weight"
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 MAX_PROFILE_BYTES = 64 * 1024
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
@@ -176,6 +177,11 @@ class DistillDefaults(_Strict):
     why: str = Field(description="one line printed when `--student auto` picks this size")
     time_budget: str = "10m"
     prune: PruneDefaults = PruneDefaults()
+    # Sentence embeddings: weight of the loss matching each student layer's states to the teacher
+    # layer it was copied from. It costs a teacher pass every step (its outputs can no longer be
+    # cached), which pays for a student near the teacher's size and not for a much smaller one
+    # (benchmarks/results/student_recipes-480s.json); `--hidden-weight` overrides it.
+    hidden_weight: NonNegativeFloat = 0.0
 
     @field_validator("time_budget")
     @classmethod
