@@ -27,7 +27,7 @@ from export.base.corpus import Corpus, Example, Split, load_corpus, split_corpus
 from compress.distill.curve import plot_loss_curve
 from compress.distill.losses import LossSettings
 from compress.training.progress import Reporter
-from compress.distill.projection import project_to_floor
+from compress.distill.projection import Projection, project_to_floor
 from compress.distill.quality import HeldOutOutputs, QualityReport, compare, held_out_outputs
 from compress.distill.result import DistillResult, TeacherSummary
 from compress.training.schedule import Schedule
@@ -190,16 +190,12 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     where = "cuda, bf16 autocast" if device == "cuda" else f"cpu, fp32, {threads} threads"
     reporter.message(f"training on {where}, batch {batch_size}, lr {config.lr:g}, {_plan_text(schedule)}")
     training = trainer.run(on_step=on_step)
-    ranks = world()
-    ranks.barrier()
-    if not ranks.is_main:
+    world().barrier()
+    if not world().is_main:
         return None  # data parallel: rank 0 scores, saves and reports
 
     quality, initial = _final_quality(trainer, training, task, len(held_set))
-    projection = project_to_floor(training.history, profile.budgets.quality.min_teacher_agreement
-                                  if profile is not None else None, quality.metric)
-    if projection is not None:
-        reporter.message(projection.line)
+    projection = _projection(training, quality, profile, reporter)
     for module in student.modules():
         module.eval()
     student_dir = save_student(student, teacher.tokenizer, work_dir / STUDENT_DIR, task=task,
@@ -353,6 +349,16 @@ def _plan_text(schedule: Schedule) -> str:
     steps = f"{schedule.total_steps} steps" if schedule.total_steps else ""
     budget = f"{schedule.budget_s:.0f} s of training" if schedule.budget_s else ""
     return " or ".join(part for part in (steps, budget) if part)
+
+
+def _projection(training: TrainingReport, quality: QualityReport, profile: Profile | None,
+                reporter: Reporter) -> Projection | None:
+    """What more minutes would buy against the profile's floor, said in one line."""
+    floor = profile.budgets.quality.min_teacher_agreement if profile is not None else None
+    projection = project_to_floor(training.history, floor, quality.metric)
+    if projection is not None:
+        reporter.message(projection.line)
+    return projection
 
 
 def _final_quality(trainer: Trainer, training: TrainingReport, task: str,
