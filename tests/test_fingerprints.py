@@ -81,3 +81,15 @@ def test_settings_added_later_leave_earlier_fingerprints_alone() -> None:
     # Set away from its default, a later field is part of the fingerprint like any other.
     assert DistillConfig(relation_weight=0.5).params()["relation_weight"] == 0.5
     assert DistillConfig(neighbour_batches=True).params()["neighbour_batches"] is True
+
+
+def test_the_layer_transfer_weight_is_fingerprinted_as_trained(tiny_encoder: Path) -> None:
+    # The weight a run trains with, not the flag's None: a host run keeps the fingerprint it had when
+    # the weight was 0 by default, a jetson run (its profile turns layer transfer on) gets a new one.
+    from compress.distill.config import DistillConfig
+    from compress.distill.stage import planned_record
+    from export.runtime.profiles import load_profile
+
+    config = DistillConfig(teacher=str(tiny_encoder), max_steps=1)
+    assert planned_record(config, load_profile("host")).params["hidden_weight"] == 0.0
+    assert planned_record(config, load_profile("jetson")).params["hidden_weight"] == 1.0

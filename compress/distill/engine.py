@@ -12,6 +12,7 @@ Order of work, chosen so that peak memory is one teacher plus the student:
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -159,6 +160,7 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     task = resolve_task(teacher_dir, config.task)
     if task == "feature-extraction":
         check_sentence_transformer_teacher(teacher_dir)
+    config = with_hidden_weight(config, task, profile)
     corpus, split = _read_data(config, task, reporter, warnings)
 
     # Full-precision teacher: the student's initial weights and the reference outputs.
@@ -182,8 +184,7 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     if config.resume and not (checkpoint_dir / "state.json").is_file():
         raise CompressError(f"--resume: no checkpoint in {checkpoint_dir}")
     loop = _loop_settings(config, task, device, batch_size, schedule, stop_label,
-                          config_fingerprint(config, teacher_dir, corpus, config.init_student), checkpoint_dir,
-                          hidden_weight(config, task, profile))
+                          config_fingerprint(config, teacher_dir, corpus, config.init_student), checkpoint_dir)
     trainer = Trainer(loop, teacher_model=training_teacher, pooling=teacher.pooling,
                       teacher_autocast=config.teacher_quant is None, student=student, train=train_set,
                       held_out=held_set, reference=reference, reporter=reporter)
@@ -327,13 +328,19 @@ def hidden_weight(config: DistillConfig, task: str, profile: Profile | None) -> 
     return profile.distill.hidden_weight if profile is not None and task == "feature-extraction" else 0.0
 
 
+def with_hidden_weight(config: DistillConfig, task: str, profile: Profile | None) -> DistillConfig:
+    """``config`` with its layer-transfer weight resolved: the fingerprint records the weight trained with
+    (a run at the default weight of 0 before the profile could set it keeps its fingerprint)."""
+    return dataclasses.replace(config, hidden_weight=hidden_weight(config, task, profile))
+
+
 def _loop_settings(config: DistillConfig, task: str, device: str, batch_size: int, schedule: Schedule,
-                   stop_label: str, fingerprint: str, checkpoint_dir: Path, hidden: float) -> LoopSettings:
+                   stop_label: str, fingerprint: str, checkpoint_dir: Path) -> LoopSettings:
     return LoopSettings(
         task=task,
         losses=LossSettings(task=task, embedding_loss=config.embedding_loss,  # type: ignore[arg-type]
                             alpha=config.alpha, temperature=config.temperature,
-                            hidden_weight=hidden, attention_weight=config.attention_weight,
+                            hidden_weight=config.hidden_weight or 0.0, attention_weight=config.attention_weight,
                             relation_weight=config.relation_weight,
                             relation_loss=config.relation_loss),  # type: ignore[arg-type]
         batch_size=batch_size, seed=config.seed, device=device, schedule=schedule,
