@@ -22,6 +22,8 @@ from export.base.errors import CompressError
 GATE_EXIT_CODES = (1, 3)
 INTERRUPTED = 130  # what a rank stopped by Ctrl-C exits with
 BAD_INPUT = 2  # a rank's one-line error; rank 0 prints it, the others stay quiet
+# The variable naming the file rank 0 touches once it has printed its one-line error (compress.cli).
+REPORTED_MARK = "COMPRESS_REPORTED_MARK"
 
 
 class ReportedByRank(CompressError):
@@ -56,7 +58,7 @@ def launch_local(nproc: int, args: list[str]) -> int:
         # Rank 0 touches this file once it has printed bad input's one line: the launcher may have
         # stopped it (SIGTERM) before it exited, when another rank met the same input first.
         reported = Path(logs) / "reported"
-        os.environ["COMPRESS_REPORTED_MARK"] = str(reported)
+        os.environ[REPORTED_MARK] = str(reported)
         try:
             elastic_launch(config, entrypoint=sys.executable)("-m", "compress", *args)
         except ChildFailedError as exc:
@@ -70,7 +72,7 @@ def launch_local(nproc: int, args: list[str]) -> int:
             own = [r for r, f in sorted(failures.items()) if f.exitcode != -signal.SIGTERM]
             rank = own[0] if own else exc.get_first_failure()[0]
             if failures[rank].exitcode == BAD_INPUT:
-                if reported.exists() or (0 in failures and failures[0].exitcode == BAD_INPUT):
+                if reported.exists():
                     raise ReportedByRank() from None
                 raise CompressError(f"rank {rank} of {nproc} stopped on bad input; run the same command with "
                                     "--nproc 1 to see it") from None
@@ -79,7 +81,7 @@ def launch_local(nproc: int, args: list[str]) -> int:
                                 "continue from the last checkpoint") from None
         finally:
             signal.signal(signal.SIGINT, previous)
-            os.environ.pop("COMPRESS_REPORTED_MARK", None)
+            os.environ.pop(REPORTED_MARK, None)
     return 0
 
 

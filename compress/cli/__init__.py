@@ -76,8 +76,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 _INVOKED: list[str] = []
-# Under `--nproc`, the file rank 0 touches once it has printed its one-line error (compress.launch).
-REPORTED_MARK = "COMPRESS_REPORTED_MARK"
 
 
 def invoked_args() -> list[str]:
@@ -114,6 +112,8 @@ def _fail(message: str, code: int, debug: bool) -> NoReturn:
         traceback.print_exc()
     if message:
         click.echo(message, err=True)
+        from compress.launch import REPORTED_MARK
+
         reported = os.environ.get(REPORTED_MARK)
         if reported and code == 2:  # tell the launcher rank 0 has said it, however the other ranks end
             open(reported, "a").close()

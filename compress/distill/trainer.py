@@ -220,6 +220,14 @@ class Trainer:
             self._nearest = nearest_neighbours(embeddings)
         return with_neighbours(batches, self._nearest)
 
+    # -- what the loop asks (compress.training.loop.StepSource) -----------------------------------
+
+    def step(self, rows: Any, lr: float) -> tuple[Any, int]:
+        return self.train_step(rows, lr), 0
+
+    def history_quality(self) -> dict[str, Any]:
+        return _quality_fields(self.evaluate())
+
     def learning_rate(self, step: int, elapsed_s: float) -> float:
         return self.s.schedule.lr(self.s.schedule.progress(step, elapsed_s))
 
@@ -243,7 +251,7 @@ class Trainer:
                         log_every=s.log_every, checkpoint_every_s=s.checkpoint_every_s,
                         checkpoint_every_steps=s.checkpoint_every_steps, checkpoint_on_eval=True,
                         stop_label=s.stop_label, regroup=self._with_neighbours if s.neighbour_batches else None)
-        done = run_loop(plan, _Steps(self), Saved(self.student, self.optimizer, self.cache), self.reporter, on_step)
+        done = run_loop(plan, self, Saved(self.student, self.optimizer, self.cache), self.reporter, on_step)
         state = done.state
         return TrainingReport(
             steps=state.step, epochs=done.epochs, samples_seen=state.samples_seen,
@@ -255,25 +263,6 @@ class Trainer:
             history=state.history, world_size=self.world.size, backend=self.world.backend,
             rank_samples_per_s=done.rank_samples_per_s, allreduce_share=allreduce_share([self.forward]),
         )
-
-
-class _Steps:
-    """The encoder trainer as the loop's :class:`~compress.training.loop.StepSource`."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-
-    def step(self, rows: Any, lr: float) -> tuple[Any, int]:
-        return self.trainer.train_step(rows, lr), 0
-
-    def learning_rate(self, step: int, elapsed_s: float) -> float:
-        return self.trainer.learning_rate(step, elapsed_s)
-
-    def evaluate(self) -> dict[str, Any]:
-        return _quality_fields(self.trainer.evaluate())
-
-    def eval_due(self, step: int, progress: float, evals_done: int, finishing: bool) -> bool:
-        return self.trainer.eval_due(step, progress, evals_done, finishing)
 
 
 def _quality_fields(report: QualityReport) -> dict[str, Any]:

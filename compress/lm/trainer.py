@@ -215,8 +215,9 @@ class _LMLoop:
     """State shared by the steps of one ``train_lm`` call."""
 
     def __init__(self, student: Any, targets: TeacherTargets | None, train: list[EncodedLM],
-                 settings: LMLoopSettings, pad_id: int) -> None:
+                 settings: LMLoopSettings, pad_id: int, schedule: Schedule) -> None:
         self.student = student
+        self.schedule = schedule
         self.world = world()
         self.model = data_parallel(student)  # the student itself in a world of one
         self.targets = targets
@@ -226,7 +227,6 @@ class _LMLoop:
         self.device = settings.device
         self.optimizer = make_lm_optimizer(student, settings.lr, settings.device)
         self.params = [p for p in student.parameters() if p.requires_grad]
-        self.schedule: Schedule | None = None  # set once the run's steps are planned
         self.reference: Predictions | None = None  # the teacher's, on the held-out examples (rank 0)
         self.held_out: list[EncodedLM] = []
 
@@ -238,7 +238,7 @@ class _LMLoop:
             self.reference = predictions(teacher, self.held_out, pad_id=self.pad_id, device=self.device,
                                          batch_size=self.s.batch_size)
 
-    def evaluate(self) -> dict[str, Any]:
+    def history_quality(self) -> dict[str, Any]:
         if self.reference is None:
             return {}
         now = predictions(self.student, self.held_out, pad_id=self.pad_id, device=self.device,
@@ -251,7 +251,6 @@ class _LMLoop:
         return self.reference is not None and (finishing or (every > 0 and step % every == 0))
 
     def learning_rate(self, step: int, elapsed_s: float) -> float:
-        assert self.schedule is not None
         return _learning_rate(self.s, self.schedule, step, elapsed_s)
 
     def step(self, rows: list[int], lr: float) -> tuple[Any, int]:
@@ -327,16 +326,16 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
     fingerprint = _run_fingerprint(settings, targets.fingerprint if targets else "answers only", student, usable)
     student.to(settings.device)
     frozen = freeze_embeddings(student) if settings.freeze_embeddings else []
-    loop = _LMLoop(student, targets, usable, settings, pad_id)
     total_steps, stop_label = _plan_steps(settings, batches_per_epoch(len(usable), settings.batch_size))
-    loop.schedule = Schedule(base_lr=settings.lr, warmup_fraction=0.0, total_steps=total_steps,
-                             budget_s=settings.time_budget_s)
+    schedule = Schedule(base_lr=settings.lr, warmup_fraction=0.0, total_steps=total_steps,
+                        budget_s=settings.time_budget_s)
+    loop = _LMLoop(student, targets, usable, settings, pad_id, schedule)
     if not resume:
         torch.manual_seed(settings.seed)
     if held_out and teacher is not None and world().is_main:  # rank 0 alone scores and reports
         loop.reference_on(held_out, teacher, tokenizer)
     student.train()
-    plan = LoopPlan(schedule=loop.schedule, batch_size=settings.batch_size, seed=settings.seed,
+    plan = LoopPlan(schedule=schedule, batch_size=settings.batch_size, seed=settings.seed,
                     lengths=np.fromiter((len(e.input_ids) for e in usable), dtype=np.int64, count=len(usable)),
                     device=settings.device, fingerprint=fingerprint, checkpoint_dir=Path(out_dir) / CHECKPOINT_DIR,
                     resume=resume, log_every=LOG_EVERY, checkpoint_every_s=settings.checkpoint_every_s,

@@ -47,7 +47,7 @@ class StepSource(Protocol):
     def learning_rate(self, step: int, elapsed_s: float) -> float:
         """The learning rate of step ``step`` (0-based), started after ``elapsed_s`` seconds of training."""
 
-    def evaluate(self) -> dict[str, Any]:
+    def history_quality(self) -> dict[str, Any]:
         """Quality figures for the loss history now (empty: nothing to measure)."""
 
     def eval_due(self, step: int, progress: float, evals_done: int, finishing: bool) -> bool:
@@ -146,7 +146,7 @@ class _Loop:
         self.stopped_by = ""
         self.lr = 0.0
         if not self.state.history and self.ranks.is_main:  # rank 0 alone scores and reports
-            quality = steps.evaluate()
+            quality = steps.history_quality()
             if quality:
                 self.state.history.append(self._entry(0, None, 0.0, 0.0, 0.0, 0.0, **quality))
 
@@ -232,7 +232,7 @@ class _Loop:
     def _log(self, lr: float, with_eval: bool) -> None:
         seconds = max(time.perf_counter() - self.window_start, 1e-9)
         loss = float(self.window_loss.item()) / self.window_steps
-        quality = self.steps.evaluate() if with_eval else {}
+        quality = self.steps.history_quality() if with_eval else {}
         self.evals_done += bool(with_eval)
         self.state.history.append(self._entry(self.state.step, round(loss, 6), lr,
                                               round(self.window_samples / seconds, 2),
