@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from compress.chain import ChainResult
     from compress.stages.family import TaskFamily
 
+# Columns of a log (stdout not a terminal, no COLUMNS set): wide enough for the release-candidate table.
+LOG_WIDTH = 160
 _VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "unverified": "bold yellow"}
 
 
@@ -16,6 +19,8 @@ def print_chain(family: TaskFamily, result: ChainResult) -> None:
     from rich.console import Console
 
     console = Console(highlight=False)
+    if not console.is_terminal:  # a log: a line stays a line and a table gets its width (rich assumes 80 columns)
+        console = Console(highlight=False, soft_wrap=True, width=None if "COLUMNS" in os.environ else LOG_WIDTH)
     console.print("stages: " + ", ".join(f"{name} {status}" for name, status in result.stages.items()))
     if result.distill is not None:
         title, rows, lines = family.distill_summary(result.distill.metrics, result.run_dir)
@@ -52,10 +57,8 @@ def print_candidates(console: Any, family: TaskFamily, result: ChainResult) -> N
                      "yes" if c.passes else "no"))
         if not c.passes:
             misses.append(f"  {c.name} misses {'; '.join(c.misses())}")
-    # Wider than a pipe's 80 columns: a wrapped number is worse than a long line.
     console.print(_table(f"release candidates vs the fp32 teacher, {result.profile}",
-                         ("candidate", "params", "MiB", *family.candidate_columns, "ok"), rows),
-                  width=max(console.width, 132))
+                         ("candidate", "params", "MiB", *family.candidate_columns, "ok"), rows))
     for line in [result.release.measured_on, *misses]:
         console.print(line, markup=False)
     released = result.release.released or "none"

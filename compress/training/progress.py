@@ -52,10 +52,11 @@ class Reporter:
         return self._console
 
     def message(self, text: str) -> None:
-        self.console.print(text, markup=False)
+        # In a log (not a terminal) a message stays one line, however long: rich would wrap it at 80 columns.
+        self.console.print(text, markup=False, soft_wrap=not self.console.is_terminal)
 
     def warning(self, text: str) -> None:
-        self.console.print(f"warning: {text}", markup=False, style="yellow")
+        self.console.print(f"warning: {text}", markup=False, style="yellow", soft_wrap=not self.console.is_terminal)
 
     def start(self, description: str) -> None:
         self._pace_from = None
