@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from export.base.errors import CompressError
-from export.base.yaml_file import read_yaml_mapping
 
 if TYPE_CHECKING:
     import click
@@ -84,6 +83,8 @@ def recipe_key(parameter: str) -> str:
 def read_recipe(path: Path, command: click.Command, ctx: click.Context) -> dict[str, Any]:
     """The options a recipe file sets (parameter name -> value, converted and checked as the flag would be)."""
     import click
+
+    from export.base.yaml_file import read_yaml_mapping  # not on the path of `compress distill --help`
 
     raw = read_yaml_mapping(path, "recipe", max_bytes=MAX_RECIPE_BYTES)
     params = {param.name: param for param in command.params}
