@@ -120,6 +120,18 @@ def _provenance(manifest: Manifest) -> list[str]:
             "reproduce the teacher's outputs; it saw no labels of its own."]
 
 
+def _use_it(manifest: Manifest) -> list[str]:
+    """The lines a user types in the library they already run, each run by ``compress verify``."""
+    if not manifest.loads_with:
+        return []
+    lines = ["## Use it", "", "From the unpacked archive's folder (`model/` is the model):", ""]
+    for load in manifest.loads_with:
+        lines += [f"With `{load.library}`:", "", "```python", load.code.rstrip("\n"), "```", ""]
+    lines += ["`compress verify` runs each of these where its library is installed and checks the answer against "
+              "the build host's; `example/` calls the model with onnxruntime alone.", ""]
+    return lines
+
+
 def render_model_card(manifest: Manifest, kind: PackageKind, *, profile: Profile, stages: Mapping[str, StageRecord],
                       archive_name: str, has_training_curve: bool) -> str:
     """The Markdown text of ``MODEL_CARD.md`` for a release."""
@@ -138,6 +150,7 @@ def render_model_card(manifest: Manifest, kind: PackageKind, *, profile: Profile
         "",
         f"A {task_word} for `{manifest.profile}` ({profile.description}), {manifest.precision} ONNX.",
         "",
+        *_use_it(manifest),
         "## What it does",
         "",
         *kind.what_it_does(manifest),

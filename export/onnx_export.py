@@ -36,6 +36,7 @@ from export.base.quiet import quiet_libraries
 from export.base.records import FileRef, StageRecord, read_stage_result
 from export.base.stages import StageOutput, run_stage
 from export.base.tasks import Task, detect_task, is_sentence_transformer, read_config, read_pooling
+from export.st_folder import copy_module_files, expose_hidden_states
 from export.runtime.agreement import argmax_agreement, max_abs_diff, mean_cosine
 from export.runtime.samples import DEFAULT_MAX_LENGTH, Signature, TextEncoder, held_out_texts, signature
 from export.base.report_json import JsonRecord
@@ -179,11 +180,17 @@ def export_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
     planned = StageRecord(stage="export", inputs=inputs, params={
         "task": resolved_task, "opset": opset, "tolerance": dataclasses.asdict(tolerance),
         "parity_samples": PARITY_SAMPLES,
+        # 2: sentence encoders also output last_hidden_state and carry their module files, so the
+        # folder loads in sentence-transformers' ONNX backend (export.st_folder).
+        "layout": 2,
     })
     def work(tmp: Path) -> StageOutput:
         library = check_exportable(model_dir, resolved_task)
         _run_main_export(model_dir, tmp, resolved_task, library, opset)
         _ensure_tokenizer(model_dir, tmp)
+        if library == "sentence_transformers":
+            expose_hidden_states(tmp / MODEL_FILE)
+            copy_module_files(model_dir, tmp)
         onnx_path = tmp / MODEL_FILE
         parity, inputs_sig, outputs_sig = check_parity(model_dir, onnx_path, resolved_task, texts, sample_source,
                                                        tolerance)

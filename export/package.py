@@ -40,6 +40,7 @@ from export.package_forward import REFERENCE_SENTENCE, ForwardPassPackaging
 from export.package_generation import GenerationPackaging
 from export.package_kind import EXAMPLE_DIR, PackageKind
 from export.run_summary import RunSummary, read_run_summary
+from export.st_folder import module_files
 from export.runtime.release_kind import GENERATION, kind_of_task
 from export.runtime.signing import SIGNATURE_FILE, sign_manifest
 
@@ -131,6 +132,8 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     for file_name in RUNTIME_FILES + kind.extra_model_files:
         if (model_dir / file_name).is_file():
             add(f"model/{file_name}", source=model_dir / file_name)
+    for relative in module_files(model_dir):  # sentence-transformers' modules: the folder loads there too
+        add(f"model/{relative}", source=model_dir / relative)
     if profile.source is not None:
         add("profile.yaml", source=Path(profile.source))
 
@@ -168,6 +171,7 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
         run=RunRef(run_id=summary.run_id, created_at=summary.created_at), files=[],
         released_despite_failed_gate=verdict == "fail",
         prompt=kind.prompt_format(model_dir, tokenizer),
+        loads_with=kind.library_loads(summary.task, model_dir, REFERENCE_SENTENCE),
     )
     manifest.reference = kind.reference_output(model_dir, model_path, manifest)
     program = kind.release.example_program

@@ -11,8 +11,9 @@ from export.base.files import read_json_dict
 from export.base.tasks import read_pooling
 from export.package_kind import (EXAMPLE_DIR, PackageKind, budget_text, fmt, host_words, markdown_table,
                                  onnx_runtime_note, reference_setup, shape_text)
-from export.runtime.manifest import OutputInfo, ReferenceOutput
+from export.runtime.manifest import LibraryLoad, OutputInfo, ReferenceOutput
 from export.runtime.release_kind import FORWARD_PASS, ReleaseKind
+from export.st_folder import module_files
 
 if TYPE_CHECKING:
     from export.runtime.bench import BenchReport
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
     from export.runtime.profiles import Profile
 
 REFERENCE_SENTENCE = "Edge devices run this model on text they see for the first time."
+# Optimum's class for each task, and the output it returns (token states: pooling is the caller's).
+_OPTIMUM_CLASSES = {"feature-extraction": ("ORTModelForFeatureExtraction", "last_hidden_state"),
+                    "text-classification": ("ORTModelForSequenceClassification", "logits"),
+                    "token-classification": ("ORTModelForTokenClassification", "logits")}
 
 
 class ForwardPassPackaging(PackageKind):
@@ -97,6 +102,26 @@ class ForwardPassPackaging(PackageKind):
         )
 
     # -- MODEL_CARD.md ---------------------------------------------------------------------------
+    def library_loads(self, task: str, model_dir: Path, sentence: str) -> list[LibraryLoad]:
+        """sentence-transformers for a sentence encoder that carries its modules; Optimum for every task."""
+        loads = []
+        text = repr([sentence])
+        if task == "feature-extraction" and module_files(model_dir):
+            loads.append(LibraryLoad("sentence-transformers", (
+                "from sentence_transformers import SentenceTransformer\n\n"
+                'model = SentenceTransformer("model", backend="onnx")\n'
+                f"embeddings = model.encode({text})\n"), result="embeddings[0]"))
+        optimum_class, output = _OPTIMUM_CLASSES[task]
+        loads.append(LibraryLoad("optimum", (
+            f"from optimum.onnxruntime import {optimum_class}\n"
+            "from transformers import AutoTokenizer\n\n"
+            'tokenizer = AutoTokenizer.from_pretrained("model")\n'
+            f'model = {optimum_class}.from_pretrained("model")\n'
+            f'{output} = model(**tokenizer({text}, return_tensors="pt")).{output}\n'),
+            # The reference is class probabilities: the softmax of the logits.
+            result=f"{output}[0].softmax(-1)" if output == "logits" else f"{output}[0]", compares=output == "logits"))
+        return loads
+
     def what_it_does(self, manifest: Manifest) -> list[str]:
         out = manifest.output
         if out.primary != "logits":

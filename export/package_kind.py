@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from export.base.records import StageRecord
     from export.runtime.bench import MeasuredRelease
-    from export.runtime.manifest import Manifest, ModelSignature, OutputInfo, PromptFormat, ReferenceOutput, \
-        TokenizerInfo
+    from export.runtime.manifest import LibraryLoad, Manifest, ModelSignature, OutputInfo, PromptFormat, \
+        ReferenceOutput, TokenizerInfo
     from export.runtime.profiles import Profile
     from export.runtime.release_kind import ReleaseKind
 
@@ -44,6 +44,10 @@ class PackageKind(ABC):
     @abstractmethod
     def latency_png(self, bench: MeasuredRelease, profile: Profile, title: str) -> bytes:
         """The plot of the release's speed against the profile's budgets."""
+
+    def library_loads(self, task: str, model_dir: Path, sentence: str) -> list[LibraryLoad]:
+        """The libraries users already run that load this release folder, with the lines they type."""
+        return []
 
     def quality_extras(self, stages: dict[str, StageRecord]) -> dict[str, float]:
         """Quality figures beyond agreement, read from the run's stage records."""

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from export.base.files import make_folder
+from export.st_folder import copy_module_files
 from export.base.errors import CompressError
 from export.base.quiet import quiet_libraries
 from export.base.records import FileRef, StageRecord, read_stage_result
@@ -185,7 +186,7 @@ def _copy_sidecars(source_dir: Path, target_dir: Path) -> list[str]:
         if (source_dir / name).is_file():
             shutil.copyfile(source_dir / name, target_dir / name)
             copied.append(name)
-    return copied
+    return copied + [name for name in copy_module_files(source_dir, target_dir) if name not in copied]
 
 
 def _exclusion_schedule(count: int) -> list[int]:

@@ -29,7 +29,7 @@ def test_encoder_export_has_sentence_embedding_with_parity(exported_encoder, tin
 
     result = exported_encoder
     assert result.task == "feature-extraction" and result.library == "sentence_transformers"
-    assert [o.name for o in result.outputs] == ["token_embeddings", "sentence_embedding"]
+    assert [o.name for o in result.outputs] == ["token_embeddings", "sentence_embedding", "last_hidden_state"]
     assert result.parity.output == "sentence_embedding" and result.parity.metric == "mean_cosine"
     assert result.parity.passed and result.parity.tokenizer_matches
     assert result.parity.agreement >= 0.9999 and result.parity.max_abs_diff <= 1e-3
@@ -182,7 +182,8 @@ def test_student_with_dense_projection_exports_projected_embedding(tiny_encoder,
                {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"}]
     (folder / "modules.json").write_text(json.dumps(modules))
     result = export_model(folder, tmp_path / "out")
-    assert result.outputs[-1].name == "sentence_embedding" and result.outputs[-1].shape[-1] == 16
+    outputs = {o.name: o for o in result.outputs}
+    assert outputs["sentence_embedding"].shape[-1] == 16 and outputs["last_hidden_state"].shape[-1] == 32
     assert result.parity.passed and result.parity.agreement >= 0.9999
 
 

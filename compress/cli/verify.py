@@ -24,10 +24,13 @@ import click
               help="The archive's sha256 as published elsewhere (a release page, a ticket); it must match.")
 @click.option("--on", "target", default=None, metavar="ssh://USER@BOARD",
               help="Verify (and with --gate, benchmark and gate) on that board over SSH: the verdict is the board's.")
+@click.option("--libraries", is_flag=True,
+              help="Also load the release with each library its model card names (sentence-transformers, "
+                   "Optimum), where installed here, and compare the answer with the build host's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verification report as JSON on stdout.")
 def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, warmup: int | None,
            trust: tuple[Path, ...], require_signature: bool, digest: str | None, target: str | None,
-           as_json: bool) -> None:
+           libraries: bool, as_json: bool) -> None:
     """Check ARCHIVE: safe extraction, every file's sha256, the model's signature and a reference output.
 
     \b
@@ -43,7 +46,7 @@ def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, 
                                   require_signature, digest)
     else:
         report = verify_archive(archive, gate=run_gate, profile=profile, runs=runs, warmup=warmup, trust=list(trust),
-                                require_signature=require_signature, sha256=digest)
+                                require_signature=require_signature, sha256=digest, libraries=libraries)
     if as_json:
         click.echo(report.to_json())
     else:
@@ -64,6 +67,10 @@ def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, 
             click.echo(f"example: cosine between the two example sentences {example.pair_cosine:.4f}")
         if example.top_label is not None:
             click.echo(f"example: top label {example.top_label}")
+        for check in report.libraries:
+            click.echo(f"{check.library}: {check.status} ({check.detail})")
+        if report.loads_with and not report.libraries:
+            click.echo(f"also loads in: {', '.join(report.loads_with)} (check here with --libraries)")
         for note in report.notes:
             click.echo(f"note: {note}", err=True)
         if report.gate is not None:

@@ -143,6 +143,21 @@ class ReferenceOutput:
 
 
 @dataclass(frozen=True)
+class LibraryLoad:
+    """A library users already run that loads this release, and the lines they type.
+
+    ``code`` runs from the unpacked archive's top folder (the model is ``"model"``) and binds
+    ``result``; where ``compares`` is set, ``result`` is the reference sentence's output and
+    ``verify`` checks it against ``reference.values``.
+    """
+
+    library: str  # the pip name: sentence-transformers, optimum
+    code: str
+    result: str  # the expression verify reads after running ``code``
+    compares: bool = True
+
+
+@dataclass(frozen=True)
 class PromptFormat:
     """How a causal LM's caller turns a user's text into token ids (text generation only).
 
@@ -235,6 +250,7 @@ class Manifest:
     files: list[FileRecord]
     released_despite_failed_gate: bool = False
     prompt: PromptFormat | None = None  # text generation: how a prompt becomes token ids
+    loads_with: list[LibraryLoad] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -281,6 +297,7 @@ class Manifest:
             data["gates"] = {k: GateSummary(**v) for k, v in data["gates"].items()}
             data["run"] = RunRef(**data["run"])
             data["files"] = [FileRecord(**f) for f in data["files"]]
+            data["loads_with"] = [LibraryLoad(**entry) for entry in data.get("loads_with") or []]
             return cls(**data)
         except KeyError as exc:
             raise CompressError(f"{source}: missing key {exc.args[0]!r}") from None

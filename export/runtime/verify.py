@@ -35,6 +35,7 @@ from export.base.files import sha256_file
 from export.base.report_json import dataclass_from_dict
 from export.runtime.archive import ArchiveIndex, ArchiveSeal, ExtractedFile, ExtractLimits, safe_extract
 from export.runtime.example_check import ExampleCheck, VerificationError
+from export.runtime.library_check import LibraryCheck, check_library_loads
 from export.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
 from export.runtime.release_kind import kind_of_task
 from export.runtime.signing import SIGNATURE_FILE, check_signature, read_public_key
@@ -62,6 +63,8 @@ class VerifyReport:
     bench: dict[str, Any] | None = None  # the BenchReport measured here (to_dict), with --gate
     verdict: str | None = None  # the gate's verdict here, with --gate
     notes: list[str] = field(default_factory=list)
+    loads_with: list[str] = field(default_factory=list)  # the libraries the model card shows, by pip name
+    libraries: list[LibraryCheck] = field(default_factory=list)  # with libraries=True: each one's load here
     schema_version: int = SCHEMA_VERSION
     kind: str = "verify"
 
@@ -81,7 +84,8 @@ class VerifyReport:
 def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | None = None, runs: int | None = None,
                    warmup: int | None = None, limits: ExtractLimits = ExtractLimits(),
                    temp_parent: str | Path | None = None, progress: bool = False, trust: list[Path] | None = None,
-                   require_signature: bool = False, sha256: str | None = None) -> VerifyReport:
+                   require_signature: bool = False, sha256: str | None = None,
+                   libraries: bool = False) -> VerifyReport:
     """Verify ``archive`` (see the module docstring); raises CompressError naming the first problem found.
 
     ``profile`` (a name or YAML path) replaces the archive's own profile for ``gate``; ``runs`` and
@@ -89,7 +93,8 @@ def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | No
     extraction; ``temp_parent`` is where the temporary folder is made (the system's temporary
     folder by default). ``trust``: public keys (``.pub``) one of which must have signed the
     manifest; ``require_signature`` refuses an unsigned archive; ``sha256`` is the archive's digest
-    as published elsewhere, which must match.
+    as published elsewhere, which must match. ``libraries``: also load the release with each
+    library the manifest names (:mod:`export.runtime.library_check`).
     """
     archive = Path(archive)
     if not archive.is_file():
@@ -122,7 +127,12 @@ def verify_archive(archive: str | Path, *, gate: bool = False, profile: str | No
             archive=str(archive), archive_sha256=archive_sha256, name=manifest.name, version=manifest.version,
             profile=manifest.profile, task=manifest.task, precision=manifest.precision, files_checked=files_checked,
             bytes_checked=bytes_checked, example=example, signature=signature,
+            loads_with=[load.library for load in manifest.loads_with],
         )
+        if libraries:
+            report.libraries = check_library_loads(root, manifest)
+            report.notes += [f"{c.library} loads this release but does not give the build host's answer: {c.detail}"
+                             for c in report.libraries if c.failed]
         wanted_gpu = [p for p in manifest.providers if p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")]
         if wanted_gpu and not any(p in wanted_gpu for p in example.providers_used):
             report.notes.append(f"the profile asks for {', '.join(wanted_gpu)}, but this machine ran the model on "
