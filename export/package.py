@@ -147,6 +147,9 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     if bench is not None:
         add(f"reports/{kind.latency_plot}",
             data=kind.latency_png(bench, profile, f"{name} {version} on {bench.host.describe()}"[:90]))
+    release = stages.get("release")
+    if release is not None and release.outputs.get("plot"):  # every candidate, speed against quality
+        add("reports/candidates.png", source=_existing(run_dir, f"release/{release.outputs['plot']}", "release plot"))
     history = _read_loss_history(run_dir, summary)
     if history:
         add("reports/training_curve.png", data=plots.training_curve_png(history, title=f"distillation of {name}"))
@@ -171,7 +174,7 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
         run=RunRef(run_id=summary.run_id, created_at=summary.created_at), files=[],
         released_despite_failed_gate=verdict == "fail",
         prompt=kind.prompt_format(model_dir, tokenizer),
-        loads_with=kind.library_loads(summary.task, model_dir, REFERENCE_SENTENCE),
+        loads_with=kind.library_loads(summary.task, model_dir, [o.name for o in signature.outputs], REFERENCE_SENTENCE),
     )
     manifest.reference = kind.reference_output(model_dir, model_path, manifest)
     program = kind.release.example_program

@@ -102,8 +102,9 @@ class ForwardPassPackaging(PackageKind):
         )
 
     # -- MODEL_CARD.md ---------------------------------------------------------------------------
-    def library_loads(self, task: str, model_dir: Path, sentence: str) -> list[LibraryLoad]:
-        """sentence-transformers for a sentence encoder that carries its modules; Optimum for every task."""
+    def library_loads(self, task: str, model_dir: Path, outputs: list[str], sentence: str) -> list[LibraryLoad]:
+        """sentence-transformers for a sentence encoder that carries its modules; Optimum for a transformer
+        (its config.json beside the graph, and the output Optimum reads)."""
         loads = []
         text = repr([sentence])
         if task == "feature-extraction" and module_files(model_dir):
@@ -112,6 +113,8 @@ class ForwardPassPackaging(PackageKind):
                 'model = SentenceTransformer("model", backend="onnx")\n'
                 f"embeddings = model.encode({text})\n"), result="embeddings[0]"))
         optimum_class, output = _OPTIMUM_CLASSES[task]
+        if output not in outputs or not (model_dir / "config.json").is_file():
+            return loads
         loads.append(LibraryLoad("optimum", (
             f"from optimum.onnxruntime import {optimum_class}\n"
             "from transformers import AutoTokenizer\n\n"

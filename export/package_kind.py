@@ -45,7 +45,7 @@ class PackageKind(ABC):
     def latency_png(self, bench: MeasuredRelease, profile: Profile, title: str) -> bytes:
         """The plot of the release's speed against the profile's budgets."""
 
-    def library_loads(self, task: str, model_dir: Path, sentence: str) -> list[LibraryLoad]:
+    def library_loads(self, task: str, model_dir: Path, outputs: list[str], sentence: str) -> list[LibraryLoad]:
         """The libraries users already run that load this release folder, with the lines they type."""
         return []
 

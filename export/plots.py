@@ -1,16 +1,19 @@
-"""The two pictures in a release's ``reports/``: latency distribution and training curve.
+"""The pictures in a release's ``reports/``: latency distribution, training curve, release candidates.
 
 Byte-reproducible PNGs, so that packaging the same run twice gives the same archive: the Agg
 canvas is used directly (no pyplot, no global backend switch), PNG metadata carries no
 software version, and ``svg.hashsalt`` is fixed for the SVG writer's ids. Imported only by
-``package`` (matplotlib is a host-side dependency).
+``package`` and the release stage (matplotlib is a host-side dependency).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from export.runtime.release_choice import ReleaseChoice
 
 _RC = {"svg.hashsalt": "compress", "font.family": "DejaVu Sans", "font.size": 9, "axes.grid": True,
        "grid.alpha": 0.3, "figure.dpi": 100}
@@ -97,3 +100,43 @@ def training_curve_png(history: Sequence[Mapping[str, Any]], *, title: str) -> b
         axes.set_title(title)
 
     return _render(draw)
+
+
+_SOURCE_COLOURS = {"teacher": "#1c7ed6", "student": "#2b8a3e", "static": "#e67700"}
+
+
+def candidates_png(choice: ReleaseChoice, profile: str) -> bytes:
+    """Every release candidate as speed (x the fp32 teacher) against quality, the floor as a line, the release marked.
+
+    Quality is agreement with the teacher (the gate's metric); the floor is the profile's
+    ``quality.min_teacher_agreement``. A candidate over any budget is drawn hollow.
+    """
+    floor = next((f.budget for c in choice.candidates for f in c.checks
+                  if f.name == "quality.min_teacher_agreement" and f.budget is not None), None)
+    metric = next((f.unit for c in choice.candidates for f in c.checks
+                   if f.name == "quality.min_teacher_agreement"), "agreement with the teacher")
+
+    def draw(figure: Any) -> None:
+        axes = figure.add_subplot(1, 1, 1)
+        for candidate in choice.candidates:
+            quality = candidate.quality.get("teacher_agreement")
+            if quality is None:
+                continue
+            colour = _SOURCE_COLOURS.get(candidate.source, "#495057")
+            axes.scatter([candidate.speedup], [quality], s=90 if candidate.name == choice.released else 40,
+                         facecolors=colour if candidate.passes else "none", edgecolors=colour, linewidths=1.5,
+                         marker="*" if candidate.name == choice.released else "o", zorder=3)
+            label = candidate.name + (" (released)" if candidate.name == choice.released else "")
+            axes.annotate(label, (candidate.speedup, quality), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        if floor is not None:
+            axes.axhline(floor, color="#c92a2a", linestyle="--", linewidth=1)
+            axes.annotate(f"floor {floor:g}", (0.01, floor), xycoords=("axes fraction", "data"),
+                          textcoords="offset points", xytext=(0, 3), fontsize=8, color="#c92a2a")
+        axes.axvline(1.0, color="#868e96", linewidth=0.8)
+        axes.set_xscale("log")
+        axes.set_xlabel("speed, x the fp32 teacher (log; measured interleaved on the build host)")
+        axes.set_ylabel(metric)
+        released = choice.released or "none: no candidate meets every budget"
+        axes.set_title(f"release candidates for {profile}; released: {released}"[:100])
+
+    return _render(draw, size=(7.2, 4.2))

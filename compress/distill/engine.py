@@ -52,6 +52,8 @@ CALIBRATION_TEXTS = 64
 HISTORY_FILE = "loss_history.json"
 CURVE_FILE = "loss_curve.png"
 HELD_OUT_FILE = "held_out.jsonl"
+# The training split, for candidates trained after distillation (the static-embedding student).
+TRAIN_FILE = "train.jsonl"
 CROSS_DOMAIN_FILE = "cross_domain.jsonl"
 # Time kept back from the budget for the final evaluation and saving the student.
 _FINISH_RESERVE_S = 30.0
@@ -213,6 +215,7 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
         corpus=corpus.description, train_examples=len(train_set), held_out_examples=len(held_set),
         history_path=history_path, curve_path=curve_path,
         held_out_path=_write_examples(work_dir / HELD_OUT_FILE, split.held_out),
+        train_path=_write_examples(work_dir / TRAIN_FILE, split.train),
         checkpoint_dir=checkpoint_dir, warnings=warnings,
         cross_domain_path=_write_examples(work_dir / CROSS_DOMAIN_FILE, split.cross_domain) if split.cross_domain
         else None,

@@ -55,6 +55,7 @@ class DistillResult:
     held_out_path: Path
     checkpoint_dir: Path
     warnings: list[str] = field(default_factory=list)
+    train_path: Path | None = None  # the training split (runs made before it was kept have none)
     cross_domain_path: Path | None = None  # a genre never trained on (the default corpus's quotations)
     cross_domain_genre: str | None = None
     projection: Projection | None = None  # what more training time would buy, against the profile's floor

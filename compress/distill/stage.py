@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compress.distill.config import DistillConfig
-from compress.distill.engine import (CHECKPOINT_DIR, CROSS_DOMAIN_FILE, CURVE_FILE, HELD_OUT_FILE, HISTORY_FILE,
+from compress.distill.engine import (CHECKPOINT_DIR, CROSS_DOMAIN_FILE, CURVE_FILE, HELD_OUT_FILE, HISTORY_FILE, TRAIN_FILE,
                                      STUDENT_DIR, distill, resolve_student_text, with_hidden_weight)
 from compress.training.progress import Reporter
 from compress.distill.student_search import SEARCH_FILE, searches_student
@@ -67,6 +67,8 @@ def run_distill_stage(run_dir: Path, config: DistillConfig, profile: Profile | N
                    "held_out": HELD_OUT_FILE, "checkpoint": CHECKPOINT_DIR}
         if (folder / SEARCH_FILE).is_file():
             outputs["student_search"] = SEARCH_FILE
+        if result.train_path is not None:
+            outputs["train"] = TRAIN_FILE
         if result.cross_domain_path is not None:
             outputs["cross_domain"] = CROSS_DOMAIN_FILE
         return StageOutput(outputs, result.metrics())

@@ -118,7 +118,8 @@ class EncoderFamily(TaskFamily):
     def release_plan(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> StagePlan:
         from compress.distill.release_stage import encoder_release_plan
 
-        return encoder_release_plan(ctx, student_fp32, teacher, self._held_out(ctx), ctx.options.quality_texts)
+        return encoder_release_plan(ctx, student_fp32, teacher, self.teacher_dir(ctx.distilled), self._held_out(ctx),
+                                    ctx.options.quality_texts)
 
     def measure(self, ctx: ChainContext, model: Path, teacher: Path, runs: int, warmup: int, tmp: Path) -> StageOutput:
         ctx.reporter.message(f"bench: {model.name} against the teacher, runs interleaved "
