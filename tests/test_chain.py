@@ -45,7 +45,7 @@ def test_the_chain_through_the_cli_ends_with_the_table_and_a_packagable_run(
     assert result.exit_code == 0, result.stderr  # host profile on the host: the gate can pass
     for stage in ("distill", "export", "teacher", "quantize", "bench", "gate"):
         assert (run / stage / "stage.json").is_file(), stage
-    assert "teacher (fp32 ONNX) vs released student" in result.stdout
+    assert "teacher (fp32 ONNX) vs released" in result.stdout
     assert "latency p50" in result.stdout and "cosine to teacher" in result.stdout
     assert "gate (host): pass" in result.stdout
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from compress.chain import ChainResult
     from compress.stages.family import TaskFamily
 
-# Columns of a log (stdout not a terminal, no COLUMNS set): wide enough for the release-candidate table.
+# Columns of a log (stdout not a terminal): wide enough for the release-candidate table, whatever COLUMNS
+# says (a CI runner or a pipe often sets 80, and rich then cut every cell to `stu…`).
 LOG_WIDTH = 160
 _VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "unverified": "bold yellow"}
 
@@ -20,7 +20,7 @@ def print_chain(family: TaskFamily, result: ChainResult) -> None:
 
     console = Console(highlight=False)
     if not console.is_terminal:  # a log: a line stays a line and a table gets its width (rich assumes 80 columns)
-        console = Console(highlight=False, soft_wrap=True, width=None if "COLUMNS" in os.environ else LOG_WIDTH)
+        console = Console(highlight=False, soft_wrap=True, width=LOG_WIDTH)
     console.print("stages: " + ", ".join(f"{name} {status}" for name, status in result.stages.items()))
     if result.distill is not None:
         title, rows, lines = family.distill_summary(result.distill.metrics, result.run_dir)
@@ -33,7 +33,8 @@ def print_chain(family: TaskFamily, result: ChainResult) -> None:
     if result.rows:
         baseline = family.baseline_label
         chosen = result.release.chosen if result.release is not None else None
-        released = "teacher, quantized" if chosen is not None and chosen.source == "teacher" else "student"
+        released = {"teacher": "teacher, quantized", "static": "static student"}.get(
+            chosen.source if chosen is not None else "student", "student")
         title = f"{baseline} (fp32 ONNX) vs released {released} ({result.precision} ONNX), {result.profile}"
         console.print(_table(title, ("", baseline, "released", "ratio"),
                              [(r.label, r.teacher, r.student, r.ratio) for r in result.rows]))
@@ -79,7 +80,8 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) ->
 
     table = Table(title=title, title_justify="left")
     for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right")
+        # A terminal narrower than the table folds a value onto two lines rather than cutting it.
+        table.add_column(column, justify="left" if index == 0 else "right", overflow="fold")
     for row in rows:
         table.add_row(*row)
     return table
