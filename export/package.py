@@ -174,9 +174,11 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
         run=RunRef(run_id=summary.run_id, created_at=summary.created_at), files=[],
         released_despite_failed_gate=verdict == "fail",
         prompt=kind.prompt_format(model_dir, tokenizer),
-        loads_with=kind.library_loads(summary.task, model_dir, [o.name for o in signature.outputs], REFERENCE_SENTENCE),
     )
     manifest.reference = kind.reference_output(model_dir, model_path, manifest)
+    manifest.loads_with = kind.library_loads(manifest, model_dir)
+    for file_name, data in kind.format_files(model_dir, manifest).items():  # e.g. ONNX Runtime GenAI's config
+        add(f"model/{file_name}", data=data)
     program = kind.release.example_program
     add("example/README.md", data=kind.readme(manifest, profile).encode("utf-8"))
     add(f"example/{program}", source=EXAMPLE_DIR / program, executable=True)

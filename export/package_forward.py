@@ -102,11 +102,12 @@ class ForwardPassPackaging(PackageKind):
         )
 
     # -- MODEL_CARD.md ---------------------------------------------------------------------------
-    def library_loads(self, task: str, model_dir: Path, outputs: list[str], sentence: str) -> list[LibraryLoad]:
+    def library_loads(self, manifest: Manifest, model_dir: Path) -> list[LibraryLoad]:
         """sentence-transformers for a sentence encoder that carries its modules; Optimum for a transformer
         (its config.json beside the graph, and the output Optimum reads)."""
         loads = []
-        text = repr([sentence])
+        task, text = manifest.task, repr([manifest.reference.sentence])
+        outputs = [spec.name for spec in manifest.model.signature.outputs]
         if task == "feature-extraction" and module_files(model_dir):
             loads.append(LibraryLoad("sentence-transformers", (
                 "from sentence_transformers import SentenceTransformer\n\n"

@@ -22,7 +22,8 @@ from export.base.errors import CompressError
 from export.base.files import read_json_dict
 from export.package_kind import (EXAMPLE_DIR, PackageKind, budget_text, fmt, host_words, markdown_table,
                                  onnx_runtime_note, reference_setup, shape_text)
-from export.runtime.manifest import Manifest, OutputInfo, PromptFormat, ReferenceOutput, TokenizerInfo
+from export.genai_config import GENAI_CONFIG
+from export.runtime.manifest import LibraryLoad, Manifest, OutputInfo, PromptFormat, ReferenceOutput, TokenizerInfo
 from export.runtime.release_kind import GENERATION, ReleaseKind
 
 if TYPE_CHECKING:
@@ -122,6 +123,24 @@ def _prompt_format(model_dir: Path, tokenizer: TokenizerInfo) -> PromptFormat:
     return PromptFormat(prefix=prefix, suffix=suffix, add_special_tokens=False,
                         chat_template="model/chat_template.jinja" if template_file.is_file() else None,
                         max_positions=limit)
+
+
+def _genai_config(model_dir: Path, manifest: Manifest) -> str | None:
+    """The text of ``genai_config.json`` for the released graph, or None when GenAI has no type for it."""
+    import tempfile
+
+    from export.genai_config import genai_type, write_genai_config
+
+    if genai_type(read_json_dict(model_dir / "config.json")) is None:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        for name in ("config.json", "generation_config.json"):
+            if (model_dir / name).is_file():
+                (folder / name).write_bytes((model_dir / name).read_bytes())
+        context = manifest.prompt.max_positions if manifest.prompt else None
+        uses_positions = any(spec.name == "position_ids" for spec in manifest.model.signature.inputs)
+        return write_genai_config(folder, context_length=context, position_ids=uses_positions).read_text()
 
 
 def _reference_output(model_dir: Path, model_path: Path, manifest: Manifest) -> ReferenceOutput:
@@ -235,6 +254,32 @@ class GenerationPackaging(PackageKind):
 
     def prompt_format(self, model_dir: Path, tokenizer: TokenizerInfo) -> PromptFormat | None:
         return _prompt_format(model_dir, tokenizer)
+
+    def format_files(self, model_dir: Path, manifest: Manifest) -> dict[str, bytes]:
+        """``genai_config.json`` where ONNX Runtime GenAI knows the architecture: ``og.Model("model")`` loads."""
+        return {GENAI_CONFIG: config.encode("utf-8")} if (config := _genai_config(model_dir, manifest)) else {}
+
+    def library_loads(self, manifest: Manifest, model_dir: Path) -> list[LibraryLoad]:
+        """ONNX Runtime GenAI's own generation loop on the reference prompt, greedy, past end-of-sequence."""
+        if _genai_config(model_dir, manifest) is None or manifest.reference.tokens is None:
+            return []
+        fmt = manifest.prompt
+        text = (fmt.prefix + manifest.reference.sentence + fmt.suffix) if fmt else manifest.reference.sentence
+        new = len(manifest.reference.tokens)
+        return [LibraryLoad("onnxruntime-genai", (
+            "import onnxruntime_genai as og\n\n"
+            'model = og.Model("model")\n'
+            "tokenizer = og.Tokenizer(model)\n"
+            f"prompt = tokenizer.encode({text!r})\n"
+            "params = og.GeneratorParams(model)\n"
+            f"params.set_search_options(max_length=len(prompt) + {new}, min_length=len(prompt) + {new}, "
+            "do_sample=False)\n"
+            "generator = og.Generator(model, params)\n"
+            "generator.append_tokens(prompt)\n"
+            "while not generator.is_done():\n"
+            "    generator.generate_next_token()\n"
+            "answer = generator.get_sequence(0)[len(prompt):]\n"
+            "print(tokenizer.decode(answer))\n"), result="answer")]
 
     def reference_output(self, model_dir: Path, model_path: Path, manifest: Manifest) -> ReferenceOutput:
         return _reference_output(model_dir, model_path, manifest)

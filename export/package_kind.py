@@ -45,9 +45,14 @@ class PackageKind(ABC):
     def latency_png(self, bench: MeasuredRelease, profile: Profile, title: str) -> bytes:
         """The plot of the release's speed against the profile's budgets."""
 
-    def library_loads(self, task: str, model_dir: Path, outputs: list[str], sentence: str) -> list[LibraryLoad]:
-        """The libraries users already run that load this release folder, with the lines they type."""
+    def library_loads(self, manifest: Manifest, model_dir: Path) -> list[LibraryLoad]:
+        """The libraries users already run that load this release folder, with the lines they type
+        (run by ``verify --libraries`` on the manifest's reference input)."""
         return []
+
+    def format_files(self, model_dir: Path, manifest: Manifest) -> dict[str, bytes]:
+        """Files beside the model that another runtime needs to load it, made at packaging (name -> bytes)."""
+        return {}
 
     def quality_extras(self, stages: dict[str, StageRecord]) -> dict[str, float]:
         """Quality figures beyond agreement, read from the run's stage records."""

@@ -204,3 +204,49 @@ def test_a_run_without_a_generation_bench_is_refused(lm_run: Path, tmp_path: Pat
     result = run_cli(["package", str(run), "--out", str(tmp_path / "out"), "--allow-failed"])
     assert result.exit_code == 2
     assert "needs a generation bench report, found kind 'generation_comparison'" in result.stderr
+
+
+def test_the_release_folder_is_an_onnx_runtime_genai_model(lm_archive: Path, tmp_path: Path) -> None:
+    """genai_config.json travels in the manifest; GenAI's own loop gives our greedy answer and our logits."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from export.runtime.generation import OnnxGenerator
+
+    with tarfile.open(lm_archive, "r:gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    root = next(tmp_path.iterdir())
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert "model/genai_config.json" in {f["path"] for f in manifest["files"]}
+    assert [load["library"] for load in manifest["loads_with"]] == ["onnxruntime-genai"]
+    assert "og.Model(\"model\")" in (root / "MODEL_CARD.md").read_text()
+
+    model = og.Model(str(root / "model"))
+    prompt = [int(t) for t in og.Tokenizer(model).encode("Edge devices are small computers")]
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + 6, min_length=len(prompt) + 6, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    genai_logits = np.array(generator.get_output("logits"))[0, -1]
+    while not generator.is_done():
+        generator.generate_next_token()
+    ours = OnnxGenerator(root / "model" / "model.onnx").generate(np.array([prompt], np.int64), 6)
+    assert [int(t) for t in generator.get_sequence(0)[len(prompt):]] == ours.tokens
+
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(root / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": np.array([prompt], np.int64), "attention_mask": np.ones((1, len(prompt)), np.int64),
+             "position_ids": np.arange(len(prompt), dtype=np.int64)[None]}
+    for spec in session.get_inputs():
+        if spec.name.startswith("past_key_values"):
+            feeds[spec.name] = np.zeros((1, spec.shape[1], 0, spec.shape[3]), np.float32)
+    our_logits = session.run(["logits"], {k: v for k, v in feeds.items()
+                                          if k in {i.name for i in session.get_inputs()}})[0][0, -1]
+    assert np.allclose(genai_logits, our_logits, atol=1e-4)
+
+
+def test_verify_runs_the_genai_lines_of_the_card(lm_archive: Path) -> None:
+    result = run_cli(["verify", str(lm_archive), "--libraries", "--json"])
+    assert result.exit_code == 0, result.stderr
+    (check,) = json.loads(result.stdout)["libraries"]
+    assert check["library"] == "onnxruntime-genai" and check["status"] == "matches", check

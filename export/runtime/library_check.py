@@ -74,6 +74,8 @@ def _check(root: Path, load: LibraryLoad, manifest: Manifest) -> LibraryCheck:
         why = answer.get("error") or (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
         return LibraryCheck(load.library, "fails", why[:200])
     shape = "x".join(str(d) for d in answer["shape"])
+    if manifest.reference.tokens is not None:  # a language model: the greedy answer's tokens
+        return _compare_tokens(load, [int(v) for v in answer["values"]], manifest)
     if not load.compares:
         return LibraryCheck(load.library, "runs", f"output {shape}")
     import numpy as np
@@ -84,6 +86,15 @@ def _check(root: Path, load: LibraryLoad, manifest: Manifest) -> LibraryCheck:
     cosine = mean_cosine(want[None, :], got[None, :])
     status = "matches" if cosine >= manifest.reference.min_cosine else "fails"
     return LibraryCheck(load.library, status, f"cosine {cosine:.6f} with the build host's answer")
+
+
+def _compare_tokens(load: LibraryLoad, tokens: list[int], manifest: Manifest) -> LibraryCheck:
+    reference = manifest.reference.tokens or []
+    same = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
+    needed = manifest.reference.min_matching_tokens or len(reference)
+    status = "matches" if same >= needed else "fails"
+    return LibraryCheck(load.library, status, f"greedy answer {same}/{len(reference)} tokens identical to the build "
+                                              f"host's (first {needed} required)")
 
 
 def _child_environment() -> dict[str, str]:
