@@ -1,4 +1,4 @@
-"""`compress export MODEL_DIR --out DIR`: ONNX export with a parity check on real text."""
+"""`compress export MODEL_DIR --out DIR`: ONNX export with a parity check on real text, or GGUF for llama.cpp."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import click
 
 from export.base.errors import CompressError
 from export.base.tasks import SUPPORTED_TASKS
+from export.gguf_export import GGUF_TYPES
 
 
 @click.command()
@@ -21,18 +22,30 @@ from export.base.tasks import SUPPORTED_TASKS
 @click.option("--samples", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Texts for the parity check (.txt one per line, .jsonl/.csv/.tsv with a text field); "
                    "default: held-out sentences of the default corpus.")
+@click.option("--format", "file_format", type=click.Choice(("onnx", "gguf")), default="onnx", show_default=True,
+              help="gguf: a Llama-family language model as one GGUF file for llama.cpp (OUT/model-TYPE.gguf).")
+@click.option("--gguf-type", type=click.Choice(GGUF_TYPES), default="f16", show_default=True,
+              help="With --format gguf: the weights' type (q8_0 and q4_0 are llama.cpp's block quantizations).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
-def export(model_dir: Path, out_dir: Path, task: str, opset: int | None, samples: Path | None, as_json: bool) -> None:
+def export(model_dir: Path, out_dir: Path, task: str, opset: int | None, samples: Path | None, file_format: str,
+           gguf_type: str, as_json: bool) -> None:
     """Export a Hugging Face model folder to ONNX and check parity with PyTorch.
 
     Sentence encoders (sentence-transformers folders) get pooling and normalisation inside the
     graph: the output `sentence_embedding` is the embedding to use. Classifiers output `logits`.
     The export fails, writing nothing, when the ONNX model does not match PyTorch on real text.
+
+    \b
+    For llama.cpp: compress export ./student --format gguf --gguf-type q8_0 --out gguf/
+    then: llama-cli -m gguf/model-q8_0.gguf -p "Hello" -n 32
     """
     from export.onnx_export import export_model
 
     if not model_dir.is_dir():
         raise CompressError(f"model folder not found: {model_dir}")
+    if file_format == "gguf":
+        _export_gguf(model_dir, out_dir, gguf_type, as_json)
+        return
     click.echo(f"exporting {model_dir} ...", err=True)
     result = export_model(model_dir, out_dir, task=task, opset=opset, samples=samples)
     if as_json:
@@ -43,3 +56,17 @@ def export(model_dir: Path, out_dir: Path, task: str, opset: int | None, samples
     click.echo(f"inputs: {', '.join(s.name for s in result.inputs)}; outputs: {', '.join(s.name for s in result.outputs)}")
     click.echo(f"parity on {parity.samples} texts ({parity.sample_source}): {parity.metric} {parity.agreement:.6f}, "
                f"max abs diff {parity.max_abs_diff:.2e} on {parity.output}")
+
+
+def _export_gguf(model_dir: Path, out_dir: Path, gguf_type: str, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from export.gguf_export import export_gguf
+
+    result = export_gguf(model_dir, out_dir / f"model-{gguf_type}.gguf", gguf_type=gguf_type)
+    if as_json:
+        click.echo(json.dumps({**asdict(result), "path": str(result.path)}, indent=2))
+        return
+    click.echo(f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MiB, {result.tensors} tensors, "
+               f"{result.vocab_size} tokens, {gguf_type})")
+    click.echo(f'run it: llama-cli -m {result.path} -p "Hello" -n 32')
