@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=24, help="held-out texts for quality")
     args = parser.parse_args()
 
-    from compress.lm.teacher import _gguf_file, _SMOLLM2, resolve_lm_teacher
+    from compress.lm.teacher import resolve_lm_teacher, shipped_gguf
     from export.base.corpus import default_split
     from export.genai_config import write_genai_config
     from export.lm_export import export_causal_lm, load_lm_tokenizer
@@ -237,7 +237,7 @@ def main() -> None:
                                         args.builder_site, extra)
             rows.append(genai_row(label, folder, args.threads))
     try:
-        rows.append(llama_row("llama.cpp Q4_1 (the shipped GGUF)", _gguf_file(_SMOLLM2), args.threads))
+        rows.append(llama_row("llama.cpp Q4_1 (the shipped GGUF)", shipped_gguf("smollm2"), args.threads))
     except ImportError:
         print("llama-cpp-python is not installed: no llama.cpp row", file=sys.stderr)
 

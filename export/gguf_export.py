@@ -38,7 +38,7 @@ class GgufResult:
     vocab_size: int
 
 
-def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
+def rotary_to_gguf_order(weights: np.ndarray, heads: int) -> np.ndarray:
     """Hugging Face's rotary layout (halves) into llama.cpp's (interleaved pairs), per head."""
     return (weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
             .swapaxes(1, 2).reshape(weights.shape))
@@ -116,9 +116,9 @@ def export_gguf(model_dir: str | os.PathLike[str], out_path: str | os.PathLike[s
             if name is None:
                 raise CompressError(f"{model_dir}: no GGUF name for tensor {hf_name}")
             if hf_name.endswith("q_proj.weight"):
-                data = _permute(data, heads)
+                data = rotary_to_gguf_order(data, heads)
             elif hf_name.endswith("k_proj.weight"):
-                data = _permute(data, kv_heads)
+                data = rotary_to_gguf_order(data, kv_heads)
             stored, how = _encode(data, quant, gguf)
             writer.add_tensor(name, stored, **how)
             count += 1

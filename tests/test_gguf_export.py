@@ -59,7 +59,7 @@ def test_the_weights_read_back_with_llama_cpps_rotary_order(gguf_files: dict[str
     import gguf
     from safetensors.torch import load_file
 
-    from export.gguf_export import _permute  # noqa: PLC2701 - the layout under test
+    from export.gguf_export import rotary_to_gguf_order
 
     weights = {k: v.float().numpy() for k, v in load_file(str(tiny_llama / "model.safetensors")).items()}
     config = json.loads((tiny_llama / "config.json").read_text())
@@ -72,7 +72,7 @@ def test_the_weights_read_back_with_llama_cpps_rotary_order(gguf_files: dict[str
                                 ("blk.1.ffn_down.weight", "model.layers.1.mlp.down_proj.weight", None)):
             tensor = tensors[name]
             stored = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(weights[hf].shape)
-            expected = _permute(weights[hf], heads) if heads else weights[hf]
+            expected = rotary_to_gguf_order(weights[hf], heads) if heads else weights[hf]
             assert np.abs(stored - expected).max() <= tolerance * np.abs(expected).max(), (kind, name)
     sizes = {kind: path.stat().st_size for kind, path in gguf_files.items()}
     assert sizes["q4_0"] < sizes["q8_0"] < sizes["f16"]

@@ -76,6 +76,14 @@ def resolve_lm_teacher(name_or_path: str, *, cache_dir: Path | None = None) -> P
                         f"(known: {', '.join(sorted(REGISTERED_TEACHERS))})")
 
 
+def shipped_gguf(name: str) -> Path:
+    """The GGUF file a registered teacher ships as (what llama.cpp users run as it is)."""
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in _GGUF_TEACHERS:
+        raise CompressError(f"{name!r} is not a teacher shipped as GGUF (known: {', '.join(sorted(_GGUF_TEACHERS))})")
+    return _gguf_file(_GGUF_TEACHERS[key])
+
+
 def _gguf_file(teacher: _GgufTeacher) -> Path:
     from importlib import metadata
 
