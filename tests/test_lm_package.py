@@ -69,7 +69,7 @@ def test_the_archive_holds_the_model_folder_reports_and_the_generation_example(l
     assert names == {
         "manifest.json", "MODEL_CARD.md", "profile.yaml", "model/model.onnx", "model/tokenizer.json",
         "model/tokenizer_config.json", "model/special_tokens_map.json", "model/config.json",
-        "model/chat_template.jinja", "model/generation_config.json", "reports/bench.json", "reports/gate.json",
+        "model/chat_template.jinja", "model/generation_config.json", "model/genai_config.json", "reports/bench.json", "reports/gate.json",
         "reports/junit.xml", "reports/ttft.png", "reports/training_curve.png", "example/generate.py",
         "example/README.md",
     }
@@ -124,7 +124,7 @@ def test_verify_regenerates_the_reference_answer(lm_archive: Path) -> None:
     precision = manifest_of(lm_archive)["precision"]
     assert lines[0] == f"tiny-lm 1.0 (text-generation, {precision}, profile host)"
     assert lines[2] == "manifest: unsigned"
-    assert lines[3].startswith("files: 16 match manifest.json")
+    assert lines[3].startswith("files: 17 match manifest.json")
     assert "inputs and outputs match the manifest" in lines[4]
     assert lines[5] == "reference output: greedy answer 16/16 tokens identical to the build host's (first 8 required)"
     assert lines[6].startswith("example: 'Explain in one sentence") and " -> " in lines[6]
