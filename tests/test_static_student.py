@@ -178,3 +178,31 @@ def test_a_floor_the_static_student_misses_keeps_it_from_release(tiny_encoder: P
     fastest = max(allowed["candidates"], key=lambda c: c["speedup"])
     assert fastest["name"] == "static fp32" and allowed["released"] == "static fp32", allowed["why"]
     assert "released: static fp32" in result.stdout
+
+
+def test_a_classifiers_static_student_carries_a_head_trained_on_its_probabilities(tiny_classifier: Path,
+                                                                                  tmp_path: Path) -> None:
+    """A tiny text classifier: the static student's graph outputs logits for the same classes, its
+    head is the PyTorch view's, and it picks the teacher's class on most texts it learned from."""
+    import onnxruntime as ort
+
+    from compress.distill.static_student import StaticSettings, build_static_student
+    from compress.evaluate import model_outputs
+    from compress.training.progress import Reporter
+
+    exported = run_cli(["export", str(tiny_classifier), "--out", str(tmp_path / "teacher")])
+    assert exported.exit_code == 0, exported.stderr
+    teacher = tmp_path / "teacher" / "model.onnx"
+    texts = real_sentences(300)
+    model = build_static_student(tiny_classifier, teacher, texts, tmp_path / "static",
+                                 StaticSettings(steps=300, batch_size=64, learning_rate=2e-2),
+                                 Reporter(show_progress=False))
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    assert session.get_outputs()[0].shape[-1] == 3
+
+    ours = model_outputs(model, texts, source="train")
+    theirs = model_outputs(teacher, texts, source="train")
+    agreement = float((ours.rows.argmax(1) == theirs.rows.argmax(1)).mean())
+    majority = float(np.bincount(theirs.rows.argmax(1)).max() / len(texts))
+    assert agreement >= max(0.8, majority), (agreement, majority)

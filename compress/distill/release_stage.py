@@ -72,7 +72,7 @@ def encoder_release_plan(ctx: ChainContext, student_fp32: Path, teacher_fp32: Pa
         teacher_method = quantized.method
     train = ctx.distilled.outputs.get("train")
     train_path = ctx.run_dir / "distill" / train if train else None
-    static = StaticSettings() if train_path is not None and _embeds_sentences(teacher_fp32) else None
+    static = StaticSettings() if train_path is not None and _static_fits(teacher_fp32) else None
     runs = ctx.options.bench_runs or RELEASE_BENCH_RUNS
     inputs = {**{c.name: FileRef.of(c.model) for c in contenders}, "teacher": FileRef.of(teacher_fp32),
               "held_out": FileRef.of(held_out), **profile_input(ctx.profile)}
@@ -103,14 +103,18 @@ def encoder_release_plan(ctx: ChainContext, student_fp32: Path, teacher_fp32: Pa
     return StagePlan(planned, work)
 
 
-def _embeds_sentences(teacher_fp32: Path) -> bool:
-    """A static student stands in for a sentence encoder (its graph outputs sentence_embedding)."""
+def _static_fits(teacher_fp32: Path) -> bool:
+    """A static student stands in for a sentence encoder (``sentence_embedding``) or a text classifier
+    (``logits`` per text); a token classifier labels tokens in context, which a static model cannot."""
     import onnx
 
     from export.onnx_export import SENTENCE_EMBEDDING
 
-    graph = onnx.load(str(teacher_fp32), load_external_data=False).graph
-    return any(o.name == SENTENCE_EMBEDDING for o in graph.output)
+    outputs = {o.name: o for o in onnx.load(str(teacher_fp32), load_external_data=False).graph.output}
+    if SENTENCE_EMBEDDING in outputs:
+        return True
+    logits = outputs.get("logits")
+    return logits is not None and len(logits.type.tensor_type.shape.dim) == 2
 
 
 def _teacher_quantized(ctx: ChainContext, teacher_fp32: Path, method: str, tmp: Path, parameters: int) -> Contender:

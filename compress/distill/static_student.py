@@ -24,11 +24,15 @@ import numpy as np
 from export.base.files import atomic_write_text
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
     from compress.training.progress import Reporter
 
 MODEL_FILE = "model.onnx"
+# The classifier head reads a unit-length embedding; logits need a larger range (learned head x this).
+CLASSIFIER_SCALE = 10.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,11 @@ class StaticSettings:
 
 def build_static_student(teacher_dir: Path, teacher_onnx: Path, texts: list[str], out: Path,
                          settings: StaticSettings, reporter: Reporter) -> Path:
-    """Distil ``teacher_dir``'s vocabulary with model2vec, train it on ``texts``, write ``out/model.onnx``."""
+    """Distil ``teacher_dir``'s vocabulary with model2vec, train it on ``texts``, write ``out/model.onnx``.
+
+    A sentence encoder's static student regresses its embeddings; a text classifier's carries a
+    linear head trained on its class probabilities (the graph then outputs ``logits``).
+    """
     from compress.evaluate import model_outputs
     from export.static_onnx import write_static_onnx
 
@@ -60,10 +68,14 @@ def build_static_student(teacher_dir: Path, teacher_onnx: Path, texts: list[str]
     picked = _sample(texts, settings.texts, settings.seed)
     reporter.message(f"release: static student: the teacher's embeddings of {len(picked)} training texts, then "
                      f"{settings.steps} steps of training")
-    targets = model_outputs(teacher_onnx, picked, source="distill/train.jsonl").rows
+    teacher = model_outputs(teacher_onnx, picked, source="distill/train.jsonl")
     tokenizer = _tokenizer(tokenizer_json, settings.max_length)
-    trained = train_static(vectors, [e.ids for e in tokenizer.encode_batch(picked)], targets, settings)
-    write_static_onnx(trained, out / MODEL_FILE)
+    ids = [e.ids for e in tokenizer.encode_batch(picked)]
+    if teacher.view.output == "logits":  # a classifier: the vectors and a head learn its class probabilities
+        trained, weight, bias = train_static_classifier(vectors, ids, teacher.rows, settings)
+        write_static_onnx(trained, out / MODEL_FILE, head=(weight, bias))
+    else:
+        write_static_onnx(train_static(vectors, ids, teacher.rows, settings), out / MODEL_FILE)
     tokenizer.save(str(out / "tokenizer.json"))
     atomic_write_text(out / "tokenizer_config.json", json.dumps({
         "model_max_length": settings.max_length, "pad_token": "[PAD]", "tokenizer_class": "PreTrainedTokenizerFast"}))
@@ -138,11 +150,49 @@ def train_static(vectors: np.ndarray, ids: list[list[int]], targets: np.ndarray,
 
     from compress.distill.losses import relation_loss
 
+    teacher = F.normalize(torch.from_numpy(np.asarray(targets, dtype=np.float32)), dim=-1)
+
+    def loss(student: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        value = (1.0 - (student * teacher[rows]).sum(dim=-1)).mean()
+        if settings.relation_weight:
+            value = value + settings.relation_weight * relation_loss(student, teacher[rows])
+        return value
+
+    table, weights = _train(vectors, ids, settings, loss, [])
+    return folded(table, weights)
+
+
+def train_static_classifier(vectors: np.ndarray, ids: list[list[int]], logits: np.ndarray,
+                            settings: StaticSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token vectors, per-token weights and a linear head on the normalised embedding, trained on the
+    teacher's class probabilities (KL); returns the folded vectors and the head's weight and bias."""
+    import torch
+    import torch.nn.functional as F
+
+    teacher = F.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=-1)
+    head = torch.nn.Linear(vectors.shape[1], teacher.shape[1])
+    torch.nn.init.zeros_(head.bias)
+
+    def loss(student: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        # The embedding is unit length: a scale lets the head's logits be as sharp as the teacher's.
+        return F.kl_div(F.log_softmax(head(student) * CLASSIFIER_SCALE, dim=-1), teacher[rows], reduction="batchmean")
+
+    table, weights = _train(vectors, ids, settings, loss, list(head.parameters()))
+    return (folded(table, weights), (head.weight * CLASSIFIER_SCALE).detach().numpy(),
+            (head.bias * CLASSIFIER_SCALE).detach().numpy())
+
+
+def _train(vectors: np.ndarray, ids: list[list[int]], settings: StaticSettings,
+           loss: Callable[[torch.Tensor, list[int]], torch.Tensor], extra: list[torch.Tensor]
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loop both kinds share: seeded batches of texts, Adam on the table, the weights and ``extra``."""
+    import torch
+
     generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
     table = torch.nn.Parameter(torch.from_numpy(vectors.copy()))
     weights = torch.nn.Parameter(torch.zeros(vectors.shape[0]))
-    teacher = F.normalize(torch.from_numpy(np.asarray(targets, dtype=np.float32)), dim=-1)
-    optimizer = torch.optim.Adam([table, weights], lr=settings.learning_rate)
+    optimizer = torch.optim.Adam([table, weights, *extra], lr=settings.learning_rate)
     batch = min(settings.batch_size, len(ids))
     order = torch.randperm(len(ids), generator=generator)
     cursor = 0
@@ -151,11 +201,8 @@ def train_static(vectors: np.ndarray, ids: list[list[int]], targets: np.ndarray,
             order, cursor = torch.randperm(len(ids), generator=generator), 0
         rows = order[cursor:cursor + batch].tolist()
         cursor += batch
-        student = static_embed(table, weights, [ids[i] for i in rows])
-        loss = (1.0 - (student * teacher[rows]).sum(dim=-1)).mean()
-        if settings.relation_weight:
-            loss = loss + settings.relation_weight * relation_loss(student, teacher[rows])
+        value = loss(static_embed(table, weights, [ids[i] for i in rows]), rows)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         optimizer.step()
-    return folded(table, weights)
+    return table, weights
