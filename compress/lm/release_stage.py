@@ -117,7 +117,8 @@ def _quantized(ctx: ChainContext, source: str, fp32: Path, tmp: Path, method: st
     ctx.reporter.message(f"release: the {source} in {method}, to stand beside the release")
     quantized = quantize_causal_lm(fp32.parent, tmp / f"{source}-{_label(method)}", method,
                                    block_size=ctx.options.block_size, eval_texts=texts, max_ratio=budget)
-    setting = f" ({quantized.setting})" if method == "int4-weight" and quantized.setting else ""
+    setting = f" ({quantized.setting})" if method == "int4-weight" and quantized.setting else \
+        " (embedding int4)" if method == "int8-weight" else ""
     return Contender(f"{source} {_label(method)}{setting}", Path(quantized.out_path), source, method, parameters,
                      quantized.perplexity_ratio)
 
