@@ -115,7 +115,7 @@ def main() -> None:
                       f"{r['tokens_per_s']:.1f}", f"{r['tokens_per_s_ratio']:.2f}x",
                       f"{r.get('perplexity_ratio', 1.0):.3f}", f"{r.get('next_token_agreement', 1.0):.3f}",
                       {True: "yes", False: "no"}.get(r.get("passes"), "-"))
-    Console().print(table)
+    Console(width=160).print(table)  # whole in a pipe or a log, not cut to 80 columns
     print(f"released: {released}: {choice.why}", file=sys.stderr)
     print(f"targets: {json.dumps(payload['targets'])}; chain wall time {payload['chain_wall_s']} s", file=sys.stderr)
 
