@@ -63,7 +63,7 @@ def _command_line() -> str:
 @click.option("--epochs", type=float, default=None, help="Stop after this many passes over the training data.")
 @click.option("--time-budget", "time_budget", callback=_duration, default=None, metavar="DURATION",
               help="Wall-clock budget for the whole chain, e.g. 90s, 10m, 1h; distillation gets what the "
-                   "later stages leave (about 5 min for encoders: exports, every release candidate, bench "
+                   "later stages leave (about 4 min for encoders: exports, every release candidate, bench "
                    "and gate; 6 for language models). Default: the profile's (10m) unless --max-steps or "
                    "--epochs is given.")
 @click.option("--batch-size", type=int, default=None, help="Examples per step. Default: 64 on CUDA, 32 on CPU.")
