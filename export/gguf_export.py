@@ -59,7 +59,10 @@ def _load_weights(model_dir: Path) -> dict[str, np.ndarray]:
 def export_gguf(model_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
                 gguf_type: str = "f16") -> GgufResult:
     """Write the Llama-family model in ``model_dir`` to ``out_path`` (atomically) as GGUF in ``gguf_type``."""
-    import gguf
+    try:
+        import gguf
+    except ImportError:
+        raise CompressError('GGUF export needs the gguf package: pip install "edge-compress[lm]"') from None
 
     model_dir, out_path = Path(model_dir), Path(out_path)
     if gguf_type not in GGUF_TYPES:
