@@ -34,6 +34,14 @@ def write_genai_config(folder: Path, *, file_name: str = "model.onnx", context_l
 
     ``position_ids``: whether the graph takes them (None: read the graph).
     """
+    text = genai_config_text(folder, file_name=file_name, context_length=context_length,
+                             position_ids=position_ids if position_ids is not None
+                             else _has_input(folder / file_name, "position_ids"))
+    return atomic_write_text(folder / GENAI_CONFIG, text)
+
+
+def genai_config_text(folder: Path, *, file_name: str, context_length: int | None, position_ids: bool) -> str:
+    """The text of ``genai_config.json`` for the decoder in ``folder`` (its config.json and generation_config.json)."""
     config = read_json_dict(folder / "config.json")
     kind = genai_type(config)
     if kind is None:
@@ -55,9 +63,7 @@ def write_genai_config(folder: Path, *, file_name: str = "model.onnx", context_l
                 "head_size": int(config.get("head_dim") or hidden // heads),
                 "hidden_size": hidden,
                 "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                           **({"position_ids": "position_ids"} if (position_ids if position_ids is not None
-                                                                   else _has_input(folder / file_name, "position_ids"))
-                              else {}),
+                           **({"position_ids": "position_ids"} if position_ids else {}),
                            "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
                 "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
                             "present_value_names": "present.%d.value"},
@@ -75,7 +81,7 @@ def write_genai_config(folder: Path, *, file_name: str = "model.onnx", context_l
                    "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
                    "temperature": 1.0, "top_k": 1, "top_p": 1.0},
     }
-    return atomic_write_text(folder / GENAI_CONFIG, json.dumps(payload, indent=2) + "\n")
+    return json.dumps(payload, indent=2) + "\n"
 
 
 def _has_input(model: Path, name: str) -> bool:

@@ -127,20 +127,13 @@ def _prompt_format(model_dir: Path, tokenizer: TokenizerInfo) -> PromptFormat:
 
 def _genai_config(model_dir: Path, manifest: Manifest) -> str | None:
     """The text of ``genai_config.json`` for the released graph, or None when GenAI has no type for it."""
-    import tempfile
-
-    from export.genai_config import genai_type, write_genai_config
+    from export.genai_config import genai_config_text, genai_type
 
     if genai_type(read_json_dict(model_dir / "config.json")) is None:
         return None
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
-        for name in ("config.json", "generation_config.json"):
-            if (model_dir / name).is_file():
-                (folder / name).write_bytes((model_dir / name).read_bytes())
-        context = manifest.prompt.max_positions if manifest.prompt else None
-        uses_positions = any(spec.name == "position_ids" for spec in manifest.model.signature.inputs)
-        return write_genai_config(folder, context_length=context, position_ids=uses_positions).read_text()
+    uses_positions = any(spec.name == "position_ids" for spec in manifest.model.signature.inputs)
+    return genai_config_text(model_dir, file_name="model.onnx", position_ids=uses_positions,
+                             context_length=manifest.prompt.max_positions if manifest.prompt else None)
 
 
 def _reference_output(model_dir: Path, model_path: Path, manifest: Manifest) -> ReferenceOutput:
@@ -261,7 +254,7 @@ class GenerationPackaging(PackageKind):
 
     def library_loads(self, manifest: Manifest, model_dir: Path) -> list[LibraryLoad]:
         """ONNX Runtime GenAI's own generation loop on the reference prompt, greedy, past end-of-sequence."""
-        if _genai_config(model_dir, manifest) is None or manifest.reference.tokens is None:
+        if GENAI_CONFIG not in self.format_files(model_dir, manifest) or manifest.reference.tokens is None:
             return []
         fmt = manifest.prompt
         text = (fmt.prefix + manifest.reference.sentence + fmt.suffix) if fmt else manifest.reference.sentence

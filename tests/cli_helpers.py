@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from click.testing import CliRunner, Result
 
 from compress.cli import cli, main
@@ -23,3 +25,15 @@ class _Entry:
 
     def __getattr__(self, item: str):
         return getattr(cli, item)
+
+
+def user_profile(where: Path, name: str, **quality: float) -> Path:
+    """A copy of the host profile named ``name`` with ``quality`` budgets changed, as a user's YAML file."""
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).resolve().parent.parent / "profiles" / "host.yaml").read_text())
+    data["name"], data["aliases"] = name, []
+    data["budgets"]["quality"].update(quality)
+    path = where / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

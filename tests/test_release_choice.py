@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from export.runtime.bench import BudgetFigure
 from export.runtime.release_choice import ReleaseCandidate, ReleaseChoice, choose_release
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import run_cli, user_profile
 from tests.conftest import real_sentences
 
 
@@ -83,13 +82,8 @@ def lm_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _profile(tmp_path: Path, **quality: float) -> Path:
-    data = yaml.safe_load((Path(__file__).parent.parent / "profiles" / "host.yaml").read_text())
-    data["name"], data["aliases"] = "strict-host", []
-    data["budgets"]["quality"].update(quality)
-    path = tmp_path / "strict-host.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+def _profile(where: Path, **quality: float) -> Path:
+    return user_profile(where, "strict-host", **quality)
 
 
 def _distill(tiny_llama: Path, lm_text: Path, run: Path, profile: Path) -> object:

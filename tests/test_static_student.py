@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import run_cli, user_profile
 from tests.conftest import real_sentences
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,12 +83,7 @@ def chain_texts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _profile(where: Path, **quality: float) -> Path:
-    data = yaml.safe_load((REPO / "profiles" / "host.yaml").read_text())
-    data["name"], data["aliases"] = "floor-host", []
-    data["budgets"]["quality"].update(quality)
-    path = where / "floor-host.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return user_profile(where, "floor-host", **quality)
 
 
 def _distill_args(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:

@@ -10,6 +10,7 @@ not installed is reported as such, not as a failure.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -98,7 +99,5 @@ def _compare_tokens(load: LibraryLoad, tokens: list[int], manifest: Manifest) ->
 
 
 def _child_environment() -> dict[str, str]:
-    import os
-
     # Nothing reaches a hub from a verify run; the archive holds every file the libraries read.
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
