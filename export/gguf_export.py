@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 GGUF_TYPES = ("f16", "q8_0", "q4_0")
 _SUPPORTED = ("llama",)
+# The GGUF type closest to each ONNX release precision (llama.cpp's own block formats, not our bytes).
+_TYPE_FOR_PRECISION = {"int8-weight": "q8_0", "int8-dynamic": "q8_0", "int4-weight": "q4_0"}
 
 
 @dataclass
@@ -36,6 +38,20 @@ class GgufResult:
     tensors: int
     size_bytes: int
     vocab_size: int
+
+
+def gguf_type_for(precision: str) -> str:
+    """The GGUF type that matches an ONNX release ``precision`` (f16 for fp32 and fp16 releases)."""
+    return _TYPE_FOR_PRECISION.get(precision, "f16")
+
+
+def can_write_gguf(model_dir: Path) -> bool:
+    """Whether ``export_gguf`` supports the model in ``model_dir`` and the gguf package is installed."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        return False
+    return read_json_dict(Path(model_dir) / "config.json").get("model_type") in _SUPPORTED
 
 
 def rotary_to_gguf_order(weights: np.ndarray, heads: int) -> np.ndarray:

@@ -150,6 +150,10 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     release = stages.get("release")
     if release is not None and release.outputs.get("plot"):  # every candidate, speed against quality
         add("reports/candidates.png", source=_existing(run_dir, f"release/{release.outputs['plot']}", "release plot"))
+    gguf = None
+    if release is not None and release.outputs.get("gguf"):  # the released weights for llama.cpp
+        gguf = "model/model.gguf"
+        add(gguf, source=_existing(run_dir, f"release/{release.outputs['gguf']}", "release GGUF"))
     history = _read_loss_history(run_dir, summary)
     if history:
         add("reports/training_curve.png", data=plots.training_curve_png(history, title=f"distillation of {name}"))
@@ -160,6 +164,7 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
             path="model/model.onnx", opset=versions.opset, ir_version=versions.ir_version,
             other_opsets=versions.other_opsets, min_onnxruntime=min_ort, min_onnxruntime_note=min_ort_note,
             external_data=[f"model/{location}" for location in versions.external_data], signature=signature,
+            gguf=gguf,
         ),
         tokenizer=tokenizer, output=output,
         reference=ReferenceOutput(sentence=REFERENCE_SENTENCE, values=[]),

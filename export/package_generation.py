@@ -234,6 +234,40 @@ def _render_readme(manifest: Manifest, profile: Profile) -> str:
     )
 
 
+def _genai_load(text: str, new: int) -> LibraryLoad:
+    """ONNX Runtime GenAI's loop on ``text``, ``new`` greedy tokens past end-of-sequence."""
+    return LibraryLoad("onnxruntime-genai", (
+        "import onnxruntime_genai as og\n\n"
+        'model = og.Model("model")\n'
+        "tokenizer = og.Tokenizer(model)\n"
+        f"prompt = tokenizer.encode({text!r})\n"
+        "params = og.GeneratorParams(model)\n"
+        f"params.set_search_options(max_length=len(prompt) + {new}, min_length=len(prompt) + {new}, "
+        "do_sample=False)\n"
+        "generator = og.Generator(model, params)\n"
+        "generator.append_tokens(prompt)\n"
+        "while not generator.is_done():\n"
+        "    generator.generate_next_token()\n"
+        "answer = generator.get_sequence(0)[len(prompt):]\n"
+        "print(tokenizer.decode(answer))\n"), result="answer")
+
+
+def _llama_cpp_load(gguf: str, text: str, new: int) -> LibraryLoad:
+    """llama.cpp through llama-cpp-python on the GGUF, greedy. llama.cpp quantizes in its own blocks, so
+    its answer is reported, not held to the ONNX graph's tokens."""
+    return LibraryLoad("llama-cpp-python", (
+        f"# or from a shell: llama-cli -m {gguf} -p \"...\" -n 64 --temp 0\n"
+        "from llama_cpp import Llama\n\n"
+        f'llm = Llama("{gguf}", n_ctx=2048, verbose=False)\n'
+        f"prompt = llm.tokenize({text!r}.encode(), add_bos=False, special=True)\n"
+        "answer = []\n"
+        "for token in llm.generate(prompt, top_k=1, temp=0.0):\n"
+        "    answer.append(token)\n"
+        f"    if len(answer) == {new}:\n"
+        "        break\n"
+        "print(llm.detokenize(answer).decode(errors=\"replace\"))\n"), result="answer", compares=False)
+
+
 class GenerationPackaging(PackageKind):
     """A causal LM with its KV cache: chat template, end-of-sequence ids, a greedy reference answer."""
 
@@ -253,26 +287,17 @@ class GenerationPackaging(PackageKind):
         return {GENAI_CONFIG: config.encode("utf-8")} if (config := _genai_config(model_dir, manifest)) else {}
 
     def library_loads(self, manifest: Manifest, model_dir: Path) -> list[LibraryLoad]:
-        """ONNX Runtime GenAI's own generation loop on the reference prompt, greedy, past end-of-sequence."""
-        if GENAI_CONFIG not in self.format_files(model_dir, manifest) or manifest.reference.tokens is None:
+        """ONNX Runtime GenAI's own generation loop on the reference prompt, greedy, past end-of-sequence;
+        llama.cpp (llama-cpp-python) on the GGUF where the archive carries one."""
+        if manifest.reference.tokens is None:
             return []
         fmt = manifest.prompt
         text = (fmt.prefix + manifest.reference.sentence + fmt.suffix) if fmt else manifest.reference.sentence
         new = len(manifest.reference.tokens)
-        return [LibraryLoad("onnxruntime-genai", (
-            "import onnxruntime_genai as og\n\n"
-            'model = og.Model("model")\n'
-            "tokenizer = og.Tokenizer(model)\n"
-            f"prompt = tokenizer.encode({text!r})\n"
-            "params = og.GeneratorParams(model)\n"
-            f"params.set_search_options(max_length=len(prompt) + {new}, min_length=len(prompt) + {new}, "
-            "do_sample=False)\n"
-            "generator = og.Generator(model, params)\n"
-            "generator.append_tokens(prompt)\n"
-            "while not generator.is_done():\n"
-            "    generator.generate_next_token()\n"
-            "answer = generator.get_sequence(0)[len(prompt):]\n"
-            "print(tokenizer.decode(answer))\n"), result="answer")]
+        loads = [_genai_load(text, new)] if GENAI_CONFIG in self.format_files(model_dir, manifest) else []
+        if manifest.model.gguf is not None:
+            loads.append(_llama_cpp_load(manifest.model.gguf, text, new))
+        return loads
 
     def reference_output(self, model_dir: Path, model_path: Path, manifest: Manifest) -> ReferenceOutput:
         return _reference_output(model_dir, model_path, manifest)

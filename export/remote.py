@@ -323,8 +323,10 @@ def remote_bench(target: Target, model: Path, profile_file: Path, *, other: Path
 
 
 def remote_verify(target: Target, archive: Path, *, gate: bool, profile_file: Path | None, runs: int | None,
-                  warmup: int | None, trust: list[Path], require_signature: bool) -> tuple[dict[str, Any], RemoteRun]:
-    """``compress verify`` on the board: the archive, its keys and profile sent there; the report back."""
+                  warmup: int | None, trust: list[Path], require_signature: bool,
+                  libraries: bool = False) -> tuple[dict[str, Any], RemoteRun]:
+    """``compress verify`` on the board: the archive, its keys and profile sent there; the report back.
+    ``libraries``: the board also loads the release with each library the model card names, where installed there."""
     if not archive.is_file():
         raise CompressError(f"archive not found: {archive}")
     command = ["verify", archive.name, *(["--gate"] if gate else [])]
@@ -340,4 +342,6 @@ def remote_verify(target: Target, archive: Path, *, gate: bool, profile_file: Pa
         sent[f"trusted-{index}.pub"] = key
     if require_signature:
         command.append("--require-signature")
+    if libraries:
+        command.append("--libraries")
     return run_remote(target, sent, command)

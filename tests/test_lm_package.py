@@ -69,9 +69,9 @@ def test_the_archive_holds_the_model_folder_reports_and_the_generation_example(l
     assert names == {
         "manifest.json", "MODEL_CARD.md", "profile.yaml", "model/model.onnx", "model/tokenizer.json",
         "model/tokenizer_config.json", "model/special_tokens_map.json", "model/config.json",
-        "model/chat_template.jinja", "model/generation_config.json", "model/genai_config.json", "reports/bench.json", "reports/gate.json",
-        "reports/junit.xml", "reports/ttft.png", "reports/training_curve.png", "example/generate.py",
-        "example/README.md",
+        "model/chat_template.jinja", "model/generation_config.json", "model/genai_config.json", "model/model.gguf",
+        "reports/bench.json", "reports/gate.json", "reports/junit.xml", "reports/ttft.png",
+        "reports/training_curve.png", "example/generate.py", "example/README.md",
     }
     manifest = manifest_of(lm_archive)
     # The release stage released the fastest of the tiny candidates that met the host's budgets.
@@ -124,7 +124,7 @@ def test_verify_regenerates_the_reference_answer(lm_archive: Path) -> None:
     precision = manifest_of(lm_archive)["precision"]
     assert lines[0] == f"tiny-lm 1.0 (text-generation, {precision}, profile host)"
     assert lines[2] == "manifest: unsigned"
-    assert lines[3].startswith("files: 17 match manifest.json")
+    assert lines[3].startswith("files: 18 match manifest.json")
     assert "inputs and outputs match the manifest" in lines[4]
     assert lines[5] == "reference output: greedy answer 16/16 tokens identical to the build host's (first 8 required)"
     assert lines[6].startswith("example: 'Explain in one sentence") and " -> " in lines[6]
@@ -218,7 +218,7 @@ def test_the_release_folder_is_an_onnx_runtime_genai_model(lm_archive: Path, tmp
     root = next(tmp_path.iterdir())
     manifest = json.loads((root / "manifest.json").read_text())
     assert "model/genai_config.json" in {f["path"] for f in manifest["files"]}
-    assert [load["library"] for load in manifest["loads_with"]] == ["onnxruntime-genai"]
+    assert [load["library"] for load in manifest["loads_with"]] == ["onnxruntime-genai", "llama-cpp-python"]
     assert "og.Model(\"model\")" in (root / "MODEL_CARD.md").read_text()
 
     model = og.Model(str(root / "model"))
@@ -245,8 +245,39 @@ def test_the_release_folder_is_an_onnx_runtime_genai_model(lm_archive: Path, tmp
     assert np.allclose(genai_logits, our_logits, atol=1e-4)
 
 
-def test_verify_runs_the_genai_lines_of_the_card(lm_archive: Path) -> None:
+def test_verify_runs_the_genai_and_llama_cpp_lines_of_the_card(lm_archive: Path) -> None:
     result = run_cli(["verify", str(lm_archive), "--libraries", "--json"])
     assert result.exit_code == 0, result.stderr
-    (check,) = json.loads(result.stdout)["libraries"]
-    assert check["library"] == "onnxruntime-genai" and check["status"] == "matches", check
+    genai, llama = json.loads(result.stdout)["libraries"]
+    assert genai["library"] == "onnxruntime-genai" and genai["status"] == "matches", genai
+    # llama-cpp-python is no dependency (it builds from source): where it is missing, verify says so.
+    assert llama["library"] == "llama-cpp-python", llama
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        assert llama["status"] == "not installed", llama
+    else:
+        assert llama["status"] == "runs" and "tokens identical" in llama["detail"], llama
+
+
+def test_the_archive_carries_the_released_weights_as_gguf(lm_archive: Path, lm_run: Path, tmp_path: Path) -> None:
+    """model/model.gguf holds the released model's weights under llama.cpp's names, in the type that
+    matches the release's precision; it is in the manifest and the card says how llama.cpp runs it."""
+    import gguf
+
+    manifest = manifest_of(lm_archive)
+    assert manifest["model"]["gguf"] == "model/model.gguf"
+    assert "model/model.gguf" in {f["path"] for f in manifest["files"]}
+    card = read_member(lm_archive, "MODEL_CARD.md").decode()
+    assert "llama-cli -m model/model.gguf" in card and "from llama_cpp import Llama" in card
+    path = tmp_path / "model.gguf"
+    path.write_bytes(read_member(lm_archive, "model/model.gguf"))
+    reader = gguf.GGUFReader(path)
+    released = json.loads((lm_run / "release" / "stage.json").read_text())
+    source = released["metrics"]["released_source"]
+    config = json.loads((lm_run / "distill" / "student" / "config.json").read_text()) if source == "student" else None
+    layers = int(reader.fields["llama.block_count"].parts[-1][0])
+    if config is not None:
+        assert layers == config["num_hidden_layers"]
+    assert released["metrics"]["gguf_type"] == {"int8-weight": "q8_0", "int4-weight": "q4_0"}[manifest["precision"]]
+    assert {t.name for t in reader.tensors} >= {"token_embd.weight", "output_norm.weight", "blk.0.attn_q.weight"}

@@ -24,6 +24,7 @@ from export.runtime.profiles import load_profile
 from tests.cli_helpers import run_cli
 from tests import ssh_server
 from tests.conftest import build_tiny_onnx
+from tests.test_lm_package import lm_archive, lm_run  # noqa: F401  (fixtures: a packaged language model)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
@@ -355,3 +356,17 @@ def test_a_board_without_psutil_reports_what_it_can(lab: Path, servers: dict[str
     result = run_cli(["devices", "check", "nopsutil"])
     assert result.exit_code == 0, result.stderr
     assert "memory " in result.stdout and "Traceback" not in result.stderr
+
+
+def test_verify_libraries_runs_the_model_card_lines_on_the_board(lab: Path, servers: dict[str, Server],
+                                                                 lm_archive: Path) -> None:
+    """The board's own Python loads the language-model release with ONNX Runtime GenAI (installed there)
+    and reports llama.cpp as missing where llama-cpp-python is."""
+    result = run_cli(["verify", str(lm_archive), "--on", "board", "--libraries", "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    checks = {c["library"]: c for c in report["libraries"]}
+    assert checks["onnxruntime-genai"]["status"] == "matches", checks
+    assert checks["llama-cpp-python"]["status"] in ("not installed", "runs"), checks
+    assert any(note.startswith("verified on board over SSH") for note in report["notes"])
+    assert left_on(servers["board"]) == []

@@ -26,7 +26,8 @@ import click
               help="Verify (and with --gate, benchmark and gate) on that board over SSH: the verdict is the board's.")
 @click.option("--libraries", is_flag=True,
               help="Also load the release with each library its model card names (sentence-transformers, "
-                   "Optimum), where installed here, and compare the answer with the build host's.")
+                   "Optimum, ONNX Runtime GenAI, llama.cpp), where installed (with --on: on the board), and "
+                   "compare the answer with the build host's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verification report as JSON on stdout.")
 def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, warmup: int | None,
            trust: tuple[Path, ...], require_signature: bool, digest: str | None, target: str | None,
@@ -43,7 +44,7 @@ def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, 
 
     if target is not None:
         report = _verify_on_board(target, Path(archive), run_gate, profile, runs, warmup, list(trust),
-                                  require_signature, digest)
+                                  require_signature, digest, libraries)
     else:
         report = verify_archive(archive, gate=run_gate, profile=profile, runs=runs, warmup=warmup, trust=list(trust),
                                 require_signature=require_signature, sha256=digest, libraries=libraries)
@@ -87,7 +88,8 @@ def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, 
 
 
 def _verify_on_board(target: str, archive: Path, gate: bool, profile: str | None, runs: int | None,
-                     warmup: int | None, trust: list[Path], require_signature: bool, digest: str | None) -> object:
+                     warmup: int | None, trust: list[Path], require_signature: bool, digest: str | None,
+                     libraries: bool) -> object:
     from export.base.errors import CompressError
     from export.base.files import sha256_file
     from export.remote import parse_target, remote_verify
@@ -100,7 +102,7 @@ def _verify_on_board(target: str, archive: Path, gate: bool, profile: str | None
     profile_file = Path(load_profile(profile).source) if profile else None
     click.echo(f"verifying on {board.label} over SSH ...", err=True)
     data, run = remote_verify(board, archive, gate=gate, profile_file=profile_file, runs=runs, warmup=warmup,
-                              trust=trust, require_signature=require_signature)
+                              trust=trust, require_signature=require_signature, libraries=libraries)
     report = VerifyReport.from_dict(data)
     report.archive = str(archive)
     report.notes.append(f"verified on {run.target} over SSH, runtime {run.runtime_sha256[:16]}, "

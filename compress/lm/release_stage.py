@@ -14,6 +14,10 @@ release is the fastest that meets every quality budget of the profile and its si
 budgets no host changes; :func:`export.runtime.release_choice.choose_release`); when none does,
 the student's release stays the release and the gate fails on the budgets it misses.
 ``RUN_DIR/release/candidates.json`` holds every figure.
+
+The released model's weights are also written for llama.cpp (``RUN_DIR/release/model.gguf``, in the
+GGUF type closest to the release's precision) where the architecture allows: the same model for
+users whose stack is llama.cpp, packaged beside the ONNX graph.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from export.base.records import FileRef, StageRecord
+from export.base.records import FileRef, StageRecord, read_record
 from export.base.stages import StageOutput, StagePlan
 from export.runtime.bench import BudgetFigure
 from export.runtime.release_choice import CANDIDATES_FILE, ReleaseCandidate, ReleaseChoice, choose_release
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from compress.chain_state import ChainContext
 
 STAGE = "release"
+GGUF_FILE = "model.gguf"
 CANDIDATE_TEXTS = 64
 RELEASE_BENCH_RUNS = 3
 
@@ -80,7 +85,7 @@ def lm_release_plan(ctx: ChainContext, student_fp32: Path, teacher_fp32: Path, t
         "max_perplexity_ratio": budgets.max_perplexity_ratio,
         "min_teacher_agreement": budgets.min_teacher_agreement,
         "max_quantization_perplexity_ratio": budgets.max_quantization_perplexity_ratio,
-        "model_size_mb": generation_size_budget(ctx.profile)[0]})
+        "model_size_mb": generation_size_budget(ctx.profile)[0], "gguf": GGUF_FILE})
     student_params = int(ctx.distilled.metrics["student_parameters"])
     teacher_params = int(ctx.distilled.metrics["teacher_parameters"])
 
@@ -96,12 +101,38 @@ def lm_release_plan(ctx: ChainContext, student_fp32: Path, teacher_fp32: Path, t
             candidate.model = _relative(Path(candidate.model), tmp, ctx.run_dir)
         choice.to_json(tmp / CANDIDATES_FILE)
         chosen = choice.chosen
-        return StageOutput({"candidates": CANDIDATES_FILE}, {
+        outputs = {"candidates": CANDIDATES_FILE}
+        gguf_type = None
+        if chosen is not None:
+            source = _weights_folder(student_fp32 if chosen.source == "student" else teacher_fp32)
+            gguf_type = _write_gguf(ctx, source, chosen.precision, tmp / GGUF_FILE)
+            if gguf_type is not None:
+                outputs["gguf"] = GGUF_FILE
+        return StageOutput(outputs, {
             "released": choice.released, "why": choice.why,
             "released_source": chosen.source if chosen else None,
-            "released_quality": chosen.quality if chosen else None})
+            "released_quality": chosen.quality if chosen else None, "gguf_type": gguf_type})
 
     return StagePlan(planned, work)
+
+
+def _weights_folder(fp32_onnx: Path) -> Path | None:
+    """The Hugging Face folder an fp32 export was made from (its export stage's recorded input)."""
+    record = read_record(fp32_onnx.parent)
+    model = record.inputs.get("model") if record is not None else None
+    return Path(model.path) if model is not None and Path(model.path).is_dir() else None
+
+
+def _write_gguf(ctx: ChainContext, source: Path | None, precision: str, out: Path) -> str | None:
+    """The released model's weights as GGUF at ``out``; its type, or None where it cannot be written."""
+    from export.gguf_export import can_write_gguf, export_gguf, gguf_type_for
+
+    if source is None or not can_write_gguf(source):
+        return None
+    gguf_type = gguf_type_for(precision)
+    ctx.reporter.message(f"release: the released weights as GGUF ({gguf_type}) for llama.cpp")
+    export_gguf(source, out, gguf_type=gguf_type)
+    return gguf_type
 
 
 def _label(precision: str) -> str:

@@ -90,7 +90,8 @@ def _verify(args: argparse.Namespace) -> dict[str, Any]:
     from export.runtime.verify import verify_archive
 
     report = verify_archive(args.archive, gate=args.gate, profile=args.profile, runs=args.runs, warmup=args.warmup,
-                            trust=[Path(k) for k in args.trust], require_signature=args.require_signature)
+                            trust=[Path(k) for k in args.trust], require_signature=args.require_signature,
+                            libraries=args.libraries)
     return asdict(report)
 
 
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--warmup", type=int)
     verify.add_argument("--trust", action="append", default=[])
     verify.add_argument("--require-signature", action="store_true")
+    verify.add_argument("--libraries", action="store_true")
     args = parser.parse_args(argv)
     try:
         if args.command == "check":

@@ -100,6 +100,7 @@ class ModelInfo:
     min_onnxruntime_note: str
     external_data: list[str]  # weight files the .onnx references, relative to the archive root
     signature: ModelSignature
+    gguf: str | None = None  # the same model for llama.cpp (a language model's GGUF), relative to the root
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ class RunRef:
 # Keys that only a text-generation manifest carries, by section ("" is the top level).
 _GENERATION_ONLY: dict[str, tuple[str, ...]] = {
     "": ("prompt",),
+    "model": ("gguf",),
     "output": ("eos_token_ids",),
     "reference": ("tokens", "text", "min_matching_tokens"),
     "bench": ("ttft_ms", "tpot_ms", "tokens_per_s", "prompt_length", "new_tokens"),
