@@ -3,9 +3,10 @@
 ONNX Runtime GenAI (``onnxruntime-genai``; ``og.Model(folder)``) drives a decoder graph with its
 own C++ generation loop, given a JSON description of the graph: its input and output names (our
 export's are Optimum's: ``past_key_values.%d.key`` in, ``present.%d.key`` out), the model's shape
-(layers, heads, head size), its special tokens and the search defaults. Our graph returns a
-present cache one token longer than the past it was given, so the past and present buffers are
-not shared (``past_present_share_buffer`` false). The tokenizer GenAI reads is ``tokenizer.json``
+(layers, heads, head size), its special tokens and the search defaults. The fused graph's
+GroupQueryAttention writes the cache in place, so GenAI binds one buffer as past and present
+(``past_present_share_buffer``); a traced graph returns a present cache one token longer than the
+past it was given, so its buffers are not shared. The tokenizer GenAI reads is ``tokenizer.json``
 beside the graph, already in every release folder.
 """
 
@@ -28,21 +29,18 @@ def genai_type(config: dict[str, Any]) -> str | None:
     return _GENAI_TYPES.get(str(config.get("model_type", "")))
 
 
-def write_genai_config(folder: Path, *, file_name: str = "model.onnx", context_length: int | None = None,
-                       position_ids: bool | None = None) -> Path:
-    """Write ``folder/genai_config.json`` for the decoder graph ``folder/file_name`` (config.json beside it).
-
-    ``position_ids``: whether the graph takes them (None: read the graph).
-    """
-    text = genai_config_text(folder, file_name=file_name, context_length=context_length,
-                             position_ids=position_ids if position_ids is not None
-                             else _has_input(folder / file_name, "position_ids"))
+def write_genai_config(folder: Path, *, file_name: str = "model.onnx", context_length: int | None = None) -> Path:
+    """Write ``folder/genai_config.json`` for the decoder graph ``folder/file_name`` (config.json beside it)."""
+    text = genai_config_text(folder, file_name=file_name, context_length=context_length)
     return atomic_write_text(folder / GENAI_CONFIG, text)
 
 
-def genai_config_text(folder: Path, *, file_name: str, context_length: int | None, position_ids: bool) -> str:
+def genai_config_text(folder: Path, *, file_name: str, context_length: int | None) -> str:
     """The text of ``genai_config.json`` for the decoder in ``folder`` (its config.json and generation_config.json)."""
+    from export.runtime.generation import shares_cache_buffers
+
     config = read_json_dict(folder / "config.json")
+    position_ids = _has_input(folder / file_name, "position_ids")
     kind = genai_type(config)
     if kind is None:
         raise CompressError(f"{folder}: ONNX Runtime GenAI has no model type for {config.get('model_type')!r}")
@@ -78,7 +76,8 @@ def genai_config_text(folder: Path, *, file_name: str, context_length: int | Non
             "vocab_size": int(config["vocab_size"]),
         },
         "search": {"do_sample": False, "max_length": context, "min_length": 0, "num_beams": 1,
-                   "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+                   "num_return_sequences": 1,
+                   "past_present_share_buffer": shares_cache_buffers(folder / file_name), "repetition_penalty": 1.0,
                    "temperature": 1.0, "top_k": 1, "top_p": 1.0},
     }
     return json.dumps(payload, indent=2) + "\n"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from export.base.errors import CompressError
 from export.base.files import read_json_dict
+from export.hf_weights import load_hf_weights
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,18 +59,6 @@ def rotary_to_gguf_order(weights: np.ndarray, heads: int) -> np.ndarray:
     """Hugging Face's rotary layout (halves) into llama.cpp's (interleaved pairs), per head."""
     return (weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
             .swapaxes(1, 2).reshape(weights.shape))
-
-
-def _load_weights(model_dir: Path) -> dict[str, np.ndarray]:
-    from safetensors.torch import load_file
-
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise CompressError(f"{model_dir}: no .safetensors weights to write as GGUF")
-    weights: dict[str, np.ndarray] = {}
-    for path in files:
-        weights.update({name: tensor.float().numpy() for name, tensor in load_file(str(path)).items()})
-    return weights
 
 
 def export_gguf(model_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
@@ -128,7 +117,7 @@ def export_gguf(model_dir: str | os.PathLike[str], out_path: str | os.PathLike[s
 
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
         count = 0
-        for hf_name, data in _load_weights(model_dir).items():
+        for hf_name, data in load_hf_weights(model_dir, "to write as GGUF").items():
             if hf_name.endswith("rotary_emb.inv_freq"):
                 continue
             name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))

@@ -131,8 +131,7 @@ def _genai_config(model_dir: Path, manifest: Manifest) -> str | None:
 
     if genai_type(read_json_dict(model_dir / "config.json")) is None:
         return None
-    uses_positions = any(spec.name == "position_ids" for spec in manifest.model.signature.inputs)
-    return genai_config_text(model_dir, file_name="model.onnx", position_ids=uses_positions,
+    return genai_config_text(model_dir, file_name="model.onnx",
                              context_length=manifest.prompt.max_positions if manifest.prompt else None)
 
 

@@ -54,11 +54,26 @@ def _sharpen_and_export(source: Path, folder: Path) -> Path:
     return folder / "onnx" / "model.onnx"
 
 
+def _fused(traced: Path) -> Path:
+    """The same weights as the fused graph (GroupQueryAttention), beside the traced export."""
+    from export.lm_fused_graph import write_fused_graph
+
+    folder = traced.parent.parent / "fused"
+    folder.mkdir()
+    for item in traced.parent.iterdir():
+        if item.suffix in (".json", ".jinja"):
+            shutil.copy(item, folder / item.name)
+    write_fused_graph(traced.parent.parent / "hf", folder / "model.onnx")
+    return folder / "model.onnx"
+
+
 @pytest.fixture(scope="module")
 def lms(tiny_llama: Path, tiny_gpt2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """family -> exported decoder (model.onnx with its tokenizer and config beside it)."""
-    return {family: _sharpen_and_export(src, tmp_path_factory.mktemp(f"gen-{family}"))
-            for family, src in (("llama", tiny_llama), ("gpt2", tiny_gpt2))}
+    """family -> exported decoder (model.onnx with its tokenizer and config beside it); ``llama-fused``
+    holds the Llama's weights in the fused layout."""
+    exported = {family: _sharpen_and_export(src, tmp_path_factory.mktemp(f"gen-{family}"))
+                for family, src in (("llama", tiny_llama), ("gpt2", tiny_gpt2))}
+    return {**exported, "llama-fused": _fused(exported["llama"])}
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +107,10 @@ def test_is_generation_model(lms: dict[str, Path], tmp_path: Path) -> None:
     assert not is_generation_model(tmp_path / "junk.onnx")
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "llama-fused", "gpt2"])
 def test_tokens_equal_transformers_greedy(lms: dict[str, Path], family: str) -> None:
+    """The same tokens as transformers; the fused graph's cache stays in one bound buffer (in place),
+    a traced graph's is fed back."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -101,6 +118,7 @@ def test_tokens_equal_transformers_greedy(lms: dict[str, Path], family: str) -> 
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     generator = OnnxGenerator(lms[family], intra_op_threads=1)
+    assert generator.in_place_cache == (family == "llama-fused")
     for text in TEXTS:
         ids = tokenizer(text, return_tensors="pt").input_ids
         with torch.no_grad():

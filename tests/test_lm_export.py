@@ -1,7 +1,8 @@
 """Causal-LM export with the KV cache, parity with PyTorch, weight quantization and perplexity.
 
-Real models end to end: tiny Llama and GPT-2 folders (real BPE tokenizer) exported by optimum,
-run by onnxruntime through ``ORTModelForCausalLM``, compared with transformers.
+Real models end to end: tiny Llama and GPT-2 folders (real BPE tokenizer) exported (Llama: the fused
+layout by default, and traced by optimum; GPT-2: traced), run by onnxruntime through
+``ORTModelForCausalLM``, compared with transformers.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def llama_onnx(tiny_llama: Path, texts: list[str], tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture(scope="module")
+def llama_traced(tiny_llama: Path, texts: list[str], tmp_path_factory: pytest.TempPathFactory) -> LMExportResult:
+    return export_causal_lm(tiny_llama, tmp_path_factory.mktemp("lm") / "llama-traced", parity_texts=texts,
+                            greedy_tokens=8, layout="traced")
+
+
+@pytest.fixture(scope="module")
 def gpt2_onnx(tiny_gpt2: Path, texts: list[str], tmp_path_factory: pytest.TempPathFactory) -> LMExportResult:
     return export_causal_lm(tiny_gpt2, tmp_path_factory.mktemp("lm") / "gpt2-onnx", parity_texts=texts,
                             greedy_tokens=8)
@@ -47,7 +54,7 @@ def gpt2_onnx(tiny_gpt2: Path, texts: list[str], tmp_path_factory: pytest.TempPa
 # Export and parity
 
 
-@pytest.mark.parametrize("which", ["llama_onnx", "gpt2_onnx"])
+@pytest.mark.parametrize("which", ["llama_onnx", "llama_traced", "gpt2_onnx"])
 def test_export_writes_a_standalone_kv_cache_model_that_matches_pytorch(which: str, texts: list[str],
                                                                          request: pytest.FixtureRequest) -> None:
     import onnxruntime as ort
@@ -69,6 +76,30 @@ def test_export_writes_a_standalone_kv_cache_model_that_matches_pytorch(which: s
     assert parity.max_abs_logit_diff < 1e-4
     assert parity.top1_agreement == 1.0
     assert parity.greedy_match and parity.greedy_tokens == 8
+    assert result.layout == ("fused" if which == "llama_onnx" else "traced")
+
+
+def test_the_fused_layout_is_onnx_runtime_s_decoder_ops(llama_onnx: LMExportResult, llama_traced: LMExportResult,
+                                                       tiny_llama: Path) -> None:
+    """One GroupQueryAttention per layer (rotary inside, positions from the mask: no position_ids input),
+    RMSNorms with the residual folded in, and a packed QKV projection: a fraction of the traced graph's nodes."""
+    import onnxruntime as ort
+
+    ops = _ops(llama_onnx.out_path)
+    config = json.loads((tiny_llama / "config.json").read_text())
+    layers = config["num_hidden_layers"]
+    assert ops["GroupQueryAttention"] == layers and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
+    assert ops["SimplifiedLayerNormalization"] == 1 and ops["MatMul"] == 5 * layers + 1
+    assert sum(ops.values()) * 3 < sum(_ops(llama_traced.out_path).values())
+    session = ort.InferenceSession(str(llama_onnx.out_path), providers=["CPUExecutionProvider"])
+    assert "position_ids" not in {i.name for i in session.get_inputs()}
+
+
+def test_the_fused_layout_is_refused_where_the_architecture_has_no_fused_graph(tiny_gpt2: Path, texts: list[str],
+                                                                               tmp_path: Path) -> None:
+    with pytest.raises(CompressError, match="fused graph supports llama models, not 'gpt2'"):
+        export_causal_lm(tiny_gpt2, tmp_path / "out", parity_texts=texts, layout="fused")
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_result_round_trips_through_stage_json(llama_onnx: LMExportResult) -> None:
@@ -159,10 +190,10 @@ def test_int4_quantization_shrinks_the_model_keeps_perplexity_and_still_generate
     result = quantize_causal_lm(llama_onnx.out_path.parent, out, "int4-weight", block_size=16, eval_texts=texts)
     assert result.out_path == out / "model.onnx" and result.method == "int4-weight" and result.block_size == 16
     ops = _ops(result.out_path)
-    # Every projection, the tied LM head and the embedding are 4-bit; only attention's
-    # activation x activation products stay MatMul.
-    assert ops["MatMulNBits"] == 4 * 7 + 1 and ops["GatherBlockQuantized"] == 1
-    assert ops["MatMul"] == 4 * 2 + 1  # Q@K, attn@V per layer, and the rotary embedding
+    # Every projection (QKV packed), the tied LM head and the embedding are 4-bit; attention's
+    # activation x activation products are inside GroupQueryAttention.
+    assert ops["MatMulNBits"] == 4 * 5 + 1 and ops["GatherBlockQuantized"] == 1
+    assert ops["MatMul"] == 0
     assert result.fp32_size_mb == pytest.approx(llama_onnx.size_mb, rel=1e-2)
     assert result.size_mb < 0.45 * result.fp32_size_mb
     assert result.perplexity_fp32 == pytest.approx(onnx_perplexity(llama_onnx.out_path.parent, texts))
@@ -196,7 +227,7 @@ def test_int8_weight_quantizes_every_matmul_in_8_bit_blocks_and_keeps_perplexity
                                 max_ratio=1.1)
     nodes = [n for n in onnx.load(str(result.out_path)).graph.node if n.op_type == "MatMulNBits"]
     assert nodes and {next(a.i for a in n.attribute if a.name == "bits") for n in nodes} == {8}
-    assert _ops(result.out_path)["MatMul"] <= 4 * 2 + 1  # left: attention's Q@K and A@V, activations on both sides
+    assert _ops(result.out_path)["MatMul"] == 0  # attention's products are inside GroupQueryAttention
     assert result.size_mb < 0.8 * result.fp32_size_mb and result.setting == "int8-weight"
     assert 0.98 < result.perplexity_ratio < 1.02 and result.within_budget
     # The token embedding, quantized too: 4-bit blocks of 16 along the hidden axis, read by a

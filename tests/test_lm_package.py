@@ -77,7 +77,8 @@ def test_the_archive_holds_the_model_folder_reports_and_the_generation_example(l
     # The release stage released the fastest of the tiny candidates that met the host's budgets.
     assert manifest["task"] == "text-generation" and manifest["precision"] in ("int4-weight", "int8-weight")
     inputs = [spec["name"] for spec in manifest["model"]["signature"]["inputs"]]
-    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"] and "past_key_values.1.value" in inputs
+    # The fused graph: positions come from the attention mask inside GroupQueryAttention.
+    assert inputs[:3] == ["input_ids", "attention_mask", "past_key_values.0.key"] and "past_key_values.1.value" in inputs
     assert manifest["output"]["primary"] == "logits" and manifest["output"]["eos_token_ids"] == [2]
     assert manifest["prompt"] == {"prefix": "<|im_start|>user\n", "suffix": "<|im_end|>\n<|im_start|>assistant\n",
                                   "add_special_tokens": False, "chat_template": "model/chat_template.jinja",

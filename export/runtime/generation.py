@@ -14,6 +14,11 @@ Shapes and dtypes come from the session (heads, head size, float32 or float16 ca
 The first step (prefill) takes the whole prompt with an empty cache; each later step one token.
 Decoding is greedy (argmax), batch 1: the same tokens ``transformers`` ``generate`` gives with
 ``do_sample=False``.
+
+Graphs whose attention is ONNX Runtime's ``GroupQueryAttention`` (the fused export) keep their cache
+in place: one buffer per past input, sized once for prompt and answer, is bound as both the past
+input and the present output (I/O binding), so no step copies the cache. Other graphs return a new,
+longer cache each step, fed back as the next step's past.
 """
 
 from __future__ import annotations
@@ -24,22 +29,28 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from export.base.errors import CompressError
-from export.runtime.onnx_file import GRAPH_INPUT, MODEL_GRAPH, VALUE_INFO_NAME, WireError, fields, text_of
+from export.runtime.onnx_file import (GRAPH_INPUT, GRAPH_NODE, MODEL_GRAPH, NODE_OP_TYPE, NODE_OUTPUT, VALUE_INFO_NAME,
+                                      WireError, fields, text_of)
 from export.runtime.session import open_session
 from export.runtime.inputs import numpy_dtype
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _PRESENT_PREFIX = "present."
 
 
-def _graph_input_names(path: Path) -> list[str]:
-    """The graph's input names, read from the protobuf without loading weights or a session."""
+def _graph_names(path: Path) -> tuple[list[str], dict[str, str]]:
+    """The graph's input names and, for each output of a top-level node, the node's op type: read
+    from the protobuf without loading weights or a session."""
     names: list[str] = []
+    producers: dict[str, str] = {}
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         for number, wire, value in fields(buf, 0, len(buf)):
             if number != MODEL_GRAPH or wire != 2:
@@ -47,7 +58,25 @@ def _graph_input_names(path: Path) -> list[str]:
             for gnumber, gwire, gvalue in fields(buf, *value):
                 if gnumber == GRAPH_INPUT and gwire == 2:
                     names += [text_of(buf, v) for n, w, v in fields(buf, *gvalue) if n == VALUE_INFO_NAME and w == 2]
-    return names
+                elif gnumber == GRAPH_NODE and gwire == 2:
+                    parts = [(n, text_of(buf, v)) for n, w, v in fields(buf, *gvalue)
+                             if n in (NODE_OP_TYPE, NODE_OUTPUT) and w == 2]
+                    op = next((text for n, text in parts if n == NODE_OP_TYPE), "")
+                    producers.update({text: op for n, text in parts if n == NODE_OUTPUT})
+    return names, producers
+
+
+def _graph_input_names(path: Path) -> list[str]:
+    return _graph_names(path)[0]
+
+
+def shares_cache_buffers(path: str | os.PathLike[str]) -> bool:
+    """Whether every ``present.*`` output of the decoder at ``path`` comes straight from a
+    ``GroupQueryAttention``, which then writes into the past buffer in place (not through a Cast,
+    as where an fp16 graph keeps fp32 inputs and outputs)."""
+    producers = _graph_names(Path(path))[1]
+    presents = [op for name, op in producers.items() if name.startswith(_PRESENT_PREFIX)]
+    return bool(presents) and all(op == "GroupQueryAttention" for op in presents)
 
 
 def is_generation_model(path: str | os.PathLike[str]) -> bool:
@@ -137,6 +166,7 @@ class OnnxGenerator:
         unknown = [name for name in inputs if name not in known]
         if unknown:
             raise CompressError(f"{self.path}: inputs this generator cannot feed: {', '.join(unknown)}")
+        self.in_place_cache = shares_cache_buffers(self.path)
 
     @property
     def providers_used(self) -> list[str]:
@@ -163,6 +193,42 @@ class OnnxGenerator:
     def _empty_past(self) -> list[np.ndarray]:
         return [np.zeros((1, c.shape[1], 0, c.shape[3]), dtype=c.dtype) for c in self._caches]
 
+    def _copying_step(self) -> Callable[[np.ndarray, int], np.ndarray]:
+        """A step that feeds the last present back as the next past (the graph returns a longer cache)."""
+        run, names = self.session.run, self._output_names
+        past = self._empty_past()
+
+        def step(ids: np.ndarray, position: int) -> np.ndarray:
+            nonlocal past
+            logits, *past = run(names, self._feeds(ids, position, past))
+            return logits
+
+        return step
+
+    def _in_place_step(self, length: int) -> Callable[[np.ndarray, int], np.ndarray]:
+        """A step over cache buffers of ``length`` positions bound as both past and present: the
+        attention kernel appends each step's keys and values where they belong, nothing is copied."""
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"  # the cache stays there
+        for cache in self._caches:
+            buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, cache.shape[1], length, cache.shape[3]), cache.dtype),
+                                                      device, 0)
+            binding.bind_ortvalue_input(cache.input_name, buffer)
+            binding.bind_ortvalue_output(cache.output_name, buffer)
+        logits_index = len(self._caches)  # outputs come back in binding order
+
+        def step(ids: np.ndarray, position: int) -> np.ndarray:
+            binding.bind_output("logits")  # afresh each step: the prompt's logits are longer than a token's
+            binding.bind_cpu_input("input_ids", ids.astype(self._ids_dtype, copy=False))
+            if self._mask_dtype is not None:
+                binding.bind_cpu_input("attention_mask", np.ones((1, position + ids.shape[1]), dtype=self._mask_dtype))
+            self.session.run_with_iobinding(binding)
+            return binding.get_outputs()[logits_index].numpy()
+
+        return step
+
     def generate(self, input_ids: np.ndarray, max_new_tokens: int, *,
                  eos_token_id: int | list[int] | None = None) -> GenerationOutput:
         """Greedy-decode up to ``max_new_tokens`` after the prompt ``input_ids`` (shape ``(1, n)``).
@@ -180,16 +246,16 @@ class OnnxGenerator:
             raise CompressError("max_new_tokens must be at least 1")
         stop = set() if eos_token_id is None else (
             {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id))
-        run, names, clock = self.session.run, self._output_names, time.perf_counter
+        step = self._in_place_step(ids.shape[1] + max_new_tokens) if self.in_place_cache else self._copying_step()
+        clock = time.perf_counter
         tokens: list[int] = []
         steps: list[float] = []
-        past = self._empty_past()
         position = 0
         ttft = 0.0
         try:
             while True:
                 start = clock()
-                logits, *past = run(names, self._feeds(ids, position, past))
+                logits = step(ids, position)
                 token = int(np.argmax(logits[0, -1]))
                 elapsed = clock() - start
                 if tokens:

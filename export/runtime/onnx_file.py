@@ -47,8 +47,8 @@ class GraphFacts:
 # Field numbers from onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto, TensorProto).
 _MODEL_PRODUCER, MODEL_GRAPH, _MODEL_OPSET = 2, 7, 8
 _OPSET_DOMAIN, _OPSET_VERSION = 1, 2
-_GRAPH_NODE, _GRAPH_INITIALIZER, GRAPH_INPUT, _GRAPH_SPARSE_INITIALIZER = 1, 5, 11, 15
-_NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE = 1, 2, 4, 5
+GRAPH_NODE, _GRAPH_INITIALIZER, GRAPH_INPUT, _GRAPH_SPARSE_INITIALIZER = 1, 5, 11, 15
+_NODE_INPUT, NODE_OUTPUT, NODE_OP_TYPE, _NODE_ATTRIBUTE = 1, 2, 4, 5
 _ATTR_TENSOR, _ATTR_GRAPH, _ATTR_TENSORS, _ATTR_GRAPHS = 5, 6, 10, 11
 _TENSOR_DIMS, _TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 1, 8, 13, 14
 _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
@@ -179,16 +179,16 @@ def _read_graph(buf: Any, span: tuple[int, int]) -> _Graph:
                             elem = next((ev for en, ew, ev in fields(buf, *tv) if en == _TENSOR_TYPE_ELEM and ew == 0), None)
             if elem in _INTEGER_ELEM_TYPES:
                 graph.integer_inputs.append(name)
-        elif number == _GRAPH_NODE:
+        elif number == GRAPH_NODE:
             node = _Node()
             for n, w, v in fields(buf, *value):
                 if w != 2:
                     continue
                 if n == _NODE_INPUT:
                     node.input.append(text_of(buf, v))
-                elif n == _NODE_OUTPUT:
+                elif n == NODE_OUTPUT:
                     node.output.append(text_of(buf, v))
-                elif n == _NODE_OP_TYPE:
+                elif n == NODE_OP_TYPE:
                     node.op_type = text_of(buf, v)
                 elif n == _NODE_ATTRIBUTE:
                     for an, aw, av in fields(buf, *v):
