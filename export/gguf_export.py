@@ -41,6 +41,41 @@ class GgufResult:
     vocab_size: int
 
 
+# llama.cpp's token types (gguf.TokenType): plain, a control (special) token, a user-added one.
+_NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4
+
+
+def byte_level_vocab(model_dir: Path) -> tuple[list[str], list[int], str]:
+    """Every token of ``model_dir/tokenizer.json`` in id order, its llama.cpp type, and the name of
+    llama.cpp's pre-tokenizer that splits text as the folder's does.
+
+    Byte-level BPE only (GPT-2, Llama 3, SmolLM2 vocabularies): the pre-tokenizer or the decoder is
+    ``ByteLevel``. A ``byte_fallback`` flag is ignored there: a byte-level vocabulary holds no
+    ``<0xNN>`` tokens to fall back to (tokenizers converted from GGUF set it).
+    """
+    import json
+
+    path = Path(model_dir) / "tokenizer.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        model = data["model"]
+        vocab: dict[str, int] = model["vocab"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CompressError(f"{model_dir}: GGUF export needs a byte-level BPE tokenizer.json") from None
+    pieces = json.dumps([data.get("pre_tokenizer"), data.get("decoder")])
+    if model.get("type") != "BPE" or '"ByteLevel"' not in pieces or not isinstance(vocab, dict):
+        raise CompressError(f"{model_dir}: GGUF export needs a byte-level BPE tokenizer.json (GPT-2 style), not "
+                            f"{model.get('type')}")
+    by_id = {int(i): (text, _NORMAL) for text, i in vocab.items()}
+    for added in data.get("added_tokens") or []:
+        by_id[int(added["id"])] = (added["content"], _CONTROL if added.get("special") else _USER_DEFINED)
+    size = max(by_id) + 1
+    tokens = [by_id.get(i, (f"[PAD{i}]", _USER_DEFINED)) for i in range(size)]
+    # SmolLM2's own tokenizer splits digits one by one before the byte-level regex: llama.cpp's "smollm".
+    digits = '"individual_digits": true' in json.dumps(data.get("pre_tokenizer"))
+    return [t for t, _ in tokens], [k for _, k in tokens], "smollm" if digits else "default"
+
+
 def gguf_type_for(precision: str) -> str:
     """The GGUF type that matches an ONNX release ``precision`` (f16 for fp32 and fp16 releases)."""
     return _TYPE_FOR_PRECISION.get(precision, "f16")
@@ -76,10 +111,7 @@ def export_gguf(model_dir: str | os.PathLike[str], out_path: str | os.PathLike[s
     if config.get("model_type") not in _SUPPORTED:
         raise CompressError(f"{model_dir}: GGUF export supports {', '.join(_SUPPORTED)} models, not "
                             f"{config.get('model_type')!r}")
-    try:
-        vocab = gguf.BpeVocab(model_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        raise CompressError(f"{model_dir}: GGUF export needs a GPT-2-style BPE tokenizer.json ({exc})") from None
+    tokens, types, pre = byte_level_vocab(model_dir)
     heads, layers = int(config["num_attention_heads"]), int(config["num_hidden_layers"])
     kv_heads = int(config.get("num_key_value_heads") or heads)
     hidden = int(config["hidden_size"])
@@ -104,16 +136,12 @@ def export_gguf(model_dir: str | os.PathLike[str], out_path: str | os.PathLike[s
         writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
         writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
         writer.add_file_type(file_type)
-        writer.add_vocab_size(vocab.vocab_size)
+        writer.add_vocab_size(len(tokens))
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("default")
-        tokens, types = [], []
-        for text, _, kind in vocab.all_tokens():
-            tokens.append(text)
-            types.append(kind)
+        writer.add_tokenizer_pre(pre)
         writer.add_token_list(tokens)
         writer.add_token_types(types)
-        gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab.vocab_size).add_to_gguf(writer, quiet=True)
+        gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
 
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
         count = 0
@@ -139,7 +167,7 @@ def export_gguf(model_dir: str | os.PathLike[str], out_path: str | os.PathLike[s
         writer.close()
         tmp.unlink(missing_ok=True)
     return GgufResult(path=out_path, gguf_type=gguf_type, tensors=count, size_bytes=out_path.stat().st_size,
-                      vocab_size=vocab.vocab_size)
+                      vocab_size=len(tokens))
 
 
 def _encode(data: np.ndarray, quant: object, gguf: object) -> tuple[np.ndarray, dict[str, object]]:
