@@ -101,3 +101,33 @@ def test_llama_cpp_computes_the_models_logits(gguf_files: dict[str, Path], tiny_
     got = np.array(llm.scores[:len(ids)])
     assert np.abs(got - expected).max() <= 0.02 * np.abs(expected).max() + 1e-3
     assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.85
+
+
+def test_the_vocabulary_of_a_gguf_converted_tokenizer_and_its_pre_tokenizer(tiny_llama: Path, tmp_path: Path) -> None:
+    """Tokenizers that transformers converts from a GGUF (the SmolLM2 teacher's) decode through a
+    Sequence and set byte_fallback: still byte-level BPE, written token for token; a tokenizer that
+    splits digits one by one gets llama.cpp's matching "smollm" pre-tokenizer."""
+    import shutil
+
+    from export.base.errors import CompressError
+    from export.gguf_export import byte_level_vocab
+
+    folder = tmp_path / "converted"
+    shutil.copytree(tiny_llama, folder)
+    data = json.loads((folder / "tokenizer.json").read_text())
+    plain, _, pre = byte_level_vocab(folder)
+    assert pre == "default" and plain[data["added_tokens"][0]["id"]] == data["added_tokens"][0]["content"]
+    data["model"]["byte_fallback"] = True
+    data["decoder"] = {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"},
+                                                        {"type": "ByteLevel", "add_prefix_space": True,
+                                                         "trim_offsets": True, "use_regex": True}]}
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, data["pre_tokenizer"]]}
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    tokens, types, pre = byte_level_vocab(folder)
+    assert tokens == plain and pre == "smollm"
+    assert types[data["added_tokens"][0]["id"]] == 3 and types.count(1) == len(tokens) - len(data["added_tokens"])
+    data["model"]["type"] = "Unigram"
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(CompressError, match="byte-level BPE tokenizer.json"):
+        byte_level_vocab(folder)
