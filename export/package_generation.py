@@ -251,13 +251,13 @@ def _genai_load(text: str, new: int) -> LibraryLoad:
         "print(tokenizer.decode(answer))\n"), result="answer")
 
 
-def _llama_cpp_load(gguf: str, text: str, new: int) -> LibraryLoad:
+def _llama_cpp_load(gguf: str, text: str, new: int, context: int) -> LibraryLoad:
     """llama.cpp through llama-cpp-python on the GGUF, greedy. llama.cpp quantizes in its own blocks, so
     its answer is reported, not held to the ONNX graph's tokens."""
     return LibraryLoad("llama-cpp-python", (
         f"# or from a shell: llama-cli -m {gguf} -p \"...\" -n 64 --temp 0\n"
         "from llama_cpp import Llama\n\n"
-        f'llm = Llama("{gguf}", n_ctx=2048, verbose=False)\n'
+        f'llm = Llama("{gguf}", n_ctx={context}, verbose=False)\n'
         f"prompt = llm.tokenize({text!r}.encode(), add_bos=False, special=True)\n"
         "answer = []\n"
         "for token in llm.generate(prompt, top_k=1, temp=0.0):\n"
@@ -295,7 +295,8 @@ class GenerationPackaging(PackageKind):
         new = len(manifest.reference.tokens)
         loads = [_genai_load(text, new)] if GENAI_CONFIG in self.format_files(model_dir, manifest) else []
         if manifest.model.gguf is not None:
-            loads.append(_llama_cpp_load(manifest.model.gguf, text, new))
+            limit = manifest.prompt.max_positions if manifest.prompt else manifest.tokenizer.max_length
+            loads.append(_llama_cpp_load(manifest.model.gguf, text, new, min(2048, limit)))
         return loads
 
     def reference_output(self, model_dir: Path, model_path: Path, manifest: Manifest) -> ReferenceOutput:
