@@ -207,7 +207,9 @@ class OnnxGenerator:
 
     def _in_place_step(self, length: int) -> Callable[[np.ndarray, int], np.ndarray]:
         """A step over cache buffers of ``length`` positions bound as both past and present: the
-        attention kernel appends each step's keys and values where they belong, nothing is copied."""
+        attention kernel appends each step's keys and values where they belong, nothing is copied.
+        Decode steps also write their logits into one array bound once and read an attention mask
+        sliced from one array: a step costs the session run and little else."""
         import onnxruntime as ort
 
         binding = self.session.io_binding()
@@ -217,13 +219,22 @@ class OnnxGenerator:
                                                       device, 0)
             binding.bind_ortvalue_input(cache.input_name, buffer)
             binding.bind_ortvalue_output(cache.output_name, buffer)
+        mask = np.ones((1, length), dtype=self._mask_dtype or np.int64)
+        logits_type = next(o.type for o in self.session.get_outputs() if o.name == "logits")
+        vocab = next(o.shape[-1] for o in self.session.get_outputs() if o.name == "logits")
+        token_logits = np.zeros((1, 1, vocab), dtype=numpy_dtype(logits_type)) if isinstance(vocab, int) else None
         logits_index = len(self._caches)  # outputs come back in binding order
 
         def step(ids: np.ndarray, position: int) -> np.ndarray:
-            binding.bind_output("logits")  # afresh each step: the prompt's logits are longer than a token's
             binding.bind_cpu_input("input_ids", ids.astype(self._ids_dtype, copy=False))
             if self._mask_dtype is not None:
-                binding.bind_cpu_input("attention_mask", np.ones((1, position + ids.shape[1]), dtype=self._mask_dtype))
+                binding.bind_cpu_input("attention_mask", mask[:, :position + ids.shape[1]])
+            if ids.shape[1] == 1 and token_logits is not None:
+                binding.bind_output("logits", "cpu", 0, token_logits.dtype, list(token_logits.shape),
+                                    token_logits.ctypes.data)
+                self.session.run_with_iobinding(binding)
+                return token_logits
+            binding.bind_output("logits")  # the prompt's: as long as the prompt, allocated by the session
             self.session.run_with_iobinding(binding)
             return binding.get_outputs()[logits_index].numpy()
 
