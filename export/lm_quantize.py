@@ -3,7 +3,7 @@
 ``quantize_causal_lm`` writes a folder with ``model.onnx`` plus the tokenizer, config and
 generation config, so the result loads like the fp32 export: ``int4-weight`` (onnxruntime's
 ``MatMulNBitsQuantizer``, block-wise asymmetric 4-bit weights, embedding included),
-``int8-weight`` (the same, 8-bit MatMul weights, the embedding in 4-bit blocks of 16), ``int8-dynamic``
+``int8-weight`` (the same, 8-bit MatMul weights, the embedding in 8-bit blocks of 32), ``int8-dynamic``
 (onnxruntime's ``quantize_dynamic`` on MatMul weights) or ``fp16`` (half-precision
 weights, fp32 inputs and outputs, KV cache included). Its cost is measured as perplexity on the
 same texts before and after.
@@ -111,7 +111,7 @@ def quantize_causal_lm(onnx_dir: Path, out_dir: Path, method: str, *, block_size
 
     ``int4-weight``: 4-bit asymmetric block-wise MatMul and embedding weights (``block_size`` a
     power of two, >= 16); ``int8-weight``: 8-bit block-wise MatMul weights (fp32 activations, int8
-    dot products inside) and a 4-bit embedding; ``int8-dynamic``: int8 MatMul weights, activations quantized at run time; ``fp16``.
+    dot products inside) and an 8-bit embedding; ``int8-dynamic``: int8 MatMul weights, activations quantized at run time; ``fp16``.
     Tokenizer, chat template and config files are copied so ``out_dir`` loads like the export.
     Perplexity is measured on ``eval_texts`` before and after. With ``max_ratio`` (the profile's
     quantization budget), int4 settings are tried in :func:`int4_ladder` order and the first whose
@@ -166,8 +166,8 @@ def write_int4(onnx_dir: Path, out_dir: Path, setting: Int4Setting) -> Path:
     return write_quantized(onnx_dir, out_dir, "int4-weight", setting)
 
 
-# The token embedding's 4-bit block size under 8-bit weights (int8-weight).
-EMBEDDING_BLOCK = 16
+# The token embedding's 8-bit block size along the hidden axis under 8-bit weights (int8-weight).
+EMBEDDING_BLOCK = 32
 
 
 def write_quantized(onnx_dir: Path, out_dir: Path, method: str, setting: Int4Setting | None = None) -> Path:
@@ -224,19 +224,16 @@ def _quantize_graph(model: Any, source: Path, target: Path, method: str, setting
     elif method == "int8-weight":
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        # The token embedding first, in 4-bit blocks of 16 along the hidden axis (GatherBlockQuantized;
-        # onnxruntime's quantizer writes Gather in 4 bits only): on SmolLM2-135M it is 108 of the 258
-        # MiB left by 8-bit MatMuls. Measured there on 48 held-out texts against fp32: 8-bit MatMuls
-        # alone 1.005x perplexity, 0.954 next-token agreement, 257.6 MiB; with the embedding in 4-bit
-        # blocks of 16, 1.026x, 0.931, 170.7 MiB (blocks of 32: 1.021x, 0.913, 166.9 MiB).
-        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=EMBEDDING_BLOCK, is_symmetric=False,
-                                         accuracy_level=4, op_types_to_quantize=("Gather",),
-                                         quant_axes=(("Gather", 1),))
-        quantizer.process()
+        # The token embedding first, in 8-bit blocks along the hidden axis (GatherBlockQuantized, bits 8;
+        # onnxruntime's quantizer writes Gather in 4 bits only, so this module writes it). On SmolLM2-135M
+        # it is 108 of the 258 MiB left by 8-bit MatMuls. Measured there against fp32 on 48 held-out
+        # texts, same decode speed: 4-bit blocks of 16, 171.6 MiB, 1.027x perplexity, 0.929 next-token
+        # agreement; 8-bit blocks of 32, 181.8 MiB, 0.993x, 0.972.
+        quantize_embedding_8bit(model, block_size=EMBEDDING_BLOCK)
         # Then 8-bit weights, block-wise, in the same MatMulNBits op: on SmolLM2-135M it kept perplexity
         # (1.002x) and 95% of next-token choices where int8-dynamic's run-time activation
         # quantization cost 1.95x and more than half of them (benchmarks/lm_teacher_quantization.py).
-        quantizer = MatMulNBitsQuantizer(quantizer.model.model, bits=8, block_size=block_size, is_symmetric=False,
+        quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=False,
                                          accuracy_level=4, op_types_to_quantize=("MatMul",),
                                          quant_axes=(("MatMul", 0),))
         quantizer.process()
@@ -256,6 +253,48 @@ def _quantize_graph(model: Any, source: Path, target: Path, method: str, setting
         # KV cache stays fp32 across steps.
         half = convert_float_to_float16(model, keep_io_types=True)
         onnx.save(half, str(target), save_as_external_data=large)
+
+
+def quantize_embedding_8bit(model: Any, *, block_size: int) -> int:
+    """Rewrite ``model`` in place: every Gather of a 2-D fp32 initializer (the token embedding)
+    becomes a GatherBlockQuantized over 8-bit asymmetric blocks of ``block_size`` along the hidden
+    axis (uint8 codes and zero points, fp32 scales). Returns the number of tables quantized."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    levels = 255
+    rewritten = 0
+    for index, node in enumerate(graph.node):
+        table = initializers.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2 or table.data_type != TensorProto.FLOAT:
+            continue
+        if next((a.i for a in node.attribute if a.name == "axis"), 0) != 0 or table.dims[1] % block_size:
+            continue
+        weights = numpy_helper.to_array(table)
+        rows, width = weights.shape
+        blocks = weights.reshape(rows, width // block_size, block_size)
+        low, high = np.minimum(blocks.min(-1), 0.0), np.maximum(blocks.max(-1), 0.0)
+        scale = np.where(high > low, (high - low) / levels, 1.0).astype(np.float32)
+        zero = np.clip(np.round(-low / scale), 0, levels).astype(np.uint8)
+        codes = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, levels).astype(np.uint8)
+        name = table.name
+        graph.initializer.extend([numpy_helper.from_array(codes.reshape(rows, width), f"{name}_q8"),
+                                  numpy_helper.from_array(scale, f"{name}_scales"),
+                                  numpy_helper.from_array(zero, f"{name}_zero_points")])
+        graph.node[index].CopyFrom(helper.make_node(
+            "GatherBlockQuantized", [f"{name}_q8", node.input[1], f"{name}_scales", f"{name}_zero_points"],
+            list(node.output), name=node.name or f"{name}_GatherBlockQuantized", domain="com.microsoft",
+            gather_axis=0, quantize_axis=1, block_size=block_size, bits=8))
+        rewritten += 1
+    if rewritten:
+        used = {name for node in graph.node for name in node.input}
+        kept = [init for init in graph.initializer if init.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return rewritten
 
 
 def lm_head_node(model: Any) -> str:

@@ -230,20 +230,31 @@ def test_int8_weight_quantizes_every_matmul_in_8_bit_blocks_and_keeps_perplexity
     assert _ops(result.out_path)["MatMul"] == 0  # attention's products are inside GroupQueryAttention
     assert result.size_mb < 0.8 * result.fp32_size_mb and result.setting == "int8-weight"
     assert 0.98 < result.perplexity_ratio < 1.02 and result.within_budget
-    # The token embedding, quantized too: 4-bit blocks of 16 along the hidden axis, read by a
+    # The token embedding, quantized too: 8-bit blocks of 32 along the hidden axis, read by a
     # GatherBlockQuantized that replaces the embedding's Gather (the tied head stays an 8-bit MatMul).
     graph = onnx.load(str(result.out_path)).graph
     (gather,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in gather.attribute}
-    assert attributes["block_size"] == 16 and attributes.get("bits", 4) == 4 and attributes["gather_axis"] == 0
+    assert attributes["block_size"] == 32 and attributes["bits"] == 8 and attributes["gather_axis"] == 0
     weights = {t.name: t for t in graph.initializer}
     config = json.loads((llama_onnx.out_path.parent / "config.json").read_text())
     quantized, scales = weights[gather.input[0]], weights[gather.input[2]]
-    assert list(scales.dims) == [config["vocab_size"], config["hidden_size"] // 16]
+    assert list(scales.dims) == [config["vocab_size"], config["hidden_size"] // 32]
     assert list(quantized.dims) == [config["vocab_size"], config["hidden_size"]]
-    assert quantized.data_type == onnx.TensorProto.UINT4 and len(quantized.raw_data) * 2 == int(np.prod(quantized.dims))
+    assert quantized.data_type == onnx.TensorProto.UINT8
     assert not any(n.op_type == "Gather" and n.input[0] in weights and len(weights[n.input[0]].dims) == 2
                    for n in graph.node)  # no fp32 embedding table left
+    # The codes read back as the table within half a step of each block.
+    from onnx import numpy_helper
+
+    table = numpy_helper.to_array(next(t for t in onnx.load(str(llama_onnx.out_path)).graph.initializer
+                                       if t.name == "model.embed_tokens.weight"))
+    step = numpy_helper.to_array(scales)
+    codes = numpy_helper.to_array(quantized).astype(np.float32)
+    zero = numpy_helper.to_array(weights[gather.input[3]]).astype(np.float32)
+    restored = (codes.reshape(len(table), -1, 32) - zero[..., None]) * step[..., None]
+    assert np.all(np.abs(restored.reshape(table.shape) - table) <= np.repeat(step, 32, axis=1) / 2 + 1e-6)
+
 
 
 def test_fp16_keeps_fp32_inputs_and_perplexity(gpt2_onnx: LMExportResult, texts: list[str], tmp_path: Path) -> None:

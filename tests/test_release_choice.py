@@ -102,8 +102,8 @@ def test_the_teacher_quantized_is_released_and_packaged_as_such(tiny_llama: Path
     assert "release candidates vs the fp32 teacher, strict-host" in out
     choice = json.loads((run / "release" / "candidates.json").read_text())
     names = [c["name"] for c in choice["candidates"]]
-    assert names[:2] == ["student int4", "student int8 (embedding int4)"] and names[2].startswith("teacher int4") \
-        and names[3] == "teacher int8 (embedding int4)"
+    assert names[:2] == ["student int4", "student int8 (embedding int8)"] and names[2].startswith("teacher int4") \
+        and names[3] == "teacher int8 (embedding int8)"
     assert [c["precision"] for c in choice["candidates"]] == ["int4-weight", "int8-weight"] * 2
     released = next(c for c in choice["candidates"] if c["name"] == choice["released"])
     assert released["source"] == "teacher"

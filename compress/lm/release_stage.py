@@ -149,7 +149,7 @@ def _quantized(ctx: ChainContext, source: str, fp32: Path, tmp: Path, method: st
     quantized = quantize_causal_lm(fp32.parent, tmp / f"{source}-{_label(method)}", method,
                                    block_size=ctx.options.block_size, eval_texts=texts, max_ratio=budget)
     setting = f" ({quantized.setting})" if method == "int4-weight" and quantized.setting else \
-        " (embedding int4)" if method == "int8-weight" else ""
+        " (embedding int8)" if method == "int8-weight" else ""
     return Contender(f"{source} {_label(method)}{setting}", Path(quantized.out_path), source, method, parameters,
                      quantized.perplexity_ratio)
 
