@@ -38,9 +38,11 @@ def write_genai_config(folder: Path, *, file_name: str = "model.onnx", context_l
 def genai_config_text(folder: Path, *, file_name: str, context_length: int | None) -> str:
     """The text of ``genai_config.json`` for the decoder in ``folder`` (its config.json and generation_config.json)."""
     from export.runtime.generation import shares_cache_buffers
+    from export.runtime.onnx_file import read_graph_io
 
     config = read_json_dict(folder / "config.json")
-    position_ids = _has_input(folder / file_name, "position_ids")
+    graph = read_graph_io(folder / file_name)  # the protobuf's fields only: no weights loaded
+    position_ids = "position_ids" in graph.inputs
     kind = genai_type(config)
     if kind is None:
         raise CompressError(f"{folder}: ONNX Runtime GenAI has no model type for {config.get('model_type')!r}")
@@ -77,13 +79,7 @@ def genai_config_text(folder: Path, *, file_name: str, context_length: int | Non
         },
         "search": {"do_sample": False, "max_length": context, "min_length": 0, "num_beams": 1,
                    "num_return_sequences": 1,
-                   "past_present_share_buffer": shares_cache_buffers(folder / file_name), "repetition_penalty": 1.0,
+                   "past_present_share_buffer": shares_cache_buffers(graph), "repetition_penalty": 1.0,
                    "temperature": 1.0, "top_k": 1, "top_p": 1.0},
     }
     return json.dumps(payload, indent=2) + "\n"
-
-
-def _has_input(model: Path, name: str) -> bool:
-    import onnx
-
-    return any(i.name == name for i in onnx.load(str(model), load_external_data=False).graph.input)

@@ -41,10 +41,6 @@ class GgufResult:
     vocab_size: int
 
 
-# llama.cpp's token types (gguf.TokenType): plain, a control (special) token, a user-added one.
-_NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4
-
-
 def byte_level_vocab(model_dir: Path) -> tuple[list[str], list[int], str]:
     """Every token of ``model_dir/tokenizer.json`` in id order, its llama.cpp type, and the name of
     llama.cpp's pre-tokenizer that splits text as the folder's does.
@@ -54,6 +50,8 @@ def byte_level_vocab(model_dir: Path) -> tuple[list[str], list[int], str]:
     ``<0xNN>`` tokens to fall back to (tokenizers converted from GGUF set it).
     """
     import json
+
+    from gguf import TokenType
 
     path = Path(model_dir) / "tokenizer.json"
     try:
@@ -66,14 +64,15 @@ def byte_level_vocab(model_dir: Path) -> tuple[list[str], list[int], str]:
     if model.get("type") != "BPE" or '"ByteLevel"' not in pieces or not isinstance(vocab, dict):
         raise CompressError(f"{model_dir}: GGUF export needs a byte-level BPE tokenizer.json (GPT-2 style), not "
                             f"{model.get('type')}")
-    by_id = {int(i): (text, _NORMAL) for text, i in vocab.items()}
+    by_id = {int(i): (text, TokenType.NORMAL) for text, i in vocab.items()}
     for added in data.get("added_tokens") or []:
-        by_id[int(added["id"])] = (added["content"], _CONTROL if added.get("special") else _USER_DEFINED)
+        kind = TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED
+        by_id[int(added["id"])] = (added["content"], kind)
     size = max(by_id) + 1
-    tokens = [by_id.get(i, (f"[PAD{i}]", _USER_DEFINED)) for i in range(size)]
+    tokens = [by_id.get(i, (f"[PAD{i}]", TokenType.USER_DEFINED)) for i in range(size)]
     # SmolLM2's own tokenizer splits digits one by one before the byte-level regex: llama.cpp's "smollm".
     digits = '"individual_digits": true' in json.dumps(data.get("pre_tokenizer"))
-    return [t for t, _ in tokens], [k for _, k in tokens], "smollm" if digits else "default"
+    return [t for t, _ in tokens], [int(k) for _, k in tokens], "smollm" if digits else "default"
 
 
 def gguf_type_for(precision: str) -> str:

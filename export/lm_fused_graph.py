@@ -6,7 +6,7 @@ grows by concatenation. ONNX Runtime has one kernel for each of those layers, th
 generation library lays its graphs out with: ``GroupQueryAttention`` (rotary, cache append and
 causal attention in one op, able to write the cache in place), ``SimplifiedLayerNormalization``
 and ``SkipSimplifiedLayerNormalization`` (RMSNorm with the residual add folded in). This module
-writes the graph from the weights with those ops, about ten nodes a layer:
+writes the graph from the weights with those ops, eleven nodes a layer:
 
     embed -> [RMSNorm -> packed QKV MatMul -> GroupQueryAttention -> o MatMul -> Skip+RMSNorm
               -> gate/up MatMuls -> SiLU * up -> down MatMul -> Skip+RMSNorm of the next layer] -> head
@@ -29,6 +29,7 @@ import numpy as np
 from export.base.errors import CompressError
 from export.base.files import read_json_dict
 from export.hf_weights import load_hf_weights
+from export.onnx_graph import PROTOBUF_LIMIT
 
 if TYPE_CHECKING:
     from onnx import ModelProto, NodeProto
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 OPSET = 17
 MS_DOMAIN = "com.microsoft"
 _SUPPORTED = ("llama",)
-# Protobuf's hard limit: larger graphs keep their weights in an external data file.
-_PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -85,11 +84,6 @@ def unsupported_reason(config: dict[str, Any]) -> str | None:
     return None
 
 
-def can_fuse(model_dir: Path) -> bool:
-    """Whether :func:`write_fused_graph` supports the model in ``model_dir``."""
-    return unsupported_reason(read_json_dict(Path(model_dir) / "config.json")) is None
-
-
 def write_fused_graph(model_dir: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> DecoderShape:
     """Write ``model_dir``'s weights (fp32) as the fused decoder graph at ``out_path``; its shape."""
     import onnx
@@ -97,7 +91,7 @@ def write_fused_graph(model_dir: str | os.PathLike[str], out_path: str | os.Path
     model_dir, out_path = Path(model_dir), Path(out_path)
     shape = DecoderShape.of(read_json_dict(model_dir / "config.json"), model_dir)
     model = build_fused_graph(shape, load_hf_weights(model_dir, "to build the fused ONNX graph"))
-    large = sum(t.ByteSize() for t in model.graph.initializer) > _PROTOBUF_LIMIT
+    large = sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT
     onnx.save(model, str(out_path), save_as_external_data=large,
               location=f"{out_path.name}.data" if large else None)
     return shape

@@ -23,14 +23,13 @@ from export.base.errors import CompressError
 from export.base.files import atomic_directory
 from export.lm_export import MODEL_FILE, clean_texts, quiet_export, size_mb
 from export.lm_scores import onnx_perplexity
+from export.onnx_graph import PROTOBUF_LIMIT
 from export.base.report_json import JsonRecord
 
 LM_QUANTIZE_METHODS = ("int4-weight", "int8-weight", "int8-dynamic", "fp16")
 # Files the ONNX folder needs to be used without the source folder (tokenizer, chat template, configs).
 _SIDECAR_SUFFIXES = (".json", ".jinja", ".txt", ".model")
 _SKIP_SIDECARS = ("stage.json",)
-# Protobuf's hard limit: larger graphs must keep their weights in an external data file.
-_PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
 
 
 @dataclass
@@ -198,7 +197,7 @@ def _quantize_graph(model: Any, source: Path, target: Path, method: str, setting
     """Write ``source`` (already loaded as ``model``) quantized with ``method`` to ``target``."""
     import onnx
 
-    large = size_mb(source) * 1024**2 > _PROTOBUF_LIMIT
+    large = size_mb(source) * 1024**2 > PROTOBUF_LIMIT
     block_size = setting.block_size
     if method in ("int4-weight", "int8-weight", "int8-dynamic"):
         expose_constant_weights(model)

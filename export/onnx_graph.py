@@ -7,6 +7,8 @@ from typing import Any
 
 from export.base.errors import CompressError
 
+# Protobuf's hard limit, less a margin: larger graphs keep their weights in an external data file.
+PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
 # Ops whose presence means the graph is already quantized.
 _QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
                   "MatMulNBits", "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",

@@ -125,11 +125,18 @@ def _prompt_format(model_dir: Path, tokenizer: TokenizerInfo) -> PromptFormat:
                         max_positions=limit)
 
 
+def _genai_knows(model_dir: Path) -> bool:
+    """Whether ONNX Runtime GenAI has a model type for the released architecture."""
+    from export.genai_config import genai_type
+
+    return genai_type(read_json_dict(model_dir / "config.json")) is not None
+
+
 def _genai_config(model_dir: Path, manifest: Manifest) -> str | None:
     """The text of ``genai_config.json`` for the released graph, or None when GenAI has no type for it."""
-    from export.genai_config import genai_config_text, genai_type
+    from export.genai_config import genai_config_text
 
-    if genai_type(read_json_dict(model_dir / "config.json")) is None:
+    if not _genai_knows(model_dir):
         return None
     return genai_config_text(model_dir, file_name="model.onnx",
                              context_length=manifest.prompt.max_positions if manifest.prompt else None)
@@ -293,7 +300,7 @@ class GenerationPackaging(PackageKind):
         fmt = manifest.prompt
         text = (fmt.prefix + manifest.reference.sentence + fmt.suffix) if fmt else manifest.reference.sentence
         new = len(manifest.reference.tokens)
-        loads = [_genai_load(text, new)] if GENAI_CONFIG in self.format_files(model_dir, manifest) else []
+        loads = [_genai_load(text, new)] if _genai_knows(model_dir) else []
         if manifest.model.gguf is not None:
             limit = manifest.prompt.max_positions if manifest.prompt else manifest.tokenizer.max_length
             loads.append(_llama_cpp_load(manifest.model.gguf, text, new, min(2048, limit)))

@@ -1,9 +1,10 @@
 """Causal language models: perplexity and next-token agreement, generation speed with the KV cache.
 
 Distillation trains a layer-subset student on the teacher's cached top-k log-probabilities; the
-release is exported with its KV cache (ONNX Runtime's fused decoder ops for Llama-family models), quantized to int4 weight-only on CPUs (fp16 on GPUs) with
-its perplexity measured before and after, and benchmarked by greedy generation: time to first
-token, time per output token, tokens per second.
+release is exported with its KV cache (ONNX Runtime's fused decoder ops for Llama-family models),
+quantized to int4 weight-only on CPUs (fp16 on GPUs) with its perplexity measured before and
+after, and benchmarked by greedy generation: time to first token, time per output token, tokens
+per second.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ later run loads that. Weights are only ever loaded from safetensors; remote code
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -23,7 +23,6 @@ longer cache each step, fed back as the next step's past.
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
 import time
@@ -34,8 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from export.base.errors import CompressError
-from export.runtime.onnx_file import (GRAPH_INPUT, GRAPH_NODE, MODEL_GRAPH, NODE_OP_TYPE, NODE_OUTPUT, VALUE_INFO_NAME,
-                                      WireError, fields, text_of)
+from export.runtime.onnx_file import GraphIO, WireError, read_graph_io
 from export.runtime.session import open_session
 from export.runtime.inputs import numpy_dtype
 
@@ -46,36 +44,11 @@ _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _PRESENT_PREFIX = "present."
 
 
-def _graph_names(path: Path) -> tuple[list[str], dict[str, str]]:
-    """The graph's input names and, for each output of a top-level node, the node's op type: read
-    from the protobuf without loading weights or a session."""
-    names: list[str] = []
-    producers: dict[str, str] = {}
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        for number, wire, value in fields(buf, 0, len(buf)):
-            if number != MODEL_GRAPH or wire != 2:
-                continue
-            for gnumber, gwire, gvalue in fields(buf, *value):
-                if gnumber == GRAPH_INPUT and gwire == 2:
-                    names += [text_of(buf, v) for n, w, v in fields(buf, *gvalue) if n == VALUE_INFO_NAME and w == 2]
-                elif gnumber == GRAPH_NODE and gwire == 2:
-                    parts = [(n, text_of(buf, v)) for n, w, v in fields(buf, *gvalue)
-                             if n in (NODE_OP_TYPE, NODE_OUTPUT) and w == 2]
-                    op = next((text for n, text in parts if n == NODE_OP_TYPE), "")
-                    producers.update({text: op for n, text in parts if n == NODE_OUTPUT})
-    return names, producers
-
-
-def _graph_input_names(path: Path) -> list[str]:
-    return _graph_names(path)[0]
-
-
-def shares_cache_buffers(path: str | os.PathLike[str]) -> bool:
-    """Whether every ``present.*`` output of the decoder at ``path`` comes straight from a
-    ``GroupQueryAttention``, which then writes into the past buffer in place (not through a Cast,
-    as where an fp16 graph keeps fp32 inputs and outputs)."""
-    producers = _graph_names(Path(path))[1]
-    presents = [op for name, op in producers.items() if name.startswith(_PRESENT_PREFIX)]
+def shares_cache_buffers(graph: GraphIO) -> bool:
+    """Whether every ``present.*`` output of a decoder comes straight from a ``GroupQueryAttention``,
+    which then writes into the past buffer in place (not through a Cast, as where an fp16 graph
+    keeps fp32 inputs and outputs)."""
+    presents = [op for name, op in graph.producers.items() if name.startswith(_PRESENT_PREFIX)]
     return bool(presents) and all(op == "GroupQueryAttention" for op in presents)
 
 
@@ -88,7 +61,7 @@ def is_generation_model(path: str | os.PathLike[str]) -> bool:
     if not path.is_file() or path.stat().st_size == 0:
         return False
     try:
-        return any(_PAST.match(name) for name in _graph_input_names(path))
+        return any(_PAST.match(name) for name in read_graph_io(path).inputs)
     except (WireError, IndexError, OSError, ValueError):
         return False
 
@@ -166,7 +139,7 @@ class OnnxGenerator:
         unknown = [name for name in inputs if name not in known]
         if unknown:
             raise CompressError(f"{self.path}: inputs this generator cannot feed: {', '.join(unknown)}")
-        self.in_place_cache = shares_cache_buffers(self.path)
+        self.in_place_cache = shares_cache_buffers(read_graph_io(self.path))
 
     @property
     def providers_used(self) -> list[str]:
@@ -215,14 +188,14 @@ class OnnxGenerator:
         binding = self.session.io_binding()
         device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"  # the cache stays there
         for cache in self._caches:
-            buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, cache.shape[1], length, cache.shape[3]), cache.dtype),
-                                                      device, 0)
+            empty = np.zeros((1, cache.shape[1], length, cache.shape[3]), cache.dtype)
+            buffer = ort.OrtValue.ortvalue_from_numpy(empty, device, 0)
             binding.bind_ortvalue_input(cache.input_name, buffer)
             binding.bind_ortvalue_output(cache.output_name, buffer)
         mask = np.ones((1, length), dtype=self._mask_dtype or np.int64)
-        logits_type = next(o.type for o in self.session.get_outputs() if o.name == "logits")
-        vocab = next(o.shape[-1] for o in self.session.get_outputs() if o.name == "logits")
-        token_logits = np.zeros((1, 1, vocab), dtype=numpy_dtype(logits_type)) if isinstance(vocab, int) else None
+        logits = next(o for o in self.session.get_outputs() if o.name == "logits")
+        vocab = logits.shape[-1]
+        token_logits = np.zeros((1, 1, vocab), dtype=numpy_dtype(logits.type)) if isinstance(vocab, int) else None
         logits_index = len(self._caches)  # outputs come back in binding order
 
         def step(ids: np.ndarray, position: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Does each library the model card names load the release here, and give the build host's answer?
 
-The manifest lists, per library (sentence-transformers, Optimum, ONNX Runtime GenAI, llama.cpp), the lines a user types
+The manifest lists, per library (sentence-transformers, Optimum, ONNX Runtime GenAI, llama.cpp),
+the lines a user types
 (:class:`export.runtime.manifest.LibraryLoad`). ``verify`` runs each in a child Python process from
 the unpacked archive's top folder: those libraries import torch, which the device runtime never
 does itself, and a library that crashes or hangs must not take verify with it. A library that is

@@ -47,8 +47,8 @@ class GraphFacts:
 # Field numbers from onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto, TensorProto).
 _MODEL_PRODUCER, MODEL_GRAPH, _MODEL_OPSET = 2, 7, 8
 _OPSET_DOMAIN, _OPSET_VERSION = 1, 2
-GRAPH_NODE, _GRAPH_INITIALIZER, GRAPH_INPUT, _GRAPH_SPARSE_INITIALIZER = 1, 5, 11, 15
-_NODE_INPUT, NODE_OUTPUT, NODE_OP_TYPE, _NODE_ATTRIBUTE = 1, 2, 4, 5
+_GRAPH_NODE, _GRAPH_INITIALIZER, GRAPH_INPUT, _GRAPH_SPARSE_INITIALIZER = 1, 5, 11, 15
+_NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE = 1, 2, 4, 5
 _ATTR_TENSOR, _ATTR_GRAPH, _ATTR_TENSORS, _ATTR_GRAPHS = 5, 6, 10, 11
 _TENSOR_DIMS, _TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 1, 8, 13, 14
 _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
@@ -124,6 +124,7 @@ class _Graph:
     node: list[_Node] = field(default_factory=list)
     initializer: list[_Tensor] = field(default_factory=list)
     integer_inputs: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
     external_locations: set[str] = field(default_factory=set)  # this graph's and its subgraphs'
 
 
@@ -177,18 +178,19 @@ def _read_graph(buf: Any, span: tuple[int, int]) -> _Graph:
                     for tn, tw, tv in fields(buf, *v):
                         if tn == _TYPE_TENSOR and tw == 2:
                             elem = next((ev for en, ew, ev in fields(buf, *tv) if en == _TENSOR_TYPE_ELEM and ew == 0), None)
+            graph.inputs.append(name)
             if elem in _INTEGER_ELEM_TYPES:
                 graph.integer_inputs.append(name)
-        elif number == GRAPH_NODE:
+        elif number == _GRAPH_NODE:
             node = _Node()
             for n, w, v in fields(buf, *value):
                 if w != 2:
                     continue
                 if n == _NODE_INPUT:
                     node.input.append(text_of(buf, v))
-                elif n == NODE_OUTPUT:
+                elif n == _NODE_OUTPUT:
                     node.output.append(text_of(buf, v))
-                elif n == NODE_OP_TYPE:
+                elif n == _NODE_OP_TYPE:
                     node.op_type = text_of(buf, v)
                 elif n == _NODE_ATTRIBUTE:
                     for an, aw, av in fields(buf, *v):
@@ -198,6 +200,28 @@ def _read_graph(buf: Any, span: tuple[int, int]) -> _Graph:
                             sub(av)
             graph.node.append(node)
     return graph
+
+
+@dataclass
+class GraphIO:
+    """A graph's input names, and the op type of the node that writes each value."""
+
+    inputs: list[str]
+    producers: dict[str, str]
+
+
+def read_graph_io(path: Path) -> GraphIO:
+    """The top-level graph's inputs and producers, read without loading weights or a session.
+
+    Raises WireError, IndexError or OSError for a file that is not a readable ONNX model.
+    """
+    import mmap
+
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        span = next((value for number, wire, value in fields(buf, 0, len(buf)) if number == MODEL_GRAPH and wire == 2),
+                    None)
+        graph = _read_graph(buf, span) if span is not None else _Graph()
+    return GraphIO(graph.inputs, {output: node.op_type for node in graph.node for output in node.output})
 
 
 def inspect_model_file(path: Path) -> GraphFacts:
