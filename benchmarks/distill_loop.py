@@ -3,7 +3,7 @@
 Both loops distil the same teacher into the same 3-layer student, on the same training texts
 (a subset of the default corpus's training split), for the same number of steps and batch size:
 
-* ours: ``compress.distill.distill`` (length-bucketed batches, teacher outputs cached in fp16
+* ours: ``compress.encoder.distill`` (length-bucketed batches, teacher outputs cached in fp16
   after the first epoch, fused AdamW; bf16 autocast and pinned memory on CUDA);
 * plain: tokenise each random batch, run the teacher every step, fp32, default AdamW.
 
@@ -83,8 +83,8 @@ def plain_loop(teacher_dir: Path, texts: list[str], steps: int, batch_size: int,
     import torch
     import torch.nn.functional as F
 
-    from compress.distill.student import build_student, parse_student_spec, plan_student
-    from compress.distill.teacher import load_teacher
+    from compress.encoder.student import build_student, parse_student_spec, plan_student
+    from compress.encoder.teacher import load_teacher
 
     teacher = load_teacher(teacher_dir, device=device)
     student = build_student(teacher.model, plan_student(parse_student_spec("layers=3"), teacher.model.config))
@@ -124,11 +124,11 @@ def plain_loop(teacher_dir: Path, texts: list[str], steps: int, batch_size: int,
 
 def our_loop(data_file: Path, steps: int, batch_size: int, lr: float, device: str, seed: int, threads: int | None,
              work: Path) -> dict:
-    from compress.distill import DistillConfig, Reporter, distill
-    from compress.distill.batching import encode
+    from compress.encoder import DistillConfig, Reporter, distill
+    from compress.encoder.batching import encode
     from compress.training.batching import epoch_batches
     from export.base.corpus import load_corpus, split_corpus
-    from compress.distill.teacher import load_teacher
+    from compress.encoder.teacher import load_teacher
 
     config = DistillConfig(data=data_file, student="layers=3", max_steps=steps, batch_size=batch_size, lr=lr,
                            seed=seed, eval_points=0, device=device, threads=threads)
@@ -163,10 +163,10 @@ def main() -> None:
     import torch
 
     from compress.training.batching import batches_per_epoch
-    from compress.distill.config import DEFAULT_BATCH_SIZE
+    from compress.encoder.config import DEFAULT_BATCH_SIZE
     from compress.training.device import cpu_threads
     from export.base.corpus import Example, default_corpus, split_corpus
-    from compress.distill.teacher import resolve_teacher
+    from compress.encoder.teacher import resolve_teacher
     from export.base.files import atomic_write_json
 
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"

@@ -1,7 +1,7 @@
 """Structured pruning at a few ratios: ONNX latency on this host and quality against the unpruned model.
 
 For each ratio r the model (default: the real teacher, all-MiniLM-L6-v2; or ``--model`` a folder)
-loses a fraction r of its attention heads and of its FFN neurons (``compress.prune.prune_model``,
+loses a fraction r of its attention heads and of its FFN neurons (``compress.encoder.prune.prune_model``,
 importance measured on the default corpus's training split). Quality is the mean cosine (and
 top-10 neighbour agreement) of its sentence embeddings to the unpruned model's on the held-out
 split. Latency: the original and every pruned model exported to ONNX once (parity-checked), then
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args()
 
-    from compress.prune import PruneConfig, prune_model
+    from compress.encoder.prune import PruneConfig, prune_model
     from export.runtime.bench import compare_bench
     from export.onnx_export import export_model
 

@@ -7,7 +7,7 @@ Side by side on the default teacher (all-MiniLM-L6-v2) and the default corpus's 
   teacher's own 384 dimensions (``pca_dims=None``: the vectors the chain starts from), each encoding
   with ``StaticModel.encode``;
 * ours: those 384-d vectors trained further on the training split (the chain's
-  :func:`compress.distill.static_student.build_static_student`, same settings), its ONNX graph run
+  :func:`compress.encoder.static_student.build_static_student`, same settings), its ONNX graph run
   with its tokenizer + onnxruntime.
 
 Quality against the teacher's embeddings on the held-out texts: top-10 neighbours kept and the
@@ -33,8 +33,8 @@ from record import RESULTS_DIR, ResultRecord  # first: puts the checkout on sys.
 
 import numpy as np
 
-from compress.distill.static_student import StaticSettings, build_static_student
-from compress.distill.teacher import resolve_teacher
+from compress.encoder.static_student import StaticSettings, build_static_student
+from compress.encoder.teacher import resolve_teacher
 from compress.training.progress import Reporter
 from export.base.corpus import default_split
 from export.onnx_export import export_model

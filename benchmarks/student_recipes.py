@@ -52,7 +52,7 @@ QUALITY_TEXTS = 256
 
 def train(student: str, recipe: dict, seconds: float, work: Path) -> dict:
     """Distil for ``seconds`` of training; the student folder and the distillation's own figures."""
-    from compress.distill import DistillConfig, Reporter, distill
+    from compress.encoder import DistillConfig, Reporter, distill
 
     config = DistillConfig(student=student, time_budget_s=seconds, device="cpu", **recipe)
     load_before = _load_average()
@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    from compress.distill.teacher import resolve_teacher
+    from compress.encoder.teacher import resolve_teacher
     from export.onnx_export import export_model
     from export.runtime.samples import read_texts
 

@@ -25,9 +25,9 @@ from record import RESULTS_DIR, ResultRecord  # first: puts the checkout on sys.
 
 from transformers import AutoConfig
 
-from compress.distill.student_search import export_candidate_graph, search_student
+from compress.encoder.student_search import export_candidate_graph, search_student
 from export.runtime.latency_model import EncoderShape
-from compress.distill.teacher import resolve_teacher
+from compress.encoder.teacher import resolve_teacher
 from export.quantize import quantize_file
 from export.runtime.bench import bench_interleaved
 from export.runtime.host import detect_host

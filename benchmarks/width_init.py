@@ -1,7 +1,7 @@
 """Where a narrower student starts: the teacher's important units against its leading ones.
 
 For each narrower shape, the student is built from all-MiniLM-L6-v2 three ways: keeping the heads
-and FFN neurons of largest activation on 64 training texts (compress.distill.width, what
+and FFN neurons of largest activation on 64 training texts (compress.encoder.width, what
 `--student layers=...,hidden=...` does in a run), of largest weight mass, and the leading ones; each
 is scored before any training:
 mean cosine to the teacher's sentence embeddings on the default corpus's held-out split (through
@@ -21,9 +21,9 @@ from record import RESULTS_DIR, ResultRecord  # first: puts the checkout on sys.
 
 import torch
 
-from compress.distill.student import (build_student, copy_teacher_weights, make_projection, parse_student_spec,
+from compress.encoder.student import (build_student, copy_teacher_weights, make_projection, parse_student_spec,
                                       plan_student, student_config)
-from compress.distill.teacher import load_teacher
+from compress.encoder.teacher import load_teacher
 from export.base.corpus import default_split
 from export.runtime.host import detect_host
 from export.torch_model import embed

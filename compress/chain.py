@@ -39,10 +39,8 @@ from compress.parallel import close_world, world
 from compress.run_directory import claimed
 from compress.settings import DistillSettings
 from compress.stages.bench import run_bench
-from compress.stages.distill import run_distill
 from compress.stages.export import run_export
 from compress.stages.gate import run_gate
-from compress.stages.prune import run_prune
 from compress.stages.quantize import run_quantize
 from compress.stages.release import run_release
 from export.base.errors import CompressError
@@ -199,7 +197,7 @@ def _help_distill(run_dir: Path, family: TaskFamily, config: DistillSettings, pr
     from compress.training.progress import QuietReporter
 
     result = ChainResult(run_dir=run_dir, family=family.name, profile=profile.name, stages={}, helper=True)
-    run_distill(ChainContext(run_dir, config, profile, options, QuietReporter(), result), family)
+    family.distill(ChainContext(run_dir, config, profile, options, QuietReporter(), result))
     close_world()
     return result
 
@@ -209,12 +207,12 @@ def _run(run_dir: Path, family: TaskFamily, config: DistillSettings, profile: Pr
     """The stages in order, each taking what the ones before made; the result assembled from their outputs."""
     result = ChainResult(run_dir=run_dir, family=family.name, profile=profile.name, stages={})
     ctx = ChainContext(run_dir, config, profile, options, reporter, result)
-    distilled = run_distill(ctx, family)
+    distilled = family.distill(ctx)
     close_world()  # the stages after distillation run once, here
     result.stages["distill"], result.distill = distilled.status, distilled.record
     if not reaches("prune"):
         return result
-    pruned = run_prune(ctx, family)
+    pruned = family.prune(ctx)
     if pruned.status is not None:
         result.stages["prune"] = pruned.status
     if not reaches("export"):

@@ -98,6 +98,26 @@ def _stages(stages: Mapping[str, StageRecord]) -> list[str]:
     return lines
 
 
+def _training(stages: Mapping[str, StageRecord]) -> list[str]:
+    """How long distillation trained, and what the curve forecasts for more (the distill stage's own figures)."""
+    record = stages.get("distill")
+    if record is None or not record.metrics.get("train_time_s"):
+        return []
+    m = record.metrics
+    line = (f"Distillation trained for {float(m['train_time_s']) / 60:.1f} minutes ({m.get('steps', '?')} steps, "
+            f"{m.get('precision', 'fp32')} on {m.get('device', 'cpu')}).")
+    projection = m.get("quality_projection") or {}
+    ahead = projection.get("forecasts") or {}
+    if ahead:
+        metric = m.get("teacher_agreement_metric", "agreement")
+        line += (f" Its quality curve forecasts {metric} " +
+                 ", ".join(f"{value:.3f} after {minutes} minutes" for minutes, value in ahead.items()) +
+                 " of training on the same machine (an extrapolation: `--time-budget` buys it).")
+    if projection.get("line"):
+        line += f" {projection['line'][0].upper()}{projection['line'][1:]}."
+    return [line, ""]
+
+
 def _provenance(manifest: Manifest) -> list[str]:
     """How the student came from its teacher: distilled from weights, or taught by an endpoint's answers."""
     teacher, student = manifest.teacher, manifest.student
@@ -161,6 +181,7 @@ def render_model_card(manifest: Manifest, kind: PackageKind, *, profile: Profile
         "",
         *_stages(stages),
         "",
+        *_training(stages),
     ]
     if has_training_curve:
         lines += ["`reports/training_curve.png` shows the distillation loss.", ""]

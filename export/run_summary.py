@@ -68,7 +68,7 @@ class QualitySummary:
     cross_domain_agreement: float | None = None
     cross_domain_neighbour_agreement: float | None = None
     cross_domain_similarity_spearman: float | None = None
-    # What more training time would buy against the profile's floor (one line; compress.distill.projection).
+    # What more training time would buy against the profile's floor (one line; compress.encoder.projection).
     more_time: str | None = None
 
 

@@ -81,7 +81,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def folder_of(module: str) -> str:
-    """The room a module lives in: its sub-package (``compress.distill``), or the module itself at the top."""
+    """The room a module lives in: its sub-package (``compress.encoder``), or the module itself at the top."""
     parts = module.split(".")
     return ".".join(parts[:2]) if len(parts) > 2 else module
 

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from compress.distill import DistillConfig
+from compress.encoder import DistillConfig
 from compress.training.progress import Reporter
 from compress.chain import ChainOptions, PruneOptions, run_chain
-from compress.families import EncoderFamily
-from compress.families.encoder import quantized_or_fp32
+from compress.encoder.family import EncoderFamily
+from compress.encoder.family import quantized_or_fp32
 from export.runtime.profiles import load_profile
 from export.run_summary import read_run_summary
 from tests.cli_helpers import run_cli

@@ -9,7 +9,7 @@ import pytest
 
 from compress.training.batching import batches_per_epoch, epoch_batches
 from compress.training.teacher_cache import TeacherCache
-from compress.distill.losses import (IGNORE_LABEL, LossSettings, attention_loss, embedding_loss, hard_label_loss,
+from compress.encoder.losses import (IGNORE_LABEL, LossSettings, attention_loss, embedding_loss, hard_label_loss,
                                      hidden_state_loss, relation_loss, soft_label_loss)
 from compress.training.schedule import Schedule
 from export.base.errors import CompressError
@@ -85,7 +85,7 @@ def test_relation_loss_is_zero_for_the_teacher_itself_and_positive_otherwise(kin
 def test_the_relational_term_joins_the_embedding_loss_only_when_weighted() -> None:
     import torch
 
-    from compress.distill.losses import distillation_loss
+    from compress.encoder.losses import distillation_loss
     from export.torch_model import TaskOutputs
 
     student, teacher = torch.randn(8, 6), torch.randn(8, 6)
@@ -192,7 +192,7 @@ def test_similarity_spearman_reads_the_order_of_pairwise_cosines() -> None:
 def test_the_projection_says_when_the_floor_is_reached_how_long_it_would_take_or_that_it_flattens() -> None:
     import math
 
-    from compress.distill.projection import project_to_floor
+    from compress.encoder.projection import project_to_floor
 
     def history(values: list[float], seconds: list[float]) -> list[dict]:
         return [{"step": 0, "elapsed_s": 0.0, "teacher_agreement": 0.3}] + [
@@ -212,7 +212,7 @@ def test_the_projection_says_when_the_floor_is_reached_how_long_it_would_take_or
 
 
 def test_neighbour_batches_pair_each_seed_with_its_nearest_text() -> None:
-    from compress.distill.neighbours import nearest_neighbours, with_neighbours
+    from compress.encoder.neighbours import nearest_neighbours, with_neighbours
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(20, 6))
@@ -229,8 +229,8 @@ def test_neighbour_batches_pair_each_seed_with_its_nearest_text() -> None:
 
 
 def test_layer_transfer_comes_from_the_flag_else_the_profile_for_embeddings_only() -> None:
-    from compress.distill.config import DistillConfig
-    from compress.distill.engine import hidden_weight
+    from compress.encoder.config import DistillConfig
+    from compress.encoder.engine import hidden_weight
     from export.runtime.profiles import load_profile
 
     jetson, vnni = load_profile("jetson"), load_profile("x86-avx512-vnni")

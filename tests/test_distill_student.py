@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from compress.distill.student import (StudentSpec, build_student, evenly_spaced_layers, load_student,
+from compress.encoder.student import (StudentSpec, build_student, evenly_spaced_layers, load_student,
                                       parse_student_spec, plan_student, save_student)
-from compress.distill.teacher import TEACHERS, load_teacher, resolve_teacher
+from compress.encoder.teacher import TEACHERS, load_teacher, resolve_teacher
 from export.base.errors import CompressError
 from export.base.tasks import read_pooling
 
@@ -64,7 +64,7 @@ def test_layer_student_copies_the_chosen_teacher_layers(tiny_encoder: Path) -> N
 def test_narrower_student_starts_from_the_teacher_s_chosen_units_with_a_projection(tiny_encoder: Path) -> None:
     import torch
 
-    from compress.distill.width import choose_width
+    from compress.encoder.width import choose_width
 
     teacher = load_teacher(tiny_encoder)
     plan = plan_student(parse_student_spec("layers=2,hidden=16,heads=2,ffn=32"), teacher.model.config)
@@ -89,7 +89,7 @@ def test_importance_beats_leading_unit_slicing_on_initial_agreement(tiny_encoder
     starts far from it, one that keeps the neurons of largest activation starts close."""
     import torch
 
-    from compress.distill.student import copy_teacher_weights, make_projection, student_config
+    from compress.encoder.student import copy_teacher_weights, make_projection, student_config
     from export.torch_model import embed
 
     teacher = load_teacher(tiny_encoder)
@@ -202,7 +202,7 @@ def test_a_narrower_mpnet_student_keeps_the_teacher_heads_it_chose() -> None:
     import torch
     from transformers import MPNetConfig, MPNetModel
 
-    from compress.distill.width import choose_width, roles
+    from compress.encoder.width import choose_width, roles
 
     torch.manual_seed(0)
     config = MPNetConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -49,8 +49,8 @@ def test_a_changed_default_corpus_reruns_lm_distillation(tiny_llama: Path, tmp_p
 
 def test_a_changed_default_corpus_reruns_encoder_distillation(tiny_encoder: Path, tmp_path: Path,
                                                               change_the_default_corpus) -> None:
-    from compress.distill.config import DistillConfig
-    from compress.distill.stage import run_distill_stage
+    from compress.encoder.config import DistillConfig
+    from compress.encoder.stage import run_distill_stage
 
     config = DistillConfig(teacher=str(tiny_encoder), max_steps=1, batch_size=8, threads=1, eval_points=0)
     first = run_distill_stage(tmp_path, config, None, QUIET)
@@ -73,10 +73,19 @@ LM_PARAMS = {"answer_temperature", "answer_tokens", "batch_size", "beta", "ce_we
 
 
 def test_settings_added_later_leave_earlier_fingerprints_alone() -> None:
-    from compress.distill.config import DistillConfig
+    from compress.encoder.config import DistillConfig
     from compress.lm.config import LMDistillConfig
 
-    assert set(DistillConfig().params()) == ENCODER_PARAMS
+    from compress.encoder.engine import resolved_config
+    from compress.training.device import cpu_bf16_flag
+    from export.runtime.profiles import load_profile
+
+    # What is fingerprinted is the config as it trains: fp32 (a CPU without bf16), no state cache (no layer
+    # transfer on the host profile) and trained embeddings are how every run trained before those settings.
+    host = resolved_config(DistillConfig(), "feature-extraction", load_profile("host")).params()
+    assert set(host) == ENCODER_PARAMS | ({"train_precision"} if cpu_bf16_flag() else set())
+    jetson = resolved_config(DistillConfig(), "feature-extraction", load_profile("jetson")).params()
+    assert jetson["teacher_state_cache"] is True and jetson["hidden_weight"] == 1.0
     assert set(LMDistillConfig().params()) == LM_PARAMS
     # Set away from its default, a later field is part of the fingerprint like any other.
     assert DistillConfig(relation_weight=0.5).params()["relation_weight"] == 0.5
@@ -86,8 +95,8 @@ def test_settings_added_later_leave_earlier_fingerprints_alone() -> None:
 def test_the_layer_transfer_weight_is_fingerprinted_as_trained(tiny_encoder: Path) -> None:
     # The weight a run trains with, not the flag's None: a host run keeps the fingerprint it had when
     # the weight was 0 by default, a jetson run (its profile turns layer transfer on) gets a new one.
-    from compress.distill.config import DistillConfig
-    from compress.distill.stage import planned_record
+    from compress.encoder.config import DistillConfig
+    from compress.encoder.stage import planned_record
     from export.runtime.profiles import load_profile
 
     config = DistillConfig(teacher=str(tiny_encoder), max_steps=1)

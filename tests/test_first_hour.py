@@ -96,7 +96,7 @@ def test_time_left_follows_the_pace_of_the_steps_not_the_setup_before_them() -> 
 def test_the_encoder_trainer_reports_a_loss_before_its_first_log_line(tiny_encoder: Path, tmp_path: Path) -> None:
     import math
 
-    from compress.distill import DistillConfig, distill
+    from compress.encoder import DistillConfig, distill
     from compress.training.progress import Reporter
 
     losses: list[float] = []

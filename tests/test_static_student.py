@@ -27,7 +27,7 @@ def test_the_static_graph_computes_what_its_pytorch_view_does(tmp_path: Path) ->
     import onnxruntime as ort
     import torch
 
-    from compress.distill.static_student import folded, static_embed
+    from compress.encoder.static_student import folded, static_embed
     from export.static_onnx import write_static_onnx
 
     generator = torch.Generator().manual_seed(0)
@@ -54,7 +54,7 @@ def test_training_brings_the_static_student_towards_the_teacher() -> None:
     """Targets made by a hidden weighting of hidden vectors: training from a blurred start recovers them."""
     import torch
 
-    from compress.distill.static_student import StaticSettings, static_embed, train_static
+    from compress.encoder.static_student import StaticSettings, static_embed, train_static
 
     rng = np.random.default_rng(0)
     truth = rng.normal(size=(80, 16)).astype(np.float32)
@@ -180,7 +180,7 @@ def test_a_classifiers_static_student_carries_a_head_trained_on_its_probabilitie
     head is the PyTorch view's, and it picks the teacher's class on most texts it learned from."""
     import onnxruntime as ort
 
-    from compress.distill.static_student import StaticSettings, build_static_student
+    from compress.encoder.static_student import StaticSettings, build_static_student
     from compress.evaluate import model_outputs
     from compress.training.progress import Reporter
 

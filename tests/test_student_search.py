@@ -9,7 +9,7 @@ import pytest
 import yaml
 from transformers import BertConfig
 
-from compress.distill.student_search import (MARGIN, StudentSearch, calibrate, calibration_shapes, candidate_shapes,
+from compress.encoder.student_search import (MARGIN, StudentSearch, calibrate, calibration_shapes, candidate_shapes,
                                              choose, estimate_candidates, host_latency_model)
 from export.runtime.host import detect_host
 from export.runtime.latency_model import (CalibrationPoint, EncoderShape, Transfer, fit_latency_model, fit_precision,

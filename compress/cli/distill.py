@@ -66,7 +66,7 @@ def _command_line() -> str:
                    "later stages leave (about 4 min for encoders: exports, every release candidate, bench "
                    "and gate; 6 for language models). Default: the profile's (10m) unless --max-steps or "
                    "--epochs is given.")
-@click.option("--batch-size", type=int, default=None, help="Examples per step. Default: 64 on CUDA, 32 on CPU.")
+@click.option("--batch-size", type=int, default=None, help="Examples per step. Default: 64 for encoders; 32 on CUDA and 8 on CPU for language models.")
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (warm-up, then cosine decay).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order.")
 @click.option("--loss", "embedding_loss", default="cosine", show_default=True,
@@ -87,6 +87,13 @@ def _command_line() -> str:
 @click.option("--neighbour-batches", is_flag=True,
               help="[encoders] After the first epoch, fill half of each batch with each text's nearest neighbour "
                    "by the teacher's embedding, so the relational loss sees the close calls.")
+@click.option("--train-precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="[encoders] auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX, AVX-512 BF16), where "
+                   "a step costs a fraction of fp32's; fp32 elsewhere. Master weights stay fp32. bf16 on a CPU "
+                   "without it is an error.")
+@click.option("--teacher-state-cache/--no-teacher-state-cache", default=True, show_default=True,
+              help="[encoders] With layer transfer, keep the teacher's hidden states of the mapped layers (fp16, on "
+                   "disk beside the checkpoint, up to 2 GiB) so the teacher runs once per text, not once per epoch.")
 @click.option("--alpha", type=float, default=0.5, show_default=True,
               help="[encoders] Classifiers with labels: weight of the teacher KL term; the labels' cross-entropy gets 1-alpha.")
 @click.option("--temperature", type=float, default=None,
@@ -114,8 +121,8 @@ def _command_line() -> str:
 @click.option("--topk", type=int, default=64, show_default=True,
               help="[language models] teacher logits kept (and cached on disk) per position; 0 = the whole vocabulary.")
 @click.option("--embeddings", type=click.Choice(["auto", "frozen", "trained"]), default="auto", show_default=True,
-              help="[language models] the token embedding and LM head while distilling: auto keeps them as the "
-                   "teacher's on a CPU (a short budget's steps go to the blocks) and trains them on a GPU.")
+              help="The student's token embeddings (and a language model's LM head) while distilling: auto keeps "
+                   "them as the teacher's on a CPU (a short budget's steps go to the layers) and trains them on a GPU.")
 @click.option("--teacher-answers", type=int, default=0, show_default=True, metavar="N",
               help="[language models] the teacher answers N prompts and the student also learns from its answers "
                    "(sequence-level distillation; cached). With --teacher-url: the prompts asked (default: every "

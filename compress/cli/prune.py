@@ -45,7 +45,7 @@ def prune(model_dir: Path, out_dir: Path, heads: float, ffn: float, layers: int 
     fewer FLOPs. Reports parameters, quality against the teacher on held-out text, and ONNX
     latency of the original and the pruned model measured in the same run.
     """
-    from compress.prune import PruneConfig, prune_model
+    from compress.encoder.prune import PruneConfig, prune_model
     from export.runtime.profiles import load_profile
 
     config = PruneConfig(heads=heads, ffn=ffn, layers=layers, data=data, teacher=teacher,

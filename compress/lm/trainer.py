@@ -38,6 +38,7 @@ from compress.training.interrupt import DistillInterrupted
 from compress.training.loop import GRAD_CLIP_NORM, LoopOutcome, LoopPlan, Saved, run_loop
 from compress.training.progress import QuietReporter, Reporter
 from compress.training.schedule import Schedule
+from compress.training.step_clock import StepClock
 from compress.training.teacher_cache import TeacherCache
 from export.base.errors import CompressError, require
 from export.base.report_json import JsonRecord
@@ -117,6 +118,7 @@ class LMTrainingReport(JsonRecord):
     rank_samples_per_s: list[float] = field(default_factory=list)  # each rank's own rows, this session
     allreduce_share: float | None = None  # of forward + backward time, by DDP's timers (None: one process)
     embeddings_frozen: bool = False  # token embedding and LM head kept as the teacher left them
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # this session's time by phase (StepClock)
 
 
 # -- fingerprints -----------------------------------------------------------------------------
@@ -225,6 +227,7 @@ class _LMLoop:
         self.s = settings
         self.pad_id = pad_id
         self.device = settings.device
+        self.clock = StepClock(settings.device)
         self.optimizer = make_lm_optimizer(student, settings.lr, settings.device)
         self.params = [p for p in student.parameters() if p.requires_grad]
         self.reference: Predictions | None = None  # the teacher's, on the held-out examples (rank 0)
@@ -262,38 +265,44 @@ class _LMLoop:
         """
         import torch
 
-        examples = [self.train[int(i)] for i in self.world.shard(rows)]
-        batch = collate_lm(examples, self.pad_id)
-        batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
+        clock = self.clock
+        with clock.phase("data"):
+            examples = [self.train[int(i)] for i in self.world.shard(rows)]
+            batch = collate_lm(examples, self.pad_id)
+            batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with autocast_context(self.device):
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         # Aligned: logits at t predict token t + 1, scored when t + 1 is a completion token.
-        student_logits = logits[:, :-1]
         mask = batch["completion_mask"][:, 1:]
         kd_mask = mask
         target = None
         if self.targets is not None:
-            target = self.targets.for_batch(examples, batch["input_ids"].shape[1], self.device)
+            with clock.phase("teacher"):
+                target = self.targets.for_batch(examples, batch["input_ids"].shape[1], self.device)
             kd_mask = mask if target.mask is None else mask * target.mask[:, :-1]
-        counts = torch.tensor([float(kd_mask.sum()), float(mask.sum())])
-        totals = self.world.sum(counts)
-        loss = student_logits.sum() * 0.0
-        if target is not None:
-            teacher = target.teacher
-            aligned = (TopK(teacher.values[:, :-1], teacher.indices[:, :-1]) if isinstance(teacher, TopK)
-                       else teacher[:, :-1])
-            loss = lm_distillation_loss(student_logits, aligned, kd_mask, kind=self.s.loss_kind,
-                                        temperature=self.s.temperature, beta=self.s.beta) * \
-                self.world.share(float(counts[0]), float(totals[0]))
-        if self.s.ce_weight > 0:
-            loss = loss + self.s.ce_weight * next_token_loss(student_logits, batch["input_ids"][:, 1:], mask) * \
-                self.world.share(float(counts[1]), float(totals[1]))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP_NORM)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with clock.phase("forward"):
+            with autocast_context(self.device):
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            student_logits = logits[:, :-1]
+            counts = torch.tensor([float(kd_mask.sum()), float(mask.sum())])
+            totals = self.world.sum(counts)
+            loss = student_logits.sum() * 0.0
+            if target is not None:
+                teacher = target.teacher
+                aligned = (TopK(teacher.values[:, :-1], teacher.indices[:, :-1]) if isinstance(teacher, TopK)
+                           else teacher[:, :-1])
+                loss = lm_distillation_loss(student_logits, aligned, kd_mask, kind=self.s.loss_kind,
+                                            temperature=self.s.temperature, beta=self.s.beta) * \
+                    self.world.share(float(counts[0]), float(totals[0]))
+            if self.s.ce_weight > 0:
+                loss = loss + self.s.ce_weight * next_token_loss(student_logits, batch["input_ids"][:, 1:], mask) * \
+                    self.world.share(float(counts[1]), float(totals[1]))
+        with clock.phase("backward"):
+            loss.backward()
+        with clock.phase("optimizer"):
+            torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP_NORM)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         return self.world.sum(loss.detach()) / self.world.size, int(batch["attention_mask"].sum())
 
 
@@ -339,7 +348,7 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
                     lengths=np.fromiter((len(e.input_ids) for e in usable), dtype=np.int64, count=len(usable)),
                     device=settings.device, fingerprint=fingerprint, checkpoint_dir=Path(out_dir) / CHECKPOINT_DIR,
                     resume=resume, log_every=LOG_EVERY, checkpoint_every_s=settings.checkpoint_every_s,
-                    stop_label=stop_label, count_tokens=True)
+                    stop_label=stop_label, count_tokens=True, clock=loop.clock)
     # The checkpoint keeps ``model`` (and a projection, none here) and an in-memory teacher-output
     # cache; the LM loop's teacher targets are cached on disk instead.
     saved = Saved(SimpleNamespace(model=student, projection=None), loop.optimizer, TeacherCache(0, 0))
@@ -388,4 +397,5 @@ def _report(done: LoopOutcome, loop: _LMLoop, targets: TeacherTargets | None, fr
         cached_batches=targets.batches_cached if targets else 0,
         world_size=ranks.size, backend=ranks.backend, rank_samples_per_s=done.rank_samples_per_s,
         allreduce_share=allreduce_share([loop.model]), embeddings_frozen=frozen,
+        phase_seconds=loop.clock.rounded(),
     )

@@ -3,8 +3,8 @@
 =========  ==========================================================================  =========
 stage      what it makes in ``RUN_DIR/<stage>/``                                        module
 =========  ==========================================================================  =========
-distill    the student (HF folder), held-out split, loss history                        distill
-prune      a pruned copy of the student (encoders, when asked)                          prune
+distill    the student (HF folder), held-out split, loss history                        family's
+prune      a pruned copy of the student (encoders, when asked)                          family's
 export     the student as ONNX, parity-checked against PyTorch                          export
 teacher    the teacher as ONNX: the baseline every ratio is against                     export
 quantize   the release precision                                                        quantize
@@ -13,7 +13,8 @@ bench      the release timed against the teacher, runs interleaved              
 gate       the verdict against the profile's budgets (gate.json, junit.xml)             gate
 =========  ==========================================================================  =========
 
-Each stage module owns its stage: it asks the task family (:class:`~compress.stages.family.TaskFamily`)
+Distillation and pruning are the family's own (``family.distill(ctx)``, ``family.prune(ctx)``): what
+a family trains and how it cuts share nothing a stage module could hold. Each other stage module owns its stage: it asks the task family (:class:`~compress.stages.family.TaskFamily`)
 for what differs, runs it through :func:`export.base.stages.run_stage` (a stage whose inputs and
 settings are unchanged is skipped) and returns a typed output (:mod:`compress.stages.outputs`).
 """

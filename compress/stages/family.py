@@ -10,6 +10,7 @@ ask which family it was.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -19,14 +20,22 @@ from export.base.records import StageRecord
 if TYPE_CHECKING:
     from compress.chain_state import ChainContext, ChainOptions, ChainResult
     from compress.settings import DistillSettings
-    from compress.stages.outputs import Exported, Quantized
+    from compress.stages.outputs import Exported, Pruned, Quantized
     from export.base.stages import StageOutput, StagePlan, StageRun
     from export.run_summary import QualitySummary, StudentInfo
     from export.runtime.gate import QualityEvidence
     from export.runtime.release_choice import ReleaseCandidate
 
 
-# `compress distill` options of a teacher you can only query (compress.families.endpoint_lm).
+@dataclass(frozen=True)
+class TeacherRequest:
+    """The teacher a user named: a folder or registered name (None: the default teacher), or an endpoint."""
+
+    teacher: str | None
+    teacher_url: str | None = None
+
+
+# `compress distill` options of a teacher you can only query (compress.lm.endpoint_family).
 ENDPOINT_OPTIONS = ("teacher_url", "teacher_model", "student_from", "api_key_env", "concurrency", "rate_limit")
 
 
@@ -45,6 +54,14 @@ class TaskFamily(ABC):
     # `compress distill` options that mean nothing to this family: naming one is an error.
     foreign_options: ClassVar[tuple[str, ...]] = ()
 
+    # Families are asked whether they claim a teacher in descending order of this number.
+    claim_priority: ClassVar[int] = 0
+
+    @classmethod
+    @abstractmethod
+    def claims(cls, request: TeacherRequest) -> bool:
+        """Whether this family compresses the teacher ``request`` names."""
+
     @abstractmethod
     def make_config(self, settings: dict[str, Any]) -> DistillSettings:
         """The family's distillation config from the settings a user gave (option names as keys)."""
@@ -57,14 +74,19 @@ class TaskFamily(ABC):
     def distill(self, ctx: ChainContext) -> StageRun:
         """Run (or skip) the distill stage into ``ctx.run_dir/distill``."""
 
-    # Whether the student may be pruned after distillation (structured: heads and FFN neurons).
-    prunable: ClassVar[bool] = False
     # Runs of the bench stage (each a request, or a generation) and warm-up runs before them.
     bench_runs: ClassVar[int]
     bench_warmup: ClassVar[int]
 
     def student_dir(self, ctx: ChainContext) -> Path:
         return ctx.run_dir / "distill" / ctx.distilled.outputs["student"]
+
+    def prune(self, ctx: ChainContext) -> Pruned:
+        """The prune stage (``RUN_DIR/prune``) when the family prunes and the options or profile ask;
+        the folder export should read either way. By default a family does not prune."""
+        from compress.stages.outputs import Pruned
+
+        return Pruned(self.student_dir(ctx), None)
 
     # -- the artifact ----------------------------------------------------------------------------
     @abstractmethod

@@ -15,6 +15,7 @@ the learning rate, the quality it measures and when); :func:`run_loop` does the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from compress.training.schedule import Schedule
+    from compress.training.step_clock import StepClock
     from compress.training.teacher_cache import TeacherCache
 
 GRAD_CLIP_NORM = 1.0
@@ -75,6 +77,7 @@ class LoopPlan:
     # The epoch's batches when the family builds its own from the bucketed ones (a pure function of
     # the epoch and of what the checkpoint holds, so that a resumed run rebuilds them).
     regroup: Callable[[int, list[Any]], list[Any]] | None = None
+    clock: StepClock | None = None  # the trainer's: the loop bills evaluation, logging and checkpoints to it
 
 
 @dataclass
@@ -229,10 +232,15 @@ class _Loop:
         return {**entry, "elapsed_s": round(elapsed, 2), "epoch": round(self._epoch(), 4) if step else 0.0,
                 **quality}
 
+    def _phase(self, name: str) -> Any:
+        return self.plan.clock.phase(name) if self.plan.clock is not None else contextlib.nullcontext()
+
     def _log(self, lr: float, with_eval: bool) -> None:
         seconds = max(time.perf_counter() - self.window_start, 1e-9)
-        loss = float(self.window_loss.item()) / self.window_steps
-        quality = self.steps.history_quality() if with_eval else {}
+        with self._phase("logging"):
+            loss = float(self.window_loss.item()) / self.window_steps
+        with self._phase("evaluation"):
+            quality = self.steps.history_quality() if with_eval else {}
         self.evals_done += bool(with_eval)
         self.state.history.append(self._entry(self.state.step, round(loss, 6), lr,
                                               round(self.window_samples / seconds, 2),
@@ -258,8 +266,9 @@ class _Loop:
 
     def _save(self) -> None:
         if self.ranks.is_main:
-            save_checkpoint(self.plan.checkpoint_dir, self.state, self.saved.student, self.saved.optimizer,
-                            self.saved.cache)
+            with self._phase("checkpoint"):
+                save_checkpoint(self.plan.checkpoint_dir, self.state, self.saved.student, self.saved.optimizer,
+                                self.saved.cache)
 
     def stop_interrupted(self) -> None:
         """Ctrl-C: log what is pending, checkpoint, tell the user how to continue, stop."""

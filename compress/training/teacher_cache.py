@@ -7,7 +7,10 @@ student only; a checkpoint carries the cache, so a resumed run does not pay agai
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from compress.training.teacher_states import TeacherStatesCache
 
 
 class TeacherCache:
@@ -24,6 +27,8 @@ class TeacherCache:
         self.values: Any = None  # torch tensor (size, *row_shape), fp16
         self.filled: Any = None  # torch bool (size,)
         self.disabled_reason: str | None = None
+        # The teacher's hidden states for layer transfer, when a loss needs them (checkpointed with this cache).
+        self.states: TeacherStatesCache | None = None
 
     def lookup(self, indices: Any, length: int | None = None) -> Any:
         """Cached outputs for a batch, or None when any of its examples is missing."""
@@ -59,11 +64,16 @@ class TeacherCache:
         return half.float()
 
     def state(self) -> dict[str, Any]:
-        if self.values is None:
-            return {}
-        return {"values": self.values.cpu(), "filled": self.filled.cpu()}
+        out: dict[str, Any] = {}
+        if self.values is not None:
+            out.update(values=self.values.cpu(), filled=self.filled.cpu())
+        if self.states is not None:
+            out["states"] = self.states.state()
+        return out
 
     def load_state(self, state: dict[str, Any], device: str) -> None:
         if "values" in state:
             self.values = state["values"].to(device)
             self.filled = state["filled"].to(device)
+        if self.states is not None and "states" in state:
+            self.states.load_state(state["states"])

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from compress.chain_state import TableRow
-from compress.stages.family import ENDPOINT_OPTIONS
-from compress.families.causal_lm import CausalLMFamily
+from compress.families import register
+from compress.stages.family import ENDPOINT_OPTIONS, TeacherRequest
+from compress.lm.family import CausalLMFamily
 
 if TYPE_CHECKING:
     from compress.chain_state import ChainContext, ChainResult
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from export.run_summary import QualitySummary
 
 
+@register
 class EndpointLMFamily(CausalLMFamily):
     """A causal-LM student that learns from an endpoint's answers (and top-k, when the tokenizers match)."""
 
@@ -32,6 +34,12 @@ class EndpointLMFamily(CausalLMFamily):
         name for name in CausalLMFamily.foreign_options if name not in ENDPOINT_OPTIONS) + ("teacher_quant",)
     agreement_metric: ClassVar[str] = "answer_token_agreement"
     baseline_label: ClassVar[str] = "starting model"
+
+    claim_priority: ClassVar[int] = 20
+
+    @classmethod
+    def claims(cls, request: TeacherRequest) -> bool:
+        return request.teacher_url is not None
 
     def config_type(self) -> type[EndpointDistillConfig]:
         from compress.lm.config import EndpointDistillConfig

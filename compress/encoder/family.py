@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from compress.chain_state import TableRow, measure_against_teacher, profile_input
-from compress.stages.family import ENDPOINT_OPTIONS, TaskFamily
-from compress.stages.outputs import Exported, Quantized
+from compress.families import register
+from compress.stages.family import ENDPOINT_OPTIONS, TaskFamily, TeacherRequest
+from compress.stages.outputs import Exported, Pruned, Quantized
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json
 from export.base.records import FileRef, StageRecord, read_record, stage_status
 from export.base.stages import StageOutput
 
 if TYPE_CHECKING:
-    from compress.distill.config import DistillConfig
+    from compress.encoder.config import DistillConfig
     from compress.chain_state import ChainContext, ChainResult
     from export.base.stages import StagePlan, StageRun
     from export.runtime.gate import QualityEvidence
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 _METRIC_LABEL = {"mean_cosine": "cosine", "argmax_agreement": "same label"}
 
 
+@register
 class EncoderFamily(TaskFamily):
     """Sentence embeddings (feature-extraction), text classification and token classification."""
 
@@ -46,24 +48,50 @@ class EncoderFamily(TaskFamily):
     later_stages_reserve_s: ClassVar[float] = 240.0
     min_distill_share: ClassVar[float] = 0.5
     dated_by_gate: ClassVar[bool] = True
-    prunable: ClassVar[bool] = True
     bench_runs: ClassVar[int] = 100
     bench_warmup: ClassVar[int] = 10
     foreign_options: ClassVar[tuple[str, ...]] = (
-        "lm_loss", "jsd_beta", "topk", "embeddings", "teacher_answers", "answer_tokens", "sample", "top_p",
+        "lm_loss", "jsd_beta", "topk", "teacher_answers", "answer_tokens", "sample", "top_p",
         "block_size",
         *ENDPOINT_OPTIONS)
 
+    @classmethod
+    def claims(cls, request: TeacherRequest) -> bool:
+        # Any local teacher no more specific family claimed (the default teacher included).
+        return request.teacher_url is None
+
     def make_config(self, settings: dict[str, Any]) -> DistillConfig:
-        from compress.distill.config import DistillConfig
+        from compress.encoder.config import DistillConfig
 
         temperature = settings.pop("temperature", None)
         return DistillConfig(**settings, temperature=2.0 if temperature is None else temperature)
 
     def distill(self, ctx: ChainContext) -> StageRun:
-        from compress.distill.stage import run_distill_stage
+        from compress.encoder.stage import run_distill_stage
 
         return run_distill_stage(ctx.run_dir, ctx.config, ctx.profile, ctx.reporter)
+
+    def prune(self, ctx: ChainContext) -> Pruned:
+        """Structured pruning of the distilled student into ``RUN_DIR/prune``, with a short recovery
+        distillation, when the options or the profile ask for a fraction of heads or FFN neurons."""
+        from compress.chain_state import PruneOptions
+        from compress.encoder.prune.stage import PruneConfig, prune_model
+
+        student = self.student_dir(ctx)
+        prune = ctx.options.prune or PruneOptions(**ctx.profile.distill.prune.model_dump())
+        if not prune.wanted:
+            return Pruned(student, "not needed")
+        out = ctx.run_dir / "prune"
+        before = read_record(out)
+        prune_model(student, out,
+                    PruneConfig(heads=prune.heads, ffn=prune.ffn, data=ctx.config.data,
+                                teacher=str(self.teacher_dir(ctx.distilled)), recover_steps=prune.recover_steps,
+                                compare=False),
+                    profile=ctx.profile, resume=True, log=lambda text: ctx.reporter.message(f"prune: {text}"))
+        status = stage_status(before, read_record(out))
+        if status == "skipped":
+            ctx.reporter.message(f"prune: up to date in {out}; skipped")
+        return Pruned(out, status)
 
     def export(self, ctx: ChainContext, model_dir: Path, out: Path) -> Exported:
         from export.onnx_export import export_model
@@ -99,9 +127,13 @@ class EncoderFamily(TaskFamily):
         providers = quantized.speed.providers_used if quantized.speed else ["CPUExecutionProvider"]
         on_target = match_hardware(profile, detect_host(), providers).matched
         keep, why = quantized_or_fp32(quantized, profile, on_target, fp32.stat().st_size)
-        # The chain says itself which model ships and why; the stage's file-copy notes are noise here.
+        # The chain says itself which model ships and why; the stage's file-copy notes are noise here, and the
+        # final table's ratio is against the teacher: a note adds only what the precision is for.
         notes = [note for note in quantized.notes if not note.startswith("copied beside")
-                 and not (keep == "fp32" and note.startswith("not faster"))]
+                 and not note.startswith("not faster")]
+        if keep == "quantized" and quantized.speed is not None and quantized.speed.verdict != "faster":
+            notes.append(f"{method} is for the target ({profile.name}); on this host the fp32 student runs "
+                         f"{1 / max(quantized.speed.speedup, 1e-9):.2f}x as fast as it")
         if keep == "quantized":
             return Quantized(status, quantized.out_path, method, notes)
         ctx.reporter.warning(why)
@@ -119,7 +151,7 @@ class EncoderFamily(TaskFamily):
                 f"{q['quantization_drop']:.4f}")
 
     def release_plan(self, ctx: ChainContext, student_fp32: Path, teacher: Path) -> StagePlan:
-        from compress.distill.release_stage import encoder_release_plan
+        from compress.encoder.release_stage import encoder_release_plan
 
         return encoder_release_plan(ctx, student_fp32, teacher, self.teacher_dir(ctx.distilled), self._held_out(ctx),
                                     ctx.options.quality_texts)
@@ -263,12 +295,12 @@ class EncoderFamily(TaskFamily):
         return rows, measured
 
     def teacher_dir(self, record: StageRecord) -> Path:
-        from compress.distill.teacher import resolve_teacher
+        from compress.encoder.teacher import resolve_teacher
 
         return resolve_teacher(record.params.get("teacher"))[1]
 
     def teacher_name(self, record: StageRecord) -> str:
-        from compress.distill.teacher import resolve_teacher
+        from compress.encoder.teacher import resolve_teacher
 
         return resolve_teacher(record.params.get("teacher"))[0]
 

@@ -35,7 +35,7 @@ from export.base.tasks import Pooling, Task, is_sentence_transformer
 from export.torch_model import DENSE_FOLDER, read_dense
 
 if TYPE_CHECKING:
-    from compress.distill.width import WidthChoice
+    from compress.encoder.width import WidthChoice
 
 SPEC_KEYS = ("layers", "hidden", "heads", "ffn")
 _FFN_ATTRIBUTES = ("intermediate_size", "hidden_dim", "ffn_dim", "encoder_ffn_dim")
@@ -271,12 +271,12 @@ def build_student(teacher_model: Any, plan: StudentPlan, calibration: dict[str, 
     """A student shaped by ``plan``, initialised from a full-precision teacher's weights.
 
     A narrower student starts from the teacher's most important hidden units, heads and FFN
-    neurons (:mod:`compress.distill.width`), measured on ``calibration`` (a tokenized batch of
+    neurons (:mod:`compress.encoder.width`), measured on ``calibration`` (a tokenized batch of
     real text) when given, not from its leading ones.
     """
     import torch
 
-    from compress.distill.width import choose_width
+    from compress.encoder.width import choose_width
 
     config = student_config(teacher_model.config, plan)
     torch.manual_seed(0)  # the parts not copied from the teacher start the same on every run
@@ -294,7 +294,7 @@ def copy_teacher_weights(student: Any, teacher: Any, teacher_layers: tuple[int, 
     ``choice`` keeps (the leading slice where there is no choice, or the tensor is not known by name)."""
     import torch
 
-    from compress.distill.width import gather
+    from compress.encoder.width import gather
 
     source = teacher.state_dict()
 

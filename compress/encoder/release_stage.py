@@ -3,7 +3,7 @@
 After distillation the chain has the student's fp32 export and, for profiles that quantize, its
 quantized copy. Beside them the stage makes the teacher itself in that precision (often the
 safest speed-up) and, for sentence encoders, a static-embedding student
-(:mod:`compress.distill.static_student`: the far, fast end). It times them all interleaved with
+(:mod:`compress.encoder.static_student`: the far, fast end). It times them all interleaved with
 the fp32 teacher in one process (the profile's workload and runtime settings), scores them on the
 held-out split against the teacher (cosine or label agreement, top-10 neighbours, Spearman) and
 against their own fp32 model (what quantization cost), draws them (``candidates.png``: speed
@@ -19,7 +19,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from compress.distill.static_student import StaticSettings
+from compress.encoder.static_student import StaticSettings
 from export.base.records import FileRef, StageRecord
 from export.base.stages import StageOutput, StagePlan
 from export.runtime.bench import BudgetFigure
@@ -35,7 +35,7 @@ RELEASE_BENCH_RUNS = 100
 
 def _estimates(ctx: ChainContext) -> dict[str, float]:
     """The latency search's p95 on this host for the chosen shape, per precision (empty: no search)."""
-    from compress.distill.student_search import StudentSearch
+    from compress.encoder.student_search import StudentSearch
 
     name = ctx.distilled.outputs.get("student_search")
     if not name:
@@ -130,7 +130,7 @@ def _teacher_quantized(ctx: ChainContext, teacher_fp32: Path, method: str, tmp: 
 
 def _static_student(ctx: ChainContext, teacher_dir: Path, teacher_fp32: Path, train_path: Path,
                     settings: StaticSettings, tmp: Path) -> Contender:
-    from compress.distill.static_student import build_static_student
+    from compress.encoder.static_student import build_static_student
     from export.runtime.samples import read_texts
 
     model = build_static_student(teacher_dir, teacher_fp32, read_texts(train_path), tmp / "static", settings,

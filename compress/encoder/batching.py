@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from export.base.corpus import Example
-from compress.distill.losses import IGNORE_LABEL
+from compress.encoder.losses import IGNORE_LABEL
 from export.base.tasks import Task
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from compress.chain_state import TableRow, measure_against_teacher, profile_input
-from compress.stages.family import ENDPOINT_OPTIONS, TaskFamily
+from compress.families import register
+from compress.stages.family import ENDPOINT_OPTIONS, TaskFamily, TeacherRequest
 from compress.stages.outputs import Exported, Quantized
 from export.base.errors import CompressError
 from export.base.records import FileRef, StageRecord, read_record, stage_status
@@ -33,6 +34,7 @@ LM_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-weight", "int4-weight")
 PARITY_TEXTS = 4
 
 
+@register
 class CausalLMFamily(TaskFamily):
     """Text generation with a decoder-only model (Llama, Qwen2, GPT-2 layouts)."""
 
@@ -47,8 +49,22 @@ class CausalLMFamily(TaskFamily):
     bench_warmup: ClassVar[int] = 1
     foreign_options: ClassVar[tuple[str, ...]] = (
         "task", "embedding_loss", "hidden_weight", "attention_weight", "relation_weight", "relation_loss",
-        "neighbour_batches", "alpha", "trust_remote_code", "prune_heads", "prune_ffn", "recover_steps",
+        "neighbour_batches", "train_precision", "teacher_state_cache", "alpha", "trust_remote_code", "prune_heads",
+        "prune_ffn", "recover_steps",
         *ENDPOINT_OPTIONS)
+
+    claim_priority: ClassVar[int] = 10
+
+    @classmethod
+    def claims(cls, request: TeacherRequest) -> bool:
+        """A registered language model, or a folder whose config names a causal-LM architecture."""
+        from compress.lm.teacher import REGISTERED_TEACHERS
+        from export.base.tasks import is_causal_lm
+
+        if request.teacher_url is not None or request.teacher is None:
+            return False
+        path = Path(request.teacher)
+        return is_causal_lm(path) if path.is_dir() else request.teacher.lower() in REGISTERED_TEACHERS
 
     def make_config(self, settings: dict[str, Any]) -> LMDistillConfig:
         renamed = {"lm_loss": "loss", "jsd_beta": "beta"}

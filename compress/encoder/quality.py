@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from compress.distill.batching import EncodedSet, collate
+from compress.encoder.batching import EncodedSet, collate
 from export.torch_model import task_outputs
-from compress.distill.losses import IGNORE_LABEL
+from compress.encoder.losses import IGNORE_LABEL
 from export.base.tasks import Pooling, Task
 from export.runtime.agreement import argmax_agreement, mean_cosine, neighbour_agreement, similarity_spearman
 from export.base.report_json import JsonRecord

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.distill.split_zip import SplitZipTeacher, resolve_split_zip_teacher
+from compress.encoder.split_zip import SplitZipTeacher, resolve_split_zip_teacher
 from export.base.errors import CompressError
 from export.base.tasks import SUPPORTED_TASKS, Pooling, Task, detect_task, read_pooling
 from export.torch_model import TeacherQuant, load_model, load_tokenizer

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.prune.structured import encoder_layers
+from compress.encoder.prune.structured import encoder_layers
 
 SPEED_NOTE = ("unstructured zeros give onnxruntime on CPU no speed-up (dense kernels, same shapes); "
               "they only make the compressed file smaller")

@@ -2,7 +2,7 @@
 
 Candidates are the teacher's depths (fewer layers, evenly spaced as ``layers=N`` takes them) times
 widths (all heads, three quarters, half; hidden and FFN shrink with them, the kept heads and
-neurons chosen by importance as :mod:`compress.distill.width` does) times the precisions the
+neurons chosen by importance as :mod:`compress.encoder.width` does) times the precisions the
 profile can release. Each gets an estimated p95 on the target from
 :mod:`export.runtime.latency_model`, calibrated by timing four candidates' ONNX graphs (random
 weights: latency does not depend on them) on this host with the profile's runtime settings.

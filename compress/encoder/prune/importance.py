@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from export.base.errors import CompressError
-from compress.prune.structured import encoder_layers
+from compress.encoder.prune.structured import encoder_layers
 from export.base.tasks import Pooling, Task
 
 INFONCE_TEMPERATURE = 0.05

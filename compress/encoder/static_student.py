@@ -148,7 +148,7 @@ def train_static(vectors: np.ndarray, ids: list[list[int]], targets: np.ndarray,
     import torch
     import torch.nn.functional as F
 
-    from compress.distill.losses import relation_loss
+    from compress.encoder.losses import relation_loss
 
     teacher = F.normalize(torch.from_numpy(np.asarray(targets, dtype=np.float32)), dim=-1)
 

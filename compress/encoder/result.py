@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.distill.projection import Projection
-from compress.distill.quality import QualityReport
-from compress.distill.trainer import TrainingReport
+from compress.encoder.projection import Projection
+from compress.encoder.quality import QualityReport
+from compress.encoder.trainer import TrainingReport
 from export.base.tasks import Task
 
 
@@ -90,6 +90,9 @@ class DistillResult:
             "stopped_by": self.training.stopped_by,
             "resumed_from_step": self.training.resumed_from_step,
             "teacher_outputs": self.training.teacher_cache,
+            "useful_tokens": self.training.tokens,
+            "teacher_tokens": self.training.teacher_tokens,
+            "phase_seconds": self.training.phase_seconds,
             "teacher_parameters": self.teacher.parameters,
             "teacher_layers": self.teacher.layers,
             "teacher_hidden": self.teacher.hidden,

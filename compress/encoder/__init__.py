@@ -2,7 +2,7 @@
 
 Public API::
 
-    from compress.distill import DistillConfig, distill, run_distill_stage
+    from compress.encoder import DistillConfig, distill, run_distill_stage
 
     result = distill(DistillConfig(max_steps=500), work_dir)          # -> DistillResult
     record = run_distill_stage(run_dir, DistillConfig(), profile)      # -> StageRecord (RUN_DIR/distill)
@@ -38,43 +38,43 @@ __all__ = [
 ]
 
 _WHERE = {
-    "DistillConfig": "compress.distill.config",
+    "DistillConfig": "compress.encoder.config",
     "DistillInterrupted": "compress.training.interrupt",
-    "DistillResult": "compress.distill.result",
-    "QualityReport": "compress.distill.quality",
+    "DistillResult": "compress.encoder.result",
+    "QualityReport": "compress.encoder.quality",
     "Reporter": "compress.training.progress",
     "StepReport": "compress.training.progress",
-    "StudentSpec": "compress.distill.student",
-    "TEACHERS": "compress.distill.teacher",
-    "TeacherSummary": "compress.distill.result",
-    "TrainingReport": "compress.distill.trainer",
+    "StudentSpec": "compress.encoder.student",
+    "TEACHERS": "compress.encoder.teacher",
+    "TeacherSummary": "compress.encoder.result",
+    "TrainingReport": "compress.encoder.trainer",
     "default_corpus": "export.base.corpus",
-    "distill": "compress.distill.engine",
+    "distill": "compress.encoder.engine",
     "load_corpus": "export.base.corpus",
-    "parse_student_spec": "compress.distill.student",
-    "resolve_teacher": "compress.distill.teacher",
-    "run_distill_stage": "compress.distill.stage",
+    "parse_student_spec": "compress.encoder.student",
+    "resolve_teacher": "compress.encoder.teacher",
+    "run_distill_stage": "compress.encoder.stage",
     "split_corpus": "export.base.corpus",
 }
 
 if TYPE_CHECKING:
-    from compress.distill.config import DistillConfig
+    from compress.encoder.config import DistillConfig
     from export.base.corpus import default_corpus, load_corpus, split_corpus
-    from compress.distill.engine import distill
-    from compress.distill.result import DistillResult, TeacherSummary
+    from compress.encoder.engine import distill
+    from compress.encoder.result import DistillResult, TeacherSummary
     from compress.training.progress import Reporter, StepReport
-    from compress.distill.quality import QualityReport
-    from compress.distill.stage import run_distill_stage
-    from compress.distill.student import StudentSpec, parse_student_spec
-    from compress.distill.teacher import TEACHERS, resolve_teacher
-    from compress.distill.trainer import TrainingReport
+    from compress.encoder.quality import QualityReport
+    from compress.encoder.stage import run_distill_stage
+    from compress.encoder.student import StudentSpec, parse_student_spec
+    from compress.encoder.teacher import TEACHERS, resolve_teacher
+    from compress.encoder.trainer import TrainingReport
     from compress.training.interrupt import DistillInterrupted
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `import compress.distill` stays cheap; the submodule loads on first use.
+    # Lazy: `import compress.encoder` stays cheap; the submodule loads on first use.
     if name in _WHERE:
         import importlib
 
         return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'compress.distill' has no attribute {name!r}")
+    raise AttributeError(f"module 'compress.encoder' has no attribute {name!r}")

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compress.distill.config import DistillConfig
-from compress.distill.engine import (CHECKPOINT_DIR, CROSS_DOMAIN_FILE, CURVE_FILE, HELD_OUT_FILE, HISTORY_FILE, TRAIN_FILE,
-                                     STUDENT_DIR, distill, resolve_student_text, with_hidden_weight)
+from compress.encoder.config import DistillConfig
+from compress.encoder.engine import (CHECKPOINT_DIR, CROSS_DOMAIN_FILE, CURVE_FILE, HELD_OUT_FILE, HISTORY_FILE, TRAIN_FILE,
+                                     STUDENT_DIR, distill, resolve_student_text, resolved_config)
 from compress.training.progress import Reporter
-from compress.distill.student_search import SEARCH_FILE, searches_student
-from compress.distill.teacher import resolve_task, resolve_teacher
+from compress.encoder.student_search import SEARCH_FILE, searches_student
+from compress.encoder.teacher import resolve_task, resolve_teacher
 from export.base.corpus import pin_training_data
 from export.base.records import FileRef, StageRecord
 from compress.parallel import run_stage_on_ranks
@@ -30,7 +30,7 @@ def planned_record(config: DistillConfig, profile: Profile) -> StageRecord:
     """The record this stage would write, minus outputs and metrics (enough to decide skipping)."""
     _, teacher_dir = resolve_teacher(config.teacher)
     inputs = {"teacher": FileRef.of(teacher_dir)}
-    params = with_hidden_weight(config, resolve_task(teacher_dir, config.task), profile).params()
+    params = resolved_config(config, resolve_task(teacher_dir, config.task), profile).params()
     pin_training_data(config.data, inputs, params)
     if config.init_student is not None:
         inputs["init_student"] = FileRef.of(Path(config.init_student))

@@ -6,7 +6,7 @@ Order of work, chosen so that peak memory is one teacher plus the student:
 2. load the full-precision teacher: build (or load) the student from it and compute the
    reference outputs on the held-out split;
 3. with ``teacher_quant``, swap in the bitsandbytes teacher and score it against the reference;
-4. train (:class:`~compress.distill.trainer.Trainer`), then score the student on the held-out split
+4. train (:class:`~compress.encoder.trainer.Trainer`), then score the student on the held-out split
    against the full-precision teacher and save the student, the loss history and the curve.
 """
 
@@ -21,22 +21,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.distill.batching import EncodedSet, encode, label_ids
-from compress.distill.config import DEFAULT_BATCH_SIZE, DEFAULT_TIME_BUDGET_S, DistillConfig
-from compress.training.device import cpu_threads, resolve_device
+from compress.encoder.batching import EncodedSet, encode, label_ids
+from compress.encoder.config import DEFAULT_BATCH_SIZE, DEFAULT_TIME_BUDGET_S, DistillConfig
+from compress.training.device import cpu_threads, precision_label, resolve_device, resolve_train_precision
 from export.base.corpus import Corpus, Example, Split, load_corpus, split_corpus
-from compress.distill.curve import plot_loss_curve
-from compress.distill.losses import LossSettings
+from compress.encoder.curve import plot_loss_curve
+from compress.encoder.losses import LossSettings
 from compress.training.progress import Reporter
-from compress.distill.projection import Projection, project_to_floor
-from compress.distill.quality import HeldOutOutputs, QualityReport, compare, held_out_outputs
-from compress.distill.result import DistillResult, TeacherSummary
+from compress.encoder.projection import Projection, project_to_floor
+from compress.encoder.quality import HeldOutOutputs, QualityReport, compare, held_out_outputs
+from compress.encoder.result import DistillResult, TeacherSummary
 from compress.training.schedule import Schedule
-from compress.distill.student import (Student, StudentPlan, build_student, check_sentence_transformer_teacher,
+from compress.encoder.student import (Student, StudentPlan, build_student, check_sentence_transformer_teacher,
                                       load_student, parse_student_spec, plan_student, save_student)
-from compress.distill.teacher import load_teacher, resolve_task, resolve_teacher
+from compress.encoder.teacher import load_teacher, resolve_task, resolve_teacher
 from export.torch_model import TEACHER_QUANTS, load_model
-from compress.distill.trainer import LoopSettings, Trainer, TrainingReport
+from compress.encoder.trainer import LoopSettings, Trainer, TrainingReport
 from export.base.errors import CompressError
 from compress.parallel import world
 from export.base.files import atomic_write_json, atomic_write_text
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 STUDENT_DIR = "student"
 CHECKPOINT_DIR = "checkpoints/last"
-# Training texts a narrower student's heads and FFN neurons are chosen on (compress.distill.width).
+# Training texts a narrower student's heads and FFN neurons are chosen on (compress.encoder.width).
 CALIBRATION_TEXTS = 64
 HISTORY_FILE = "loss_history.json"
 CURVE_FILE = "loss_curve.png"
@@ -108,7 +108,7 @@ def searched_student(config: DistillConfig, profile: Profile | None, teacher: An
     Rank 0 searches (the timings must not compete with other ranks) and keeps the search in
     ``work_dir``; ``--resume`` reuses it, so a resumed run trains the student it chose first.
     """
-    from compress.distill.student_search import (SEARCH_FILE, StudentSearch, search_student, searchable_teacher,
+    from compress.encoder.student_search import (SEARCH_FILE, StudentSearch, search_student, searchable_teacher,
                                                  searches_student)
 
     if config.student != "auto" or not searches_student(profile) or not searchable_teacher(teacher.model.config):
@@ -162,7 +162,7 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     task = resolve_task(teacher_dir, config.task)
     if task == "feature-extraction":
         check_sentence_transformer_teacher(teacher_dir)
-    config = with_hidden_weight(config, task, profile)
+    config = resolved_config(config, task, profile)
     corpus, split = _read_data(config, task, reporter, warnings)
 
     # Full-precision teacher: the student's initial weights and the reference outputs.
@@ -190,7 +190,8 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
     trainer = Trainer(loop, teacher_model=training_teacher, pooling=teacher.pooling,
                       teacher_autocast=config.teacher_quant is None, student=student, train=train_set,
                       held_out=held_set, reference=reference, reporter=reporter)
-    where = "cuda, bf16 autocast" if device == "cuda" else f"cpu, fp32, {threads} threads"
+    where = f"cuda, {precision_label(config.train_precision)}" if device == "cuda" else \
+        f"cpu, {precision_label(config.train_precision)}, {threads} threads"
     reporter.message(f"training on {where}, batch {batch_size}, lr {config.lr:g}, {_plan_text(schedule)}")
     training = trainer.run(on_step=on_step)
     world().barrier()
@@ -211,7 +212,7 @@ def distill(config: DistillConfig, work_dir: Path, profile: Profile | None = Non
         student_parameters=student.parameters, student_layers=int(student.model.config.num_hidden_layers),
         student_hidden=int(student.model.config.hidden_size), teacher=summary, quality=quality,
         initial_quality=initial, training=training, device=device,
-        precision="bf16-autocast" if device == "cuda" else "fp32", threads=threads, batch_size=batch_size,
+        precision=precision_label(config.train_precision), threads=threads, batch_size=batch_size,
         corpus=corpus.description, train_examples=len(train_set), held_out_examples=len(held_set),
         history_path=history_path, curve_path=curve_path,
         held_out_path=_write_examples(work_dir / HELD_OUT_FILE, split.held_out),
@@ -278,6 +279,14 @@ def _build_student(config: DistillConfig, profile: Profile | None, teacher: Any,
         for module in student.model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
+            if isinstance(getattr(module, "dropout_prob", None), float):
+                # BERT's SDPA attention reads its dropout from this float, not from a Dropout module: left at
+                # the config's 0.1 it kept dropping attention weights (and cost a random mask per layer a step).
+                module.dropout_prob = 0.0
+    if config.embeddings == "frozen":
+        # The teacher's word embeddings as they are: two thirds of a small student's parameters, whose
+        # dense gradient and AdamW update a step cost more than they buy in a short budget.
+        student.model.get_input_embeddings().weight.requires_grad_(False)
     for module in student.modules():
         module.to(device)
     reporter.message(f"teacher: {teacher.name} ({teacher.num_layers} layers, hidden {teacher.hidden_size}, "
@@ -331,10 +340,20 @@ def hidden_weight(config: DistillConfig, task: str, profile: Profile | None) -> 
     return profile.distill.hidden_weight if profile is not None and task == "feature-extraction" else 0.0
 
 
-def with_hidden_weight(config: DistillConfig, task: str, profile: Profile | None) -> DistillConfig:
-    """``config`` with its layer-transfer weight resolved: the fingerprint records the weight trained with
-    (a run at the default weight of 0 before the profile could set it keeps its fingerprint)."""
-    return dataclasses.replace(config, hidden_weight=hidden_weight(config, task, profile))
+def resolved_config(config: DistillConfig, task: str, profile: Profile | None) -> DistillConfig:
+    """``config`` as it will train, for its fingerprint: the layer-transfer weight (the profile's when unset),
+    the batch size and training precision on this machine, and the state cache only where a loss reads hidden
+    states.
+
+    A run at the defaults of before these settings existed (weight 0, fp32, nothing cached) keeps its fingerprint.
+    """
+    weight = hidden_weight(config, task, profile)
+    device, _ = resolve_device(config.device)
+    caches_states = config.teacher_state_cache and weight > 0 and config.attention_weight == 0
+    return dataclasses.replace(config, hidden_weight=weight, batch_size=config.batch_size or DEFAULT_BATCH_SIZE[device],
+                               train_precision=resolve_train_precision(config.train_precision, device),
+                               teacher_state_cache=caches_states,
+                               embeddings="frozen" if config.embeddings_frozen(device) else "trained")
 
 
 def _loop_settings(config: DistillConfig, task: str, device: str, batch_size: int, schedule: Schedule,
@@ -351,7 +370,8 @@ def _loop_settings(config: DistillConfig, task: str, device: str, batch_size: in
         resume=config.resume, eval_points=config.eval_points, checkpoint_every_s=config.checkpoint_every_s,
         checkpoint_every_steps=config.checkpoint_every_steps, log_every=config.log_every,
         teacher_cache_bytes=config.teacher_cache_bytes, max_length=config.max_length, stop_label=stop_label,
-        neighbour_batches=config.neighbour_batches,
+        neighbour_batches=config.neighbour_batches, precision=config.train_precision,
+        teacher_state_cache=config.teacher_state_cache,
     )
 
 

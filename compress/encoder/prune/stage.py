@@ -1,14 +1,14 @@
 """The prune step: importance on real text, surgery, optional recovery, save, measure.
 
 ``prune_model`` removes whole layers (greedy ablation), then attention heads (ablation with a head
-mask) and FFN neurons (mask gradients), see :mod:`compress.prune.importance`, in one shot, saves the smaller model
+mask) and FFN neurons (mask gradients), see :mod:`compress.encoder.prune.importance`, in one shot, saves the smaller model
 with ``save_pretrained`` (safetensors) plus the tokenizer and sentence-transformers files, checks
 that ``from_pretrained`` rebuilds it exactly (pruned heads included), optionally runs a short
 recovery distillation against the teacher with the distillation engine, and reports parameters,
 quality against the teacher on held-out text, and ONNX latency of the original and the pruned
 model exported and benchmarked in the same run.
 
-``magnitude`` (unstructured zeros, :mod:`compress.prune.magnitude`) is applied last and only
+``magnitude`` (unstructured zeros, :mod:`compress.encoder.prune.magnitude`) is applied last and only
 helps the compressed size on disk: onnxruntime on a CPU gets no speed from it.
 """
 
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from export.base.files import make_folder
 from export.base.errors import CompressError
-from compress.prune.importance import (Batch, TaskModel, head_importance, layer_removal_order, make_batches,
+from compress.encoder.prune.importance import (Batch, TaskModel, head_importance, layer_removal_order, make_batches,
                                        neuron_importance)
-from compress.prune.magnitude import MagnitudeReport, compressed_size, zero_smallest
-from compress.prune.structured import (count_parameters, encoder_layers, ffn_size, head_counts, keep_layers,
+from compress.encoder.prune.magnitude import MagnitudeReport, compressed_size, zero_smallest
+from compress.encoder.prune.structured import (count_parameters, encoder_layers, ffn_size, head_counts, keep_layers,
                                        prune_ffn, prune_heads)
 from export.base.records import FileRef, StageRecord, read_stage_result
 from export.base.stages import StageOutput, run_stage
@@ -264,7 +264,7 @@ def _latency(original: Path, pruned: Path, profile: Profile, runs: int, scratch:
 def _recover(pruned_dir: Path, teacher: str, steps: int, task: Task, data: Path | None, scratch: Path,
              say: Callable[[str], None]) -> tuple[Path, RecoveryReport]:
     """Short distillation of the pruned folder against the teacher, with the distillation engine."""
-    from compress.distill import DistillConfig, Reporter, distill
+    from compress.encoder import DistillConfig, Reporter, distill
 
     say(f"recovery: {steps} distillation steps against {teacher}")
     config = DistillConfig(teacher=teacher, task=task, init_student=pruned_dir, data=data, max_steps=steps,
@@ -287,7 +287,7 @@ def prune_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     """
     import torch
 
-    from compress.distill.teacher import resolve_teacher
+    from compress.encoder.teacher import resolve_teacher
     from export.runtime import DEFAULT_PROFILE
     from export.runtime.profiles import load_profile
     from export.runtime.samples import held_out_texts, training_texts

@@ -11,7 +11,7 @@ user's choice; the line tells them what to choose.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from export.base.report_json import JsonRecord
@@ -19,6 +19,8 @@ from export.base.report_json import JsonRecord
 # Beyond this many times the run's own training time, a projection says "flattens", not a number.
 MAX_EXTRAPOLATION = 20.0
 MIN_POINTS = 3
+# Training times (minutes) the projection forecasts quality at, for the model card and run.json.
+FORECAST_MINUTES = (30, 60)
 
 
 @dataclass
@@ -32,18 +34,41 @@ class Projection(JsonRecord):
     extra_minutes: float | None  # None: reached, flattening, or too few points to say
     flattens: bool  # the curve's rate does not reach the floor within MAX_EXTRAPOLATION x the run
     line: str  # one line for the terminal and run.json
+    # The fitted line's agreement after this many minutes of training (str keys: JSON), beyond the run's own.
+    forecasts: dict[str, float] = field(default_factory=dict)
+
+
+def _points(history: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
+    return [(float(e["elapsed_s"]), float(e[key])) for e in history if e.get(key) is not None and e.get("elapsed_s")]
+
+
+def forecast(history: list[dict[str, Any]], seconds: float, key: str = "teacher_agreement") -> float | None:
+    """``key`` after ``seconds`` of training by the line through ``history``'s measurements (None: too few)."""
+    points = _points(history, key)
+    if len(points) < MIN_POINTS:
+        return None
+    slope, intercept = _fit([math.log(t) for t, _ in points], [y for _, y in points])
+    return round(min(1.0, intercept + slope * math.log(seconds)), 4)
+
+
+def forecasts(history: list[dict[str, Any]], key: str = "teacher_agreement") -> dict[str, float]:
+    """The forecasts at FORECAST_MINUTES beyond the run's own training time, by minutes."""
+    points = _points(history, key)
+    trained = points[-1][0] if points else 0.0
+    out = {str(m): forecast(history, m * 60.0, key) for m in FORECAST_MINUTES if m * 60.0 > trained}
+    return {m: value for m, value in out.items() if value is not None}
 
 
 def project_to_floor(history: list[dict[str, Any]], floor: float | None, metric: str) -> Projection | None:
     """The projection of ``history``'s agreement-by-time to ``floor`` (None without a floor or a curve)."""
-    points = [(float(e["elapsed_s"]), float(e["teacher_agreement"])) for e in history
-              if e.get("teacher_agreement") is not None and e.get("elapsed_s")]
+    points = _points(history, "teacher_agreement")
     if floor is None or not points:
         return None
     trained_s, final = points[-1]
+    ahead = forecasts(history)
     if final >= floor:
         return Projection(floor, True, final, trained_s, None, False,
-                          f"quality: {metric} {final:.4f} reaches the profile's floor {floor} (held-out, PyTorch)")
+                          f"quality: {metric} {final:.4f} reaches the profile's floor {floor} (held-out, PyTorch)", ahead)
     if len(points) < MIN_POINTS:
         return Projection(floor, False, final, trained_s, None, False,
                           f"quality: {metric} {final:.4f} is below the profile's floor {floor}; too few measurements "
@@ -54,12 +79,12 @@ def project_to_floor(history: list[dict[str, Any]], floor: float | None, metric:
         return Projection(floor, False, final, trained_s, None, True,
                           f"quality: {metric} {final:.4f} is below the profile's floor {floor}, and the curve "
                           f"flattens: more than {MAX_EXTRAPOLATION:.0f}x this run's {trained_s / 60:.1f} minutes of "
-                          "training at this rate; a larger student, or text from your own domain, will do more")
+                          "training at this rate; a larger student, or text from your own domain, will do more", ahead)
     extra = max(needed_s - trained_s, 0.0) / 60
     return Projection(floor, False, final, trained_s, round(extra, 1), False,
                       f"quality: {metric} {final:.4f} is below the profile's floor {floor}; at this run's rate about "
                       f"{extra:.0f} more minutes of training would reach it (--time-budget; an extrapolation of "
-                      f"{len(points)} measurements on this machine)")
+                      f"{len(points)} measurements on this machine)", ahead)
 
 
 def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
