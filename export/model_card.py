@@ -112,7 +112,8 @@ def _training(stages: Mapping[str, StageRecord]) -> list[str]:
         metric = m.get("teacher_agreement_metric", "agreement")
         line += (f" Its quality curve forecasts {metric} " +
                  ", ".join(f"{value:.3f} after {minutes} minutes" for minutes, value in ahead.items()) +
-                 " of training on the same machine (an extrapolation: `--time-budget` buys it).")
+                 " of training on the same machine (an extrapolation, and an upper bound: on the default job it "
+                 "overestimated by 0.02 at three times the minutes; `--time-budget` buys the minutes).")
     if projection.get("line"):
         line += f" {projection['line'][0].upper()}{projection['line'][1:]}."
     return [line, ""]

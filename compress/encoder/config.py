@@ -11,16 +11,16 @@ from compress.training.device import TRAIN_PRECISIONS
 from export.base.errors import CompressError
 
 DEFAULT_TIME_BUDGET_S = 600.0
-# Once the step got cheap (bf16, the teacher's states cached), what is fixed per step (AdamW over the word
-# embeddings, gradient clipping, Python) dominated a batch of 32 short texts: 64 trains more tokens a second
-# and, in the same time, a better student. The jetson student with 330 s of distillation on a 2-core Xeon
-# (2026-12-04, benchmarks/results/step_recipes-330s.json): batch 64 cosine 0.9426, top-10 0.689, Spearman
-# 0.909; batch 32 (word embeddings frozen, the best 32 at 180 s) 0.9375, 0.680, 0.903.
+# Once the step got cheap (bf16, the teacher's states cached), what is fixed per step (AdamW, gradient
+# clipping, Python) dominated a batch of 32 short texts: 64 trains more tokens a second and, in the same
+# time, a better student. The jetson student with 330 s of distillation on a 2-core Xeon (2026-12-04,
+# benchmarks/results/step_recipes-330s.json): batch 64 cosine 0.9426, top-10 0.689, Spearman 0.909;
+# batch 32 with frozen word embeddings 0.9375, 0.680, 0.903.
 DEFAULT_BATCH_SIZE = {"cuda": 64, "cpu": 64}
 EMBEDDINGS = ("auto", "frozen", "trained")
 # ``--embeddings frozen`` keeps the teacher's word embeddings: two thirds of the jetson student's parameters,
-# whose dense gradient and AdamW update cost a third of a batch-32 step. It paid at batch 32 (180 s: 0.9351
-# cosine against 0.9349 trained) and lost at batch 64 (0.9332 against 0.9372), so ``auto`` trains them.
+# whose dense gradient and AdamW update are a large part of a batch-32 step. Batch 64 (above) was measured
+# with them trained, and ``auto`` trains them.
 FROZEN_EMBEDDINGS_BY_DEFAULT = False
 
 

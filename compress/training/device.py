@@ -94,10 +94,10 @@ def autocast_context(device: str, precision: str | None = None) -> Any:
 def training_attention(device: str) -> Any:
     """The attention kernels a student trains with: on the CPU, SDPA's math backend.
 
-    PyTorch's CPU flash-attention backward has a large fixed cost per call (15 ms for a batch of 32
-    texts of 13 tokens on a 2-core Xeon, 2026-12-04): the math backend's backward took the jetson
-    student's backward from 65 to 37 ms a step. Forward-only passes (the teacher, evaluation) keep
-    flash attention, which is faster there.
+    PyTorch's CPU flash-attention backward has a large fixed cost per call: with the default corpus's
+    short texts it was the largest item of the jetson student's backward in torch's profiler (2-core
+    Xeon, 2026-12-04), and the math backend's matmuls and softmax do not pay it. Forward-only passes
+    (the teacher, evaluation) keep flash attention, which is faster there.
     """
     if device.startswith("cuda"):
         return contextlib.nullcontext()
