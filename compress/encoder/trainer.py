@@ -141,7 +141,7 @@ class Trainer:
         if self._teacher_every_step:
             self.cache.disabled_reason = self._every_step_reason()
         self.clock = StepClock(settings.device, sync=settings.exact_clock)
-        self.tokens = self.teacher_tokens = 0
+        self.teacher_tokens = 0
         self._params = [p for m in student.modules() for p in m.parameters() if p.requires_grad]
         self.batches_per_epoch = batches_per_epoch(len(train), settings.batch_size)
         self._pad_multiple = 8 if settings.device.startswith("cuda") else 1  # tensor-core friendly shapes
@@ -269,7 +269,6 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self._params, GRAD_CLIP_NORM)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        self.tokens += tokens
         return self.world.sum(loss.detach()) / self.world.size, tokens
 
     # -- the loop ---------------------------------------------------------------------------
@@ -329,7 +328,7 @@ class Trainer:
             teacher_cache=self._cache_description(),
             history=state.history, world_size=self.world.size, backend=self.world.backend,
             rank_samples_per_s=done.rank_samples_per_s, allreduce_share=allreduce_share([self.forward]),
-            precision=precision_label(s.precision), tokens=self.tokens, teacher_tokens=self.teacher_tokens,
+            precision=precision_label(s.precision), tokens=done.session_tokens, teacher_tokens=self.teacher_tokens,
             phase_seconds=self.clock.rounded(),
         )
 
