@@ -25,7 +25,7 @@ from compress.encoder.student import Student
 from compress.parallel import allreduce_share, data_parallel, world
 from compress.training.batching import batches_per_epoch
 from compress.training.device import autocast_context, precision_label, training_attention
-from compress.training.loop import GRAD_CLIP_NORM, LoopPlan, Saved, run_loop
+from compress.training.loop import LoopPlan, Saved, clipped_step, run_loop
 from compress.training.progress import Reporter, StepReport
 from compress.training.schedule import Schedule
 from compress.training.step_clock import StepClock
@@ -266,9 +266,7 @@ class Trainer:
         with clock.phase("backward"):
             loss.backward()
         with clock.phase("optimizer"):
-            torch.nn.utils.clip_grad_norm_(self._params, GRAD_CLIP_NORM)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            clipped_step(self.optimizer, self._params)
         return self.world.sum(loss.detach()) / self.world.size, tokens
 
     # -- the loop ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from compress.parallel import allreduce_share, data_parallel, world
 from compress.training.batching import batches_per_epoch
 from compress.training.device import autocast_context
 from compress.training.interrupt import DistillInterrupted
-from compress.training.loop import GRAD_CLIP_NORM, LoopOutcome, LoopPlan, Saved, run_loop
+from compress.training.loop import LoopOutcome, LoopPlan, Saved, clipped_step, run_loop
 from compress.training.progress import QuietReporter, Reporter
 from compress.training.schedule import Schedule
 from compress.training.step_clock import StepClock
@@ -300,9 +300,7 @@ class _LMLoop:
         with clock.phase("backward"):
             loss.backward()
         with clock.phase("optimizer"):
-            torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP_NORM)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            clipped_step(self.optimizer, self.params)
         return self.world.sum(loss.detach()) / self.world.size, int(batch["attention_mask"].sum())
 
 

@@ -40,6 +40,15 @@ if TYPE_CHECKING:
 GRAD_CLIP_NORM = 1.0
 
 
+def clipped_step(optimizer: Any, params: list[Any]) -> None:
+    """Every family's optimizer step: gradients clipped to GRAD_CLIP_NORM, the step, gradients released."""
+    import torch
+
+    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP_NORM)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class StepSource(Protocol):
     """What a family's trainer supplies to the loop."""
 
