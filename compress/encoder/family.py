@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from compress.chain_state import TableRow, measure_against_teacher, profile_input
+from compress.chain_state import PruneOptions, TableRow, measure_against_teacher, profile_input
 from compress.families import register
 from compress.stages.family import ENDPOINT_OPTIONS, TaskFamily, TeacherRequest
 from compress.stages.outputs import Exported, Pruned, Quantized
@@ -74,7 +74,6 @@ class EncoderFamily(TaskFamily):
     def prune(self, ctx: ChainContext) -> Pruned:
         """Structured pruning of the distilled student into ``RUN_DIR/prune``, with a short recovery
         distillation, when the options or the profile ask for a fraction of heads or FFN neurons."""
-        from compress.chain_state import PruneOptions
         from compress.encoder.prune.stage import PruneConfig, prune_model
 
         student = self.student_dir(ctx)

@@ -207,9 +207,10 @@ class Trainer:
         losses = self.s.losses
         states = self.cache.states
         cached = self.cache.lookup(indices, length if token_task else None)
+        row_ids = indices.cpu().numpy()
         cached_states = None
         if states is not None and cached is not None:
-            found = states.lookup(indices.cpu().numpy(), length)
+            found = states.lookup(row_ids, length)
             cached_states = tuple(s.to(self.s.device, non_blocking=True) for s in found) if found else None
         # Across ranks every rank computes its own rows and keeps everyone's: one teacher pass per row.
         gathering = self.world.distributed and not losses.needs_teacher_internals
@@ -227,7 +228,7 @@ class Trainer:
         if out.hidden_states is not None:
             mapped = tuple(out.hidden_states[i] for i in (0, *(t + 1 for t in self.student.teacher_layers)))
             if states is not None and states.enabled:
-                mapped = tuple(m.to(self.s.device) for m in states.store(indices.cpu().numpy(), mapped))
+                mapped = tuple(m.to(self.s.device) for m in states.store(row_ids, mapped))
         internals = (TaskOutputs(final=out.final, hidden_states=mapped, attentions=out.attentions)
                      if losses.needs_teacher_internals else None)
         # Token rows are kept at the longest a batch can be (max_length, padded up to the multiple of 8 on CUDA).
