@@ -153,6 +153,69 @@ def _use_it(manifest: Manifest) -> list[str]:
     return lines
 
 
+_KOTLIN_ARRAYS = {"int64": ("LongBuffer", "LongArray"), "int32": ("IntBuffer", "IntArray")}
+
+
+def _kotlin_feed(name: str, dtype: str) -> str:
+    """One input of the session's map: the token ids, a mask of ones, or zeros (token types)."""
+    buffer, array = _KOTLIN_ARRAYS.get(dtype, _KOTLIN_ARRAYS["int64"])
+    if name == "input_ids":
+        values = "ids" if array == "LongArray" else "IntArray(ids.size) { ids[it].toInt() }"
+    elif name == "attention_mask":
+        values = f"{array}(ids.size) {{ 1 }}"
+    else:
+        values = f"{array}(ids.size)"
+    return f'    "{name}" to OnnxTensor.createTensor(env, {buffer}.wrap({values}), shape),'
+
+
+def _on_android(manifest: Manifest) -> list[str]:
+    """Kotlin for ONNX Runtime Mobile, when the archive carries the ORT format (``compress verify`` runs the .ort)."""
+    if manifest.model.ort is None:
+        return []
+    tokenizer, primary = manifest.tokenizer, manifest.output.primary
+    feeds = [_kotlin_feed(spec.name, spec.dtype) for spec in manifest.model.signature.inputs]
+    buffers = sorted({_KOTLIN_ARRAYS.get(spec.dtype, _KOTLIN_ARRAYS["int64"])[0]
+                      for spec in manifest.model.signature.inputs} | {"LongBuffer"})
+    output = next(s for s in manifest.model.signature.outputs if s.name == primary)
+    read = ("(result.get(\"%s\").get().value as Array<FloatArray>)[0]" % primary if output.rank == 2
+            else "(result.get(\"%s\").get().value as Array<Array<FloatArray>>)[0]  // one row per token" % primary)
+    specials = ", ".join(f"{role} {token.token}={token.id}" for role, token in sorted(tokenizer.special_tokens.items()))
+    return [
+        "## On Android", "",
+        f"`{manifest.model.ort}` is the same model in ONNX Runtime's ORT format, for ONNX Runtime Mobile "
+        f"(`com.microsoft.onnxruntime:onnxruntime-android`); `{manifest.model.ort_operators}` lists the operators a "
+        "reduced build needs (`build.sh --include_ops_by_config`). In Kotlin, with the file in the app's assets:", "",
+        "```kotlin",
+        "import ai.onnxruntime.OnnxTensor",
+        "import ai.onnxruntime.OrtEnvironment",
+        *[f"import java.nio.{buffer}" for buffer in buffers],
+        "",
+        "val env = OrtEnvironment.getEnvironment()",
+        "val session = env.createSession(assets.open(\"model.ort\").readBytes())",
+        f"val ids: LongArray = tokenize(text)  // {tokenizer.template}, at most {tokenizer.max_length} tokens",
+        "val shape = longArrayOf(1, ids.size.toLong())",
+        "val inputs = mapOf(",
+        *feeds,
+        ")",
+        f"val answer = session.run(inputs).use {{ result -> {read} }}",
+        "```", "",
+        f"`tokenize` is the {tokenizer.kind} tokenizer of `{tokenizer.file}` ({'lower-cased' if tokenizer.lowercase else 'cased'}; "
+        f"{specials}): the Hugging Face tokenizers format, which DJL's `ai.djl.huggingface:tokenizers` reads on "
+        f"Android, or ids computed on a server. {_reading(manifest)} `compress verify` runs the .ort beside the "
+        ".onnx and checks they agree.", "",
+    ]
+
+
+def _reading(manifest: Manifest) -> str:
+    output = manifest.output
+    if output.pooling:
+        steps = f"{output.pooling}-pool the token rows over the attention mask" + (", then L2-normalise" if output.normalize else "")
+        return f"`{output.primary}` holds token states: {steps}."
+    if output.labels:
+        return f"`{output.primary}` holds one score per label ({', '.join(output.labels[:4])}{', ...' if len(output.labels) > 4 else ''})."
+    return f"`{output.primary}` is the answer as it stands."
+
+
 def render_model_card(manifest: Manifest, kind: PackageKind, *, profile: Profile, stages: Mapping[str, StageRecord],
                       archive_name: str, has_training_curve: bool) -> str:
     """The Markdown text of ``MODEL_CARD.md`` for a release."""
@@ -172,6 +235,7 @@ def render_model_card(manifest: Manifest, kind: PackageKind, *, profile: Profile
         f"A {task_word} for `{manifest.profile}` ({profile.description}), {manifest.precision} ONNX.",
         "",
         *_use_it(manifest),
+        *_on_android(manifest),
         "## What it does",
         "",
         *kind.what_it_does(manifest),

@@ -21,6 +21,7 @@ say so. Host side: reads the model with onnx and onnxruntime; never imports torc
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -38,6 +39,7 @@ from export.runtime.manifest import (MANIFEST_FILE, FileRecord, GateSummary, Man
                                      read_onnx_versions, read_signature)
 from export.package_forward import REFERENCE_SENTENCE, ForwardPassPackaging
 from export.package_generation import GenerationPackaging
+from export.ort_format import ORT_MODEL, ORT_OPERATORS, OrtFormatModel, cached_ort_format
 from export.package_kind import EXAMPLE_DIR, PackageKind
 from export.run_summary import RunSummary, read_run_summary
 from export.st_folder import module_files
@@ -181,6 +183,12 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
         prompt=kind.prompt_format(model_dir, tokenizer),
     )
     manifest.reference = kind.reference_output(model_dir, model_path, manifest)
+    mobile = _ort_format(run_dir, model_path, profile, kind, manifest)
+    if mobile is not None:
+        add(f"model/{ORT_MODEL}", source=mobile.model)
+        add(f"model/{ORT_OPERATORS}", source=mobile.operators)
+        manifest.model = dataclasses.replace(manifest.model, ort=f"model/{ORT_MODEL}",
+                                             ort_operators=f"model/{ORT_OPERATORS}")
     manifest.loads_with = kind.library_loads(manifest, model_dir)
     for file_name, data in kind.format_files(model_dir, manifest).items():  # e.g. ONNX Runtime GenAI's config
         add(f"model/{file_name}", data=data)
@@ -204,6 +212,46 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = 
     write_archive(out_path, entries.values(), mtime=summary.created_timestamp(), first=(f"{top}/{MANIFEST_FILE}", f"{top}/{SIGNATURE_FILE}"))
     return PackageResult(path=out_path, size=out_path.stat().st_size, sha256=sha256_file(out_path), manifest=manifest,
                          signed_by=signature.key_id if signature is not None else None)
+
+
+# The ORT format's conversion, kept with the run (see export.ort_format.cached_ort_format).
+ORT_DIR = "package/ort"
+
+
+def _ort_format(run_dir: Path, model_path: Path, profile: Profile, kind: PackageKind,
+                manifest: Manifest) -> OrtFormatModel | None:
+    """The release in ONNX Runtime's ORT format when the profile asks for it, loaded and checked here.
+
+    Checked as ``verify`` checks the archive: the reference sentence through the example's code, on
+    the .ort, against the .onnx's answer (cosine >= MIN_ORT_COSINE); raises CompressError otherwise.
+    """
+    import shutil
+    import tempfile
+
+    from export.runtime.example_check import MIN_ORT_COSINE
+
+    if not profile.runtime.ort_format or not kind.ort_format:
+        return None
+    mobile = cached_ort_format(model_path, run_dir / ORT_DIR, arch=profile.hardware.arch)
+    with tempfile.TemporaryDirectory(prefix="compress-ort-") as scratch:
+        folder = Path(scratch)
+        for file in model_path.parent.iterdir():  # the tokenizer and config files, as the archive lays them out
+            if file.is_file() and file.suffix != ".onnx":
+                (folder / file.name).symlink_to(file.resolve())
+        shutil.copyfile(mobile.model, folder / ORT_MODEL)
+        answer = kind.reference_output(folder, folder / ORT_MODEL, manifest).values
+    similarity = _cosine(answer, manifest.reference.values)
+    if similarity < MIN_ORT_COSINE:
+        raise CompressError(f"{mobile.model}: the ORT format answers differently from {model_path.name} "
+                            f"(cosine {similarity:.6f} < {MIN_ORT_COSINE}); not packaging it")
+    return mobile
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-12))
 
 
 # -- reading the run directory ------------------------------------------------------------------

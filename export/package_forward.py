@@ -32,6 +32,7 @@ class ForwardPassPackaging(PackageKind):
 
     release: ClassVar[ReleaseKind] = FORWARD_PASS
     latency_plot: ClassVar[str] = "latency.png"
+    ort_format: ClassVar[bool] = True
 
     def output_info(self, task: str, signature: ModelSignature, model_dir: Path, tokenizer: TokenizerInfo
                     ) -> OutputInfo:

@@ -27,6 +27,9 @@ class PackageKind(ABC):
     release: ClassVar[ReleaseKind]
     extra_model_files: ClassVar[tuple[str, ...]] = ()  # beside the model, besides the tokenizer and config
     latency_plot: ClassVar[str]  # reports/<name>.png
+    # Whether ONNX Runtime's ORT format (mobile) can carry this kind: onnxruntime 1.31 refuses to load
+    # an .ort whose int4 weights have 4-bit zero points, which a language model's int4 release has.
+    ort_format: ClassVar[bool] = False
 
     @abstractmethod
     def output_info(self, task: str, signature: ModelSignature, model_dir: Path, tokenizer: TokenizerInfo

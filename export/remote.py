@@ -211,6 +211,18 @@ def _last_line(text: str) -> str:
 # The runtime zipapp
 
 
+# The runtime's entry: an old Python gets one JSON line before the first import it cannot parse.
+_RUNTIME_MAIN = """import sys
+if sys.version_info < (3, 10):
+    import json
+    print(json.dumps({"error": "this board runs Python %d.%d; the runtime needs Python 3.10 or newer: install "
+                               "python3.10+ (or set python: in devices.yaml to one)" % sys.version_info[:2]}))
+    sys.exit(2)
+from export.runtime.device_main import main
+sys.exit(main())
+"""
+
+
 def build_runtime(folder: Path) -> tuple[Path, str]:
     """``folder/compress-runtime.pyz``: export.base and export.runtime, runnable with ``python3 FILE``.
 
@@ -226,7 +238,7 @@ def build_runtime(folder: Path) -> tuple[Path, str]:
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, source.read_bytes())
         main = zipfile.ZipInfo("__main__.py", date_time=(2020, 1, 1, 0, 0, 0))
-        archive.writestr(main, "import sys\nfrom export.runtime.device_main import main\nsys.exit(main())\n")
+        archive.writestr(main, _RUNTIME_MAIN)
     return target, hashlib.sha256(target.read_bytes()).hexdigest()
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from export.runtime.bench import BenchReport, run_bench
 from export.runtime.gate import GateReport, QualityEvidence, gate, match_hardware
-from export.runtime.host import HostInfo
+from export.runtime.host import HostInfo, detect_host
 from export.runtime.profiles import load_profile
 from tests.cli_helpers import run_cli
 from tests.conftest import build_tiny_onnx
@@ -297,3 +297,37 @@ def test_the_gate_checks_the_report_against_the_model_at_hand(report_file: Path,
     moved.write_text(json.dumps(data))
     assert_one_line_error(run_cli(["gate", str(moved), "--profile", "host"]), "sha256 differs")
     assert run_cli(["gate", str(report_file), "--profile", "host", "--model", str(tiny_onnx)]).exit_code == 3
+
+
+BOARDS = Path(__file__).parent / "data" / "boards"
+
+
+@pytest.mark.parametrize(("board", "profile", "providers", "cpu", "model"), [
+    ("raspberry-pi-5", "raspberry-pi-5", CPU, "Cortex-A76", "Raspberry Pi 5 Model B Rev 1.0"),
+    ("jetson-orin-nano", "jetson-orin-nano", CUDA, "Cortex-A78AE", "NVIDIA Jetson Orin Nano Developer Kit"),
+])
+def test_a_boards_own_files_are_detected_as_that_board(board, profile, providers, cpu, model):
+    """/proc/cpuinfo and /proc/device-tree/model as a Pi 5 and a Jetson Orin Nano present them."""
+    host = detect_host(BOARDS / board, "aarch64")
+    assert (host.cpu_model, host.board_model, host.arch, host.emulated) == (cpu, model, "aarch64", None)
+    assert {"asimd", "asimddp"} <= set(host.relevant_flags)
+    match = match_hardware(load_profile(profile), host, providers)
+    assert match.matched, match.reasons
+
+
+@pytest.mark.parametrize("emulation", ["qemu-aarch64-on-xeon", "qemu-aarch64-arm-cpuinfo"])
+@pytest.mark.parametrize("profile", ["raspberry-pi-5", "android-arm64", "jetson-orin-nano"])
+def test_an_emulated_aarch64_is_never_taken_for_a_board(profile, emulation):
+    """QEMU user mode: an aarch64 Python over an x86 kernel, whether /proc/cpuinfo is passed through
+    (QEMU 7: an x86 CPU) or shows an Arm one (as benchmarks/arm64_board.py's root does)."""
+    host = detect_host(BOARDS / emulation, "aarch64")
+    assert host.arch == "aarch64" and host.board_model is None
+    assert host.emulated and "user-mode emulation" in host.emulated
+    assert "(emulated)" in host.describe()
+    match = match_hardware(load_profile(profile), host, CPU)
+    assert not match.matched and match.reasons[0] == host.emulated
+
+
+def test_a_native_host_is_not_emulated():
+    assert detect_host().emulated is None
+    assert detect_host(BOARDS / "raspberry-pi-5", "arm64").emulated is None  # macOS spells it arm64

@@ -536,3 +536,54 @@ def test_a_pass_edited_into_gate_json_is_refused_when_the_numbers_say_fail(relea
     assert refused.exit_code == 2, refused.stdout + refused.stderr
     assert "quality.min_teacher_agreement" in refused.stderr and "numbers say fail" in refused.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_android_archive_carries_the_ort_format_that_verify_runs(release_run: Path, tmp_path: Path) -> None:
+    """android-arm64 asks for ONNX Runtime Mobile's format: converted once, checked, listed, explained."""
+    from export.package import package_run
+    from export.runtime.verify import verify_archive
+
+    run = copy_run(release_run, tmp_path)
+    regate(run, "android-arm64")
+    first = package_run(run, tmp_path / "a", name="m", version="1")
+    top = "m-1-android-arm64"
+    members = archive_members(first.path)
+    assert {f"{top}/model/model.ort", f"{top}/model/required_operators.config"} <= set(members)
+    model = first.manifest.model
+    assert (model.ort, model.ort_operators) == ("model/model.ort", "model/required_operators.config")
+    listed = {record.path for record in first.manifest.files}
+    assert {"model/model.ort", "model/required_operators.config"} <= listed
+    operators = read_member(first.path, f"{top}/model/required_operators.config").decode()
+    assert "ai.onnx;" in operators and str(tmp_path) not in operators
+    card = read_member(first.path, f"{top}/MODEL_CARD.md").decode()
+    assert "## On Android" in card and 'env.createSession(assets.open("model.ort")' in card
+    assert '"input_ids" to OnnxTensor.createTensor(env, LongBuffer.wrap(ids), shape)' in card
+    # onnxruntime writes a different flatbuffer each time it converts: the run keeps its first conversion.
+    again = package_run(run, tmp_path / "b", name="m", version="1")
+    assert again.sha256 == first.sha256
+    report = verify_archive(first.path)
+    assert report.example.ort_cosine >= 0.9999
+
+
+def test_an_ort_file_that_answers_otherwise_is_not_packaged(release_run: Path, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from export.ort_format import convert_to_ort
+    from export.package import package_run
+
+    run = copy_run(release_run, tmp_path)
+    regate(run, "android-arm64")
+    package_run(run, tmp_path / "a", name="m", version="1")
+    # Another model where the release's conversion was (its stamp kept): the release's weights, one table noised.
+    graph = onnx.load(run / "quantize" / "model.int8-dynamic.onnx")
+    table = max((t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT), key=lambda t: len(t.raw_data))
+    noised = numpy_helper.to_array(table) + np.random.default_rng(0).normal(0, 1, numpy_helper.to_array(table).shape)
+    table.CopyFrom(numpy_helper.from_array(noised.astype(np.float32), table.name))
+    other = tmp_path / "other" / "model.onnx"
+    other.parent.mkdir()
+    onnx.save(graph, other)
+    convert_to_ort(other, run / "package" / "ort", arch="aarch64")
+    with pytest.raises(CompressError, match="the ORT format answers differently"):
+        package_run(run, tmp_path / "b", name="m", version="1")
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())

@@ -88,8 +88,27 @@ def write_config(keys: Path, folder: Path, servers: dict[str, Server]) -> Path:
     devices["nopython"] = {"address": "ssh://board", "workdir": str(servers["board"].home),
                            "python": "/nonexistent/python3"}
     devices.update({name: {"address": f"ssh://{name}"} for name in ("stranger", "intruder", "nowhere")})
+    for name, python in _broken_pythons(folder).items():  # boards whose Python is too old, or whose wheel is wrong
+        devices[name] = {"address": "ssh://board", "workdir": str(servers["board"].home), "python": str(python)}
     (folder / "devices.yaml").write_text(yaml.safe_dump(devices))
     return config
+
+
+def _broken_pythons(folder: Path) -> dict[str, Path]:
+    """A Python that says it is 3.9, and one whose onnxruntime is a wheel for another libc."""
+    wrong = folder / "wrong-wheel" / "onnxruntime"
+    wrong.mkdir(parents=True)
+    (wrong / "__init__.py").write_text(
+        "raise ImportError(\"/lib/aarch64-linux-gnu/libc.so.6: version `GLIBC_2.38' not found\")\n")
+    shims = {"oldpython": f'exec {sys.executable} -c "import runpy, sys; sys.version_info = (3, 9, 18); '
+                          f'sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name=\'__main__\')" "$@"',
+             "wrongwheel": f'PYTHONPATH={wrong.parent} exec {sys.executable} "$@"'}
+    paths = {}
+    for name, line in shims.items():
+        paths[name] = folder / f"{name}-python3"
+        paths[name].write_text(f"#!/bin/sh\n{line}\n")
+        paths[name].chmod(0o755)
+    return paths
 
 
 def _closed_port() -> int:
@@ -182,6 +201,9 @@ def test_verify_gate_runs_on_the_board(lab: Path, servers: dict[str, Server], ti
     ("nopython", "no /nonexistent/python3 on the board"),
     ("bare", "lacks numpy, onnxruntime, pyyaml, pydantic: pip install numpy onnxruntime pyyaml pydantic"),
     ("full", "disk is full"),
+    ("oldpython", "this board runs Python 3.9; the runtime needs Python 3.10 or newer: install python3.10+"),
+    ("wrongwheel", "onnxruntime is installed but does not load on this board (/lib/aarch64-linux-gnu/libc.so.6: "
+                   "version `GLIBC_2.38' not found): pip install --force-reinstall onnxruntime (a wheel for x86_64"),
     ("ssh://no-such-host.invalid", "unreachable"),
 ])
 def test_each_failure_is_one_line_and_exit_2(lab: Path, servers: dict[str, Server], board: str,

@@ -197,3 +197,20 @@ def test_the_default_corpus_reports_a_genre_never_trained_on(tiny_encoder: Path,
     quality = json.loads((run / "run.json").read_text())["quality"]
     assert quality["cross_domain_genre"] == "quotations" and 0 < quality["cross_domain_agreement"] <= 1
     assert quality["cross_domain_neighbour_agreement"] is not None
+
+
+def test_a_size_budget_rules_out_students_whose_file_would_miss_it(latency_model, teacher_config: BertConfig) -> None:
+    """android-arm64 once chose a 20.9M-parameter student whose int8 file (20.2 MiB) missed its 20 MB budget."""
+    from compress.encoder.student_search import SIZE_MARGIN, estimated_size_mb
+
+    candidates = estimate_candidates(teacher_config, latency_model)
+    loose_ms = max(max(c.p95_ms.values()) for c in candidates) / MARGIN * 1.01
+    free, _ = choose(candidates, loose_ms, MARGIN)
+    size_of_free = min(estimated_size_mb(free.shape, p) for p in free.p95_ms)
+    capped, why = choose(candidates, loose_ms, MARGIN, size_budget_mb=size_of_free * 0.9 / SIZE_MARGIN)
+    assert capped.shape.parameters < free.shape.parameters and "fits the size budget" in why
+    assert all(not c.fits or c.size_mb[c.precision] <= size_of_free * 0.9 for c in candidates)
+    # The estimate is the measured file: 20.9M parameters in int8-dynamic were 20.16 MiB.
+    minilm_5 = EncoderShape(5, 384, 12, 1536, 30522)
+    assert minilm_5.parameters == pytest.approx(20.9e6, rel=0.01)
+    assert estimated_size_mb(minilm_5, "int8-dynamic") == pytest.approx(20.16, rel=0.02)

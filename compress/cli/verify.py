@@ -64,6 +64,8 @@ def verify(archive: str, run_gate: bool, profile: str | None, runs: int | None, 
         else:
             click.echo(f"reference output: cosine {example.cosine_to_reference:.6f} to the build host's "
                        f"(>= {example.min_cosine} required)")
+        if example.ort_cosine is not None:
+            click.echo(f"ORT format (ONNX Runtime Mobile): loads; cosine {example.ort_cosine:.6f} to the .onnx's answer")
         if example.pair_cosine is not None:
             click.echo(f"example: cosine between the two example sentences {example.pair_cosine:.4f}")
         if example.top_label is not None:

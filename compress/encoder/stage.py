@@ -38,7 +38,8 @@ def planned_record(config: DistillConfig, profile: Profile) -> StageRecord:
         # The shape is searched when the stage runs; what decides it is the budget and the workload.
         params["student_resolved"] = "latency search"
         params["student_search"] = {"p95_ms": profile.budgets.latency_ms.p95, "workload": profile.workload.model_dump(),
-                                    "threads": profile.runtime.intra_op_threads}
+                                    "threads": profile.runtime.intra_op_threads,
+                                    "model_size_mb": profile.budgets.model_size_mb}
     else:
         params["student_resolved"] = resolve_student_text(config, profile)[0]
     params["profile"] = profile.name if profile is not None else None

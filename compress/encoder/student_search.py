@@ -51,6 +51,7 @@ class SearchCandidate:
     host_p95_ms: dict[str, float] = field(default_factory=dict)  # on this host, to check against the release's bench
     fits: bool = False
     precision: str | None = None  # the cheapest precision that fits, when one does
+    size_mb: dict[str, float] = field(default_factory=dict)  # the release file's estimated MiB per precision
 
     @property
     def block_parameters(self) -> int:
@@ -119,23 +120,43 @@ def search_precisions(profile: Profile) -> list[str]:
     return ["fp32", "int8-dynamic"] if profile.precision.startswith("int8") else ["fp32"]
 
 
-def choose(candidates: list[SearchCandidate], budget_ms: float | None, margin: float) -> tuple[SearchCandidate, str]:
-    """Mark which candidates fit; return the most capable that does, and why it won."""
+# Bytes a parameter takes in each release precision's file (int8-dynamic: weights and the word table in
+# int8, with their scales; measured 1.012 for a 20.9M-parameter MiniLM student, 3.98 in fp32).
+BYTES_PER_PARAMETER = {"fp32": 4.0, "fp16": 2.0, "int8-dynamic": 1.02, "int8-static": 1.02}
+# The size estimate must leave this share of the size budget free (graph, scales, tokenizer-independent).
+SIZE_MARGIN = 0.97
+
+
+def estimated_size_mb(shape: EncoderShape, precision: str) -> float:
+    """The release file's size in MiB for ``shape`` in ``precision``."""
+    return shape.parameters * BYTES_PER_PARAMETER.get(precision, 4.0) / 2**20
+
+
+def choose(candidates: list[SearchCandidate], budget_ms: float | None, margin: float,
+           size_budget_mb: float | None = None) -> tuple[SearchCandidate, str]:
+    """Mark which candidates fit the p95 budget (and the size budget, when there is one); return the
+    most capable that does, and why it won."""
     if budget_ms is None:
         raise ValueError("no p95 budget to search against")
     limit = budget_ms * margin
     for candidate in candidates:
-        fitting = [p for p, ms in candidate.p95_ms.items() if ms <= limit]
+        candidate.size_mb = {p: round(estimated_size_mb(candidate.shape, p), 2) for p in candidate.p95_ms}
+        fitting = [p for p, ms in candidate.p95_ms.items() if ms <= limit
+                   and (size_budget_mb is None or candidate.size_mb[p] <= size_budget_mb * SIZE_MARGIN)]
         candidate.fits = bool(fitting)
         candidate.precision = min(fitting, key=lambda p: candidate.p95_ms[p]) if fitting else None
     fitting = [c for c in candidates if c.fits]
     if fitting:
         best = max(fitting, key=lambda c: (c.block_parameters, c.shape.layers))
         ms = best.p95_ms[best.precision]  # type: ignore[index]
+        size = "" if size_budget_mb is None else \
+            f" and {SIZE_MARGIN:.0%} of {size_budget_mb:g} MiB: {best.size_mb[best.precision]:.1f} MiB"  # type: ignore[index]
         return best, (f"the largest of {len(fitting)} candidates whose estimated p95 fits {margin:.0%} of the "
-                      f"{budget_ms:g} ms budget: {ms:.2f} ms in {best.precision}")
+                      f"{budget_ms:g} ms budget{' and whose file fits the size budget' if size else ''}: "
+                      f"{ms:.2f} ms in {best.precision}{size}")
     cheapest = min(candidates, key=lambda c: min(c.p95_ms.values()))
-    return cheapest, (f"no candidate fits {margin:.0%} of the {budget_ms:g} ms p95 budget; the cheapest, "
+    size = "" if size_budget_mb is None else f" and {SIZE_MARGIN:.0%} of the {size_budget_mb:g} MiB size budget"
+    return cheapest, (f"no candidate fits {margin:.0%} of the {budget_ms:g} ms p95 budget{size}; the cheapest, "
                       f"{min(cheapest.p95_ms.values()):.2f} ms, will miss it")
 
 
@@ -270,7 +291,7 @@ def search_student(teacher_config: Any, teacher_name: str, profile: Profile, log
     if model is None:
         return None
     candidates = estimate_candidates(teacher_config, model)
-    best, why = choose(candidates, budget, MARGIN)
+    best, why = choose(candidates, budget, MARGIN, profile.budgets.model_size_mb)
     return StudentSearch(profile=profile.name, teacher=teacher_name, budget_p95_ms=budget, margin=MARGIN,
                          basis=model.transfer.basis, candidates=candidates, chosen=best.spec, why=why,
                          latency_model=model.to_dict(), seconds=round(time.perf_counter() - started, 1))

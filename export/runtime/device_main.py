@@ -46,10 +46,20 @@ def _check() -> dict[str, Any]:
 
 
 def _require(*modules: str) -> None:
+    """Each module importable here, or one line that says what to install (and exit 2)."""
     names = {**NEEDED, **NEEDED_FOR_TEXT, **NEEDED_TO_SIGN}
     missing = [names.get(m, m) for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise SystemExit(_fail(f"the board lacks {', '.join(missing)}: pip install {' '.join(missing)}"))
+    for module in modules:  # present is not enough: a wheel built for another CPU or libc fails as it loads
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            where = f"{platform.machine()}, Python {platform.python_version()}"
+            raise SystemExit(_fail(f"{names.get(module, module)} is installed but does not load on this board "
+                                   f"({detail}): pip install --force-reinstall {names.get(module, module)} "
+                                   f"(a wheel for {where})")) from None
 
 
 def _bench(args: argparse.Namespace) -> dict[str, Any]:

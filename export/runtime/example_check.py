@@ -44,6 +44,7 @@ class ExampleCheck:
     matching_tokens: int | None = None  # language models: leading tokens identical to the build host's
     reference_tokens: int | None = None  # language models: how many the build host recorded
     min_matching_tokens: int | None = None
+    ort_cosine: float | None = None  # the ORT-format copy (mobile) against the .onnx, on this machine
 
 
 def first_line(exc: Exception) -> str:
@@ -127,6 +128,8 @@ def check_forward_pass(root: Path, manifest: Manifest) -> ExampleCheck:
         shape=list(np.asarray(answer).shape), head=[round(float(v), 6) for v in values[:8]],
         cosine_to_reference=round(similarity, 6), min_cosine=reference.min_cosine,
     )
+    if manifest.model.ort is not None:
+        check.ort_cosine = _check_ort_format(root, manifest, values)
     labels = manifest.output.labels
     if manifest.output.primary != "logits":  # an embedding: how close the two example sentences are
         pair = model.embed(list(DEFAULT_SENTENCES))
@@ -134,6 +137,30 @@ def check_forward_pass(root: Path, manifest: Manifest) -> ExampleCheck:
     elif labels and values.size == len(labels):  # one text, one score per class
         check.top_label = labels[int(np.argmax(values))]
     return check
+
+
+# The ORT format holds the same graph, fused and reordered at conversion.
+MIN_ORT_COSINE = 0.9999
+
+
+def _check_ort_format(root: Path, manifest: Manifest, onnx_answer: np.ndarray) -> float:
+    """The reference sentence through the archive's .ort (what ONNX Runtime Mobile loads), as the .onnx ran it."""
+    from export.runtime.example.run_model import PackagedModel, cosine
+
+    assert manifest.model.ort is not None
+    local = manifest.to_json()
+    local["model"]["path"] = manifest.model.ort
+    try:
+        with quiet_onnxruntime():
+            model = PackagedModel(root, providers=["CPUExecutionProvider"], manifest=local)
+        answer = np.asarray(model.answer([manifest.reference.sentence])[0], dtype=np.float64).ravel()
+    except Exception as exc:  # onnxruntime and tokenizers raise their own types
+        raise VerificationError(f"{manifest.model.ort}: onnxruntime cannot run it here: {first_line(exc)}") from None
+    similarity = cosine(answer, onnx_answer) if answer.size == onnx_answer.size else 0.0
+    if similarity < MIN_ORT_COSINE:
+        raise VerificationError(f"{manifest.model.ort}: answers differently from {manifest.model.path} on this "
+                                f"machine (cosine {similarity:.6f} < {MIN_ORT_COSINE})")
+    return round(similarity, 6)
 
 
 def real_text_inputs(root: Path, manifest: Manifest, profile: Profile) -> tuple[Path, str]:

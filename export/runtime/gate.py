@@ -120,6 +120,7 @@ def match_hardware(profile: Profile, host: HostInfo, providers_used: list[str]) 
     - arch must match unless the profile says ``any``.
     - every ISA flag in ``cpu.isa`` must be among the host's CPU flags.
     - ``cpu.model_pattern`` (regex) must match the host's CPU model or board model.
+    - the host must not be emulated (QEMU user mode: the right arch, but no board's timings).
     Fewer host cores or less memory than the profile's are notes, not mismatches; fewer cores are
     also recorded in ``fewer_cores``, since a speed miss on them is no evidence about the target.
     """
@@ -128,6 +129,8 @@ def match_hardware(profile: Profile, host: HostInfo, providers_used: list[str]) 
     notes: list[str] = []
     fewer_cores: str | None = None
     gpu_ran = [p for p in providers_used if p in GPU_PROVIDERS]
+    if host.emulated:
+        reasons.append(host.emulated)
     if hw.device == "gpu":
         if not gpu_ran:
             reasons.append(f"the profile runs on a GPU but the session ran on {', '.join(providers_used) or 'nothing'}")

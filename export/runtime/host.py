@@ -56,6 +56,7 @@ class HostInfo:
     usable_cores: int  # CPUs this process may run on (affinity / container limits)
     cpu_flags: list[str] = field(default_factory=list)  # every flag the OS reports, sorted
     board_model: str | None = None  # /proc/device-tree/model: "Raspberry Pi 5 Model B ...", "NVIDIA Jetson ..."
+    emulated: str | None = None  # why this looks like another architecture's CPU running this one's code
     gpus: list[str] = field(default_factory=list)  # names from nvidia-smi; empty when none or no driver
     memory_total_mb: float | None = None  # MiB
     python: str = ""
@@ -72,7 +73,7 @@ class HostInfo:
         parts = [self.cpu_model]
         if self.board_model:
             parts.append(f"on {self.board_model}")
-        parts.append(f"{self.usable_cores} cores {self.arch}")
+        parts.append(f"{self.usable_cores} cores {self.arch}" + (" (emulated)" if self.emulated else ""))
         if self.gpus:
             parts.append("GPU " + ", ".join(self.gpus))
         return ", ".join(parts)
@@ -87,28 +88,67 @@ def normalise_arch(machine: str) -> str:
     return _ARCH_ALIASES.get(lowered, lowered)
 
 
-def _read_text(path: str) -> str | None:
+def _read_text(path: str | Path) -> str | None:
     try:
         return Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
 
 
-def _cpuinfo() -> tuple[str | None, list[str]]:
-    """CPU model name and flags from /proc/cpuinfo (Linux, x86 and Arm)."""
-    text = _read_text("/proc/cpuinfo")
-    if not text:
-        return None, []
+def _cpuinfo_fields(text: str) -> dict[str, str]:
+    """The first value of each ``key : value`` line (Arm repeats them per core, x86 too)."""
     fields: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep:
             fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def parse_cpuinfo(text: str | None) -> tuple[str | None, list[str]]:
+    """CPU model name and flags from the text of /proc/cpuinfo (Linux, x86 and Arm)."""
+    if not text:
+        return None, []
+    fields = _cpuinfo_fields(text)
     flags = (fields.get("flags") or fields.get("features") or "").split()
-    model = fields.get("model name") or fields.get("cpu model") or fields.get("hardware")
-    if not model and fields.get("cpu implementer") == "0x41":
-        model = _ARM_PARTS.get(fields.get("cpu part", "").lower())
+    # Arm boards name no model ("ARMv8 Processor rev 1 (v8l)" on a Jetson, nothing on a Pi): the part says it.
+    arm_part = _ARM_PARTS.get(fields.get("cpu part", "").lower()) if fields.get("cpu implementer") == "0x41" else None
+    model = arm_part or fields.get("model name") or fields.get("cpu model") or fields.get("hardware")
     return model, sorted(set(flags))
+
+
+def _cpuinfo_arch(text: str | None) -> str | None:
+    """The architecture /proc/cpuinfo describes: x86 names a vendor_id, Arm a CPU implementer."""
+    fields = _cpuinfo_fields(text or "")
+    if "vendor_id" in fields:
+        return "x86_64"
+    if "cpu implementer" in fields or "features" in fields:
+        return "aarch64"
+    return None
+
+
+# An aarch64 kernel shows each core's identification register here (Linux 4.11+); an x86 kernel has no such file.
+MIDR_FILE = Path("sys/devices/system/cpu/cpu0/regs/identification/midr_el1")
+
+
+def emulation_reason(arch: str, cpuinfo_text: str | None, root: Path = Path("/")) -> str | None:
+    """Why this process runs under another CPU's emulation (QEMU user mode), or None.
+
+    The kernel describes the real CPU: an emulator that passes /proc/cpuinfo through leaves an x86
+    CPU under an aarch64 Python (QEMU 7 does); one that shows an Arm /proc/cpuinfo (QEMU 8, or a
+    root that supplies the file) still runs on a kernel without the Arm identification registers
+    in /sys. Latency measured there says nothing about a board, so the gate must not count it.
+    """
+    described = _cpuinfo_arch(cpuinfo_text)
+    if described is not None and described != arch:
+        model, _ = parse_cpuinfo(cpuinfo_text)
+        return (f"this Python runs {arch} code but the kernel reports a {described} CPU ({model or 'unnamed'}): "
+                "user-mode emulation, whose timings say nothing about a board")
+    if arch == "aarch64" and sys.platform.startswith("linux") and (root / "sys").is_dir() \
+            and not (root / MIDR_FILE).is_file():
+        return (f"this Python runs aarch64 code but the kernel shows no Arm CPU registers (/{MIDR_FILE}): "
+                "user-mode emulation, whose timings say nothing about a board")
+    return None
 
 
 def cpu_mhz() -> float | None:
@@ -127,8 +167,9 @@ def _mac_cpu() -> tuple[str | None, list[str]]:
     return brand or None, []
 
 
-def _board_model() -> str | None:
-    text = _read_text("/proc/device-tree/model")
+def board_model(proc: Path = Path("/proc")) -> str | None:
+    """The board's name from the device tree (Raspberry Pi, Jetson; absent on PCs and under emulation)."""
+    text = _read_text(proc / "device-tree" / "model")
     return text.strip("\x00 \n") or None if text else None
 
 
@@ -178,13 +219,17 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-@functools.lru_cache(maxsize=1)
-def detect_host() -> HostInfo:
-    """Facts about this machine (cached: nvidia-smi is slow and the machine does not change)."""
-    if sys.platform == "darwin":
-        model, flags = _mac_cpu()
-    else:
-        model, flags = _cpuinfo()
+@functools.lru_cache(maxsize=4)
+def detect_host(root: Path = Path("/"), machine: str | None = None) -> HostInfo:
+    """Facts about this machine (cached: nvidia-smi is slow and the machine does not change).
+
+    ``root`` and ``machine`` stand in for / (its proc and sys) and ``platform.machine()``: a board's
+    files read elsewhere.
+    """
+    on_mac = sys.platform == "darwin" and root == Path("/")
+    cpuinfo = None if on_mac else _read_text(root / "proc" / "cpuinfo")
+    arch = normalise_arch(machine or platform.machine())
+    model, flags = _mac_cpu() if on_mac else parse_cpuinfo(cpuinfo)
     logical = os.cpu_count() or 1
     physical: int | None = None
     memory_mb: float | None = None
@@ -197,13 +242,14 @@ def detect_host() -> HostInfo:
         pass
     return HostInfo(
         cpu_model=model or platform.processor() or "unknown",
-        arch=normalise_arch(platform.machine()),
+        arch=arch,
         os=f"{platform.system()} {platform.release()}",
         logical_cores=logical,
         physical_cores=physical,
         usable_cores=_usable_cores(logical),
         cpu_flags=flags,
-        board_model=_board_model(),
+        board_model=board_model(root / "proc"),
+        emulated=emulation_reason(arch, cpuinfo, root),
         gpus=list(gpu_names()),
         memory_total_mb=memory_mb,
         python=platform.python_version(),

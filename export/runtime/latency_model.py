@@ -51,6 +51,11 @@ class EncoderShape:
         per_layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h  # Q, K, V, O; FFN in and out; two LayerNorms
         return self.layers * per_layer
 
+    @property
+    def parameters(self) -> int:
+        """Every parameter: the blocks, the word, position (512) and token-type tables and their LayerNorm."""
+        return self.block_parameters + (self.vocab + 512 + 2 + 2) * self.hidden
+
     def gflop(self, batch: int, sequence: int) -> float:
         """GFLOP of one forward pass: the matrix products (2 FLOP a multiply-add), attention included."""
         h, f, tokens = self.hidden, self.ffn, batch * sequence

@@ -101,6 +101,8 @@ class ModelInfo:
     external_data: list[str]  # weight files the .onnx references, relative to the archive root
     signature: ModelSignature
     gguf: str | None = None  # the same model for llama.cpp (a language model's GGUF), relative to the root
+    ort: str | None = None  # the same model in ONNX Runtime's ORT format (mobile), relative to the root
+    ort_operators: str | None = None  # the operators a reduced ONNX Runtime build needs for it
 
 
 @dataclass(frozen=True)

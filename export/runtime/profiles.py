@@ -97,6 +97,8 @@ class Runtime(_Strict):
     providers: list[str] = Field(min_length=1)
     intra_op_threads: PositiveInt | None = None
     inter_op_threads: PositiveInt | None = None
+    # The archive also carries the model in ONNX Runtime's ORT format (what ONNX Runtime Mobile loads).
+    ort_format: bool = False
 
 
 class GenerationWorkload(_Strict):

@@ -1,0 +1,288 @@
+"""An arm64 board on this x86 machine: the device runtime run by an aarch64 Python under QEMU.
+
+Six of the eight profiles are aarch64 boards. This script brings one up from Debian's packages
+alone (nothing fetched outside the Debian and PyPI registries) and runs, on real release archives,
+what an edge team runs on the board, once with this machine's Python and once with the emulated one:
+
+    python benchmarks/arm64_board.py --archive dist/encoder.tar.gz --archive dist/lm.tar.gz
+
+1. The board (built once into ``--root``, default ~/.cache/compress/arm64-bookworm): Debian
+   bookworm's arm64 userland (``debootstrap --foreign``: the packages unpacked, no arm64 code run
+   to install them) with its python3, the device runtime's dependencies from their aarch64 wheels
+   (``pip install --platform manylinux..._aarch64 --target``), and a ``python3`` that runs it with
+   ``qemu-aarch64-static -L``. QEMU 7 passes the x86 kernel's /proc/cpuinfo through, on which
+   onnxruntime's CPU detection crashes; the userland supplies an Arm one, with a Cortex-A76's
+   features (a Raspberry Pi 5's), so onnxruntime picks the Pi's int8 kernels (SDOT, no SMMLA).
+2. For each archive, with the runtime zipapp ``--on ssh://`` sends (``compress-runtime.pyz``):
+   ``check`` (what the board reports about itself), ``verify``, ``verify --libraries``,
+   ``verify --gate`` (it must say unverified on an emulator, with the reason) and ``bench`` of the
+   model; then ``verify`` again through an SSH server on 127.0.0.1 whose ``python3`` is the emulated
+   one (tests/ssh_server.py), as ``compress verify --on ssh://board`` does.
+3. The answers compared: the embedding's cosine to the build host's, the greedy tokens identical.
+
+Prints a table and writes benchmarks/results/arm64_emulated.json. Needs root to install
+qemu-user-static and debootstrap when they are missing (``apt-get``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from record import RESULTS_DIR, ResultRecord  # first: puts the checkout on sys.path
+
+from export.remote import build_runtime, parse_target, remote_verify
+from export.runtime.host import detect_host
+
+SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
+PYTHON = "python3.11"  # bookworm's
+# The wheels the device runtime needs on a board (export/runtime/device_main.py: NEEDED...), plus
+# ONNX Runtime GenAI, which `verify --libraries` runs a language model's release with.
+BOARD_PACKAGES = ("numpy", "pyyaml", "pydantic>=2.6,<3", "tokenizers", "psutil", "cryptography")
+AARCH64_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux2014_aarch64",
+                     "manylinux_2_17_aarch64")
+# A Raspberry Pi 5's core (Cortex-A76) as /proc/cpuinfo shows its features; named for what it is.
+ARM_CPUINFO_CORE = ("processor\t: {index}\nmodel name\t: QEMU user-mode aarch64 (emulated)\nBogoMIPS\t: 108.00\n"
+                    "Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
+                    "lrcpc dcpop asimddp\nCPU architecture: 8\n\n")
+
+
+@dataclass(frozen=True)
+class Board:
+    """The emulated board: its userland, its packages, and the command that runs its Python."""
+
+    root: Path
+
+    @property
+    def userland(self) -> Path:
+        return self.root / "userland"
+
+    @property
+    def site(self) -> Path:
+        return self.root / "site"
+
+    @property
+    def python(self) -> Path:
+        return self.root / "python3"
+
+
+def _run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(command, check=True, **kwargs)
+
+
+def ensure_tools() -> None:
+    """qemu-aarch64-static and debootstrap, from Debian's packages when they are missing."""
+    if shutil.which("qemu-aarch64-static") and shutil.which("debootstrap"):
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("qemu-aarch64-static or debootstrap is missing: apt-get install qemu-user-static debootstrap")
+    _run(["apt-get", "update", "-qq"])
+    _run(["apt-get", "install", "-y", "-qq", "qemu-user-static", "debootstrap"], stdout=subprocess.DEVNULL)
+
+
+def enable_binfmt() -> str:
+    """Let the kernel hand aarch64 programs to QEMU, so the board's Python can start Python children
+    (``verify --libraries`` runs each library in one). Root and binfmt_misc needed; says what it did."""
+    entry = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+    if entry.is_file() and entry.read_text().startswith("enabled"):
+        return "binfmt_misc: qemu-aarch64 enabled"
+    if os.geteuid() != 0:
+        return "binfmt_misc: not root, left alone (the board's Python cannot start children)"
+    if not Path("/proc/sys/fs/binfmt_misc/register").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"], check=False)
+    subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], check=False, capture_output=True)
+    if entry.is_file() and entry.read_text().startswith("enabled"):
+        return "binfmt_misc: qemu-aarch64 enabled by this script"
+    return "binfmt_misc: unavailable here (the board's Python cannot start children)"
+
+
+def build_board(root: Path, onnxruntime_version: str) -> Board:
+    """The arm64 userland and its wheels under ``root`` (kept: a second call reuses them)."""
+    board = Board(root)
+    done = root / ".userland-done"
+    if not done.is_file():
+        shutil.rmtree(board.userland, ignore_errors=True)
+        board.userland.parent.mkdir(parents=True, exist_ok=True)
+        _run(["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase", "--include=python3",
+              SUITE, str(board.userland), MIRROR], stdout=subprocess.DEVNULL)
+        for package in sorted((board.userland / "var/cache/apt/archives").glob("*.deb")):
+            _run(["dpkg-deb", "-x", str(package), str(board.userland)])
+        done.write_text(f"{SUITE} arm64\n")
+    cores = os.cpu_count() or 1
+    (board.userland / "proc").mkdir(exist_ok=True)
+    (board.userland / "proc" / "cpuinfo").write_text("".join(ARM_CPUINFO_CORE.format(index=i) for i in range(cores)))
+    wheels = root / f".site-done-{onnxruntime_version}"
+    if not wheels.is_file():
+        shutil.rmtree(board.site, ignore_errors=True)
+        platforms = [flag for platform in AARCH64_PLATFORMS for flag in ("--platform", platform)]
+        _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-warn-conflicts", "--target", str(board.site), *platforms,
+              "--implementation", "cp", "--python-version", PYTHON.removeprefix("python"), "--only-binary=:all:",
+              f"onnxruntime=={onnxruntime_version}", "onnxruntime-genai", *BOARD_PACKAGES])
+        wheels.write_text("ok\n")
+    board.python.write_text(
+        "#!/bin/sh\n# An aarch64 Python: Debian's, run by QEMU in user mode, with the board's wheels.\n"
+        f"export PYTHONPATH='{board.site}' PYTHONNOUSERSITE=1 QEMU_LD_PREFIX='{board.userland}'\n"
+        f"exec qemu-aarch64-static -L '{board.userland}' '{board.userland}/usr/bin/{PYTHON}' \"$@\"\n")
+    board.python.chmod(0o755)
+    return board
+
+
+def runtime_json(python: str, pyz: Path, *args: str, cwd: Path) -> tuple[dict[str, Any], float]:
+    """One command of the device runtime and its JSON answer, with the seconds it took."""
+    started = time.perf_counter()
+    done = subprocess.run([python, str(pyz), *args], cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        answer = {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
+    return answer, round(seconds, 1)
+
+
+def extract_model(archive: Path, into: Path) -> tuple[Path, Path]:
+    """The archive's model.onnx and profile.yaml, for ``bench`` (verify checks every file first)."""
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    top = next(into.iterdir())
+    return top / "model" / "model.onnx", top / "profile.yaml"
+
+
+def measure(archive: Path, pythons: dict[str, str], pyz: Path, scratch: Path, runs: int) -> dict[str, Any]:
+    """Every runtime command on ``archive`` for each Python; the answers side by side."""
+    model, profile = extract_model(archive, scratch / archive.name.removesuffix(".tar.gz"))
+    found: dict[str, Any] = {}
+    for where, python in pythons.items():
+        row: dict[str, Any] = {}
+        row["verify"], row["verify_s"] = runtime_json(python, pyz, "verify", str(archive), cwd=scratch)
+        row["libraries"], _ = runtime_json(python, pyz, "verify", str(archive), "--libraries", cwd=scratch)
+        row["gate"], row["gate_s"] = runtime_json(python, pyz, "verify", str(archive), "--gate", "--runs", str(runs),
+                                                  "--warmup", "2", cwd=scratch)
+        row["bench"], row["bench_s"] = runtime_json(python, pyz, "bench", str(model), "--profile", str(profile),
+                                                    "--runs", str(runs), "--warmup", "2", cwd=scratch)
+        found[where] = row
+        print(f"{archive.name} on {where}: verify {row['verify_s']} s, gate {row['gate_s']} s", file=sys.stderr)
+    return found
+
+
+def over_ssh(board: Board, archive: Path, scratch: Path) -> dict[str, Any]:
+    """``verify`` through SSH on 127.0.0.1 to a board whose python3 is the emulated one."""
+    from tests import ssh_server
+
+    (scratch / "keys").mkdir()
+    keys = ssh_server.make_keys(scratch / "keys")
+    server, port = ssh_server.start(keys, scratch / "ssh-board", str(board.python))
+    try:
+        os.environ["COMPRESS_SSH_CONFIG"] = str(ssh_server.ssh_config(keys, scratch, {"arm64": port}))
+        report, _ = remote_verify(parse_target("ssh://arm64"), archive, gate=False, profile_file=None, runs=None,
+                                  warmup=None, trust=[], require_signature=False)
+        return report
+    finally:
+        server.kill()
+        server.wait()
+
+
+def summarise(name: str, found: dict[str, Any], ssh: dict[str, Any]) -> dict[str, Any]:
+    """What a reader compares: the answers on each side, the gate's verdicts and reasons, the timings."""
+    def example(row: dict[str, Any]) -> dict[str, Any]:
+        check = row["verify"].get("example") or {}
+        return {key: check.get(key) for key in ("cosine_to_reference", "ort_cosine", "pair_cosine", "tokens",
+                                                "matching_tokens", "providers_used")}
+
+    native, emulated = found["native"], found["emulated"]
+    gate = emulated["gate"].get("gate") or {}
+    host = (emulated["gate"].get("bench") or {}).get("host") or {}
+    summary = {
+        "archive": name,
+        "native": example(native), "emulated": example(emulated), "over_ssh": example({"verify": ssh}),
+        "errors": {where: row[key]["error"] for where, row in found.items() for key in ("verify", "libraries", "gate",
+                                                                                         "bench") if "error" in row[key]},
+        "tokens_identical": example(native)["tokens"] == example(emulated)["tokens"],
+        "gate_native": native["gate"].get("verdict"), "gate_emulated": emulated["gate"].get("verdict"),
+        "gate_emulated_reasons": gate.get("reasons"),
+        "emulated_host": {key: host.get(key) for key in ("cpu_model", "arch", "board_model", "emulated")},
+        "libraries_emulated": [{k: c[k] for k in ("library", "status", "detail")}
+                               for c in emulated["libraries"].get("libraries", [])],
+        "seconds": {where: {k: row[k] for k in ("verify_s", "gate_s", "bench_s")} for where, row in found.items()},
+    }
+    p50 = {where: _p50(row["bench"]) for where, row in found.items()}
+    summary["bench_p50_ms"] = p50
+    if all(p50.values()):
+        summary["emulated_over_native_p50"] = round(p50["emulated"] / p50["native"], 1)
+    return summary
+
+
+def _p50(bench: dict[str, Any]) -> float | None:
+    latency = bench.get("latency") or {}
+    value = latency.get("p50_ms") if latency else (bench.get("decode") or {}).get("tpot_ms", {}).get("p50")
+    return round(value, 3) if value else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archive", type=Path, action="append", required=True, help="a release archive (repeat)")
+    parser.add_argument("--root", type=Path, default=Path.home() / ".cache" / "compress" / "arm64-bookworm")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs of each bench (emulation is slow)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "arm64_emulated.json")
+    args = parser.parse_args()
+    missing = [str(path) for path in args.archive if not path.is_file()]
+    if missing:
+        raise SystemExit(f"archive not found: {', '.join(missing)}")
+    import onnxruntime
+
+    record = ResultRecord.start("arm64_emulated")
+    ensure_tools()
+    binfmt = enable_binfmt()
+    started = time.perf_counter()
+    board = build_board(args.root, onnxruntime.__version__)
+    board_s = round(time.perf_counter() - started, 1)
+    pythons = {"native": sys.executable, "emulated": str(board.python)}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="arm64-board-") as folder:
+        scratch = Path(folder)
+        pyz, pyz_sha = build_runtime(scratch)
+        check, _ = runtime_json(str(board.python), pyz, "check", cwd=scratch)
+        for archive in args.archive:
+            found = measure(archive.resolve(), pythons, pyz, scratch, args.runs)
+            rows.append(summarise(archive.name, found, over_ssh(board, archive.resolve(), scratch)))
+    qemu = subprocess.run(["qemu-aarch64-static", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    record.finish(args.out, detect_host(), board={"qemu": qemu, "userland": f"Debian {SUITE} arm64",
+                                                   "python": check.get("python"), "packages": check.get("packages"),
+                                                   "host": check.get("host"), "built_s": board_s,
+                                                   "binfmt": binfmt},
+                  runtime_sha256=pyz_sha, results=rows)
+    _print_table(rows)
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"the device runtime on x86 and on emulated arm64 · {detect_host().describe()}",
+                  title_justify="left")
+    for column in ("archive", "check", "x86", "arm64 (QEMU)", "arm64 over SSH", "gate x86 / arm64", "p50 x86 / arm64"):
+        table.add_column(column)
+    for row in rows:
+        for key, label in (("cosine_to_reference", "cosine to build host"), ("ort_cosine", ".ort vs .onnx"),
+                           ("tokens", "greedy tokens")):
+            values = [row[side][key] for side in ("native", "emulated", "over_ssh")]
+            if all(value is None for value in values):
+                continue
+            shown = [("identical" if row["tokens_identical"] else "differ") if key == "tokens" and value else
+                     str(value) for value in values]
+            table.add_row(row["archive"], label, *shown, f"{row['gate_native']} / {row['gate_emulated']}",
+                          " / ".join(str(v) for v in row["bench_p50_ms"].values()))
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
