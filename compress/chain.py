@@ -39,6 +39,7 @@ from compress.parallel import close_world, world
 from compress.run_directory import claimed
 from compress.settings import DistillSettings
 from compress.stages.bench import run_bench
+from compress.stages.distill import run_distill
 from compress.stages.export import run_export
 from compress.stages.gate import run_gate
 from compress.stages.quantize import run_quantize
@@ -197,7 +198,7 @@ def _help_distill(run_dir: Path, family: TaskFamily, config: DistillSettings, pr
     from compress.training.progress import QuietReporter
 
     result = ChainResult(run_dir=run_dir, family=family.name, profile=profile.name, stages={}, helper=True)
-    family.distill(ChainContext(run_dir, config, profile, options, QuietReporter(), result))
+    run_distill(ChainContext(run_dir, config, profile, options, QuietReporter(), result), family)
     close_world()
     return result
 
@@ -207,7 +208,8 @@ def _run(run_dir: Path, family: TaskFamily, config: DistillSettings, profile: Pr
     """The stages in order, each taking what the ones before made; the result assembled from their outputs."""
     result = ChainResult(run_dir=run_dir, family=family.name, profile=profile.name, stages={})
     ctx = ChainContext(run_dir, config, profile, options, reporter, result)
-    distilled = family.distill(ctx)
+    distilled = run_distill(ctx, family)
+    assert distilled is not None  # this is rank 0, which writes
     close_world()  # the stages after distillation run once, here
     result.stages["distill"], result.distill = distilled.status, distilled.record
     if not reaches("prune"):

@@ -213,7 +213,7 @@ def _reading(manifest: Manifest) -> str:
         return f"`{output.primary}` holds token states: {steps}."
     if output.labels:
         return f"`{output.primary}` holds one score per label ({', '.join(output.labels[:4])}{', ...' if len(output.labels) > 4 else ''})."
-    return f"`{output.primary}` is the answer as it stands."
+    return f"`{output.primary}` is the text's vector: pooling (and normalisation, where the model has it) is in the graph."
 
 
 def render_model_card(manifest: Manifest, kind: PackageKind, *, profile: Profile, stages: Mapping[str, StageRecord],

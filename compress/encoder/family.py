@@ -24,7 +24,7 @@ from export.base.stages import StageOutput
 if TYPE_CHECKING:
     from compress.encoder.config import DistillConfig
     from compress.chain_state import ChainContext, ChainResult
-    from export.base.stages import StagePlan, StageRun
+    from export.base.stages import StagePlan
     from export.runtime.gate import QualityEvidence
     from export.quantize_report import QuantizeResult
     from export.runtime.release_choice import ReleaseCandidate
@@ -66,8 +66,10 @@ class EncoderFamily(TaskFamily):
         temperature = settings.pop("temperature", None)
         return DistillConfig(**settings, temperature=2.0 if temperature is None else temperature)
 
-    def distill(self, ctx: ChainContext) -> StageRun:
-        from compress.encoder.stage import run_distill_stage
+    def distill_plan(self, ctx: ChainContext) -> StagePlan:
+        from compress.encoder.stage import distill_plan
+
+        return distill_plan(ctx.config, ctx.profile, ctx.reporter)
 
         return run_distill_stage(ctx.run_dir, ctx.config, ctx.profile, ctx.reporter)
 

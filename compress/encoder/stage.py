@@ -17,8 +17,8 @@ from compress.encoder.student_search import SEARCH_FILE, searches_student
 from compress.encoder.teacher import resolve_task, resolve_teacher
 from export.base.corpus import pin_training_data
 from export.base.records import FileRef, StageRecord
-from compress.parallel import run_stage_on_ranks
-from export.base.stages import StageOutput, StageRun
+from compress.stages.distill import run_distill_plan
+from export.base.stages import StageOutput, StagePlan, StageRun
 
 if TYPE_CHECKING:
     from export.runtime.profiles import Profile
@@ -48,17 +48,15 @@ def planned_record(config: DistillConfig, profile: Profile) -> StageRecord:
     return StageRecord(stage=STAGE, inputs=inputs, params=params)
 
 
-def run_distill_stage(run_dir: Path, config: DistillConfig, profile: Profile | None = None,
-                      reporter: Reporter | None = None) -> StageRun | None:
-    """Run (or skip) the distill stage into ``run_dir/distill`` (None on ranks other than 0 under torchrun).
+def distill_plan(config: DistillConfig, profile: Profile | None = None, reporter: Reporter | None = None
+                 ) -> StagePlan:
+    """The distill stage for a sentence encoder or classifier: its fingerprint and its work (the trainer's setup).
 
-    The record's ``outputs`` are relative to ``run_dir/distill``; its ``metrics`` are
-    :meth:`DistillResult.metrics`. The stage writes in place (not atomically): its checkpoints
-    must survive an interruption for ``--resume``; the record, written last, marks it complete.
+    The record's ``outputs`` are relative to ``RUN_DIR/distill``; its ``metrics`` are
+    :meth:`DistillResult.metrics`.
     """
     reporter = reporter or Reporter()
     config.validate()
-    stage_dir = Path(run_dir) / STAGE
 
     def work(folder: Path) -> StageOutput:
         result = distill(config, folder, profile, reporter)
@@ -74,7 +72,12 @@ def run_distill_stage(run_dir: Path, config: DistillConfig, profile: Profile | N
             outputs["cross_domain"] = CROSS_DOMAIN_FILE
         return StageOutput(outputs, result.metrics())
 
-    run = run_stage_on_ranks(stage_dir, planned_record(config, profile), work, atomic=False)
-    if run is not None and run.status == "skipped":
-        reporter.message(f"distill: up to date in {stage_dir} (inputs and settings unchanged); skipped")
-    return run
+    return StagePlan(planned_record(config, profile), work)
+
+
+def run_distill_stage(run_dir: Path, config: DistillConfig, profile: Profile | None = None,
+                      reporter: Reporter | None = None) -> StageRun | None:
+    """Run (or skip) the distill stage into ``run_dir/distill`` (None on ranks other than 0 under torchrun);
+    what ``compress distill`` does before exporting, callable alone."""
+    reporter = reporter or Reporter()
+    return run_distill_plan(run_dir, distill_plan(config, profile, reporter), reporter)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from compress.chain_state import ChainContext, ChainResult
     from compress.lm.config import EndpointDistillConfig
     from export.base.records import StageRecord
-    from export.base.stages import StageRun
+    from export.base.stages import StagePlan
     from export.run_summary import QualitySummary
 
 
@@ -46,8 +46,10 @@ class EndpointLMFamily(CausalLMFamily):
 
         return EndpointDistillConfig
 
-    def distill(self, ctx: ChainContext) -> StageRun:
-        from compress.lm.endpoint_stage import run_endpoint_distill_stage
+    def distill_plan(self, ctx: ChainContext) -> StagePlan:
+        from compress.lm.endpoint_stage import endpoint_distill_plan
+
+        return endpoint_distill_plan(ctx.config, ctx.profile, ctx.reporter)
 
         return run_endpoint_distill_stage(ctx.run_dir, ctx.config, ctx.profile, ctx.reporter)
 

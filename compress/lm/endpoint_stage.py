@@ -29,7 +29,8 @@ from compress.lm.stage import (ANSWERS_FILE, HELD_OUT_FILE, HELD_OUT_MAX, HISTOR
                                write_jsonl)
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json, make_folder
-from export.base.stages import StageOutput, StageRun, run_stage
+from compress.stages.distill import run_distill_plan
+from export.base.stages import StageOutput, StagePlan, StageRun
 
 # Prompts are fewer than training texts usually are: a tenth is held out, for a quality number worth reading.
 HELD_OUT_SHARE = 0.1
@@ -49,9 +50,9 @@ def endpoint_of(config: EndpointDistillConfig) -> ChatEndpoint:
                         rate_limit=config.rate_limit)
 
 
-def run_endpoint_distill_stage(run_dir: Path, config: EndpointDistillConfig, profile: Profile | None = None,
-                               reporter: Reporter | None = None) -> StageRun:
-    """Run (or skip) the distill stage against ``config.teacher_url`` into ``run_dir/distill``."""
+def endpoint_distill_plan(config: EndpointDistillConfig, profile: Profile | None = None,
+                          reporter: Reporter | None = None) -> StagePlan:
+    """The distill stage against ``config.teacher_url``: its fingerprint and its work, in one process."""
     from compress.lm.teacher import resolve_lm_teacher
 
     from compress.parallel import world
@@ -72,10 +73,15 @@ def run_endpoint_distill_stage(run_dir: Path, config: EndpointDistillConfig, pro
         return StageOutput({"student": STUDENT_DIR, "held_out": HELD_OUT_FILE, "loss_history": HISTORY_FILE,
                             "answers": ANSWERS_FILE}, metrics)
 
-    planned = planned_record(config, profile, student_from, model_input="student_from")
-    run = run_stage(Path(run_dir) / STAGE, planned, work, atomic=False)
-    if run.status == "skipped":
-        reporter.message(f"distill: up to date in {Path(run_dir) / STAGE} (inputs and settings unchanged); skipped")
+    return StagePlan(planned_record(config, profile, student_from, model_input="student_from"), work)
+
+
+def run_endpoint_distill_stage(run_dir: Path, config: EndpointDistillConfig, profile: Profile | None = None,
+                               reporter: Reporter | None = None) -> StageRun:
+    """Run (or skip) the distill stage against ``config.teacher_url`` into ``run_dir/distill``."""
+    reporter = reporter or Reporter()
+    run = run_distill_plan(run_dir, endpoint_distill_plan(config, profile, reporter), reporter)
+    assert run is not None  # one process: it is rank 0
     return run
 
 

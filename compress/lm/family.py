@@ -24,7 +24,7 @@ from export.base.tasks import TEXT_GENERATION
 if TYPE_CHECKING:
     from compress.lm.config import LMDistillConfig
     from compress.chain_state import ChainContext, ChainOptions, ChainResult
-    from export.base.stages import StagePlan, StageRun
+    from export.base.stages import StagePlan
     from export.runtime.gate import QualityEvidence
     from export.run_summary import QualitySummary, StudentInfo
     from export.runtime.profiles import Profile
@@ -86,8 +86,10 @@ class CausalLMFamily(TaskFamily):
             raise CompressError(f"--precision {options.precision} is not available for language models; "
                                 f"choose {', '.join(LM_PRECISIONS[:-1])} or {LM_PRECISIONS[-1]}")
 
-    def distill(self, ctx: ChainContext) -> StageRun:
-        from compress.lm.stage import run_lm_distill_stage
+    def distill_plan(self, ctx: ChainContext) -> StagePlan:
+        from compress.lm.stage import lm_distill_plan
+
+        return lm_distill_plan(ctx.config, ctx.profile, ctx.reporter)
 
         return run_lm_distill_stage(ctx.run_dir, ctx.config, ctx.profile, ctx.reporter)
 

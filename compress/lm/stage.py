@@ -30,8 +30,9 @@ from export.base.files import atomic_write_json, atomic_write_text, make_folder
 from compress.lm.config import DEFAULT_LM_BATCH_SIZE, LMDistillConfig, resolve_lm_student
 from export.base.corpus import pin_training_data
 from export.base.records import FileRef, StageRecord
-from compress.parallel import run_stage_on_ranks, world
-from export.base.stages import StageOutput, StageRun
+from compress.parallel import world
+from compress.stages.distill import run_distill_plan
+from export.base.stages import StageOutput, StagePlan, StageRun
 
 if TYPE_CHECKING:
     from export.runtime.profiles import Profile
@@ -63,18 +64,15 @@ def planned_record(config: LMDistillConfig, profile: Profile | None, teacher_dir
     return StageRecord(stage=STAGE, inputs=inputs, params=params)
 
 
-def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Profile | None = None,
-                         reporter: Reporter | None = None) -> StageRun | None:
-    """Run (or skip) the causal-LM distill stage into ``run_dir/distill`` (in place, for its checkpoints).
-
-    Data parallel (``torchrun``): every rank trains; rank 0 writes and returns the run, the others None.
-    """
+def lm_distill_plan(config: LMDistillConfig, profile: Profile | None = None, reporter: Reporter | None = None
+                    ) -> StagePlan:
+    """The causal-LM distill stage: its fingerprint and its work (the trainer's setup), run in place
+    for its checkpoints. Resolving the teacher (a first run's GGUF conversion) counts against the budget."""
     from compress.lm.teacher import resolve_lm_teacher
 
-    started = time.perf_counter()  # a first run's GGUF conversion counts against the budget too
+    started = time.perf_counter()
     reporter = reporter or Reporter()
     config.validate()
-    stage_dir = Path(run_dir) / STAGE
     teacher_dir = resolve_lm_teacher(config.teacher)
     check_student_spec(config.student, teacher_dir)
 
@@ -83,10 +81,17 @@ def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Profil
         return StageOutput({"student": STUDENT_DIR, "held_out": HELD_OUT_FILE, "loss_history": HISTORY_FILE},
                            metrics)
 
-    run = run_stage_on_ranks(stage_dir, planned_record(config, profile, teacher_dir), work, atomic=False)
-    if run is not None and run.status == "skipped":
-        reporter.message(f"distill: up to date in {stage_dir} (inputs and settings unchanged); skipped")
-    return run
+    return StagePlan(planned_record(config, profile, teacher_dir), work)
+
+
+def run_lm_distill_stage(run_dir: Path, config: LMDistillConfig, profile: Profile | None = None,
+                         reporter: Reporter | None = None) -> StageRun | None:
+    """Run (or skip) the causal-LM distill stage into ``run_dir/distill``.
+
+    Data parallel (``torchrun``): every rank trains; rank 0 writes and returns the run, the others None.
+    """
+    reporter = reporter or Reporter()
+    return run_distill_plan(run_dir, lm_distill_plan(config, profile, reporter), reporter)
 
 
 def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage_dir: Path, reporter: Reporter,

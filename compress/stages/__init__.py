@@ -3,7 +3,7 @@
 =========  ==========================================================================  =========
 stage      what it makes in ``RUN_DIR/<stage>/``                                        module
 =========  ==========================================================================  =========
-distill    the student (HF folder), held-out split, loss history                        family's
+distill    the student (HF folder), held-out split, loss history                        distill
 prune      a pruned copy of the student (encoders, when asked)                          family's
 export     the student as ONNX, parity-checked against PyTorch                          export
 teacher    the teacher as ONNX: the baseline every ratio is against                     export
@@ -13,10 +13,11 @@ bench      the release timed against the teacher, runs interleaved              
 gate       the verdict against the profile's budgets (gate.json, junit.xml)             gate
 =========  ==========================================================================  =========
 
-Distillation and pruning are the family's own (``family.distill(ctx)``, ``family.prune(ctx)``): what
-a family trains and how it cuts share nothing a stage module could hold. Each other stage module owns its stage: it asks the task family (:class:`~compress.stages.family.TaskFamily`)
-for what differs, runs it through :func:`export.base.stages.run_stage` (a stage whose inputs and
-settings are unchanged is skipped) and returns a typed output (:mod:`compress.stages.outputs`).
+Each stage module owns its stage: it asks the task family (:class:`~compress.stages.family.TaskFamily`)
+for what differs (for distillation, the family's plan: its fingerprint and its trainer), runs it
+through :func:`export.base.stages.run_stage` (a stage whose inputs and settings are unchanged is
+skipped) and returns a typed output (:mod:`compress.stages.outputs`). Pruning is the family's own
+(``family.prune(ctx)``): only encoders prune, and `compress prune` runs the same stage alone.
 """
 
 from compress.chain_state import FOLDERS, STAGES

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from compress.chain_state import ChainContext, ChainOptions, ChainResult
     from compress.settings import DistillSettings
     from compress.stages.outputs import Exported, Pruned, Quantized
-    from export.base.stages import StageOutput, StagePlan, StageRun
+    from export.base.stages import StageOutput, StagePlan
     from export.run_summary import QualitySummary, StudentInfo
     from export.runtime.gate import QualityEvidence
     from export.runtime.release_choice import ReleaseCandidate
@@ -71,8 +71,9 @@ class TaskFamily(ABC):
 
     # -- distill ---------------------------------------------------------------------------------
     @abstractmethod
-    def distill(self, ctx: ChainContext) -> StageRun:
-        """Run (or skip) the distill stage into ``ctx.run_dir/distill``."""
+    def distill_plan(self, ctx: ChainContext) -> StagePlan:
+        """The distill stage (``RUN_DIR/distill``): what it reads and is set by, and its work, the
+        family's trainer setup (:mod:`compress.stages.distill` runs it on every rank)."""
 
     # Runs of the bench stage (each a request, or a generation) and warm-up runs before them.
     bench_runs: ClassVar[int]
