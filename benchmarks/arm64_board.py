@@ -219,11 +219,12 @@ def over_ssh(board: Board, archive: Path, scratch: Path) -> dict[str, Any]:
     """``verify`` through SSH on 127.0.0.1 to a board whose python3 is the emulated one."""
     from tests import ssh_server
 
-    (scratch / "keys").mkdir()
-    keys = ssh_server.make_keys(scratch / "keys")
-    server, port = ssh_server.start(keys, scratch / "ssh-board", str(board.python))
+    folder = scratch / f"ssh-{archive.name}"
+    (folder / "keys").mkdir(parents=True)
+    keys = ssh_server.make_keys(folder / "keys")
+    server, port = ssh_server.start(keys, folder / "board", str(board.python))
     try:
-        os.environ["COMPRESS_SSH_CONFIG"] = str(ssh_server.ssh_config(keys, scratch, {"arm64": port}))
+        os.environ["COMPRESS_SSH_CONFIG"] = str(ssh_server.ssh_config(keys, folder, {"arm64": port}))
         report, _ = remote_verify(parse_target("ssh://arm64"), archive, gate=False, profile_file=None, runs=None,
                                   warmup=None, trust=[], require_signature=False)
         return report
@@ -263,8 +264,9 @@ def summarise(name: str, found: dict[str, Any], ssh: dict[str, Any]) -> dict[str
 
 
 def _p50(bench: dict[str, Any]) -> float | None:
-    latency = bench.get("latency") or {}
-    value = latency.get("p50_ms") if latency else (bench.get("decode") or {}).get("tpot_ms", {}).get("p50")
+    """The bench's p50: a forward pass's latency, or a language model's time per output token."""
+    value = (bench.get("latency") or bench.get("tpot_ms") or {})
+    value = value.get("p50_ms", value.get("p50"))
     return round(value, 3) if value else None
 
 
@@ -319,7 +321,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
     table = Table(title=f"the device runtime on x86 and on emulated arm64 · {detect_host().describe()}",
                   title_justify="left")
-    for column in ("archive", "check", "x86", "arm64 (QEMU)", "arm64 over SSH", "gate x86 / arm64", "p50 x86 / arm64"):
+    for column in ("archive", "check", "x86", "arm64 (QEMU)", "arm64 over SSH", "gate x86 / arm64",
+                   "p50 ms x86 / arm64"):
         table.add_column(column)
     for row in rows:
         for key, label in (("cosine_to_reference", "cosine to build host"), ("ort_cosine", ".ort vs .onnx"),
@@ -329,9 +332,9 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
                 continue
             shown = [("identical" if row["tokens_identical"] else "differ") if key == "tokens" and value else
                      str(value) for value in values]
-            table.add_row(row["archive"], label, *shown, f"{row['gate_native']} / {row['gate_emulated']}",
-                          " / ".join(str(v) for v in row["bench_p50_ms"].values()))
-    Console().print(table)
+            table.add_row(f"{row['archive'][:28]} ({row['qemu_cpu']})", label, *shown, f"{row['gate_native']} / {row['gate_emulated']}",
+                          f"{row['bench_p50_ms']['native']} / {row['bench_p50_ms']['emulated']}")
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":

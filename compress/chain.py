@@ -270,9 +270,9 @@ def _measure(ctx: ChainContext, family: TaskFamily, teacher: Path, reaches: Call
 def with_chain_budget(config: DistillSettings, profile: Profile, reserve_s: float, min_share: float
                       ) -> DistillSettings:
     """Give distillation the chain's time budget minus what the later stages need (at least ``min_share``)."""
-    if config.step_determined and config.time_budget_s is None:
+    total = config.budget_s(profile)
+    if total is None:
         return config
-    total = config.time_budget_s if config.time_budget_s is not None else profile.distill.time_budget_s
     share = max(total - reserve_s, min_share * total)
     return dataclasses.replace(config, time_budget_s=round(share, 1))
 

@@ -153,7 +153,29 @@ def init_world(device: str = "auto") -> World:
     # Ranks wait on rank 0 while it alone works (teacher answers, held-out scoring): not a hang.
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=COLLECTIVE_TIMEOUT_MIN))
     _WORLD = World(rank=rank, size=size, local_rank=local_rank, backend=backend)
+    _unwind_on_sigterm()
     return _WORLD
+
+
+class RankStopped(BaseException):
+    """The launcher stopped this rank (SIGTERM: another rank failed); raised so that half-written files
+    are removed on the way out. The entry point then dies of the same signal, as the launcher expects."""
+
+
+def _unwind_on_sigterm() -> None:
+    """SIGTERM, by default, ends a process where it stands: mid-way through an atomic write, its
+    temporary file stays. Turned into an exception, it unwinds through every cleanup first."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise RankStopped
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def close_world(*, together: bool = True) -> None:

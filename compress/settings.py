@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from export.base.errors import CompressError, require
 from export.runtime.limits import MAX_BATCH as MAX_BATCH_SIZE
 from export.runtime.limits import MAX_SEQUENCE as MAX_LENGTH
 from export.runtime.limits import MAX_THREADS
+
+if TYPE_CHECKING:
+    from export.runtime.profiles import Profile
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -72,6 +75,16 @@ class DistillSettings:
     @property
     def step_determined(self) -> bool:
         return self.max_steps is not None or self.epochs is not None
+
+    def budget_s(self, profile: Profile | None) -> float | None:
+        """The seconds distillation may take: the user's time budget, else the profile's when no step
+        count decides the run (None: steps decide, or there is no profile to ask). The one place the
+        fallback is written."""
+        if self.time_budget_s is not None:
+            return self.time_budget_s
+        if self.step_determined or profile is None:
+            return None
+        return profile.distill.time_budget_s
 
     def params(self) -> dict[str, Any]:
         """The settings that determine the result (the stage fingerprint and the resume check)."""

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-# Two cores on CI: keep every test process to a predictable thread count.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Two cores on CI: keep every test process to a predictable thread count. Under pytest-xdist each
+# worker takes one core (two workers with two OpenMP threads each spin against each other: measured
+# 15x slower training on a 2-core machine).
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

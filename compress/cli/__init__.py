@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import traceback
 from typing import NoReturn
@@ -17,6 +18,7 @@ from typing import NoReturn
 import click
 
 from compress import __version__
+from compress.parallel import RankStopped
 from export.base.errors import CompressError, did_you_mean
 
 # name -> "module:attribute"; the order is the order of `compress --help`.
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130, False)
+    except RankStopped:  # its files cleaned up on the way here: now end as the launcher's SIGTERM meant
+        os.kill(os.getpid(), signal.SIGTERM)
     except Exception as exc:  # a bug, not bad input: say so in one line unless asked for more
         _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 4, debug)
     sys.exit(code if isinstance(code, int) else 0)

@@ -455,9 +455,9 @@ def _schedule(config: DistillConfig, profile: Profile, train_size: int, batch_si
         label = "epochs"
     if config.max_steps is not None and (total is None or config.max_steps < total):
         total, label = config.max_steps, "max_steps"
-    budget = config.time_budget_s
-    if budget is None and total is None:
-        budget = profile.distill.time_budget_s if profile is not None else DEFAULT_TIME_BUDGET_S
+    budget = config.budget_s(profile)
+    if budget is None and total is None:  # no step count and no profile: the library's own default
+        budget = DEFAULT_TIME_BUDGET_S
     if budget is not None:
         # The budget covers the whole stage: what setup used and what finishing needs come off it.
         budget = max(budget - setup_s - min(_FINISH_RESERVE_S, 0.05 * budget), 0.1 * budget)

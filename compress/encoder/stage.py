@@ -43,8 +43,8 @@ def planned_record(config: DistillConfig, profile: Profile) -> StageRecord:
     else:
         params["student_resolved"] = resolve_student_text(config, profile)[0]
     params["profile"] = profile.name if profile is not None else None
-    if config.time_budget_s is None and not config.step_determined and profile is not None:
-        params["time_budget_s"] = profile.distill.time_budget_s
+    if config.time_budget_s is None and config.budget_s(profile) is not None:  # the profile's
+        params["time_budget_s"] = config.budget_s(profile)
     return StageRecord(stage=STAGE, inputs=inputs, params=params)
 
 

@@ -59,8 +59,8 @@ def planned_record(config: LMDistillConfig, profile: Profile | None, teacher_dir
     params = config.params()
     pin_training_data(config.data, inputs, params)
     params["profile"] = profile.name if profile is not None else None
-    if config.time_budget_s is None and not config.step_determined and profile is not None:
-        params["time_budget_s"] = profile.distill.time_budget_s
+    if config.time_budget_s is None and config.budget_s(profile) is not None:  # the profile's
+        params["time_budget_s"] = config.budget_s(profile)
     return StageRecord(stage=STAGE, inputs=inputs, params=params)
 
 
@@ -226,9 +226,9 @@ def _with_teacher_answers(config: LMDistillConfig, teacher: Any, tokenizer: Any,
 
 def training_budget(config: LMDistillConfig, profile: Profile, spent_s: float) -> float | None:
     """Seconds the training loop may take: the stage's budget less what setting up took and scoring needs."""
-    if config.time_budget_s is None and (config.step_determined or profile is None):
+    total = config.budget_s(profile)
+    if total is None:
         return None
-    total = config.time_budget_s if config.time_budget_s is not None else profile.distill.time_budget_s
     return max(total - spent_s - FINISH_RESERVE_S, 0.25 * total)
 
 
