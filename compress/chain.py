@@ -41,6 +41,7 @@ from compress.settings import DistillSettings
 from compress.stages.bench import run_bench
 from compress.stages.distill import run_distill
 from compress.stages.export import run_export
+from compress.stages.prune import run_prune
 from compress.stages.gate import run_gate
 from compress.stages.quantize import run_quantize
 from compress.stages.release import run_release
@@ -214,7 +215,7 @@ def _run(run_dir: Path, family: TaskFamily, config: DistillSettings, profile: Pr
     result.stages["distill"], result.distill = distilled.status, distilled.record
     if not reaches("prune"):
         return result
-    pruned = family.prune(ctx)
+    pruned = run_prune(ctx, family)
     if pruned.status is not None:
         result.stages["prune"] = pruned.status
     if not reaches("export"):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from compress.chain_state import PruneOptions, TableRow, measure_against_teacher, profile_input
 from compress.families import register
 from compress.stages.family import ENDPOINT_OPTIONS, TaskFamily, TeacherRequest
-from compress.stages.outputs import Exported, Pruned, Quantized
+from compress.stages.outputs import Exported, Quantized
 from export.base.errors import CompressError
 from export.base.files import atomic_write_json
 from export.base.records import FileRef, StageRecord, read_record, stage_status
@@ -73,26 +73,21 @@ class EncoderFamily(TaskFamily):
 
         return run_distill_stage(ctx.run_dir, ctx.config, ctx.profile, ctx.reporter)
 
-    def prune(self, ctx: ChainContext) -> Pruned:
-        """Structured pruning of the distilled student into ``RUN_DIR/prune``, with a short recovery
-        distillation, when the options or the profile ask for a fraction of heads or FFN neurons."""
-        from compress.encoder.prune.stage import PruneConfig, prune_model
+    prunes: ClassVar[bool] = True
 
-        student = self.student_dir(ctx)
+    def prune_plan(self, ctx: ChainContext) -> StagePlan | None:
+        """Structured pruning of the distilled student, with a short recovery distillation, when the
+        options or the profile ask for a fraction of heads or FFN neurons."""
+        from compress.encoder.prune.stage import PruneConfig, prune_plan
+
         prune = ctx.options.prune or PruneOptions(**ctx.profile.distill.prune.model_dump())
         if not prune.wanted:
-            return Pruned(student, "not needed")
-        out = ctx.run_dir / "prune"
-        before = read_record(out)
-        prune_model(student, out,
-                    PruneConfig(heads=prune.heads, ffn=prune.ffn, data=ctx.config.data,
-                                teacher=str(self.teacher_dir(ctx.distilled)), recover_steps=prune.recover_steps,
-                                compare=False),
-                    profile=ctx.profile, resume=True, log=lambda text: ctx.reporter.message(f"prune: {text}"))
-        status = stage_status(before, read_record(out))
-        if status == "skipped":
-            ctx.reporter.message(f"prune: up to date in {out}; skipped")
-        return Pruned(out, status)
+            return None
+        return prune_plan(self.student_dir(ctx), ctx.run_dir / "prune",
+                          PruneConfig(heads=prune.heads, ffn=prune.ffn, data=ctx.config.data,
+                                      teacher=str(self.teacher_dir(ctx.distilled)), recover_steps=prune.recover_steps,
+                                      compare=False),
+                          profile=ctx.profile, log=lambda text: ctx.reporter.message(f"prune: {text}"))
 
     def export(self, ctx: ChainContext, model_dir: Path, out: Path) -> Exported:
         from export.onnx_export import export_model

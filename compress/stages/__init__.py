@@ -4,7 +4,7 @@
 stage      what it makes in ``RUN_DIR/<stage>/``                                        module
 =========  ==========================================================================  =========
 distill    the student (HF folder), held-out split, loss history                        distill
-prune      a pruned copy of the student (encoders, when asked)                          family's
+prune      a pruned copy of the student (encoders, when asked)                          prune
 export     the student as ONNX, parity-checked against PyTorch                          export
 teacher    the teacher as ONNX: the baseline every ratio is against                     export
 quantize   the release precision                                                        quantize
@@ -16,8 +16,8 @@ gate       the verdict against the profile's budgets (gate.json, junit.xml)     
 Each stage module owns its stage: it asks the task family (:class:`~compress.stages.family.TaskFamily`)
 for what differs (for distillation, the family's plan: its fingerprint and its trainer), runs it
 through :func:`export.base.stages.run_stage` (a stage whose inputs and settings are unchanged is
-skipped) and returns a typed output (:mod:`compress.stages.outputs`). Pruning is the family's own
-(``family.prune(ctx)``): only encoders prune, and `compress prune` runs the same stage alone.
+skipped) and returns a typed output (:mod:`compress.stages.outputs`). Only encoders prune
+(``TaskFamily.prunes``); `compress prune` runs the same plan alone.
 """
 
 from compress.chain_state import FOLDERS, STAGES

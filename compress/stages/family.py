@@ -20,7 +20,7 @@ from export.base.records import StageRecord
 if TYPE_CHECKING:
     from compress.chain_state import ChainContext, ChainOptions, ChainResult
     from compress.settings import DistillSettings
-    from compress.stages.outputs import Exported, Pruned, Quantized
+    from compress.stages.outputs import Exported, Quantized
     from export.base.stages import StageOutput, StagePlan
     from export.run_summary import QualitySummary, StudentInfo
     from export.runtime.gate import QualityEvidence
@@ -82,12 +82,12 @@ class TaskFamily(ABC):
     def student_dir(self, ctx: ChainContext) -> Path:
         return ctx.run_dir / "distill" / ctx.distilled.outputs["student"]
 
-    def prune(self, ctx: ChainContext) -> Pruned:
-        """The prune stage (``RUN_DIR/prune``) when the family prunes and the options or profile ask;
-        the folder export should read either way. By default a family does not prune."""
-        from compress.stages.outputs import Pruned
+    # Whether the family prunes at all (its prune_plan is asked only then).
+    prunes: ClassVar[bool] = False
 
-        return Pruned(self.student_dir(ctx), None)
+    def prune_plan(self, ctx: ChainContext) -> StagePlan | None:
+        """The prune stage (``RUN_DIR/prune``), or None when the options and the profile ask for no pruning."""
+        return None
 
     # -- the artifact ----------------------------------------------------------------------------
     @abstractmethod

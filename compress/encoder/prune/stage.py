@@ -31,7 +31,7 @@ from compress.encoder.prune.magnitude import MagnitudeReport, compressed_size, z
 from compress.encoder.prune.structured import (count_parameters, encoder_layers, ffn_size, head_counts, keep_layers,
                                        prune_ffn, prune_heads)
 from export.base.records import FileRef, StageRecord, read_stage_result
-from export.base.stages import StageOutput, run_stage
+from export.base.stages import StageOutput, StagePlan, run_stage
 from export.base.tasks import Task, detect_task, read_config, read_pooling
 from export.base.report_json import JsonRecord
 
@@ -279,12 +279,21 @@ def _recover(pruned_dir: Path, teacher: str, steps: int, task: Task, data: Path 
 def prune_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                 config: PruneConfig = PruneConfig(), *, profile: Profile | None = None, resume: bool = False,
                 log: Callable[[str], None] | None = None) -> PruneResult:
-    """Prune the Hugging Face folder ``model_dir`` into ``out_dir`` (+ ``stage.json``) as ``config`` says.
+    """Prune the Hugging Face folder ``model_dir`` into ``out_dir`` (+ ``stage.json``) as ``config`` says:
+    ``compress prune``, the stage on its own (the chain runs the same plan, :mod:`compress.stages.prune`).
 
     ``profile`` (default: ``host``) sets how the ONNX latency comparison runs. ``resume=True``
     returns the previous result when ``out_dir`` holds a complete run with the same inputs and
     parameters. The output folder appears only when complete.
     """
+    plan = prune_plan(model_dir, out_dir, config, profile=profile, log=log)
+    return PruneResult.from_json(run_stage(out_dir, plan.record, plan.work, resume=resume).result)
+
+
+def prune_plan(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+               config: PruneConfig = PruneConfig(), *, profile: Profile | None = None,
+               log: Callable[[str], None] | None = None) -> StagePlan:
+    """The prune stage into ``out_dir``: what it reads and is set by, and its work (bad input refused now)."""
     import torch
 
     from compress.encoder.teacher import resolve_teacher
@@ -399,7 +408,7 @@ def prune_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         )
         return StageOutput({"model": "model.safetensors", "config": "config.json"}, {"result": result.to_json()})
 
-    return PruneResult.from_json(run_stage(target, planned, work, resume=resume).result)
+    return StagePlan(planned, work)
 
 
 def read_prune(out_dir: str | os.PathLike[str]) -> PruneResult:
