@@ -112,7 +112,8 @@ def ensure_tools() -> None:
     if os.geteuid() != 0:
         raise SystemExit("qemu-aarch64-static or debootstrap is missing: apt-get install qemu-user-static debootstrap")
     _run(["apt-get", "update", "-qq"])
-    _run(["apt-get", "install", "-y", "-qq", "qemu-user-static", "debootstrap"], stdout=subprocess.DEVNULL)
+    _run(["apt-get", "install", "-y", "-qq", "qemu-user-static", "debootstrap", "binfmt-support"],
+         stdout=subprocess.DEVNULL)
 
 
 def enable_binfmt() -> str:
