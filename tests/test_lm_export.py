@@ -351,3 +351,19 @@ def test_the_lm_head_can_stay_in_fp32(llama_onnx: LMExportResult, texts: list[st
     assert head_op("int8") == ("MatMulNBits", 8)
     assert head_op("fp32") == ("MatMul", None)
     assert lm_head_node(onnx.load(str(llama_onnx.out_path)))  # found (and named) in the fp32 export
+
+
+def test_compress_export_exports_a_language_model_from_the_command_line(tiny_llama: Path, texts: list[str],
+                                                                       tmp_path: Path) -> None:
+    """`compress export` finds the causal LM in the folder (or is told with --task text-generation)."""
+    from tests.cli_helpers import run_cli
+
+    samples = tmp_path / "texts.txt"
+    samples.write_text("\n".join(texts) + "\n")
+    result = run_cli(["export", str(tiny_llama), "--out", str(tmp_path / "lm"), "--samples", str(samples)])
+    assert result.exit_code == 0, result.stderr
+    assert "first 16 greedy tokens through the KV cache identical" in result.stdout
+    assert {"model.onnx", "tokenizer.json", "generation_config.json", "stage.json"} <= \
+        {p.name for p in (tmp_path / "lm").iterdir()}
+    told = run_cli(["export", str(tiny_llama), "--out", str(tmp_path / "lm"), "--task", "text-generation", "--json"])
+    assert told.exit_code == 0 and json.loads(told.stdout)["parity"]["greedy_match"] is True
