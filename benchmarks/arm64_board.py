@@ -16,8 +16,8 @@ what an edge team runs on the board, once with this machine's Python and once wi
    /proc/cpuinfo through, on which onnxruntime's CPU detection crashes; the userland supplies an
    Arm one for that CPU.
 2. For each archive, with the runtime zipapp ``--on ssh://`` sends (``compress-runtime.pyz``):
-   ``check`` (what the board reports about itself), ``verify``, ``verify --libraries``,
-   ``verify --gate`` (it must say unverified on an emulator, with the reason) and ``bench`` of the
+   ``check`` (what the board reports about itself), ``verify --libraries`` (verify, then each
+   library's load), ``verify --gate`` (it must say unverified on an emulator, with the reason) and ``bench`` of the
    model; then ``verify`` again through an SSH server on 127.0.0.1 whose ``python3`` is the emulated
    one (tests/ssh_server.py), as ``compress verify --on ssh://board`` does.
 3. The answers compared: the embedding's cosine to the build host's, the greedy tokens identical.
@@ -205,8 +205,8 @@ def measure(archive: Path, pythons: dict[str, str], pyz: Path, scratch: Path, ru
     found: dict[str, Any] = {}
     for where, python in pythons.items():
         row: dict[str, Any] = {}
-        row["verify"], row["verify_s"] = runtime_json(python, pyz, "verify", str(archive), cwd=scratch)
-        row["libraries"], _ = runtime_json(python, pyz, "verify", str(archive), "--libraries", cwd=scratch)
+        # One verify: --libraries checks the archive as plain verify does, then loads it in each library.
+        row["verify"], row["verify_s"] = runtime_json(python, pyz, "verify", str(archive), "--libraries", cwd=scratch)
         row["gate"], row["gate_s"] = runtime_json(python, pyz, "verify", str(archive), "--gate", "--runs", str(runs),
                                                   "--warmup", "2", cwd=scratch)
         row["bench"], row["bench_s"] = runtime_json(python, pyz, "bench", str(model), "--profile", str(profile),
@@ -247,14 +247,14 @@ def summarise(name: str, found: dict[str, Any], ssh: dict[str, Any]) -> dict[str
     summary = {
         "archive": name,
         "native": example(native), "emulated": example(emulated), "over_ssh": example({"verify": ssh}),
-        "errors": {where: row[key]["error"] for where, row in found.items() for key in ("verify", "libraries", "gate",
-                                                                                         "bench") if "error" in row[key]},
+        "errors": {f"{where} {key}": row[key]["error"] for where, row in found.items()
+                   for key in ("verify", "gate", "bench") if "error" in row[key]},
         "tokens_identical": example(native)["tokens"] == example(emulated)["tokens"],
         "gate_native": native["gate"].get("verdict"), "gate_emulated": emulated["gate"].get("verdict"),
         "gate_emulated_reasons": gate.get("reasons"),
         "emulated_host": {key: host.get(key) for key in ("cpu_model", "arch", "board_model", "emulated")},
         "libraries_emulated": [{k: c[k] for k in ("library", "status", "detail")}
-                               for c in emulated["libraries"].get("libraries", [])],
+                               for c in emulated["verify"].get("libraries", [])],
         "seconds": {where: {k: row[k] for k in ("verify_s", "gate_s", "bench_s")} for where, row in found.items()},
     }
     p50 = {where: _p50(row["bench"]) for where, row in found.items()}

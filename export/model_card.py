@@ -156,9 +156,14 @@ def _use_it(manifest: Manifest) -> list[str]:
 _KOTLIN_ARRAYS = {"int64": ("LongBuffer", "LongArray"), "int32": ("IntBuffer", "IntArray")}
 
 
+def _kotlin_arrays(dtype: str) -> tuple[str, str]:
+    """The java.nio buffer and Kotlin array for an input's dtype (token inputs are int64 unless int32)."""
+    return _KOTLIN_ARRAYS.get(dtype, _KOTLIN_ARRAYS["int64"])
+
+
 def _kotlin_feed(name: str, dtype: str) -> str:
     """One input of the session's map: the token ids, a mask of ones, or zeros (token types)."""
-    buffer, array = _KOTLIN_ARRAYS.get(dtype, _KOTLIN_ARRAYS["int64"])
+    buffer, array = _kotlin_arrays(dtype)
     if name == "input_ids":
         values = "ids" if array == "LongArray" else "IntArray(ids.size) { ids[it].toInt() }"
     elif name == "attention_mask":
@@ -173,9 +178,9 @@ def _on_android(manifest: Manifest) -> list[str]:
     if manifest.model.ort is None:
         return []
     tokenizer, primary = manifest.tokenizer, manifest.output.primary
-    feeds = [_kotlin_feed(spec.name, spec.dtype) for spec in manifest.model.signature.inputs]
-    buffers = sorted({_KOTLIN_ARRAYS.get(spec.dtype, _KOTLIN_ARRAYS["int64"])[0]
-                      for spec in manifest.model.signature.inputs} | {"LongBuffer"})
+    inputs = manifest.model.signature.inputs
+    feeds = [_kotlin_feed(spec.name, spec.dtype) for spec in inputs]
+    buffers = sorted({_kotlin_arrays(spec.dtype)[0] for spec in inputs} | {"LongBuffer"})
     output = next(s for s in manifest.model.signature.outputs if s.name == primary)
     read = ("(result.get(\"%s\").get().value as Array<FloatArray>)[0]" % primary if output.rank == 2
             else "(result.get(\"%s\").get().value as Array<Array<FloatArray>>)[0]  // one row per token" % primary)

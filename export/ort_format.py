@@ -32,11 +32,6 @@ class OrtFormatModel:
     model: Path
     operators: Path
 
-    def operator_lines(self) -> list[str]:
-        """The config's operator lines (``domain;opset;Op1,Op2``), comments left out."""
-        return [line for line in self.operators.read_text(encoding="utf-8").splitlines()
-                if line.strip() and not line.startswith("#")]
-
 
 def convert_to_ort(model: Path, out_dir: Path, *, arch: str) -> OrtFormatModel:
     """``out_dir/model.ort`` and ``out_dir/required_operators.config`` from the ONNX ``model``.

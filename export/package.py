@@ -228,6 +228,7 @@ def _ort_format(run_dir: Path, model_path: Path, profile: Profile, kind: Package
     import shutil
     import tempfile
 
+    from export.runtime.example.run_model import cosine
     from export.runtime.example_check import MIN_ORT_COSINE
 
     if not profile.runtime.ort_format or not kind.ort_format:
@@ -240,18 +241,11 @@ def _ort_format(run_dir: Path, model_path: Path, profile: Profile, kind: Package
                 (folder / file.name).symlink_to(file.resolve())
         shutil.copyfile(mobile.model, folder / ORT_MODEL)
         answer = kind.reference_output(folder, folder / ORT_MODEL, manifest).values
-    similarity = _cosine(answer, manifest.reference.values)
+    similarity = cosine(answer, manifest.reference.values)
     if similarity < MIN_ORT_COSINE:
         raise CompressError(f"{mobile.model}: the ORT format answers differently from {model_path.name} "
                             f"(cosine {similarity:.6f} < {MIN_ORT_COSINE}); not packaging it")
     return mobile
-
-
-def _cosine(a: list[float], b: list[float]) -> float:
-    import numpy as np
-
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-12))
 
 
 # -- reading the run directory ------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The device runtime on an arm64 board: Debian's arm64 userland under QEMU user mode (slow: it
-builds the board once, about a minute and 400 MB, then runs every command emulated).
+builds the board once, 529 MB on disk here, then runs every command emulated).
 
     pytest -m slow tests/test_arm64_board.py
 """

@@ -128,8 +128,8 @@ class EncoderFamily(TaskFamily):
         notes = [note for note in quantized.notes if not note.startswith("copied beside")
                  and not note.startswith("not faster")]
         if keep == "quantized" and quantized.speed is not None and quantized.speed.verdict != "faster":
-            notes.append(f"{method} is for the target ({profile.name}); on this host the fp32 student runs "
-                         f"{1 / max(quantized.speed.speedup, 1e-9):.2f}x as fast as it")
+            # No ratio here: the candidate table measures both again, interleaved, and one figure is enough.
+            notes.append(f"{method} is for the target ({profile.name}); on this host the fp32 student is the faster")
         if keep == "quantized":
             return Quantized(status, quantized.out_path, method, notes)
         ctx.reporter.warning(why)

@@ -43,8 +43,9 @@ def planned_record(config: DistillConfig, profile: Profile) -> StageRecord:
     else:
         params["student_resolved"] = resolve_student_text(config, profile)[0]
     params["profile"] = profile.name if profile is not None else None
-    if config.time_budget_s is None and config.budget_s(profile) is not None:  # the profile's
-        params["time_budget_s"] = config.budget_s(profile)
+    budget = config.budget_s(profile)
+    if config.time_budget_s is None and budget is not None:  # the profile's
+        params["time_budget_s"] = budget
     return StageRecord(stage=STAGE, inputs=inputs, params=params)
 
 

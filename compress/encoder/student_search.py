@@ -140,7 +140,6 @@ def choose(candidates: list[SearchCandidate], budget_ms: float | None, margin: f
         raise ValueError("no p95 budget to search against")
     limit = budget_ms * margin
     for candidate in candidates:
-        candidate.size_mb = {p: round(estimated_size_mb(candidate.shape, p), 2) for p in candidate.p95_ms}
         fitting = [p for p, ms in candidate.p95_ms.items() if ms <= limit
                    and (size_budget_mb is None or candidate.size_mb[p] <= size_budget_mb * SIZE_MARGIN)]
         candidate.fits = bool(fitting)
@@ -275,7 +274,8 @@ def host_latency_model(teacher_config: Any, profile: Profile, log: Any = None) -
 def estimate_candidates(teacher_config: Any, model: LatencyModel) -> list[SearchCandidate]:
     """Every candidate shape with its estimated p95 on the target and on this host, per precision."""
     return [SearchCandidate(spec, shape, {p: round(model.estimate(shape, p).p95_ms, 3) for p in model.fits},
-                            {p: round(model.host_p95_ms(shape, p), 3) for p in model.fits})
+                            {p: round(model.host_p95_ms(shape, p), 3) for p in model.fits},
+                            size_mb={p: round(estimated_size_mb(shape, p), 2) for p in model.fits})
             for spec, shape in candidate_shapes(teacher_config)]
 
 

@@ -59,8 +59,9 @@ def planned_record(config: LMDistillConfig, profile: Profile | None, teacher_dir
     params = config.params()
     pin_training_data(config.data, inputs, params)
     params["profile"] = profile.name if profile is not None else None
-    if config.time_budget_s is None and config.budget_s(profile) is not None:  # the profile's
-        params["time_budget_s"] = config.budget_s(profile)
+    budget = config.budget_s(profile)
+    if config.time_budget_s is None and budget is not None:  # the profile's
+        params["time_budget_s"] = budget
     return StageRecord(stage=STAGE, inputs=inputs, params=params)
 
 
