@@ -327,12 +327,13 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         table.add_column(column)
     for row in rows:
         for key, label in (("cosine_to_reference", "cosine to build host"), ("ort_cosine", ".ort vs .onnx"),
-                           ("tokens", "greedy tokens")):
+                           ("tokens", "greedy tokens = build host's")):
             values = [row[side][key] for side in ("native", "emulated", "over_ssh")]
             if all(value is None for value in values):
                 continue
-            shown = [("identical" if row["tokens_identical"] else "differ") if key == "tokens" and value else
-                     str(value) for value in values]
+            # Tokens: how many lead the build host's answer on each side (verify's own count).
+            shown = [f"{row[side]['matching_tokens']} of {len(row[side]['tokens'])}" if key == "tokens" else str(value)
+                     for side, value in zip(("native", "emulated", "over_ssh"), values)]
             table.add_row(f"{row['archive'][:28]} ({row['qemu_cpu']})", label, *shown, f"{row['gate_native']} / {row['gate_emulated']}",
                           f"{row['bench_p50_ms']['native']} / {row['bench_p50_ms']['emulated']}")
     Console(width=160).print(table)
