@@ -5,7 +5,7 @@ Each point is its own run of ``compress.encoder.distill`` at the jetson defaults
 layers, layer transfer, the default corpus) with the distill stage's time budget set to that many minutes
 (the schedule's warm-up and decay follow the budget, so a longer run is not a continuation of a shorter one).
 Quality is the distillation's own on the 1,000 held-out texts: cosine, top-10 neighbours and Spearman. The
-forecast is :func:`compress.encoder.projection.forecast`: the least-squares line of agreement on ln(seconds)
+forecast is :func:`compress.training.projection.forecast`: the least-squares line of agreement on ln(seconds)
 through the first run's evaluations, evaluated at the longer run's training time; forecast error is the
 forecast minus the measurement. Runs go back to back, with the 1-minute load average recorded around each.
 
@@ -43,7 +43,7 @@ def train(minutes: float) -> dict:
 
 
 def main() -> None:
-    from compress.encoder.projection import forecast
+    from compress.training.projection import forecast
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", nargs="+", type=float, default=[10, 30, 60])

@@ -42,12 +42,14 @@ class DistillSettings:
     device: str = "auto"
     threads: int | None = None  # CPU: torch threads; None = the cores this process may use
     resume: bool = False
+    # Train the whole budget even when the probe forecasts the profile's floor out of reach.
+    train_anyway: bool = False
 
     # Fields that change how a run is carried out but not what it computes.
     run_only_fields: ClassVar[frozenset[str]] = frozenset({"resume", "device", "threads"})
     # Fields added after runs were made, with their defaults: at the default a field is left out of
     # the fingerprint, so a run made before it existed still skips its finished stages.
-    later_fields: ClassVar[dict[str, Any]] = {}
+    later_fields: ClassVar[dict[str, Any]] = {"train_anyway": False}
     min_max_length: ClassVar[int] = 8
 
     def checks(self) -> list[tuple[bool, str]]:

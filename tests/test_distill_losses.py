@@ -192,7 +192,7 @@ def test_similarity_spearman_reads_the_order_of_pairwise_cosines() -> None:
 def test_the_projection_says_when_the_floor_is_reached_how_long_it_would_take_or_that_it_flattens() -> None:
     import math
 
-    from compress.encoder.projection import project_to_floor
+    from compress.training.projection import project_to_floor
 
     def history(values: list[float], seconds: list[float]) -> list[dict]:
         return [{"step": 0, "elapsed_s": 0.0, "teacher_agreement": 0.3}] + [
@@ -239,3 +239,30 @@ def test_layer_transfer_comes_from_the_flag_else_the_profile_for_embeddings_only
     assert hidden_weight(DistillConfig(), "text-classification", jetson) == 0.0
     assert hidden_weight(DistillConfig(hidden_weight=0.25), "feature-extraction", vnni) == 0.25
     assert hidden_weight(DistillConfig(), "feature-extraction", None) == 0.0
+
+
+def test_the_forecast_rule_decides_once_at_the_end_of_the_probe() -> None:
+    from compress.training.projection import ForecastRule
+
+    def history(points: list[tuple[float, float]]) -> list[dict[str, float]]:
+        return [{"step": i + 1, "elapsed_s": t, "agreement": a} for i, (t, a) in enumerate(points)]
+
+    rule = ForecastRule(floor=0.9, budget_s=400.0, metric="agreement", key="agreement")
+    # Measurements at a quarter, half and all of the probe (the budget's first fifth).
+    assert [rule.eval_due(p) for p in (0.01, 0.02, 0.03, 0.05, 0.09, 0.1, 0.2, 0.5)] == [
+        False, False, False, True, False, True, True, False]
+    rising = [(20.0, 0.50), (40.0, 0.55), (80.0, 0.60)]  # +0.05 a doubling: 0.716 after 400 s
+    assert rule(history(rising[:2])) is None and rule.decided is None  # too few points
+    assert rule(history(rising)) == "forecast"
+    decided = rule.decided
+    assert decided is not None and decided.forecast == pytest.approx(0.716, abs=1e-3)
+    assert not decided.reachable and not decided.trained_on
+    assert decided.needed_minutes == pytest.approx(80 * 2**6 / 60, abs=0.1)  # six more doublings
+    assert "about 85 minutes" in decided.line
+    assert rule(history(rising + [(160.0, 0.99)])) is None  # decided once
+    steep = ForecastRule(floor=0.9, budget_s=400.0, metric="agreement", key="agreement")
+    assert steep(history([(20.0, 0.5), (40.0, 0.6), (80.0, 0.7)])) is None  # 0.93 after 400 s
+    assert steep.decided is not None and steep.decided.reachable and "in reach" in steep.decided.line
+    far = ForecastRule(floor=0.99, budget_s=400.0, metric="agreement", key="agreement")
+    assert far(history(rising)) == "forecast"  # 7.8 more doublings: beyond 20x the budget
+    assert far.decided is not None and far.decided.needed_minutes is None and "flattens" in far.decided.line

@@ -356,3 +356,31 @@ def test_a_pruned_and_healed_student_beats_the_evenly_spaced_one_at_equal_steps(
     (pruned_agreement, pruned_ppl), (evenly_agreement, evenly_ppl) = scores["pruned"], scores["evenly"]
     assert pruned_agreement > evenly_agreement + 0.05, scores
     assert abs(pruned_ppl / reference.perplexity - 1) < abs(evenly_ppl / reference.perplexity - 1), scores
+
+
+def test_the_probe_stops_training_a_student_it_forecasts_below_the_floor(
+        teacher: tuple[Any, Any], examples: list[LMExample], tmp_path: Path) -> None:
+    from compress.training.projection import ForecastRule
+
+    model, tokenizer = teacher
+    budget = 6.0
+    rule = ForecastRule(floor=0.999, budget_s=budget, metric="next-token agreement", key="next_token_agreement")
+    report = train_lm(student_of(model), model, tokenizer, train_set(examples, tokenizer, 64),
+                      settings(max_steps=None, time_budget_s=budget), tmp_path / "stopped",
+                      held_out=held_out_of(examples), forecast=rule)
+    assert report.stopped_by == "forecast"
+    assert rule.decided is not None and not rule.decided.reachable and not rule.decided.trained_on
+    # Stopped at the end of the probe (its first fifth), after its measurements (the probe's three and
+    # the every-10-steps ones these settings ask for).
+    measured = [e for e in report.loss_history if e["step"] > 0 and "next_token_agreement" in e]
+    assert len(measured) == rule.decided.points >= 3
+    assert budget * ForecastRule.PROBE_SHARE <= report.train_time_s < 0.6 * budget
+    assert "--train-anyway" in rule.decided.line and f"floor {0.999}" in rule.decided.line
+
+    forced = ForecastRule(floor=0.999, budget_s=budget, metric="next-token agreement", key="next_token_agreement",
+                          forced=True)
+    report = train_lm(student_of(model), model, tokenizer, train_set(examples, tokenizer, 64),
+                      settings(max_steps=None, time_budget_s=budget), tmp_path / "forced",
+                      held_out=held_out_of(examples), forecast=forced)
+    assert report.stopped_by == "time_budget"
+    assert forced.decided is not None and forced.decided.trained_on and not forced.decided.reachable

@@ -105,6 +105,10 @@ def _command_line() -> str:
               help="auto: CUDA when available, else the CPU with a warning. cuda without a GPU is an error.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch. Default: all the cores this process may use.")
 @click.option("--resume", is_flag=True, help="Continue a stopped run from its last checkpoint.")
+@click.option("--train-anyway", is_flag=True,
+              help="[language models] Train the whole budget even when the probe (the budget's first fifth) "
+                   "forecasts the profile's agreement floor out of reach; by default training then stops and "
+                   "the time goes to the candidates that can ship.")
 @click.option("--prune-heads", type=float, default=None, metavar="F",
               help="[encoders] Fraction of attention heads to prune after distillation. Default: the profile's (0).")
 @click.option("--prune-ffn", type=float, default=None, metavar="F",

@@ -58,7 +58,8 @@ class DistillConfig(DistillSettings):
     # fp32, and no state cache where nothing reads hidden states, are how every run trained before them.
     later_fields: ClassVar[dict[str, object]] = {"relation_weight": 0.0, "relation_loss": "kl",
                                                  "neighbour_batches": False, "train_precision": "fp32",
-                                                 "teacher_state_cache": False, "embeddings": "trained"}
+                                                 "teacher_state_cache": False, "embeddings": "trained",
+                                                 "train_anyway": False}
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [

@@ -28,7 +28,7 @@ from export.base.corpus import Corpus, Example, Split, load_corpus, split_corpus
 from compress.encoder.curve import plot_loss_curve
 from compress.encoder.losses import LossSettings
 from compress.training.progress import Reporter
-from compress.encoder.projection import Projection, project_to_floor
+from compress.training.projection import Projection, project_to_floor
 from compress.encoder.quality import HeldOutOutputs, QualityReport, compare, held_out_outputs
 from compress.encoder.result import DistillResult, TeacherSummary
 from compress.training.schedule import Schedule

@@ -52,7 +52,7 @@ class EncoderFamily(TaskFamily):
     bench_warmup: ClassVar[int] = 10
     foreign_options: ClassVar[tuple[str, ...]] = (
         "lm_loss", "jsd_beta", "topk", "teacher_answers", "answer_tokens", "sample", "top_p",
-        "block_size",
+        "block_size", "train_anyway",
         *ENDPOINT_OPTIONS)
 
     @classmethod

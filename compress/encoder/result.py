@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.encoder.projection import Projection
+from compress.training.projection import Projection
 from compress.encoder.quality import QualityReport
 from compress.encoder.trainer import TrainingReport
 from export.base.tasks import Task

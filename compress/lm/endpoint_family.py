@@ -31,7 +31,7 @@ class EndpointLMFamily(CausalLMFamily):
     name: ClassVar[str] = "causal-lm-endpoint"
     teacher_words: ClassVar[str] = "an endpoint (--teacher-url)"
     foreign_options: ClassVar[tuple[str, ...]] = tuple(
-        name for name in CausalLMFamily.foreign_options if name not in ENDPOINT_OPTIONS) + ("teacher_quant",)
+        name for name in CausalLMFamily.foreign_options if name not in ENDPOINT_OPTIONS) + ("teacher_quant", "train_anyway")
     agreement_metric: ClassVar[str] = "answer_token_agreement"
     baseline_label: ClassVar[str] = "starting model"
 

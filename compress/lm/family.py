@@ -272,12 +272,15 @@ class CausalLMFamily(TaskFamily):
         from export.run_summary import QualitySummary
 
         released = self.released_candidate(result)
+        metrics = result.distill.metrics if result.distill else {}
+        more_time = (metrics.get("forecast") or {}).get("line")
         if released is not None:
             return QualitySummary(teacher_agreement=released.quality["next_token_agreement"],
-                                  metric="next_token_agreement", heldout_samples=int(released.quality["texts"]))
-        quality = result.distill.metrics["quality"] if result.distill else {}
+                                  metric="next_token_agreement", heldout_samples=int(released.quality["texts"]),
+                                  more_time=more_time)
+        quality = metrics.get("quality", {})
         return QualitySummary(teacher_agreement=quality.get("next_token_agreement"), metric="next_token_agreement",
-                              heldout_samples=quality.get("samples"))
+                              heldout_samples=quality.get("samples"), more_time=more_time)
 
 
 def _quantization_cost(ctx: ChainContext) -> float | None:

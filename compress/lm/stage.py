@@ -32,6 +32,7 @@ from export.base.corpus import pin_training_data
 from export.base.records import FileRef, StageRecord
 from compress.parallel import world
 from compress.stages.distill import run_distill_plan
+from compress.training.projection import ForecastRule
 from export.base.stages import StageOutput, StagePlan, StageRun
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ def planned_record(config: LMDistillConfig, profile: Profile | None, teacher_dir
     budget = config.budget_s(profile)
     if config.time_budget_s is None and budget is not None:  # the profile's
         params["time_budget_s"] = budget
+    if forecast_floor(config, profile) is not None and not config.train_anyway:
+        params["forecast_probe_share"] = ForecastRule.PROBE_SHARE  # the probe may stop training
     return StageRecord(stage=STAGE, inputs=inputs, params=params)
 
 
@@ -150,8 +153,14 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
         ce_weight=config.ce_weight if answers else 0.0, seed=config.seed, device=device,
         freeze_embeddings=config.embeddings_frozen(device),
     )
+    floor = forecast_floor(config, profile)
+    rule = None if floor is None or budget is None else ForecastRule(
+        floor=floor, budget_s=budget, metric="next-token agreement", key="next_token_agreement",
+        forced=config.train_anyway)
     report = train_lm(student, teacher, tokenizer, encoded, settings, stage_dir, reporter=reporter,
-                      resume=config.resume, held_out=held_out)
+                      resume=config.resume, held_out=held_out, forecast=rule)
+    if rule is not None and rule.decided is not None:
+        reporter.message(rule.decided.line)
     ranks.barrier()
     if not ranks.is_main:
         return {}  # rank 0 scores, saves and reports
@@ -172,7 +181,16 @@ def _distill(config: LMDistillConfig, profile: Profile, teacher_dir: Path, stage
         "data": description, "train_examples": len(train), "held_out_examples": len(held_out),
         "teacher_answers": answers, "batch_size": batch_size, "device": device,
         "training": report.to_json(), "quality": quality.to_json(),
+        **({"forecast": rule.decided.to_json()} if rule is not None and rule.decided is not None else {}),
     }
+
+
+def forecast_floor(config: LMDistillConfig, profile: Profile | None) -> float | None:
+    """The agreement floor the probe forecasts against: the profile's, for a run bounded by time (None:
+    no floor, or a step count decides the run)."""
+    if profile is None or config.step_determined or config.budget_s(profile) is None:
+        return None
+    return profile.budgets.quality.min_teacher_agreement
 
 
 def check_student_spec(spec: str, model_dir: Path) -> None:

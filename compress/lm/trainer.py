@@ -36,6 +36,7 @@ from compress.training.batching import batches_per_epoch
 from compress.training.device import autocast_context
 from compress.training.interrupt import DistillInterrupted
 from compress.training.loop import LoopOutcome, LoopPlan, Saved, clipped_step, run_loop
+from compress.training.projection import ForecastRule
 from compress.training.progress import QuietReporter, Reporter
 from compress.training.schedule import Schedule
 from compress.training.step_clock import StepClock
@@ -108,7 +109,7 @@ class LMTrainingReport(JsonRecord):
     tokens_per_s: float  # this session, non-padding tokens through the student
     device: str
     precision: str  # "bf16 autocast" on CUDA, "fp32" on the CPU
-    stopped_by: str  # max_steps | epochs | time_budget
+    stopped_by: str  # max_steps | epochs | time_budget | forecast
     loss_history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_step: int | None = None
     teacher_batches: int = 0  # batches (this session) that needed a teacher forward pass
@@ -217,7 +218,7 @@ class _LMLoop:
     """State shared by the steps of one ``train_lm`` call."""
 
     def __init__(self, student: Any, targets: TeacherTargets | None, train: list[EncodedLM],
-                 settings: LMLoopSettings, pad_id: int, schedule: Schedule) -> None:
+                 settings: LMLoopSettings, pad_id: int, schedule: Schedule, forecast: ForecastRule | None) -> None:
         self.student = student
         self.schedule = schedule
         self.world = world()
@@ -232,6 +233,7 @@ class _LMLoop:
         self.params = [p for p in student.parameters() if p.requires_grad]
         self.reference: Predictions | None = None  # the teacher's, on the held-out examples (rank 0)
         self.held_out: list[EncodedLM] = []
+        self.forecast = forecast
 
     def reference_on(self, held_out: list[LMExample], teacher: Any, tokenizer: Any) -> None:
         """Score the student against ``teacher`` on up to 256 of ``held_out`` while it trains."""
@@ -251,7 +253,8 @@ class _LMLoop:
 
     def eval_due(self, step: int, progress: float, evals_done: int, finishing: bool) -> bool:
         every = self.s.eval_every
-        return self.reference is not None and (finishing or (every > 0 and step % every == 0))
+        probe = self.forecast is not None and self.forecast.eval_due(progress)
+        return self.reference is not None and (finishing or probe or (every > 0 and step % every == 0))
 
     def learning_rate(self, step: int, elapsed_s: float) -> float:
         return _learning_rate(self.s, self.schedule, step, elapsed_s)
@@ -308,7 +311,8 @@ class _LMLoop:
 
 def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[EncodedLM], settings: LMLoopSettings,
              out_dir: Path, *, reporter: Reporter | None = None, resume: bool = False,
-             held_out: list[LMExample] | None = None, targets: TeacherTargets | None = None) -> LMTrainingReport:
+             held_out: list[LMExample] | None = None, targets: TeacherTargets | None = None,
+             forecast: ForecastRule | None = None) -> LMTrainingReport:
     """Distil ``teacher`` into ``student`` (both causal LMs with the same tokenizer) on ``train``.
 
     Checkpoints go to ``out_dir/checkpoint``, the teacher's top-k cache to ``out_dir/teacher_topk``.
@@ -318,6 +322,8 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
 
     Without a local ``teacher``, the student learns from ``targets`` (an endpoint's top-k, say) and
     the cross-entropy term, or from the cross-entropy term alone when ``targets`` is None too.
+    With ``forecast`` (and ``held_out``) the first part of the budget is a probe: agreement is measured
+    at the rule's points and training stops when the rule says the floor is out of reach.
     """
     import torch
 
@@ -336,7 +342,7 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
     total_steps, stop_label = _plan_steps(settings, batches_per_epoch(len(usable), settings.batch_size))
     schedule = Schedule(base_lr=settings.lr, warmup_fraction=0.0, total_steps=total_steps,
                         budget_s=settings.time_budget_s)
-    loop = _LMLoop(student, targets, usable, settings, pad_id, schedule)
+    loop = _LMLoop(student, targets, usable, settings, pad_id, schedule, forecast)
     if not resume:
         torch.manual_seed(settings.seed)
     if held_out and teacher is not None and world().is_main:  # rank 0 alone scores and reports
@@ -346,7 +352,8 @@ def train_lm(student: Any, teacher: Any | None, tokenizer: Any, train: list[Enco
                     lengths=np.fromiter((len(e.input_ids) for e in usable), dtype=np.int64, count=len(usable)),
                     device=settings.device, fingerprint=fingerprint, checkpoint_dir=Path(out_dir) / CHECKPOINT_DIR,
                     resume=resume, log_every=LOG_EVERY, checkpoint_every_s=settings.checkpoint_every_s,
-                    stop_label=stop_label, count_tokens=True, clock=loop.clock)
+                    stop_label=stop_label, count_tokens=True, clock=loop.clock,
+                    stop_early=forecast if loop.reference is not None else None)
     # The checkpoint keeps ``model`` (and a projection, none here) and an in-memory teacher-output
     # cache; the LM loop's teacher targets are cached on disk instead.
     saved = Saved(SimpleNamespace(model=student, projection=None), loop.optimizer, TeacherCache(0, 0))

@@ -87,6 +87,9 @@ class LoopPlan:
     # the epoch and of what the checkpoint holds, so that a resumed run rebuilds them).
     regroup: Callable[[int, list[Any]], list[Any]] | None = None
     clock: StepClock | None = None  # the trainer's: the loop bills evaluation, logging and checkpoints to it
+    # Rank 0's early-stop check on the history (e.g. compress.training.projection.ForecastRule): a reason
+    # to stop (the loop's stopped_by), or None to go on.
+    stop_early: Callable[[list[dict[str, Any]]], str | None] | None = None
 
 
 @dataclass
@@ -103,7 +106,7 @@ class LoopOutcome:
     """What the loop did: its final state and this session's figures."""
 
     state: TrainingState
-    stopped_by: str  # max_steps | epochs | time_budget
+    stopped_by: str  # max_steps | epochs | time_budget | forecast (the plan's stop_early)
     resumed_from_step: int | None
     batches_per_epoch: int
     session_time_s: float
@@ -180,7 +183,10 @@ class _Loop:
 
     def go_on(self, interrupted: list[bool]) -> bool:
         # Every rank stops together: on rank 0's clock, or when any rank was interrupted.
-        reason = self.ranks.agree(self.plan.schedule.finished(self.state.step, self.elapsed()))
+        reason = self.plan.schedule.finished(self.state.step, self.elapsed())
+        if not reason and self.plan.stop_early is not None and self.ranks.is_main:
+            reason = self.plan.stop_early(self.state.history)
+        reason = self.ranks.agree(reason)
         if reason:
             self.stopped_by = self.plan.stop_label if reason == "max_steps" else reason
             return False

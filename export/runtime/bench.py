@@ -283,8 +283,8 @@ def bench_interleaved(models: Sequence[str | os.PathLike[str]], profile: Profile
                   f"all together peaked {(timings.memory.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
         )
         report = _report(item, profile, samples, memory, warmup)
-        report.notes.append("measured interleaved with other models, intra-op spinning off so that "
-                            "one session's idle threads do not steal the other's cores")
+        report.notes.append("measured interleaved with other models, intra-op threads stopped between runs so "
+                            "that one session's idle threads do not steal the other's cores")
         reports.append(report)
     return reports
 

@@ -93,8 +93,8 @@ class OnnxGenerator:
     """A session over an exported decoder with its KV cache, decoding greedily.
 
     ``providers`` defaults to the CPU; ``intra_op_threads`` None leaves onnxruntime's default;
-    ``spinning`` False stops idle intra-op threads from spinning (fairer when two sessions share
-    a CPU). The session is opened with export/bench.py's helper (quiet onnxruntime, GPU libraries
+    ``spinning`` False stops intra-op threads spinning when a run returns (fairer when two sessions
+    share a CPU). The session is opened with export/bench.py's helper (quiet onnxruntime, GPU libraries
     preloaded, provider fall-back recorded in ``providers_unavailable``).
     """
 

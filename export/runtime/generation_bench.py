@@ -371,7 +371,7 @@ def bench_side_by_side(models: list[str | os.PathLike[str]], profile: Profile, *
     """Benchmark several models in one process, generations interleaved (A, B, C, A, B, C, ...).
 
     All get the same prompt length, new tokens and settings (each its own tokenizer's prompt);
-    intra-op spinning is off so one session's idle threads do not steal another's cores. Memory
+    intra-op threads stop spinning when a run returns so one session's idle threads do not steal another's cores. Memory
     per model is its session creation and first generation (``shared_process=True``).
     """
     paths = [Path(m) for m in models]
@@ -392,6 +392,6 @@ def bench_side_by_side(models: list[str | os.PathLike[str]], profile: Profile, *
                   f"all together peaked {(timings.memory.peak_rss - baseline) / MIB:.1f} MiB above the baseline"),
         )
         report = _report(item, profile, outputs, memory, prompt_length, new_tokens, warmup)
-        report.notes.append("measured interleaved with other models, intra-op spinning off")
+        report.notes.append("measured interleaved with other models, intra-op threads stopped between runs")
         reports.append(report)
     return reports

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from export.base.report_json import JsonRecord
 
@@ -85,6 +85,77 @@ def project_to_floor(history: list[dict[str, Any]], floor: float | None, metric:
                       f"quality: {metric} {final:.4f} is below the profile's floor {floor}; at this run's rate about "
                       f"{extra:.0f} more minutes of training would reach it (--time-budget; an extrapolation of "
                       f"{len(points)} measurements on this machine)", ahead)
+
+
+@dataclass
+class Forecast(JsonRecord):
+    """What the probe's line says the whole training budget would reach, and what the stage did about it."""
+
+    metric: str
+    floor: float
+    budget_s: float  # the training budget the line is read at
+    probe_s: float  # training time when the forecast was made
+    points: int  # measurements the line went through
+    forecast: float  # the metric after budget_s, by the line
+    needed_minutes: float | None  # training the line needs to reach the floor (None: it flattens)
+    reachable: bool
+    trained_on: bool  # training went on: reachable, or forced
+    line: str
+
+
+class ForecastRule:
+    """The probe: measure at PROBE_POINTS of the first PROBE_SHARE of the training budget, then decide
+    once whether the floor is in reach; ``__call__`` is the training loop's early-stop check.
+
+    ``key`` is the history's agreement figure; ``forced`` (``--train-anyway``) trains on regardless.
+    """
+
+    PROBE_SHARE: ClassVar[float] = 0.2
+    PROBE_POINTS: ClassVar[tuple[float, ...]] = (0.25, 0.5, 1.0)  # shares of the probe, geometric for the ln fit
+
+    def __init__(self, *, floor: float, budget_s: float, metric: str, key: str, forced: bool = False) -> None:
+        self.floor, self.budget_s, self.metric, self.key, self.forced = floor, budget_s, metric, key, forced
+        self.probe_s = self.PROBE_SHARE * budget_s
+        self.decided: Forecast | None = None
+        self._next_point = 0
+
+    def eval_due(self, progress: float) -> bool:
+        """Whether the probe wants a measurement now (``progress``: the share of the budget spent)."""
+        if self._next_point >= len(self.PROBE_POINTS):
+            return False
+        if progress >= self.PROBE_SHARE * self.PROBE_POINTS[self._next_point]:
+            self._next_point += 1
+            return True
+        return False
+
+    def __call__(self, history: list[dict[str, Any]]) -> str | None:
+        """``"forecast"`` when the probe is over and the line cannot reach the floor (unless forced)."""
+        points = _points(history, self.key)
+        if self.decided is not None or len(points) < MIN_POINTS or points[-1][0] < self.probe_s:
+            return None
+        self.decided = self._decide(points)
+        return None if self.decided.trained_on else "forecast"
+
+    def _decide(self, points: list[tuple[float, float]]) -> Forecast:
+        slope, intercept = _fit([math.log(t) for t, _ in points], [y for _, y in points])
+        at_budget = round(min(1.0, intercept + slope * math.log(self.budget_s)), 4)
+        needed_s = math.exp((self.floor - intercept) / slope) if slope > 0 else math.inf
+        reachable = at_budget >= self.floor
+        needed = None if needed_s > MAX_EXTRAPOLATION * self.budget_s else round(needed_s / 60, 1)
+        trained_s = points[-1][0]
+        said = (f"forecast: {self.metric} {at_budget:.2f} after the whole {self.budget_s / 60:.1f}-minute training "
+                f"budget (a line through {len(points)} measurements in the first {trained_s:.0f} s, on this machine)")
+        if reachable:
+            line = f"{said}: the floor {self.floor} is in reach; training on"
+        else:
+            need = (f"about {needed:.0f} minutes" if needed is not None
+                    else f"more than {MAX_EXTRAPOLATION:.0f}x the budget (the curve flattens)")
+            where = ("--time-budget, more ranks (--nproc), or a GPU (--device cuda)")
+            then = ("--train-anyway given: training on" if self.forced else
+                    "training stops here and its time goes to the candidates that can ship; --train-anyway trains on")
+            line = f"{said}; the floor {self.floor} needs {need} ({where}): {then}"
+        return Forecast(self.metric, self.floor, round(self.budget_s, 1), round(trained_s, 1), len(points),
+                        at_budget, needed, reachable, reachable or self.forced, line)
 
 
 def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
